@@ -1,0 +1,116 @@
+//! The break-glass authority: the domain core that every transport calls. It holds the store,
+//! the clock and the daemon's keys, and knows nothing of gRPC or of which backend stores data.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::caller::WorkloadId;
+use crate::clock::{Clock, Timestamp};
+use crate::error::{Coded, ErrorKind};
+use crate::keys::{DaemonKeys, Fingerprints};
+use crate::store::{self, Store, StoreError};
+use crate::trust::{self, Genesis, TrustError};
+use crate::workload;
+
+/// Errors of the authority's own operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorityError {
+    /// The store failed; see the inner error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Trust-store metadata could not be read.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl Coded for AuthorityError {
+    fn code(&self) -> &'static str {
+        match self {
+            AuthorityError::Store(e) => e.code(),
+            AuthorityError::Trust(e) => e.code(),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AuthorityError::Store(e) => e.kind(),
+            AuthorityError::Trust(e) => e.kind(),
+        }
+    }
+}
+
+/// What `Status` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusReport {
+    /// latchkeyd version.
+    pub version: &'static str,
+    /// Schema version of the open store.
+    pub store_schema_version: u32,
+    /// Genesis window.
+    pub genesis: Genesis,
+    /// The daemon's key fingerprints.
+    pub fingerprints: Fingerprints,
+    /// Whether software authenticators are trusted.
+    pub dev_mode: bool,
+    /// The authority's clock.
+    pub now: Timestamp,
+}
+
+/// The authority over one trust store.
+#[derive(Debug)]
+pub struct Authority {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    keys: Arc<DaemonKeys>,
+    schema_version: u32,
+    dev_mode: bool,
+}
+
+impl Authority {
+    /// Wraps an opened store, refusing a schema this build cannot serve.
+    pub fn new(
+        store: Arc<dyn Store>,
+        location: &Path,
+        clock: Arc<dyn Clock>,
+        keys: Arc<DaemonKeys>,
+        dev_mode: bool,
+    ) -> Result<Self, AuthorityError> {
+        let schema_version = store::check_schema(store.as_ref(), location)?;
+        // Fail now, not on the first call, if the metadata is unreadable.
+        trust::read_meta(store.as_ref())?;
+        Ok(Self {
+            store,
+            clock,
+            keys,
+            schema_version,
+            dev_mode,
+        })
+    }
+
+    /// Versions, genesis state and key fingerprints.
+    pub fn status(&self) -> Result<StatusReport, AuthorityError> {
+        let (meta, _) = trust::read_meta(self.store.as_ref())?;
+        Ok(StatusReport {
+            version: env!("CARGO_PKG_VERSION"),
+            store_schema_version: self.schema_version,
+            genesis: meta.genesis,
+            fingerprints: self.keys.fingerprints().clone(),
+            dev_mode: self.dev_mode,
+            now: self.clock.now(),
+        })
+    }
+
+    /// The workload whose TLS key has this SPKI hash, if one is pinned.
+    pub fn identify_workload(
+        &self,
+        spki_sha256: &[u8; 32],
+    ) -> Result<Option<WorkloadId>, StoreError> {
+        Ok(workload::by_pin(self.store.as_ref(), spki_sha256)?.map(|w| w.id()))
+    }
+
+    /// Forces all state to disk (at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+}

@@ -1,0 +1,148 @@
+//! `latchkeyd`: the latchkey daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use latchkey::clock::{Clock as _, SystemClock};
+use latchkey::config::Config;
+use latchkey::constants::{
+    DEFAULT_ADMIN_ROLE, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH, DEFAULT_TRUST_STORE_QUORUM,
+};
+use latchkey::daemon;
+use latchkey::trust::TrustStorePolicy;
+use latchkey::workload::Workload;
+
+/// latchkeyd: independent break-glass authority daemon.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the trust store and the daemon's keys in DIR (refuses an existing store).
+    Init {
+        /// Data directory (created 0700).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Approvals needed for trust-store changes.
+        #[arg(long, default_value_t = DEFAULT_TRUST_STORE_QUORUM)]
+        trust_store_quorum: u32,
+        /// Role whose holders approve trust-store changes.
+        #[arg(long, default_value = DEFAULT_ADMIN_ROLE)]
+        admin_role: String,
+        /// DNS name or IP address for the TLS certificate (repeatable).
+        #[arg(long = "tls-name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])]
+        tls_names: Vec<String>,
+        /// Also write a config file for this data dir here.
+        #[arg(long)]
+        write_config: Option<PathBuf>,
+        /// Socket path for the written config.
+        #[arg(long, default_value = DEFAULT_SOCKET_PATH)]
+        socket: PathBuf,
+        /// Write `dev_mode = true` into the config (trusts software authenticators).
+        #[arg(long)]
+        dev_mode: bool,
+    },
+    /// Run the daemon.
+    Serve {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Bootstrap only: pin a workload's TLS client certificate while genesis is open.
+    /// Run with the daemon stopped. After genesis, admit workloads through a quorum-approved change.
+    AdmitWorkload {
+        /// Data directory of the (stopped) daemon.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Workload name.
+        #[arg(long)]
+        name: String,
+        /// Who answers for the workload.
+        #[arg(long)]
+        owner: String,
+        /// The workload's PEM client certificate (its key is pinned, not the certificate).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("latchkeyd: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Init {
+            data_dir,
+            trust_store_quorum,
+            admin_role,
+            tls_names,
+            write_config,
+            socket,
+            dev_mode,
+        } => {
+            let opts = daemon::InitOptions {
+                data_dir: data_dir.clone(),
+                policy: TrustStorePolicy {
+                    quorum: trust_store_quorum,
+                    approver_role: admin_role,
+                },
+                tls_names,
+                write_config: write_config.clone(),
+                socket,
+                dev_mode,
+            };
+            let fp = daemon::init(&opts, &SystemClock).map_err(|e| e.to_string())?;
+            println!("initialised trust store in {}", data_dir.display());
+            println!("  audit key        {}", fp.audit_key);
+            println!("  ssh user CA      {}", fp.ssh_user_ca);
+            println!("  tls certificate  {}", fp.tls_certificate);
+            if let Some(path) = write_config {
+                println!("wrote config {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            latchkey::logging::init(config.log_format, &config.log_filter);
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+            runtime
+                .block_on(daemon::serve_until(&config, std::future::pending()))
+                .map_err(|e| e.to_string())
+        }
+        Command::AdmitWorkload {
+            data_dir,
+            name,
+            owner,
+            cert,
+        } => {
+            let pem = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+            let spki = latchkey::keys::spki_sha256_of_pem(&pem)
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let workload = Workload {
+                name: name.clone(),
+                owner,
+                spki_sha256: hex::encode(spki),
+                admitted_at: SystemClock.now(),
+            };
+            daemon::admit_workload_at_genesis(&data_dir, &workload).map_err(|e| e.to_string())?;
+            println!(
+                "admitted workload {name} (SPKI SHA-256 {})",
+                workload.spki_sha256
+            );
+            Ok(())
+        }
+    }
+}

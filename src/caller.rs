@@ -1,0 +1,41 @@
+//! Who is calling: a local user on the Unix socket, or a workload over mutual TLS.
+
+use std::fmt;
+
+/// The identity of the caller of one RPC, established by the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A process on this host, by its socket peer credentials.
+    Local(LocalPeer),
+    /// A workload whose TLS client key is pinned in the trust store.
+    Workload(WorkloadId),
+}
+
+/// Peer credentials of a local socket connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPeer {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Process id, where the kernel reports it.
+    pub pid: Option<i32>,
+}
+
+/// A pinned workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadId {
+    /// Workload name in the trust store.
+    pub name: String,
+    /// SHA-256 of its certificate's SubjectPublicKeyInfo, lowercase hex.
+    pub spki_sha256: String,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Local(p) => write!(f, "local uid={} gid={}", p.uid, p.gid),
+            Caller::Workload(w) => write!(f, "workload {}", w.name),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Client side: connecting to latchkeyd over its local socket or over mutual TLS, and the
+//! commands of the `latchkey` CLI. Hardware drivers join here in later issues.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::pb;
+
+/// Errors of the client side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The daemon could not be reached. Is it running, and is the socket path right?
+    #[error("cannot reach latchkeyd at {target}: {detail}")]
+    Connect {
+        /// Socket path or address.
+        target: String,
+        /// Why.
+        detail: String,
+    },
+    /// The daemon answered with an error; the message carries its stable code.
+    #[error("latchkeyd refused: {}", .0.message())]
+    Refused(tonic::Status),
+    /// A certificate or key file could not be read.
+    #[error("{path}: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// TLS could not be configured with the given files.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        ClientError::Refused(status)
+    }
+}
+
+fn endpoint() -> Endpoint {
+    // The URI is a placeholder: the connector below decides where bytes go.
+    Endpoint::from_static("http://latchkeyd.invalid")
+}
+
+/// Connects to the daemon's local Unix socket.
+pub async fn connect_unix(path: &Path) -> Result<Channel, ClientError> {
+    let path = path.to_path_buf();
+    let target = path.display().to_string();
+    endpoint()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|e| ClientError::Connect {
+            target,
+            detail: error_chain(&e),
+        })
+}
+
+/// A TLS client identity: certificate chain and private key.
+#[derive(Debug)]
+pub struct ClientIdentity {
+    /// Certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// Reads a PEM certificate chain and PEM private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, ClientError> {
+        let file_err = |path: &Path, detail: String| ClientError::File {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| file_err(cert, e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_err(cert, e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+        Ok(Self { chain, key })
+    }
+}
+
+/// Trusts exactly one server certificate (the daemon's self-signed one); no CA.
+#[derive(Debug)]
+struct PinnedServer {
+    cert: CertificateDer<'static>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Connects over mutual TLS to `addr`, trusting only `server_cert` and presenting `identity`.
+pub async fn connect_tls(
+    addr: SocketAddr,
+    server_cert: CertificateDer<'static>,
+    identity: ClientIdentity,
+) -> Result<Channel, ClientError> {
+    let provider = crate::daemon::tls::provider();
+    let verifier = Arc::new(PinnedServer {
+        cert: server_cert,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    endpoint()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("latchkeyd").map_err(io::Error::other)?;
+                Ok::<_, io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
+            }
+        }))
+        .await
+        .map_err(|e| ClientError::Connect {
+            target: addr.to_string(),
+            detail: error_chain(&e),
+        })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// What `latchkey status` shows.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    /// Daemon version.
+    pub version: String,
+    /// Store schema version.
+    pub store_schema_version: u32,
+    /// `open` or `closed`.
+    pub genesis: String,
+    /// Whether software authenticators are trusted.
+    pub dev_mode: bool,
+    /// Audit-signing key fingerprint.
+    pub audit_key: String,
+    /// SSH user CA fingerprint.
+    pub ssh_user_ca: String,
+    /// TLS certificate SHA-256.
+    pub tls_certificate: String,
+    /// TLS SPKI SHA-256.
+    pub tls_spki: String,
+    /// How the daemon saw this caller.
+    pub caller: String,
+}
+
+impl From<pb::StatusResponse> for StatusView {
+    fn from(r: pb::StatusResponse) -> Self {
+        let genesis = match r.genesis() {
+            pb::GenesisState::Open => "open",
+            pb::GenesisState::Closed => "closed",
+            pb::GenesisState::Unspecified => "unknown",
+        }
+        .to_owned();
+        let fp = r.fingerprints.unwrap_or_default();
+        let caller = match r.caller.and_then(|c| c.identity) {
+            Some(pb::caller::Identity::Local(l)) => format!("local uid={} gid={}", l.uid, l.gid),
+            Some(pb::caller::Identity::Workload(w)) => format!("workload {}", w.name),
+            None => "unknown".to_owned(),
+        };
+        Self {
+            version: r.version,
+            store_schema_version: r.store_schema_version,
+            genesis,
+            dev_mode: r.dev_mode,
+            audit_key: fp.audit_key,
+            ssh_user_ca: fp.ssh_user_ca,
+            tls_certificate: fp.tls_certificate,
+            tls_spki: fp.tls_spki,
+            caller,
+        }
+    }
+}
+
+impl std::fmt::Display for StatusView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "latchkeyd {}", self.version)?;
+        writeln!(f, "  store schema     {}", self.store_schema_version)?;
+        writeln!(f, "  genesis          {}", self.genesis)?;
+        writeln!(f, "  dev mode         {}", self.dev_mode)?;
+        writeln!(f, "  audit key        {}", self.audit_key)?;
+        writeln!(f, "  ssh user CA      {}", self.ssh_user_ca)?;
+        writeln!(f, "  tls certificate  {}", self.tls_certificate)?;
+        writeln!(f, "  tls spki         {}", self.tls_spki)?;
+        write!(f, "  you are          {}", self.caller)
+    }
+}
+
+/// Asks the daemon for its status.
+pub async fn status(channel: Channel) -> Result<StatusView, ClientError> {
+    let mut client = pb::system_service_client::SystemServiceClient::new(channel);
+    Ok(client
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner()
+        .into())
+}

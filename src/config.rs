@@ -1,0 +1,320 @@
+//! `latchkeyd.toml`: versioned, strict (unknown fields are errors), parsed into a validated
+//! [`Config`]. Defaults live in [`crate::constants`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::constants::{CONFIG_VERSION, DEFAULT_DATA_DIR, DEFAULT_SOCKET_PATH};
+
+/// Errors reading the config file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read. Check the path given to `--config`.
+    #[error("config {path}: {source}")]
+    Read {
+        /// Config path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (syntax, unknown field, wrong type). Fix the
+    /// named line.
+    #[error("config {path}: line {line}: {message}")]
+    Parse {
+        /// Config path.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value parses but makes no sense (wrong version, unknown group, bad address). Fix it.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// Config path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    /// Always human-readable.
+    Human,
+    /// Always one JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    dev_mode: bool,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    unix: RawUnix,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+    filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnix {
+    #[serde(default = "default_socket")]
+    path: PathBuf,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    #[serde(default)]
+    allow_groups: Vec<String>,
+}
+
+impl Default for RawUnix {
+    fn default() -> Self {
+        Self {
+            path: default_socket(),
+            allow_uids: Vec::new(),
+            allow_groups: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET_PATH)
+}
+
+/// The validated runtime configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where the store and keys live.
+    pub data_dir: PathBuf,
+    /// Trust software authenticators (tests, demos, drills). Never on a production bastion.
+    pub dev_mode: bool,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// `tracing` filter directive (e.g. `info`, `latchkey=debug`); `RUST_LOG` overrides it.
+    pub log_filter: String,
+    /// The local socket.
+    pub unix: UnixConfig,
+    /// The optional mutual-TLS listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The local Unix socket and who may use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixConfig {
+    /// Socket path (ignored under systemd socket activation).
+    pub path: PathBuf,
+    /// Users allowed besides the daemon's own user.
+    pub allow_uids: Vec<u32>,
+    /// Groups whose members (primary or supplementary) are allowed.
+    pub allow_groups: Vec<String>,
+}
+
+/// The mutual-TLS TCP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Address to bind (ignored under systemd socket activation).
+    pub listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: e.message().replace('\n', " "),
+            }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if raw.version != CONFIG_VERSION {
+            return Err(invalid(format!(
+                "version {} is not supported; this latchkeyd reads version {CONFIG_VERSION}",
+                raw.version
+            )));
+        }
+        if !raw.data_dir.is_absolute() {
+            return Err(invalid(format!(
+                "data_dir {} must be an absolute path",
+                raw.data_dir.display()
+            )));
+        }
+        for group in &raw.unix.allow_groups {
+            if nix::unistd::Group::from_name(group)
+                .map_err(|e| invalid(format!("looking up group {group}: {e}")))?
+                .is_none()
+            {
+                return Err(invalid(format!(
+                    "unix.allow_groups names group {group:?}, which does not exist on this host"
+                )));
+            }
+        }
+        let tls = raw
+            .tls
+            .map(|t| {
+                t.listen
+                    .parse()
+                    .map(|listen| TlsConfig { listen })
+                    .map_err(|e| invalid(format!("tls.listen {:?}: {e}", t.listen)))
+            })
+            .transpose()?;
+        Ok(Self {
+            data_dir: raw.data_dir,
+            dev_mode: raw.dev_mode,
+            log_format: raw.log.format,
+            log_filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
+            unix: UnixConfig {
+                path: raw.unix.path,
+                allow_uids: raw.unix.allow_uids,
+                allow_groups: raw.unix.allow_groups,
+            },
+            tls,
+        })
+    }
+
+    /// A commented config for a data dir and socket, as `init --write-config` writes it.
+    pub fn example(data_dir: &Path, socket: &Path, dev_mode: bool) -> String {
+        format!(
+            r#"# latchkeyd configuration. Unknown keys are errors.
+version = {CONFIG_VERSION}
+
+# Trust store and the daemon's keys (directory 0700, files 0600).
+data_dir = "{data_dir}"
+
+# Dev mode trusts software authenticators: tests, demos and drills only.
+dev_mode = {dev_mode}
+
+[log]
+# auto: human-readable on a terminal, JSON lines otherwise. Also: human, json.
+format = "auto"
+filter = "info"
+
+[unix]
+# Ignored under systemd socket activation (the .socket unit sets it).
+path = "{socket}"
+# The daemon's own user is always allowed. Add users and groups that may run `latchkey`.
+allow_uids = []
+allow_groups = []
+
+# Mutual TLS for workloads (vault plugins, automation). Callers are identified by the SHA-256
+# of their certificate's SubjectPublicKeyInfo, pinned in the trust store.
+# [tls]
+# listen = "127.0.0.1:7443"
+"#,
+            data_dir = data_dir.display(),
+            socket = socket.display(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/latchkey/latchkeyd.toml"))
+    }
+
+    #[test]
+    fn minimal_config_takes_the_defaults() {
+        let config = parse("version = 1\n").unwrap();
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.unix.path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert!(!config.dev_mode);
+        assert_eq!(config.tls, None);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_field_and_line() {
+        let err = parse("version = 1\n\n[unix]\nallow_users = [1]\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.contains("allow_users"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn a_newer_config_version_is_refused() {
+        let err = parse("version = 2\n").unwrap_err();
+        assert!(
+            err.to_string().contains("version 2 is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_version_is_refused() {
+        assert!(parse("dev_mode = true\n").is_err());
+    }
+
+    #[test]
+    fn bad_tls_address_is_refused() {
+        let err = parse("version = 1\n[tls]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("tls.listen"), "{err}");
+    }
+
+    #[test]
+    fn unknown_group_is_refused() {
+        let err = parse("version = 1\n[unix]\nallow_groups = [\"no-such-group-latchkey\"]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = Config::example(
+            Path::new("/var/lib/latchkey"),
+            Path::new("/run/latchkey/latchkeyd.sock"),
+            false,
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/latchkey"));
+    }
+}

@@ -1,0 +1,51 @@
+//! Every default and fixed limit in one place.
+
+use std::time::Duration;
+
+/// Trust-store schema this build reads and writes.
+pub const STORE_SCHEMA_VERSION: u32 = 1;
+
+/// Config file format this build understands (`version = 1`).
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Default config file of a system install.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/latchkey/latchkeyd.toml";
+/// Default state directory of a system install.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/latchkey";
+/// Default local socket of a system install.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/latchkey/latchkeyd.sock";
+/// Environment variable the CLI reads for the socket path.
+pub const SOCKET_ENV: &str = "LATCHKEY_SOCKET";
+
+/// Mode of the local socket file: owner and group may connect.
+pub const SOCKET_MODE: u32 = 0o660;
+/// Mode of the data directory and of every directory inside it.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file the daemon writes into its data directory.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Name of the sled store inside the data directory.
+pub const STORE_DIR: &str = "store";
+/// Ed25519 audit-signing key (OpenSSH private key format).
+pub const AUDIT_KEY_FILE: &str = "audit-key";
+/// Ed25519 SSH user CA (OpenSSH private key format).
+pub const SSH_CA_KEY_FILE: &str = "ssh-user-ca";
+/// TLS server private key (PKCS#8 PEM).
+pub const TLS_KEY_FILE: &str = "tls-key.pem";
+/// Self-signed TLS server certificate (PEM).
+pub const TLS_CERT_FILE: &str = "tls-cert.pem";
+
+/// Default trust-store quorum set at `init`: two approvals...
+pub const DEFAULT_TRUST_STORE_QUORUM: u32 = 2;
+/// ...from operators holding this role.
+pub const DEFAULT_ADMIN_ROLE: &str = "admin";
+
+/// Validity of the self-signed TLS server certificate.
+pub const TLS_CERT_VALIDITY_DAYS: u32 = 3650;
+/// A TLS handshake that takes longer than this is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After SIGTERM, in-flight calls get this long to finish before the daemon exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest workload name accepted.
+pub const MAX_NAME_LEN: usize = 64;

@@ -1,0 +1,221 @@
+//! Listeners: the local Unix socket and the optional mutual-TLS port, either bound here or
+//! inherited through systemd socket activation (`LISTEN_FDS`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+
+use super::DaemonError;
+use crate::config::Config;
+use crate::constants::{SOCKET_MODE, TLS_HANDSHAKE_TIMEOUT};
+use crate::rpc::identity::{LocalAccess, TlsConn, UnixConn};
+
+/// Listeners ready to accept.
+#[derive(Debug)]
+pub struct Bound {
+    /// The local socket and, when we created the file, its path (removed at exit).
+    pub unix: Option<(UnixListener, Option<PathBuf>)>,
+    /// The TLS port.
+    pub tls: Option<TcpListener>,
+    /// Whether the sockets came from systemd.
+    pub activated: bool,
+}
+
+impl Bound {
+    /// Human-readable addresses, e.g. `unix:/run/latchkey/latchkeyd.sock`.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some((l, _)) = &self.unix {
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(unnamed)".to_owned());
+            out.push(format!("unix:{path}"));
+        }
+        if let Some(l) = &self.tls
+            && let Ok(addr) = l.local_addr()
+        {
+            out.push(format!("tls:{addr}"));
+        }
+        out
+    }
+
+    /// The bound TLS address, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Takes systemd's sockets if there are any, otherwise binds what the config names.
+pub fn bind(config: &Config) -> Result<Bound, DaemonError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0 {
+        return activated(&mut fds);
+    }
+    let unix = bind_unix(config)?;
+    let tls = match &config.tls {
+        Some(tls) => {
+            let std = std::net::TcpListener::bind(tls.listen).map_err(|e| DaemonError::Listen {
+                what: format!("tls {}", tls.listen),
+                source: e,
+            })?;
+            Some(to_tokio_tcp(std, &tls.listen.to_string())?)
+        }
+        None => None,
+    };
+    Ok(Bound {
+        unix: Some(unix),
+        tls,
+        activated: false,
+    })
+}
+
+fn activated(fds: &mut listenfd::ListenFd) -> Result<Bound, DaemonError> {
+    let mut bound = Bound {
+        unix: None,
+        tls: None,
+        activated: true,
+    };
+    for idx in 0..fds.len() {
+        let what = format!("systemd socket #{idx}");
+        if let Ok(Some(l)) = fds.take_unix_listener(idx) {
+            if bound.unix.is_some() {
+                return Err(DaemonError::Activation(format!(
+                    "{what}: more than one Unix socket passed"
+                )));
+            }
+            l.set_nonblocking(true).map_err(|e| listen_err(&what, e))?;
+            bound.unix = Some((
+                UnixListener::from_std(l).map_err(|e| listen_err(&what, e))?,
+                None,
+            ));
+        } else if let Ok(Some(l)) = fds.take_tcp_listener(idx) {
+            if bound.tls.is_some() {
+                return Err(DaemonError::Activation(format!(
+                    "{what}: more than one TCP socket passed"
+                )));
+            }
+            bound.tls = Some(to_tokio_tcp(l, &what)?);
+        } else {
+            return Err(DaemonError::Activation(format!(
+                "{what} is neither a Unix nor a TCP stream listener"
+            )));
+        }
+    }
+    Ok(bound)
+}
+
+fn listen_err(what: &str, source: io::Error) -> DaemonError {
+    DaemonError::Listen {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn to_tokio_tcp(l: std::net::TcpListener, what: &str) -> Result<TcpListener, DaemonError> {
+    l.set_nonblocking(true).map_err(|e| listen_err(what, e))?;
+    TcpListener::from_std(l).map_err(|e| listen_err(what, e))
+}
+
+fn bind_unix(config: &Config) -> Result<(UnixListener, Option<PathBuf>), DaemonError> {
+    let path = &config.unix.path;
+    let what = format!("unix {}", path.display());
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| listen_err(&what, e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(listen_err(
+                    &what,
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another latchkeyd is listening there",
+                    ),
+                ));
+            }
+            // A socket nobody listens on is left over from a crash: replace it.
+            std::fs::remove_file(path).map_err(|e| listen_err(&what, e))?;
+        }
+        Ok(_) => {
+            return Err(listen_err(
+                &what,
+                io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_err(&what, e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| listen_err(&what, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| listen_err(&what, e))?;
+    // Let the first allowed group connect through the file mode too.
+    if let Some(group) = config.unix.allow_groups.first()
+        && let Ok(Some(g)) = nix::unistd::Group::from_name(group)
+        && let Err(e) = nix::unistd::chown(path, None, Some(g.gid))
+    {
+        tracing::warn!(socket = %path.display(), group, "cannot give the socket to the group: {e}");
+    }
+    Ok((listener, Some(path.clone())))
+}
+
+/// The stream of identified local connections.
+pub fn unix_incoming(
+    listener: UnixListener,
+    access: LocalAccess,
+) -> impl tokio_stream::Stream<Item = io::Result<UnixConn>> + Send + 'static {
+    UnixListenerStream::new(listener)
+        .map(move |conn| conn.and_then(|s| UnixConn::accept(s, &access)))
+}
+
+/// The stream of completed mutual-TLS handshakes. Handshakes run concurrently so a slow client
+/// cannot hold up others; the accept loop ends when the server drops the stream.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> ReceiverStream<io::Result<TlsConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accepting a TCP connection: {e}");
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        // The server may have shut down meanwhile; then the connection just closes.
+                        let _closed = tx.send(TlsConn::new(tls, remote)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,327 @@
+//! Wiring: config, keys, store, listeners, background tasks, signals, systemd notification.
+
+pub mod listen;
+pub mod tls;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::service::InterceptorLayer;
+use tonic::transport::Server;
+
+use crate::authority::{Authority, AuthorityError};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::constants::{SHUTDOWN_GRACE, STORE_DIR};
+use crate::fsperm::{self, FsPermError};
+use crate::keys::{DaemonKeys, Fingerprints, KeyError};
+use crate::rpc::identity::{LocalAccess, local_interceptor, tls_interceptor};
+use crate::rpc::{Api, FILE_DESCRIPTOR_SET};
+use crate::store::{SledStore, Store, StoreError};
+use crate::trust::{self, TrustError, TrustStorePolicy};
+use crate::workload::{self, Workload, WorkloadError};
+
+/// Errors that stop `latchkeyd` from starting or initialising. Each message names the problem
+/// and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The config file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A key or directory has loose permissions or is missing.
+    #[error(transparent)]
+    Permissions(#[from] FsPermError),
+    /// A daemon key is missing or unreadable.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The store cannot be opened or is of an unsupported schema.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The trust-store metadata is unusable.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The authority could not start on this store.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// Bootstrap admission of a workload failed.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// A listener could not be bound. Free the address or fix the path.
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        /// Which listener.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// systemd passed sockets latchkeyd cannot use. Fix the .socket unit.
+    #[error("socket activation: {0}")]
+    Activation(String),
+    /// TLS could not be set up with the daemon's key. Check the TLS files in the data dir.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    /// `init` was pointed at a data dir that already holds a store.
+    #[error("{0} already holds a trust store; refusing to overwrite it")]
+    AlreadyInitialised(PathBuf),
+    /// A file the command writes exists already or cannot be written.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Installing signal handlers or the runtime failed.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A listener stopped with an error.
+    #[error("server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Files and directories come into being private: 0700 directories, 0600 files.
+fn restrict_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+/// What `latchkeyd init` should create.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// The data directory (created 0700 if missing).
+    pub data_dir: PathBuf,
+    /// Trust-store approval policy.
+    pub policy: TrustStorePolicy,
+    /// DNS names and IP addresses in the TLS certificate.
+    pub tls_names: Vec<String>,
+    /// Where to write a matching config file, if anywhere.
+    pub write_config: Option<PathBuf>,
+    /// Socket path for the written config.
+    pub socket: PathBuf,
+    /// Dev mode in the written config.
+    pub dev_mode: bool,
+}
+
+/// Creates the store and the daemon's keys. Refuses a data dir that already holds a store.
+pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<Fingerprints, DaemonError> {
+    restrict_umask();
+    let store_path = opts.data_dir.join(STORE_DIR);
+    if store_path.exists() {
+        return Err(DaemonError::AlreadyInitialised(opts.data_dir.clone()));
+    }
+    if let Some(config_path) = &opts.write_config
+        && config_path.exists()
+    {
+        return Err(DaemonError::Write {
+            path: config_path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite"),
+        });
+    }
+    fsperm::create_private_dir(&opts.data_dir)?;
+    let keys = DaemonKeys::generate(&opts.data_dir, &opts.tls_names, clock.now())?;
+    let store = SledStore::create(&store_path)?;
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id)
+        .map_err(|e| DaemonError::Runtime(std::io::Error::other(e.to_string())))?;
+    trust::initialise(&store, opts.policy.clone(), hex::encode(id), clock.now())?;
+    store.flush()?;
+    if let Some(config_path) = &opts.write_config {
+        let text = Config::example(&opts.data_dir, &opts.socket, opts.dev_mode);
+        fsperm::write_private_file(config_path, text.as_bytes())?;
+    }
+    Ok(keys.fingerprints().clone())
+}
+
+/// Admits a workload directly into a stopped daemon's store while genesis is open.
+pub fn admit_workload_at_genesis(data_dir: &Path, workload: &Workload) -> Result<(), DaemonError> {
+    restrict_umask();
+    fsperm::check_private(data_dir)?;
+    let store_path = data_dir.join(STORE_DIR);
+    let store = SledStore::open(&store_path)?;
+    crate::store::check_schema(&store, &store_path)?;
+    workload::admit_at_genesis(&store, workload)?;
+    store.flush()?;
+    Ok(())
+}
+
+/// A daemon that is serving. Dropping it does not stop it; call [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    addresses: Vec<String>,
+    tls_addr: Option<std::net::SocketAddr>,
+    socket_file: Option<PathBuf>,
+    authority: Arc<Authority>,
+    health: tonic_health::server::HealthReporter,
+    stop: watch::Sender<bool>,
+    servers: JoinSet<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Where the daemon listens, e.g. `unix:/run/latchkey/latchkeyd.sock`, `tls:127.0.0.1:7443`.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    /// The TLS listener's bound address (useful with port 0).
+    pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Stops accepting, lets in-flight calls finish (up to a grace period), flushes the store
+    /// and removes the socket file this process created.
+    pub async fn shutdown(mut self) -> Result<(), DaemonError> {
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        // Receivers live in the server tasks; if they are gone the servers have ended already.
+        let _already_stopped = self.stop.send(true);
+        let mut result = Ok(());
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(joined) = self.servers.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => result = Err(DaemonError::Serve(e)),
+                    Err(e) => tracing::error!("server task failed: {e}"),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight calls did not finish in time; closing them");
+            self.servers.abort_all();
+        }
+        self.authority.flush()?;
+        if let Some(path) = &self.socket_file
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            tracing::warn!(socket = %path.display(), "removing socket file: {e}");
+        }
+        tracing::info!("latchkeyd stopped");
+        result
+    }
+}
+
+/// Opens the store and keys, binds the listeners and starts serving.
+pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
+    restrict_umask();
+    fsperm::check_private(&config.data_dir)?;
+    let keys = Arc::new(DaemonKeys::load(&config.data_dir)?);
+    let store_path = config.data_dir.join(STORE_DIR);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    let authority = Arc::new(Authority::new(
+        store,
+        &store_path,
+        clock,
+        keys.clone(),
+        config.dev_mode,
+    )?);
+    let api = Api::new(authority.clone());
+
+    let bound = listen::bind(config)?;
+    let addresses = bound.addresses();
+    let tls_addr = bound.tls_addr();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::pb::system_service_server::SystemServiceServer<crate::rpc::SystemApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| DaemonError::Activation(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| DaemonError::Activation(format!("reflection: {e}")))?;
+
+    let (stop, _) = watch::channel(false);
+    let stopped = |stop: &watch::Sender<bool>| {
+        let mut rx = stop.subscribe();
+        async move {
+            // Either a `true` arrives or the sender is gone: stop in both cases.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers = JoinSet::new();
+    let mut socket_file = None;
+
+    if let Some((listener, created)) = bound.unix {
+        socket_file = created;
+        let access = LocalAccess {
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+            allow_uids: config.unix.allow_uids.clone(),
+            allow_groups: config.unix.allow_groups.clone(),
+        };
+        let router = Server::builder()
+            .layer(InterceptorLayer::new(local_interceptor()))
+            .add_service(api.system())
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone());
+        let incoming = listen::unix_incoming(listener, access);
+        servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
+    }
+    if let Some(listener) = bound.tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&keys)?));
+        let router = Server::builder()
+            .layer(InterceptorLayer::new(tls_interceptor(authority.clone())))
+            .add_service(api.system())
+            .add_service(health_service.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let incoming = listen::tls_incoming(listener, acceptor);
+        servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
+    }
+
+    let fingerprints = keys.fingerprints();
+    tracing::info!(
+        listen = %addresses.join(" "),
+        socket_activated = bound.activated,
+        dev_mode = config.dev_mode,
+        audit_key = %fingerprints.audit_key,
+        ssh_user_ca = %fingerprints.ssh_user_ca,
+        tls_certificate = %fingerprints.tls_certificate,
+        "latchkeyd serving"
+    );
+    Ok(Running {
+        addresses,
+        tls_addr,
+        socket_file,
+        authority,
+        health,
+        stop,
+        servers,
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT (or `until` completes), then shuts down cleanly.
+/// Tells systemd READY once serving and STOPPING on the way out.
+pub async fn serve_until(
+    config: &Config,
+    until: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let running = start(config, Arc::new(SystemClock)).await?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    // Printed (not logged) so a person or script starting the daemon sees where it listens.
+    println!("latchkeyd listening on {}", running.addresses().join(" "));
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        () = until => tracing::info!("shutting down"),
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    running.shutdown().await
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("sd_notify: {e}");
+    }
+}

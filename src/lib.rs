@@ -1,0 +1,25 @@
+//! latchkey: an independent break-glass authority. See `ARCHITECTURE.md` for the module map.
+
+#![forbid(unsafe_code)]
+
+pub mod authority;
+pub mod caller;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod constants;
+pub mod daemon;
+pub mod error;
+pub mod fsperm;
+pub mod keys;
+pub mod logging;
+pub mod rpc;
+pub mod store;
+pub mod trust;
+pub mod workload;
+
+/// Types generated from `proto/latchkey/v1`. Only [`rpc`] and [`client`] use them.
+#[allow(clippy::all, clippy::pedantic, missing_docs)] // generated code
+pub mod pb {
+    tonic::include_proto!("latchkey.v1");
+}

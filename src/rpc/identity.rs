@@ -1,0 +1,266 @@
+//! Caller identity: what each transport learned about a connection, and the interceptors that
+//! turn it into a [`Caller`] on every request (or refuse the request).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tonic::transport::server::Connected;
+use tonic::{Request, Status};
+
+use super::{status, to_status};
+use crate::authority::Authority;
+use crate::caller::{Caller, LocalPeer};
+use crate::error::ErrorKind;
+
+/// Who may connect to the local socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalAccess {
+    /// The daemon's own user: always allowed.
+    pub daemon_uid: u32,
+    /// Further allowed users.
+    pub allow_uids: Vec<u32>,
+    /// Groups whose members (primary or supplementary) are allowed.
+    pub allow_groups: Vec<String>,
+}
+
+impl LocalAccess {
+    /// Whether `peer` may use the socket. Group membership is read at each connection, so a
+    /// change to `/etc/group` applies without a restart.
+    pub fn allows(&self, peer: &LocalPeer) -> bool {
+        if peer.uid == self.daemon_uid || self.allow_uids.contains(&peer.uid) {
+            return true;
+        }
+        if self.allow_groups.is_empty() {
+            return false;
+        }
+        let user = nix::unistd::User::from_uid(peer.uid.into()).ok().flatten();
+        self.allow_groups
+            .iter()
+            .any(|name| match nix::unistd::Group::from_name(name) {
+                Ok(Some(group)) => {
+                    group.gid.as_raw() == peer.gid
+                        || user.as_ref().is_some_and(|u| group.mem.contains(&u.name))
+                }
+                _ => false,
+            })
+    }
+}
+
+/// What the Unix listener learned about a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct UnixPeerInfo {
+    /// Kernel-reported peer credentials.
+    pub peer: LocalPeer,
+    /// Whether [`LocalAccess`] allowed this peer when it connected.
+    pub allowed: bool,
+}
+
+/// What the TLS listener learned about a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsPeerInfo {
+    /// SHA-256 of the client certificate's SubjectPublicKeyInfo.
+    pub spki_sha256: [u8; 32],
+    /// Remote address.
+    pub remote: SocketAddr,
+}
+
+/// A local socket connection with its peer credentials.
+#[derive(Debug)]
+pub struct UnixConn {
+    inner: UnixStream,
+    info: UnixPeerInfo,
+}
+
+impl UnixConn {
+    /// Reads the peer's credentials and checks them against `access`.
+    pub fn accept(inner: UnixStream, access: &LocalAccess) -> io::Result<Self> {
+        let cred = inner.peer_cred()?;
+        let peer = LocalPeer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        };
+        let allowed = access.allows(&peer);
+        if !allowed {
+            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "local peer not in allow-list");
+        }
+        Ok(Self {
+            inner,
+            info: UnixPeerInfo { peer, allowed },
+        })
+    }
+}
+
+/// A mutual-TLS connection with the client key's SPKI hash.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: TlsPeerInfo,
+}
+
+impl TlsConn {
+    /// Wraps a completed handshake. Fails if the client presented no certificate.
+    pub fn new(
+        inner: tokio_rustls::server::TlsStream<TcpStream>,
+        remote: SocketAddr,
+    ) -> io::Result<Self> {
+        let cert = inner
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::PermissionDenied, "no client certificate")
+            })?;
+        let spki_sha256 = crate::keys::spki_sha256(cert)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Self {
+            inner,
+            info: TlsPeerInfo {
+                spki_sha256,
+                remote,
+            },
+        })
+    }
+}
+
+macro_rules! delegate_io {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_read(cx, buf)
+            }
+        }
+        impl AsyncWrite for $t {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+            fn poll_write_vectored(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+        }
+    };
+}
+
+delegate_io!(UnixConn);
+delegate_io!(TlsConn);
+
+impl Connected for UnixConn {
+    type ConnectInfo = UnixPeerInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = TlsPeerInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info
+    }
+}
+
+/// Identifies local callers; refuses peers outside the allow-list.
+pub fn local_interceptor()
+-> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    |mut req: Request<()>| {
+        let info = req
+            .extensions()
+            .get::<UnixPeerInfo>()
+            .copied()
+            .ok_or_else(|| {
+                status(
+                    ErrorKind::Unauthenticated,
+                    "caller.unidentified",
+                    "no peer credentials",
+                )
+            })?;
+        if !info.allowed {
+            return Err(status(
+                ErrorKind::PermissionDenied,
+                "caller.local_not_allowed",
+                &format!(
+                    "uid {} is not allowed on this socket; add it to [unix] allow_uids or allow_groups",
+                    info.peer.uid
+                ),
+            ));
+        }
+        req.extensions_mut().insert(Caller::Local(info.peer));
+        Ok(req)
+    }
+}
+
+/// Identifies TLS callers by their pinned SPKI; refuses keys not pinned in the trust store.
+pub fn tls_interceptor(
+    authority: Arc<Authority>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |mut req: Request<()>| {
+        let info = req
+            .extensions()
+            .get::<TlsPeerInfo>()
+            .copied()
+            .ok_or_else(|| {
+                status(
+                    ErrorKind::Unauthenticated,
+                    "caller.unidentified",
+                    "no client certificate",
+                )
+            })?;
+        let workload = authority
+            .identify_workload(&info.spki_sha256)
+            .map_err(|e| to_status(&e))?
+            .ok_or_else(|| {
+                status(
+                    ErrorKind::Unauthenticated,
+                    "caller.not_pinned",
+                    &format!(
+                        "client certificate key (SPKI SHA-256 {}) is not pinned in the trust store",
+                        hex::encode(info.spki_sha256)
+                    ),
+                )
+            })?;
+        req.extensions_mut().insert(Caller::Workload(workload));
+        Ok(req)
+    }
+}
+
+/// The caller the interceptor established for this request.
+pub fn caller_of<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+        status(
+            ErrorKind::Unauthenticated,
+            "caller.unidentified",
+            "caller not identified",
+        )
+    })
+}

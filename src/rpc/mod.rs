@@ -1,0 +1,81 @@
+//! gRPC adapters: proto ↔ domain, caller identity, and the one place where domain errors
+//! become `tonic::Status`. Generated types stay in this module and in [`crate::pb`].
+
+pub mod identity;
+mod system;
+
+use std::sync::Arc;
+
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+pub use system::SystemApi;
+
+use crate::authority::Authority;
+use crate::error::{Coded, ErrorKind};
+use crate::pb;
+
+/// Metadata key carrying the stable error code on every error response.
+pub const ERROR_CODE_METADATA: &str = "latchkey-error-code";
+
+/// The encoded file descriptor set of `proto/`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/latchkey_v1_descriptor.bin"));
+
+/// Maps a stable error kind to its gRPC code. The only such mapping in the crate.
+pub fn grpc_code(kind: ErrorKind) -> tonic::Code {
+    match kind {
+        ErrorKind::InvalidInput => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::Conflict => tonic::Code::Aborted,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Internal => tonic::Code::Internal,
+        #[allow(unreachable_patterns)] // ErrorKind is non_exhaustive for other crates only
+        _ => tonic::Code::Internal,
+    }
+}
+
+/// Converts a coded error into a `Status`: the message is `code: description`, and the code
+/// is also in the `latchkey-error-code` metadata for programs.
+pub fn to_status<E: Coded>(err: &E) -> Status {
+    status(err.kind(), err.code(), &err.to_string())
+}
+
+/// Builds a status from parts (for errors raised in this layer).
+pub fn status(kind: ErrorKind, code: &'static str, message: &str) -> Status {
+    let mut status = Status::new(grpc_code(kind), format!("{code}: {message}"));
+    status
+        .metadata_mut()
+        .insert(ERROR_CODE_METADATA, MetadataValue::from_static(code));
+    if matches!(kind, ErrorKind::Internal | ErrorKind::Unavailable) {
+        tracing::error!(code, message, "request failed");
+    }
+    status
+}
+
+/// The services every listener serves, sharing one authority.
+#[derive(Debug, Clone)]
+pub struct Api {
+    authority: Arc<Authority>,
+}
+
+impl Api {
+    /// Services over `authority`.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Self { authority }
+    }
+
+    /// The authority behind the services.
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
+    }
+
+    /// `latchkey.v1.SystemService`.
+    pub fn system(&self) -> pb::system_service_server::SystemServiceServer<SystemApi> {
+        pb::system_service_server::SystemServiceServer::new(SystemApi::new(self.authority.clone()))
+    }
+}

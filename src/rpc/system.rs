@@ -1,0 +1,77 @@
+//! `latchkey.v1.SystemService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::identity::caller_of;
+use super::to_status;
+use crate::authority::Authority;
+use crate::caller::Caller;
+use crate::clock::Timestamp;
+use crate::pb;
+use crate::trust::Genesis;
+
+/// Serves `SystemService` from an [`Authority`].
+#[derive(Debug, Clone)]
+pub struct SystemApi {
+    authority: Arc<Authority>,
+}
+
+impl SystemApi {
+    /// The service over `authority`.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Self { authority }
+    }
+}
+
+/// A protobuf timestamp for a domain timestamp.
+pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t.to_system_time())
+}
+
+fn caller_to_pb(caller: &Caller) -> pb::Caller {
+    let identity = match caller {
+        Caller::Local(p) => pb::caller::Identity::Local(pb::LocalCaller {
+            uid: p.uid,
+            gid: p.gid,
+            pid: p.pid.unwrap_or(0),
+        }),
+        Caller::Workload(w) => pb::caller::Identity::Workload(pb::WorkloadCaller {
+            name: w.name.clone(),
+            spki_sha256: w.spki_sha256.clone(),
+        }),
+    };
+    pb::Caller {
+        identity: Some(identity),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::system_service_server::SystemService for SystemApi {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let report = self.authority.status().map_err(|e| to_status(&e))?;
+        let genesis = match report.genesis {
+            Genesis::Open => pb::GenesisState::Open,
+            Genesis::Closed { .. } => pb::GenesisState::Closed,
+        };
+        Ok(Response::new(pb::StatusResponse {
+            version: report.version.to_owned(),
+            store_schema_version: report.store_schema_version,
+            genesis: genesis.into(),
+            fingerprints: Some(pb::KeyFingerprints {
+                audit_key: report.fingerprints.audit_key,
+                ssh_user_ca: report.fingerprints.ssh_user_ca,
+                tls_certificate: report.fingerprints.tls_certificate,
+                tls_spki: report.fingerprints.tls_spki,
+            }),
+            dev_mode: report.dev_mode,
+            now: Some(timestamp(report.now)),
+            caller: Some(caller_to_pb(&caller)),
+        }))
+    }
+}

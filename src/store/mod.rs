@@ -1,0 +1,378 @@
+//! The trust store behind a trait: typed keyspaces, atomic multi-key transactions with
+//! compare-and-set preconditions, and an ordered scan. sled is the embedded default
+//! ([`SledStore`]); everything above this module is backend-blind.
+//!
+//! The transaction model is etcd's: a list of comparisons that must all hold, then a list of
+//! writes applied all-or-nothing. A successful [`Store::commit`] is durable when it returns.
+
+mod sled_store;
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use sled_store::SledStore;
+
+use crate::constants::STORE_SCHEMA_VERSION;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A transaction precondition did not hold: someone else changed the data first.
+    /// Re-read and retry, or report the conflict to the caller.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
+    /// The backend failed (I/O, corruption, lock held by another process). Nothing was written;
+    /// the daemon should stop serving state changes and an operator should look at the disk.
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// A stored value could not be decoded as the type its keyspace holds: the store is damaged
+    /// or was written by an incompatible build. Do not guess; stop and investigate.
+    #[error("corrupt record in keyspace {keyspace}: {detail}")]
+    Corrupt {
+        /// Keyspace of the record.
+        keyspace: &'static str,
+        /// What failed to decode.
+        detail: String,
+    },
+    /// No trust store exists at this path. Run `latchkeyd init` first.
+    #[error("no trust store at {0}; create one with `latchkeyd init --data-dir DIR`")]
+    NotInitialised(String),
+    /// The store was written by a newer latchkeyd. Upgrade latchkeyd; never downgrade a store.
+    #[error(
+        "trust store schema version {found} is newer than this latchkeyd supports ({supported}); upgrade latchkeyd to a release that supports schema {found}"
+    )]
+    SchemaTooNew {
+        /// Version on disk.
+        found: u32,
+        /// Highest version this build supports.
+        supported: u32,
+    },
+}
+
+/// The named, independent key spaces of the trust store. Each holds one record type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Keyspace {
+    /// Store metadata: schema version, genesis state, trust-store policy.
+    Meta,
+    /// Workloads by name.
+    Workloads,
+    /// Workload name by pinned SPKI SHA-256 (hex): the TLS identity index.
+    WorkloadPins,
+}
+
+impl Keyspace {
+    /// Every keyspace, in a fixed order.
+    pub const ALL: &'static [Keyspace] =
+        &[Keyspace::Meta, Keyspace::Workloads, Keyspace::WorkloadPins];
+
+    /// Stable on-disk name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Keyspace::Meta => "meta",
+            Keyspace::Workloads => "workloads",
+            Keyspace::WorkloadPins => "workload_pins",
+        }
+    }
+}
+
+/// A value type stored in one keyspace, encoded as JSON.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The keyspace records of this type live in.
+    const KEYSPACE: Keyspace;
+}
+
+/// A precondition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key must not exist.
+    Absent(Keyspace, Vec<u8>),
+    /// The key must exist with exactly this value.
+    Equals(Keyspace, Vec<u8>, Vec<u8>),
+}
+
+/// A write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Set the key to the value.
+    Put(Keyspace, Vec<u8>, Vec<u8>),
+    /// Remove the key (no error if absent).
+    Delete(Keyspace, Vec<u8>),
+}
+
+/// An atomic unit of change: all comparisons hold and all writes apply, or nothing happens.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    compares: Vec<Compare>,
+    writes: Vec<Write>,
+}
+
+impl Txn {
+    /// An empty transaction.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires `key` to be absent from `ks`.
+    pub fn require_absent(&mut self, ks: Keyspace, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.compares.push(Compare::Absent(ks, key.into()));
+        self
+    }
+
+    /// Requires `key` in `ks` to hold exactly `value`.
+    pub fn require_equals(
+        &mut self,
+        ks: Keyspace,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> &mut Self {
+        self.compares
+            .push(Compare::Equals(ks, key.into(), value.into()));
+        self
+    }
+
+    /// Sets `key` in `ks` to raw bytes.
+    pub fn put_raw(
+        &mut self,
+        ks: Keyspace,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> &mut Self {
+        self.writes.push(Write::Put(ks, key.into(), value.into()));
+        self
+    }
+
+    /// Sets `key` to the encoded record, in the record type's keyspace.
+    pub fn put<R: Record>(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        record: &R,
+    ) -> Result<&mut Self, StoreError> {
+        let value = encode(record)?;
+        Ok(self.put_raw(R::KEYSPACE, key, value))
+    }
+
+    /// Removes `key` from `ks`.
+    pub fn delete(&mut self, ks: Keyspace, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.writes.push(Write::Delete(ks, key.into()));
+        self
+    }
+
+    /// The preconditions.
+    pub fn compares(&self) -> &[Compare] {
+        &self.compares
+    }
+
+    /// The writes.
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+
+    /// Every keyspace this transaction reads or writes, sorted and unique.
+    pub fn keyspaces(&self) -> Vec<Keyspace> {
+        let mut all: Vec<Keyspace> = self
+            .compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(ks, _) | Compare::Equals(ks, _, _) => *ks,
+            })
+            .chain(self.writes.iter().map(|w| match w {
+                Write::Put(ks, _, _) | Write::Delete(ks, _) => *ks,
+            }))
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// A stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// The trust store's storage backend.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Reads one key.
+    fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries of `ks` with keys `>= start`, in key order.
+    fn scan_from(&self, ks: Keyspace, start: &[u8], limit: usize)
+    -> Result<Vec<Entry>, StoreError>;
+
+    /// The entry with the greatest key in `ks`, if any.
+    fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError>;
+
+    /// Applies the transaction atomically and durably, or returns [`StoreError::Conflict`] and
+    /// writes nothing.
+    fn commit(&self, txn: &Txn) -> Result<(), StoreError>;
+
+    /// Forces everything written so far to stable storage.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Encodes a record as its stored bytes.
+pub fn encode<R: Record>(record: &R) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+        keyspace: R::KEYSPACE.name(),
+        detail: format!("encode: {e}"),
+    })
+}
+
+/// Decodes stored bytes as a record.
+pub fn decode<R: Record>(bytes: &[u8]) -> Result<R, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        keyspace: R::KEYSPACE.name(),
+        detail: e.to_string(),
+    })
+}
+
+/// Reads and decodes one record.
+pub fn read<R: Record>(store: &dyn Store, key: &[u8]) -> Result<Option<R>, StoreError> {
+    store
+        .get(R::KEYSPACE, key)?
+        .map(|bytes| decode(&bytes))
+        .transpose()
+}
+
+/// Key of the schema version in [`Keyspace::Meta`] (big-endian u32).
+pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// Reads the schema version, refusing stores this build cannot serve.
+pub fn check_schema(store: &dyn Store, location: &Path) -> Result<u32, StoreError> {
+    let Some(raw) = store.get(Keyspace::Meta, SCHEMA_VERSION_KEY)? else {
+        return Err(StoreError::NotInitialised(location.display().to_string()));
+    };
+    let bytes: [u8; 4] = raw.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+        keyspace: Keyspace::Meta.name(),
+        detail: format!("schema_version has {} bytes, expected 4", raw.len()),
+    })?;
+    let found = u32::from_be_bytes(bytes);
+    if found > STORE_SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: STORE_SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
+}
+
+/// Encodes a schema version as stored.
+pub fn schema_version_bytes(version: u32) -> Vec<u8> {
+    version.to_be_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_temp() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("store")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn writes_of_one_transaction_land_together_across_keyspaces() {
+        let (_dir, store) = open_temp();
+        let mut txn = Txn::new();
+        txn.put_raw(Keyspace::Workloads, "a", "1")
+            .put_raw(Keyspace::WorkloadPins, "p", "a");
+        store.commit(&txn).unwrap();
+        assert_eq!(
+            store.get(Keyspace::Workloads, b"a").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            store.get(Keyspace::WorkloadPins, b"p").unwrap(),
+            Some(b"a".to_vec())
+        );
+    }
+
+    #[test]
+    fn failed_precondition_writes_nothing() {
+        let (_dir, store) = open_temp();
+        let mut first = Txn::new();
+        first.put_raw(Keyspace::WorkloadPins, "p", "a");
+        store.commit(&first).unwrap();
+
+        let mut txn = Txn::new();
+        txn.put_raw(Keyspace::Workloads, "b", "2")
+            .require_absent(Keyspace::WorkloadPins, "p")
+            .put_raw(Keyspace::WorkloadPins, "p", "b");
+        let err = store.commit(&txn).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(store.get(Keyspace::Workloads, b"b").unwrap(), None);
+        assert_eq!(
+            store.get(Keyspace::WorkloadPins, b"p").unwrap(),
+            Some(b"a".to_vec())
+        );
+    }
+
+    #[test]
+    fn compare_and_set_succeeds_only_on_the_expected_value() {
+        let (_dir, store) = open_temp();
+        let mut init = Txn::new();
+        init.put_raw(Keyspace::Meta, "head", "1");
+        store.commit(&init).unwrap();
+
+        let mut stale = Txn::new();
+        stale
+            .require_equals(Keyspace::Meta, "head", "0")
+            .put_raw(Keyspace::Meta, "head", "9");
+        assert!(matches!(store.commit(&stale), Err(StoreError::Conflict(_))));
+
+        let mut fresh = Txn::new();
+        fresh
+            .require_equals(Keyspace::Meta, "head", "1")
+            .put_raw(Keyspace::Meta, "head", "2");
+        store.commit(&fresh).unwrap();
+        assert_eq!(
+            store.get(Keyspace::Meta, b"head").unwrap(),
+            Some(b"2".to_vec())
+        );
+    }
+
+    #[test]
+    fn scan_returns_keys_in_order_from_the_start_key() {
+        let (_dir, store) = open_temp();
+        let mut txn = Txn::new();
+        for k in ["c", "a", "d", "b"] {
+            txn.put_raw(Keyspace::Workloads, k, k);
+        }
+        store.commit(&txn).unwrap();
+        let keys: Vec<Vec<u8>> = store
+            .scan_from(Keyspace::Workloads, b"b", 2)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            store.last(Keyspace::Workloads).unwrap().unwrap().0,
+            b"d".to_vec()
+        );
+    }
+
+    #[test]
+    fn schema_newer_than_this_build_is_refused() {
+        let (dir, store) = open_temp();
+        let mut txn = Txn::new();
+        txn.put_raw(
+            Keyspace::Meta,
+            SCHEMA_VERSION_KEY,
+            schema_version_bytes(STORE_SCHEMA_VERSION + 1),
+        );
+        store.commit(&txn).unwrap();
+        let err = check_schema(&store, dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn store_without_schema_is_reported_as_not_initialised() {
+        let (dir, store) = open_temp();
+        let err = check_schema(&store, dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::NotInitialised(_)), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! Trust-store metadata: identity of the store, the trust-store approval policy, and the
+//! genesis window.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::constants::STORE_SCHEMA_VERSION;
+use crate::error::{Coded, ErrorKind};
+use crate::store::{self, Keyspace, Record, SCHEMA_VERSION_KEY, Store, StoreError, Txn};
+
+/// Key of [`TrustStoreMeta`] in [`Keyspace::Meta`].
+pub const META_KEY: &[u8] = b"trust_store";
+
+/// Errors about the trust store as a whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// The store could not be read or written; see the inner error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The policy given at `init` is unusable (quorum 0, empty role). Choose another.
+    #[error("invalid trust-store policy: {0}")]
+    InvalidPolicy(String),
+    /// The store already holds a trust store. Use it, or choose another data dir.
+    #[error("the store is already initialised")]
+    AlreadyInitialised,
+}
+
+impl Coded for TrustError {
+    fn code(&self) -> &'static str {
+        match self {
+            TrustError::Store(e) => e.code(),
+            TrustError::InvalidPolicy(_) => "trust.invalid_policy",
+            TrustError::AlreadyInitialised => "trust.already_initialised",
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            TrustError::Store(e) => e.kind(),
+            TrustError::InvalidPolicy(_) => ErrorKind::InvalidInput,
+            TrustError::AlreadyInitialised => ErrorKind::AlreadyExists,
+        }
+    }
+}
+
+/// Who must approve changes to the trust store itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustStorePolicy {
+    /// Number of distinct operators whose approval is needed.
+    pub quorum: u32,
+    /// Role those operators must hold.
+    pub approver_role: String,
+}
+
+/// Whether bootstrap enrollments without quorum are still accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Genesis {
+    /// The first operators may be enrolled over the local socket without approval.
+    Open,
+    /// Closed for good at the given time: every change needs quorum.
+    Closed {
+        /// When the window closed.
+        at: Timestamp,
+    },
+}
+
+/// The trust store's own metadata record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustStoreMeta {
+    /// Random identifier of this store, to tell stores (and their backups) apart.
+    pub store_id: String,
+    /// When `init` created it.
+    pub created_at: Timestamp,
+    /// Who approves trust-store changes.
+    pub policy: TrustStorePolicy,
+    /// The genesis window.
+    pub genesis: Genesis,
+}
+
+impl Record for TrustStoreMeta {
+    const KEYSPACE: Keyspace = Keyspace::Meta;
+}
+
+/// Writes the schema version and a fresh [`TrustStoreMeta`] into an empty store.
+pub fn initialise(
+    store: &dyn Store,
+    policy: TrustStorePolicy,
+    store_id: String,
+    now: Timestamp,
+) -> Result<TrustStoreMeta, TrustError> {
+    if policy.quorum == 0 {
+        return Err(TrustError::InvalidPolicy(
+            "quorum must be at least 1".to_owned(),
+        ));
+    }
+    if policy.approver_role.trim().is_empty() {
+        return Err(TrustError::InvalidPolicy(
+            "approver role must not be empty".to_owned(),
+        ));
+    }
+    let meta = TrustStoreMeta {
+        store_id,
+        created_at: now,
+        policy,
+        genesis: Genesis::Open,
+    };
+    let mut txn = Txn::new();
+    txn.require_absent(Keyspace::Meta, SCHEMA_VERSION_KEY)
+        .put_raw(
+            Keyspace::Meta,
+            SCHEMA_VERSION_KEY,
+            store::schema_version_bytes(STORE_SCHEMA_VERSION),
+        )
+        .put(META_KEY, &meta)?;
+    match store.commit(&txn) {
+        Ok(()) => Ok(meta),
+        Err(StoreError::Conflict(_)) => Err(TrustError::AlreadyInitialised),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the trust store's metadata, with its stored bytes (for compare-and-set).
+pub fn read_meta(store: &dyn Store) -> Result<(TrustStoreMeta, Vec<u8>), TrustError> {
+    let raw = store
+        .get(Keyspace::Meta, META_KEY)?
+        .ok_or_else(|| StoreError::Corrupt {
+            keyspace: Keyspace::Meta.name(),
+            detail: "trust_store metadata is missing".to_owned(),
+        })?;
+    Ok((store::decode(&raw)?, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn policy() -> TrustStorePolicy {
+        TrustStorePolicy {
+            quorum: 2,
+            approver_role: "admin".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_new_trust_store_opens_the_genesis_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("s")).unwrap();
+        initialise(
+            &store,
+            policy(),
+            "id".into(),
+            Timestamp::from_unix_millis(5),
+        )
+        .unwrap();
+        let (meta, _) = read_meta(&store).unwrap();
+        assert_eq!(meta.genesis, Genesis::Open);
+        assert_eq!(meta.policy, policy());
+        assert_eq!(
+            store::check_schema(&store, dir.path()).unwrap(),
+            STORE_SCHEMA_VERSION
+        );
+    }
+
+    #[test]
+    fn initialising_twice_is_refused_and_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("s")).unwrap();
+        initialise(
+            &store,
+            policy(),
+            "first".into(),
+            Timestamp::from_unix_millis(5),
+        )
+        .unwrap();
+        let err = initialise(
+            &store,
+            policy(),
+            "second".into(),
+            Timestamp::from_unix_millis(6),
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrustError::AlreadyInitialised));
+        assert_eq!(read_meta(&store).unwrap().0.store_id, "first");
+    }
+
+    #[test]
+    fn a_zero_quorum_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("s")).unwrap();
+        let bad = TrustStorePolicy {
+            quorum: 0,
+            approver_role: "admin".into(),
+        };
+        assert!(matches!(
+            initialise(&store, bad, "id".into(), Timestamp::from_unix_millis(0)),
+            Err(TrustError::InvalidPolicy(_))
+        ));
+        assert_eq!(store.get(Keyspace::Meta, SCHEMA_VERSION_KEY).unwrap(), None);
+    }
+}

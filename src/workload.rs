@@ -1,0 +1,253 @@
+//! Workloads: non-human callers (vault plugins, automation, agents) identified by the pinned
+//! SHA-256 of their TLS client certificate's SubjectPublicKeyInfo.
+
+use serde::{Deserialize, Serialize};
+
+use crate::caller::WorkloadId;
+use crate::clock::Timestamp;
+use crate::constants::MAX_NAME_LEN;
+use crate::error::{Coded, ErrorKind};
+use crate::store::{self, Keyspace, Record, Store, StoreError, Txn};
+use crate::trust::{self, Genesis, META_KEY, TrustError};
+
+/// Errors about workloads.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkloadError {
+    /// The name is empty, too long or has characters outside `[a-z0-9._-]`. Pick another.
+    #[error("invalid workload name {0:?}: use 1-64 characters from a-z, 0-9, '.', '_' and '-'")]
+    InvalidName(String),
+    /// The pin is not 64 lowercase hex characters. Pass the SHA-256 of the SPKI in hex.
+    #[error("invalid SPKI pin {0:?}: expected 64 lowercase hex characters")]
+    InvalidPin(String),
+    /// A workload of that name exists already. Remove it first or choose another name.
+    #[error("workload {0} already exists")]
+    NameTaken(String),
+    /// That certificate key is pinned to another workload. One key identifies one workload.
+    #[error("that SPKI is already pinned to workload {0}")]
+    PinTaken(String),
+    /// Genesis is closed: admitting a workload now needs a quorum-approved change.
+    #[error(
+        "the trust store is past genesis; admitting a workload now needs a quorum-approved change"
+    )]
+    GenesisClosed,
+    /// Reading or writing the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading the trust-store metadata failed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl Coded for WorkloadError {
+    fn code(&self) -> &'static str {
+        match self {
+            WorkloadError::InvalidName(_) => "workload.invalid_name",
+            WorkloadError::InvalidPin(_) => "workload.invalid_pin",
+            WorkloadError::NameTaken(_) => "workload.name_taken",
+            WorkloadError::PinTaken(_) => "workload.pin_taken",
+            WorkloadError::GenesisClosed => "workload.genesis_closed",
+            WorkloadError::Store(e) => e.code(),
+            WorkloadError::Trust(e) => e.code(),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            WorkloadError::InvalidName(_) | WorkloadError::InvalidPin(_) => ErrorKind::InvalidInput,
+            WorkloadError::NameTaken(_) | WorkloadError::PinTaken(_) => ErrorKind::AlreadyExists,
+            WorkloadError::GenesisClosed => ErrorKind::FailedPrecondition,
+            WorkloadError::Store(e) => e.kind(),
+            WorkloadError::Trust(e) => e.kind(),
+        }
+    }
+}
+
+/// A workload admitted to the trust store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Unique name.
+    pub name: String,
+    /// Who answers for it (a person or team).
+    pub owner: String,
+    /// SHA-256 of its TLS client certificate's SubjectPublicKeyInfo, lowercase hex.
+    pub spki_sha256: String,
+    /// When it was admitted.
+    pub admitted_at: Timestamp,
+}
+
+impl Record for Workload {
+    const KEYSPACE: Keyspace = Keyspace::Workloads;
+}
+
+impl Workload {
+    /// Its identity as a caller.
+    pub fn id(&self) -> WorkloadId {
+        WorkloadId {
+            name: self.name.clone(),
+            spki_sha256: self.spki_sha256.clone(),
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), WorkloadError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(WorkloadError::InvalidName(name.to_owned()))
+    }
+}
+
+fn check_pin(pin: &str) -> Result<(), WorkloadError> {
+    let ok = pin.len() == 64
+        && pin
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(WorkloadError::InvalidPin(pin.to_owned()))
+    }
+}
+
+/// Admits a workload while the genesis window is open (bootstrap, local only). Atomic: the
+/// name, the pin and the still-open genesis are checked in the same transaction that writes.
+pub fn admit_at_genesis(store: &dyn Store, workload: &Workload) -> Result<(), WorkloadError> {
+    check_name(&workload.name)?;
+    check_pin(&workload.spki_sha256)?;
+    let (meta, meta_bytes) = trust::read_meta(store)?;
+    if meta.genesis != Genesis::Open {
+        return Err(WorkloadError::GenesisClosed);
+    }
+    if let Some(existing) = store.get(Keyspace::WorkloadPins, workload.spki_sha256.as_bytes())? {
+        return Err(WorkloadError::PinTaken(
+            String::from_utf8_lossy(&existing).into_owned(),
+        ));
+    }
+    if store
+        .get(Keyspace::Workloads, workload.name.as_bytes())?
+        .is_some()
+    {
+        return Err(WorkloadError::NameTaken(workload.name.clone()));
+    }
+    let mut txn = Txn::new();
+    txn.require_equals(Keyspace::Meta, META_KEY, meta_bytes)
+        .require_absent(Keyspace::Workloads, workload.name.as_bytes())
+        .require_absent(Keyspace::WorkloadPins, workload.spki_sha256.as_bytes())
+        .put(workload.name.as_bytes(), workload)?
+        .put_raw(
+            Keyspace::WorkloadPins,
+            workload.spki_sha256.as_bytes(),
+            workload.name.as_bytes(),
+        );
+    store.commit(&txn)?;
+    Ok(())
+}
+
+/// The workload pinned to this SPKI hash, if any.
+pub fn by_pin(store: &dyn Store, spki_sha256: &[u8; 32]) -> Result<Option<Workload>, StoreError> {
+    let pin = hex::encode(spki_sha256);
+    let Some(name) = store.get(Keyspace::WorkloadPins, pin.as_bytes())? else {
+        return Ok(None);
+    };
+    let workload: Option<Workload> = store::read(store, &name)?;
+    // An index entry without its record, or pointing at a record with another pin, is damage.
+    match workload {
+        Some(w) if w.spki_sha256 == pin => Ok(Some(w)),
+        _ => Err(StoreError::Corrupt {
+            keyspace: Keyspace::WorkloadPins.name(),
+            detail: format!("pin {pin} points at a missing or mismatched workload"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+    use crate::trust::TrustStorePolicy;
+
+    fn fresh() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("s")).unwrap();
+        let policy = TrustStorePolicy {
+            quorum: 2,
+            approver_role: "admin".into(),
+        };
+        trust::initialise(&store, policy, "id".into(), Timestamp::from_unix_millis(0)).unwrap();
+        (dir, store)
+    }
+
+    fn workload(name: &str, pin_byte: u8) -> Workload {
+        Workload {
+            name: name.into(),
+            owner: "platform-team".into(),
+            spki_sha256: hex::encode([pin_byte; 32]),
+            admitted_at: Timestamp::from_unix_millis(1),
+        }
+    }
+
+    #[test]
+    fn an_admitted_workload_is_found_by_its_pin() {
+        let (_dir, store) = fresh();
+        admit_at_genesis(&store, &workload("vault-plugin", 7)).unwrap();
+        assert_eq!(
+            by_pin(&store, &[7; 32]).unwrap().unwrap().name,
+            "vault-plugin"
+        );
+        assert_eq!(by_pin(&store, &[8; 32]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_pin_cannot_identify_two_workloads() {
+        let (_dir, store) = fresh();
+        admit_at_genesis(&store, &workload("a", 7)).unwrap();
+        let err = admit_at_genesis(&store, &workload("b", 7)).unwrap_err();
+        assert!(
+            matches!(err, WorkloadError::PinTaken(ref n) if n == "a"),
+            "{err}"
+        );
+        assert_eq!(store.get(Keyspace::Workloads, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_names_and_pins_are_refused_before_any_write() {
+        let (_dir, store) = fresh();
+        assert!(matches!(
+            admit_at_genesis(&store, &workload("Bad Name", 1)),
+            Err(WorkloadError::InvalidName(_))
+        ));
+        let mut w = workload("ok", 1);
+        w.spki_sha256 = "xyz".into();
+        assert!(matches!(
+            admit_at_genesis(&store, &w),
+            Err(WorkloadError::InvalidPin(_))
+        ));
+        assert!(
+            store
+                .scan_from(Keyspace::Workloads, b"", 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn admission_without_quorum_is_refused_after_genesis() {
+        let (_dir, store) = fresh();
+        let (mut meta, _) = trust::read_meta(&store).unwrap();
+        meta.genesis = Genesis::Closed {
+            at: Timestamp::from_unix_millis(2),
+        };
+        let mut txn = Txn::new();
+        txn.put(META_KEY, &meta).unwrap();
+        store.commit(&txn).unwrap();
+        let err = admit_at_genesis(&store, &workload("late", 3)).unwrap_err();
+        assert!(matches!(err, WorkloadError::GenesisClosed));
+        assert_eq!(by_pin(&store, &[3; 32]).unwrap(), None);
+    }
+}
