@@ -40,6 +40,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsPermError + '_ {
     }
 }
 
+/// Sets the process umask to 0077: every file and directory this process creates from now on
+/// is private to its user. Process-wide; latchkeyd never wants anything else.
+pub fn restrict_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
 /// Creates `path` (and missing parents) with mode 0700; an existing directory must already be private.
 pub fn create_private_dir(path: &Path) -> Result<(), FsPermError> {
     DirBuilder::new()

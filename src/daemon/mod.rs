@@ -83,11 +83,6 @@ pub enum DaemonError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Files and directories come into being private: 0700 directories, 0600 files.
-fn restrict_umask() {
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-}
-
 /// What `latchkeyd init` should create.
 #[derive(Clone, Debug)]
 pub struct InitOptions {
@@ -107,7 +102,7 @@ pub struct InitOptions {
 
 /// Creates the store and the daemon's keys. Refuses a data dir that already holds a store.
 pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<Fingerprints, DaemonError> {
-    restrict_umask();
+    fsperm::restrict_umask();
     let store_path = opts.data_dir.join(STORE_DIR);
     if store_path.exists() {
         return Err(DaemonError::AlreadyInitialised(opts.data_dir.clone()));
@@ -137,7 +132,7 @@ pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<Fingerprints, Daemo
 
 /// Admits a workload directly into a stopped daemon's store while genesis is open.
 pub fn admit_workload_at_genesis(data_dir: &Path, workload: &Workload) -> Result<(), DaemonError> {
-    restrict_umask();
+    fsperm::restrict_umask();
     fsperm::check_private(data_dir)?;
     let store_path = data_dir.join(STORE_DIR);
     let store = SledStore::open(&store_path)?;
@@ -206,7 +201,7 @@ impl Running {
 
 /// Opens the store and keys, binds the listeners and starts serving.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
-    restrict_umask();
+    fsperm::restrict_umask();
     fsperm::check_private(&config.data_dir)?;
     let keys = Arc::new(DaemonKeys::load(&config.data_dir)?);
     let store_path = config.data_dir.join(STORE_DIR);
@@ -308,9 +303,13 @@ pub async fn serve_until(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let running = start(config, Arc::new(SystemClock)).await?;
-    notify(&[sd_notify::NotifyState::Ready]);
+    let listening = format!("listening on {}", running.addresses().join(" "));
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&listening),
+    ]);
     // Printed (not logged) so a person or script starting the daemon sees where it listens.
-    println!("latchkeyd listening on {}", running.addresses().join(" "));
+    println!("latchkeyd {listening}");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),

@@ -44,6 +44,9 @@ impl SledStore {
     }
 
     fn open_sled(path: &Path) -> Result<Self, StoreError> {
+        // sled creates snapshot and blob files as it runs, with the process umask: make them
+        // private from the start so a later permission check does not find a loose file.
+        fsperm::restrict_umask();
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)

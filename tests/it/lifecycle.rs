@@ -1,0 +1,216 @@
+//! Acceptance 3 and 4: clean shutdown on SIGTERM, stable keys across restarts, and startup
+//! refusals that name the problem on one line.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use latchkey::constants::STORE_SCHEMA_VERSION;
+use latchkey::pb;
+use latchkey::pb::system_service_client::SystemServiceClient;
+use latchkey::store::{self, Keyspace, SledStore, Store as _, Txn};
+
+use crate::support::{DaemonDir, latchkeyd};
+
+async fn fingerprints(daemon: &crate::support::Daemon) -> pb::KeyFingerprints {
+    SystemServiceClient::new(daemon.unix_channel().await)
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .fingerprints
+        .unwrap()
+}
+
+fn one_line_stderr(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "expected one line, got:\n{stderr}"
+    );
+    stderr
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_and_removes_the_socket_and_a_restart_keeps_the_keys() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let socket = daemon.socket_path();
+    let before = fingerprints(&daemon).await;
+    assert!(socket.exists());
+
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(!socket.exists(), "socket file left behind");
+
+    let restarted = dir.start();
+    assert_eq!(fingerprints(&restarted).await, before);
+    assert!(restarted.terminate().success());
+}
+
+#[tokio::test]
+async fn an_idle_open_connection_does_not_hold_up_shutdown() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let mut client = SystemServiceClient::new(daemon.unix_channel().await);
+    client.status(pb::StatusRequest {}).await.unwrap();
+    // The client keeps its HTTP/2 connection open; graceful shutdown must still complete.
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(client.status(pb::StatusRequest {}).await.is_err());
+}
+
+#[test]
+fn a_config_with_an_unknown_field_stops_startup() {
+    let dir = DaemonDir::init();
+    dir.write_raw_config(&format!(
+        "version = 1\ndata_dir = \"{}\"\nlisten_everywhere = true\n",
+        dir.data.display()
+    ));
+    let out = dir.serve_expecting_failure();
+    let stderr = one_line_stderr(&out);
+    assert!(
+        stderr.contains("unknown field `listen_everywhere`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3"), "{stderr}");
+}
+
+#[test]
+fn a_world_readable_key_file_stops_startup() {
+    let dir = DaemonDir::init();
+    let key = dir.data.join("ssh-user-ca");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dir.serve_expecting_failure();
+    let stderr = one_line_stderr(&out);
+    assert!(stderr.contains(&key.display().to_string()), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        !dir.socket.exists(),
+        "a refused start must not leave a socket"
+    );
+}
+
+#[test]
+fn a_group_readable_data_dir_stops_startup() {
+    let dir = DaemonDir::init();
+    std::fs::set_permissions(&dir.data, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let out = dir.serve_expecting_failure();
+    let stderr = one_line_stderr(&out);
+    assert!(stderr.contains("chmod 700"), "{stderr}");
+}
+
+#[test]
+fn a_store_of_a_newer_schema_stops_startup() {
+    let dir = DaemonDir::init();
+    {
+        let store = SledStore::open(&dir.data.join("store")).unwrap();
+        let mut txn = Txn::new();
+        txn.put_raw(
+            Keyspace::Meta,
+            store::SCHEMA_VERSION_KEY,
+            store::schema_version_bytes(STORE_SCHEMA_VERSION + 1),
+        );
+        store.commit(&txn).unwrap();
+    }
+    let out = dir.serve_expecting_failure();
+    let stderr = one_line_stderr(&out);
+    assert!(
+        stderr.contains(&format!(
+            "schema version {} is newer",
+            STORE_SCHEMA_VERSION + 1
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("upgrade latchkeyd"), "{stderr}");
+}
+
+#[test]
+fn init_refuses_to_overwrite_an_existing_store() {
+    let dir = DaemonDir::init();
+    let before = std::fs::read(dir.data.join("audit-key")).unwrap();
+    let out = latchkeyd()
+        .arg("init")
+        .arg("--data-dir")
+        .arg(&dir.data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = one_line_stderr(&out);
+    assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+    assert_eq!(std::fs::read(dir.data.join("audit-key")).unwrap(), before);
+}
+
+#[test]
+fn init_creates_a_private_directory_and_private_files() {
+    let dir = DaemonDir::init();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.data), 0o700);
+    for entry in std::fs::read_dir(&dir.data).unwrap() {
+        let path = entry.unwrap().path();
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&path), want, "{}", path.display());
+    }
+}
+
+#[test]
+fn serve_without_a_store_says_to_run_init() {
+    let dir = DaemonDir::init();
+    std::fs::remove_dir_all(dir.data.join("store")).unwrap();
+    let out = dir.serve_expecting_failure();
+    let stderr = one_line_stderr(&out);
+    assert!(stderr.contains("latchkeyd init"), "{stderr}");
+}
+
+#[tokio::test]
+async fn systemd_socket_activation_serves_the_inherited_socket() {
+    let dir = DaemonDir::init();
+    // TLS stays off here: only the Unix socket is passed in.
+    dir.write_raw_config(&format!(
+        "version = 1\ndata_dir = \"{}\"\n[unix]\npath = \"/nonexistent/ignored.sock\"\n",
+        dir.data.display()
+    ));
+    let socket = dir.dir.path().join("activated.sock");
+    let activate = which("systemd-socket-activate");
+    let mut command = std::process::Command::new(activate);
+    command
+        .arg("--listen")
+        .arg(&socket)
+        .arg("--setenv=NOTIFY_SOCKET")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_latchkeyd"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&dir.config);
+    // systemd-socket-activate binds, says "Listening on ...", and execs the daemon only when
+    // the first connection arrives: read that line, then connect.
+    let mut first_connection = None;
+    let daemon = dir.start_with(command.stderr(std::process::Stdio::piped()), |child| {
+        use std::io::BufRead as _;
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("Listening on"),
+            "unexpected activator output: {line}"
+        );
+        first_connection = Some(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+        // Keep draining so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    });
+    assert!(first_connection.is_some());
+    assert_eq!(daemon.addresses, vec![format!("unix:{}", socket.display())]);
+    let fp = fingerprints(&daemon).await;
+    assert!(fp.audit_key.starts_with("SHA256:"));
+    assert!(daemon.terminate().success());
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{program} not found: install the systemd package (scripts/install-deps does)")
+        })
+}

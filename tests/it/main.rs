@@ -1,0 +1,9 @@
+//! Integration tests: one binary (each extra test file would be another slow link).
+//! They start the real `latchkeyd` and talk to it with the tonic client generated from `proto/`.
+
+// A panic in a test is a test failure, which is what unwrap and expect mean here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod lifecycle;
+mod serving;
+mod support;
