@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["latchkey/v1/system.proto"];
+const PROTOS: &[&str] = &[
+    "latchkey/v1/system.proto",
+    "latchkey/v1/audit.proto",
+    "latchkey/v1/workload.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -4,13 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::caller::WorkloadId;
+use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
+use crate::caller::{Caller, WorkloadId};
 use crate::clock::{Clock, Timestamp};
 use crate::error::{Coded, ErrorKind};
 use crate::keys::{DaemonKeys, Fingerprints};
 use crate::store::{self, Store, StoreError};
 use crate::trust::{self, Genesis, TrustError};
-use crate::workload;
+use crate::workload::{self, Workload, WorkloadError};
 
 /// Errors of the authority's own operations.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,12 @@ pub enum AuthorityError {
     /// Trust-store metadata could not be read.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The audit log could not be opened or read.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The daemon's audit key is not an Ed25519 key. Restore the right key file.
+    #[error("the audit key is not an Ed25519 key")]
+    AuditKey,
 }
 
 impl Coded for AuthorityError {
@@ -29,6 +36,8 @@ impl Coded for AuthorityError {
         match self {
             AuthorityError::Store(e) => e.code(),
             AuthorityError::Trust(e) => e.code(),
+            AuthorityError::Audit(e) => e.code(),
+            AuthorityError::AuditKey => "audit.bad_key",
         }
     }
 
@@ -36,6 +45,8 @@ impl Coded for AuthorityError {
         match self {
             AuthorityError::Store(e) => e.kind(),
             AuthorityError::Trust(e) => e.kind(),
+            AuthorityError::Audit(e) => e.kind(),
+            AuthorityError::AuditKey => ErrorKind::Internal,
         }
     }
 }
@@ -63,6 +74,7 @@ pub struct Authority {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     keys: Arc<DaemonKeys>,
+    audit: AuditLog,
     schema_version: u32,
     dev_mode: bool,
 }
@@ -75,14 +87,18 @@ impl Authority {
         clock: Arc<dyn Clock>,
         keys: Arc<DaemonKeys>,
         dev_mode: bool,
+        checkpoints: CheckpointPolicy,
     ) -> Result<Self, AuthorityError> {
         let schema_version = store::check_schema(store.as_ref(), location)?;
         // Fail now, not on the first call, if the metadata is unreadable.
         trust::read_meta(store.as_ref())?;
+        let signer = crate::audit::signing_key(&keys.audit).ok_or(AuthorityError::AuditKey)?;
+        let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
         Ok(Self {
             store,
             clock,
             keys,
+            audit,
             schema_version,
             dev_mode,
         })
@@ -107,6 +123,49 @@ impl Authority {
         spki_sha256: &[u8; 32],
     ) -> Result<Option<WorkloadId>, StoreError> {
         Ok(workload::by_pin(self.store.as_ref(), spki_sha256)?.map(|w| w.id()))
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The audit public key in OpenSSH form (`ssh-ed25519 AAAA...`), for `audit verify`.
+    pub fn audit_public_key(&self) -> String {
+        self.keys
+            .audit
+            .public_key()
+            .to_openssh()
+            .unwrap_or_default()
+    }
+
+    /// Admits a workload during genesis. Only local callers may; after genesis this is a
+    /// quorum-approved change.
+    pub fn admit_workload_at_genesis(
+        &self,
+        caller: &Caller,
+        name: String,
+        owner: String,
+        certificate_pem: &[u8],
+    ) -> Result<WorkloadId, WorkloadError> {
+        let Caller::Local(peer) = caller else {
+            return Err(WorkloadError::LocalOnly);
+        };
+        let spki = crate::keys::spki_sha256_of_pem(certificate_pem)
+            .map_err(WorkloadError::InvalidCertificate)?;
+        let workload = Workload {
+            name,
+            owner,
+            spki_sha256: hex::encode(spki),
+            admitted_at: self.clock.now(),
+        };
+        workload::admit_at_genesis(
+            self.store.as_ref(),
+            &self.audit,
+            &workload,
+            Actor::Local { uid: peer.uid },
+        )?;
+        Ok(workload.id())
     }
 
     /// Forces all state to disk (at shutdown).

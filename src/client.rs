@@ -211,6 +211,8 @@ pub struct StatusView {
     pub tls_spki: String,
     /// How the daemon saw this caller.
     pub caller: String,
+    /// The audit public key (OpenSSH), for `latchkey audit verify --audit-key`.
+    pub audit_public_key: String,
 }
 
 impl From<pb::StatusResponse> for StatusView {
@@ -237,6 +239,7 @@ impl From<pb::StatusResponse> for StatusView {
             tls_certificate: fp.tls_certificate,
             tls_spki: fp.tls_spki,
             caller,
+            audit_public_key: r.audit_public_key,
         }
     }
 }
@@ -251,6 +254,7 @@ impl std::fmt::Display for StatusView {
         writeln!(f, "  ssh user CA      {}", self.ssh_user_ca)?;
         writeln!(f, "  tls certificate  {}", self.tls_certificate)?;
         writeln!(f, "  tls spki         {}", self.tls_spki)?;
+        writeln!(f, "  audit public key {}", self.audit_public_key)?;
         write!(f, "  you are          {}", self.caller)
     }
 }
@@ -263,4 +267,102 @@ pub async fn status(channel: Channel) -> Result<StatusView, ClientError> {
         .await?
         .into_inner()
         .into())
+}
+
+/// Writes the whole audit log as JSON Lines to `out`, after asking the daemon to cover it with
+/// a fresh checkpoint (so the export verifies to its end). Returns the number of records.
+pub async fn export_audit(
+    channel: Channel,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, ClientError> {
+    let mut client = pb::audit_service_client::AuditServiceClient::new(channel);
+    client
+        .write_checkpoint(pb::WriteCheckpointRequest {})
+        .await?;
+    let mut next = 1;
+    let mut written = 0;
+    loop {
+        let page = client
+            .read_records(pb::ReadRecordsRequest {
+                from_seq: next,
+                limit: 0,
+            })
+            .await?
+            .into_inner();
+        if page.records.is_empty() {
+            return Ok(written);
+        }
+        for record in page.records {
+            writeln!(out, "{}", record.json).map_err(|e| ClientError::File {
+                path: PathBuf::from("(output)"),
+                detail: e.to_string(),
+            })?;
+            next = record.seq + 1;
+            written += 1;
+        }
+    }
+}
+
+/// Prints records from `from_seq` on as JSON Lines, then follows the log until the daemon stops.
+pub async fn follow_audit(
+    channel: Channel,
+    from_seq: u64,
+    out: &mut dyn std::io::Write,
+) -> Result<(), ClientError> {
+    let mut client = pb::audit_service_client::AuditServiceClient::new(channel);
+    let mut stream = client
+        .follow_records(pb::FollowRecordsRequest { from_seq })
+        .await?
+        .into_inner();
+    while let Some(item) = stream.message().await? {
+        if let Some(record) = item.record {
+            writeln!(out, "{}", record.json).map_err(|e| ClientError::File {
+                path: PathBuf::from("(output)"),
+                detail: e.to_string(),
+            })?;
+            let _ = out.flush();
+        }
+    }
+    Ok(())
+}
+
+/// Reads an audit public key given as `ssh-ed25519 AAAA...` or as a file holding that line.
+pub fn audit_key(spec: &str) -> Result<ed25519_dalek::VerifyingKey, ClientError> {
+    let text = if spec.trim_start().starts_with("ssh-ed25519 ") {
+        spec.to_owned()
+    } else {
+        std::fs::read_to_string(spec).map_err(|e| ClientError::File {
+            path: PathBuf::from(spec),
+            detail: e.to_string(),
+        })?
+    };
+    let bad = |detail: String| ClientError::File {
+        path: PathBuf::from(spec),
+        detail,
+    };
+    let key = ssh_key::PublicKey::from_openssh(text.trim())
+        .map_err(|e| bad(format!("not an OpenSSH public key: {e}")))?;
+    let ed = key
+        .key_data()
+        .ed25519()
+        .ok_or_else(|| bad("not an Ed25519 key".to_owned()))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&ed.0).map_err(|e| bad(e.to_string()))
+}
+
+/// Admits a workload over the local socket (genesis only).
+pub async fn admit_workload(
+    channel: Channel,
+    name: String,
+    owner: String,
+    certificate_pem: String,
+) -> Result<pb::AdmitWorkloadResponse, ClientError> {
+    let mut client = pb::workload_service_client::WorkloadServiceClient::new(channel);
+    Ok(client
+        .admit_workload(pb::AdmitWorkloadRequest {
+            name,
+            owner,
+            certificate_pem,
+        })
+        .await?
+        .into_inner())
 }

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::constants::{CONFIG_VERSION, DEFAULT_DATA_DIR, DEFAULT_SOCKET_PATH};
+use std::time::Duration;
+
+use crate::constants::{
+    CONFIG_VERSION, DEFAULT_CHECKPOINT_EVERY_RECORDS, DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_DATA_DIR, DEFAULT_SOCKET_PATH,
+};
 
 /// Errors reading the config file.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,15 @@ struct RawConfig {
     #[serde(default)]
     unix: RawUnix,
     tls: Option<RawTls>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    checkpoint_every_records: Option<u64>,
+    checkpoint_every_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +141,26 @@ pub struct Config {
     pub unix: UnixConfig,
     /// The optional mutual-TLS listener.
     pub tls: Option<TlsConfig>,
+    /// When audit checkpoints are written.
+    pub audit: AuditConfig,
+}
+
+/// Audit checkpoint schedule: whichever comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// After this many records without a checkpoint.
+    pub checkpoint_every_records: u64,
+    /// After this long with records not yet covered.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every_records: DEFAULT_CHECKPOINT_EVERY_RECORDS,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
 }
 
 /// The local Unix socket and who may use it.
@@ -205,7 +239,24 @@ impl Config {
                     .map_err(|e| invalid(format!("tls.listen {:?}: {e}", t.listen)))
             })
             .transpose()?;
+        let records = raw
+            .audit
+            .checkpoint_every_records
+            .unwrap_or(DEFAULT_CHECKPOINT_EVERY_RECORDS);
+        let seconds = raw
+            .audit
+            .checkpoint_every_seconds
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL.as_secs());
+        if records == 0 || seconds == 0 {
+            return Err(invalid(
+                "audit.checkpoint_every_records and audit.checkpoint_every_seconds must be at least 1".to_owned(),
+            ));
+        }
         Ok(Self {
+            audit: AuditConfig {
+                checkpoint_every_records: records,
+                checkpoint_interval: Duration::from_secs(seconds),
+            },
             data_dir: raw.data_dir,
             dev_mode: raw.dev_mode,
             log_format: raw.log.format,
@@ -247,7 +298,15 @@ allow_groups = []
 # of their certificate's SubjectPublicKeyInfo, pinned in the trust store.
 # [tls]
 # listen = "127.0.0.1:7443"
+
+[audit]
+# A checkpoint signed by the audit key after this many records, or this many seconds with
+# records not yet covered, whichever comes first.
+checkpoint_every_records = {records}
+checkpoint_every_seconds = {seconds}
 "#,
+            records = DEFAULT_CHECKPOINT_EVERY_RECORDS,
+            seconds = DEFAULT_CHECKPOINT_INTERVAL.as_secs(),
             data_dir = data_dir.display(),
             socket = socket.display(),
         )

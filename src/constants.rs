@@ -49,3 +49,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Longest workload name accepted.
 pub const MAX_NAME_LEN: usize = 64;
+
+/// Default: write an audit checkpoint after this many records without one...
+pub const DEFAULT_CHECKPOINT_EVERY_RECORDS: u64 = 64;
+/// ...or after this long with uncovered records.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+/// Most records one `ReadRecords` call returns.
+pub const MAX_AUDIT_PAGE: usize = 1000;

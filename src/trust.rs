@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Actor, AuditError, AuditLog, Event};
 use crate::clock::Timestamp;
 use crate::constants::STORE_SCHEMA_VERSION;
 use crate::error::{Coded, ErrorKind};
@@ -21,6 +22,9 @@ pub enum TrustError {
     /// The policy given at `init` is unusable (quorum 0, empty role). Choose another.
     #[error("invalid trust-store policy: {0}")]
     InvalidPolicy(String),
+    /// The change and its audit record could not be written; nothing changed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The store already holds a trust store. Use it, or choose another data dir.
     #[error("the store is already initialised")]
     AlreadyInitialised,
@@ -30,6 +34,7 @@ impl Coded for TrustError {
     fn code(&self) -> &'static str {
         match self {
             TrustError::Store(e) => e.code(),
+            TrustError::Audit(e) => e.code(),
             TrustError::InvalidPolicy(_) => "trust.invalid_policy",
             TrustError::AlreadyInitialised => "trust.already_initialised",
         }
@@ -38,6 +43,7 @@ impl Coded for TrustError {
     fn kind(&self) -> ErrorKind {
         match self {
             TrustError::Store(e) => e.kind(),
+            TrustError::Audit(e) => e.kind(),
             TrustError::InvalidPolicy(_) => ErrorKind::InvalidInput,
             TrustError::AlreadyInitialised => ErrorKind::AlreadyExists,
         }
@@ -83,12 +89,14 @@ impl Record for TrustStoreMeta {
     const KEYSPACE: Keyspace = Keyspace::Meta;
 }
 
-/// Writes the schema version and a fresh [`TrustStoreMeta`] into an empty store.
+/// Writes the schema version and a fresh [`TrustStoreMeta`] into an empty store, with the
+/// log's first record.
 pub fn initialise(
-    store: &dyn Store,
+    audit: &AuditLog,
     policy: TrustStorePolicy,
     store_id: String,
     now: Timestamp,
+    actor: Actor,
 ) -> Result<TrustStoreMeta, TrustError> {
     if policy.quorum == 0 {
         return Err(TrustError::InvalidPolicy(
@@ -114,9 +122,20 @@ pub fn initialise(
             store::schema_version_bytes(STORE_SCHEMA_VERSION),
         )
         .put(META_KEY, &meta)?;
-    match store.commit(&txn) {
-        Ok(()) => Ok(meta),
-        Err(StoreError::Conflict(_)) => Err(TrustError::AlreadyInitialised),
+    let event = Event {
+        event: "store.initialised",
+        actor,
+        subject: format!("store/{}", meta.store_id),
+        details: serde_json::json!({
+            "schema_version": STORE_SCHEMA_VERSION,
+            "trust_store_quorum": meta.policy.quorum,
+            "trust_store_approver_role": meta.policy.approver_role,
+        }),
+        evidence: None,
+    };
+    match audit.commit(txn, event) {
+        Ok(_) => Ok(meta),
+        Err(AuditError::Store(StoreError::Conflict(_))) => Err(TrustError::AlreadyInitialised),
         Err(e) => Err(e.into()),
     }
 }
@@ -135,7 +154,7 @@ pub fn read_meta(store: &dyn Store) -> Result<(TrustStoreMeta, Vec<u8>), TrustEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::audit::test_log;
 
     fn policy() -> TrustStorePolicy {
         TrustStorePolicy {
@@ -145,59 +164,70 @@ mod tests {
     }
 
     #[test]
-    fn a_new_trust_store_opens_the_genesis_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::create(&dir.path().join("s")).unwrap();
+    fn a_new_trust_store_opens_the_genesis_window_and_starts_the_log() {
+        let (dir, store, audit) = test_log();
         initialise(
-            &store,
+            &audit,
             policy(),
             "id".into(),
             Timestamp::from_unix_millis(5),
+            Actor::Daemon,
         )
         .unwrap();
-        let (meta, _) = read_meta(&store).unwrap();
+        let (meta, _) = read_meta(store.as_ref()).unwrap();
         assert_eq!(meta.genesis, Genesis::Open);
         assert_eq!(meta.policy, policy());
         assert_eq!(
-            store::check_schema(&store, dir.path()).unwrap(),
+            store::check_schema(store.as_ref(), dir.path()).unwrap(),
             STORE_SCHEMA_VERSION
         );
+        let records = audit.read(1, 10).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].event, "store.initialised");
     }
 
     #[test]
     fn initialising_twice_is_refused_and_keeps_the_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::create(&dir.path().join("s")).unwrap();
+        let (_dir, store, audit) = test_log();
         initialise(
-            &store,
+            &audit,
             policy(),
             "first".into(),
             Timestamp::from_unix_millis(5),
+            Actor::Daemon,
         )
         .unwrap();
         let err = initialise(
-            &store,
+            &audit,
             policy(),
             "second".into(),
             Timestamp::from_unix_millis(6),
+            Actor::Daemon,
         )
         .unwrap_err();
-        assert!(matches!(err, TrustError::AlreadyInitialised));
-        assert_eq!(read_meta(&store).unwrap().0.store_id, "first");
+        assert!(matches!(err, TrustError::AlreadyInitialised), "{err}");
+        assert_eq!(read_meta(store.as_ref()).unwrap().0.store_id, "first");
+        assert_eq!(audit.head_seq(), 1);
     }
 
     #[test]
     fn a_zero_quorum_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::create(&dir.path().join("s")).unwrap();
+        let (_dir, store, audit) = test_log();
         let bad = TrustStorePolicy {
             quorum: 0,
             approver_role: "admin".into(),
         };
         assert!(matches!(
-            initialise(&store, bad, "id".into(), Timestamp::from_unix_millis(0)),
+            initialise(
+                &audit,
+                bad,
+                "id".into(),
+                Timestamp::from_unix_millis(0),
+                Actor::Daemon
+            ),
             Err(TrustError::InvalidPolicy(_))
         ));
         assert_eq!(store.get(Keyspace::Meta, SCHEMA_VERSION_KEY).unwrap(), None);
+        assert_eq!(audit.head_seq(), 0);
     }
 }

@@ -12,9 +12,10 @@ use tokio::task::JoinSet;
 use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
 
+use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
 use crate::authority::{Authority, AuthorityError};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError};
+use crate::config::{AuditConfig, Config, ConfigError};
 use crate::constants::{SHUTDOWN_GRACE, STORE_DIR};
 use crate::fsperm::{self, FsPermError};
 use crate::keys::{DaemonKeys, Fingerprints, KeyError};
@@ -47,6 +48,9 @@ pub enum DaemonError {
     /// The authority could not start on this store.
     #[error(transparent)]
     Authority(#[from] AuthorityError),
+    /// The audit log could not be written (the change did not happen).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// Bootstrap admission of a workload failed.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
@@ -101,7 +105,7 @@ pub struct InitOptions {
 }
 
 /// Creates the store and the daemon's keys. Refuses a data dir that already holds a store.
-pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<Fingerprints, DaemonError> {
+pub fn init(opts: &InitOptions, clock: Arc<dyn Clock>) -> Result<Fingerprints, DaemonError> {
     fsperm::restrict_umask();
     let store_path = opts.data_dir.join(STORE_DIR);
     if store_path.exists() {
@@ -117,11 +121,20 @@ pub fn init(opts: &InitOptions, clock: &dyn Clock) -> Result<Fingerprints, Daemo
     }
     fsperm::create_private_dir(&opts.data_dir)?;
     let keys = DaemonKeys::generate(&opts.data_dir, &opts.tls_names, clock.now())?;
-    let store = SledStore::create(&store_path)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::create(&store_path)?);
+    let audit = offline_audit_log(store.clone(), clock.clone(), &keys)?;
     let mut id = [0u8; 16];
     getrandom::fill(&mut id)
         .map_err(|e| DaemonError::Runtime(std::io::Error::other(e.to_string())))?;
-    trust::initialise(&store, opts.policy.clone(), hex::encode(id), clock.now())?;
+    trust::initialise(
+        &audit,
+        opts.policy.clone(),
+        hex::encode(id),
+        clock.now(),
+        local_actor(),
+    )?;
+    // The first record is covered at once: a fresh store verifies with no unverified tail.
+    audit.checkpoint()?;
     store.flush()?;
     if let Some(config_path) = &opts.write_config {
         let text = Config::example(&opts.data_dir, &opts.socket, opts.dev_mode);
@@ -135,11 +148,32 @@ pub fn admit_workload_at_genesis(data_dir: &Path, workload: &Workload) -> Result
     fsperm::restrict_umask();
     fsperm::check_private(data_dir)?;
     let store_path = data_dir.join(STORE_DIR);
-    let store = SledStore::open(&store_path)?;
-    crate::store::check_schema(&store, &store_path)?;
-    workload::admit_at_genesis(&store, workload)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    crate::store::check_schema(store.as_ref(), &store_path)?;
+    let keys = DaemonKeys::load(data_dir)?;
+    let audit = offline_audit_log(store.clone(), Arc::new(SystemClock), &keys)?;
+    workload::admit_at_genesis(store.as_ref(), &audit, workload, local_actor())?;
     store.flush()?;
     Ok(())
+}
+
+/// The actor of an offline command: the local user running it.
+fn local_actor() -> Actor {
+    Actor::Local {
+        uid: nix::unistd::getuid().as_raw(),
+    }
+}
+
+fn offline_audit_log(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    keys: &DaemonKeys,
+) -> Result<AuditLog, DaemonError> {
+    let signer = crate::audit::signing_key(&keys.audit).ok_or(AuthorityError::AuditKey)?;
+    let policy = CheckpointPolicy {
+        every_records: AuditConfig::default().checkpoint_every_records,
+    };
+    Ok(AuditLog::open(store, clock, signer, policy)?)
 }
 
 /// A daemon that is serving. Dropping it does not stop it; call [`Running::shutdown`].
@@ -212,8 +246,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         clock,
         keys.clone(),
         config.dev_mode,
+        CheckpointPolicy {
+            every_records: config.audit.checkpoint_every_records,
+        },
     )?);
-    let api = Api::new(authority.clone());
+    let (stop, _) = watch::channel(false);
+    let api = Api::new(authority.clone(), stop.subscribe());
 
     let bound = listen::bind(config)?;
     let addresses = bound.addresses();
@@ -233,7 +271,6 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         .build_v1alpha()
         .map_err(|e| DaemonError::Activation(format!("reflection: {e}")))?;
 
-    let (stop, _) = watch::channel(false);
     let stopped = |stop: &watch::Sender<bool>| {
         let mut rx = stop.subscribe();
         async move {
@@ -254,6 +291,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         let router = Server::builder()
             .layer(InterceptorLayer::new(local_interceptor()))
             .add_service(api.system())
+            .add_service(api.audit())
+            .add_service(api.workload())
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone());
@@ -265,12 +304,20 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         let router = Server::builder()
             .layer(InterceptorLayer::new(tls_interceptor(authority.clone())))
             .add_service(api.system())
+            .add_service(api.audit())
+            .add_service(api.workload())
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         let incoming = listen::tls_incoming(listener, acceptor);
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
+
+    servers.spawn(checkpoint_timer(
+        authority.clone(),
+        config.audit.checkpoint_interval,
+        stopped(&stop),
+    ));
 
     let fingerprints = keys.fingerprints();
     tracing::info!(
@@ -317,6 +364,30 @@ pub async fn serve_until(
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     running.shutdown().await
+}
+
+/// Covers records with a signed checkpoint at least every `interval`, until `stop`.
+async fn checkpoint_timer(
+    authority: Arc<Authority>,
+    interval: std::time::Duration,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = ticks.tick() => {
+                let authority = authority.clone();
+                match tokio::task::spawn_blocking(move || authority.audit().checkpoint()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("audit checkpoint: {e}"),
+                    Err(e) => tracing::error!("audit checkpoint task: {e}"),
+                }
+            }
+        }
+    }
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

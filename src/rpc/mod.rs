@@ -1,15 +1,19 @@
 //! gRPC adapters: proto ↔ domain, caller identity, and the one place where domain errors
 //! become `tonic::Status`. Generated types stay in this module and in [`crate::pb`].
 
+mod audit;
 pub mod identity;
 mod system;
+mod workload;
 
 use std::sync::Arc;
 
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
+pub use audit::{AuditApi, record_to_pb};
 pub use system::SystemApi;
+pub use workload::WorkloadApi;
 
 use crate::authority::Authority;
 use crate::error::{Coded, ErrorKind};
@@ -61,12 +65,16 @@ pub fn status(kind: ErrorKind, code: &'static str, message: &str) -> Status {
 #[derive(Debug, Clone)]
 pub struct Api {
     authority: Arc<Authority>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Api {
-    /// Services over `authority`.
-    pub fn new(authority: Arc<Authority>) -> Self {
-        Self { authority }
+    /// Services over `authority`; long-lived streams end when `shutdown` turns true.
+    pub fn new(authority: Arc<Authority>, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self {
+            authority,
+            shutdown,
+        }
     }
 
     /// The authority behind the services.
@@ -77,5 +85,20 @@ impl Api {
     /// `latchkey.v1.SystemService`.
     pub fn system(&self) -> pb::system_service_server::SystemServiceServer<SystemApi> {
         pb::system_service_server::SystemServiceServer::new(SystemApi::new(self.authority.clone()))
+    }
+
+    /// `latchkey.v1.AuditService`.
+    pub fn audit(&self) -> pb::audit_service_server::AuditServiceServer<AuditApi> {
+        pb::audit_service_server::AuditServiceServer::new(AuditApi::new(
+            self.authority.clone(),
+            self.shutdown.clone(),
+        ))
+    }
+
+    /// `latchkey.v1.WorkloadService`.
+    pub fn workload(&self) -> pb::workload_service_server::WorkloadServiceServer<WorkloadApi> {
+        pb::workload_service_server::WorkloadServiceServer::new(WorkloadApi::new(
+            self.authority.clone(),
+        ))
     }
 }

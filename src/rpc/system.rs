@@ -72,6 +72,7 @@ impl pb::system_service_server::SystemService for SystemApi {
             dev_mode: report.dev_mode,
             now: Some(timestamp(report.now)),
             caller: Some(caller_to_pb(&caller)),
+            audit_public_key: self.authority.audit_public_key(),
         }))
     }
 }

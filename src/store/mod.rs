@@ -62,12 +62,21 @@ pub enum Keyspace {
     Workloads,
     /// Workload name by pinned SPKI SHA-256 (hex): the TLS identity index.
     WorkloadPins,
+    /// Audit records by sequence number (u64 big-endian).
+    Audit,
+    /// Sequence numbers of checkpoint records (index into `Audit`).
+    AuditCheckpoints,
 }
 
 impl Keyspace {
     /// Every keyspace, in a fixed order.
-    pub const ALL: &'static [Keyspace] =
-        &[Keyspace::Meta, Keyspace::Workloads, Keyspace::WorkloadPins];
+    pub const ALL: &'static [Keyspace] = &[
+        Keyspace::Meta,
+        Keyspace::Workloads,
+        Keyspace::WorkloadPins,
+        Keyspace::Audit,
+        Keyspace::AuditCheckpoints,
+    ];
 
     /// Stable on-disk name.
     pub const fn name(self) -> &'static str {
@@ -75,6 +84,8 @@ impl Keyspace {
             Keyspace::Meta => "meta",
             Keyspace::Workloads => "workloads",
             Keyspace::WorkloadPins => "workload_pins",
+            Keyspace::Audit => "audit",
+            Keyspace::AuditCheckpoints => "audit_checkpoints",
         }
     }
 }

@@ -1,0 +1,679 @@
+//! Tamper-evident audit log: a hash chain of records, each written in the same store
+//! transaction as the state change it describes (fail closed), with checkpoints signed by the
+//! daemon's Ed25519 audit key, and offline verification ([`verify`]).
+//!
+//! Record hash: `SHA-256("latchkey.audit.v1\n" || JSON of the record without its hash)`, the
+//! JSON being this module's serialisation (fields in declared order, object keys sorted).
+//! Checkpoint signature: Ed25519 over
+//! `"latchkey.audit.checkpoint.v1\n" || covers_seq (u64 BE) || head hash (32 bytes) || time ms (i64 BE)`.
+
+pub mod verify;
+
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::clock::{Clock, Timestamp};
+use crate::error::{Coded, ErrorKind};
+use crate::store::{self, Keyspace, Record, Store, StoreError, Txn};
+
+/// Domain separation for record hashes.
+const RECORD_HASH_DOMAIN: &[u8] = b"latchkey.audit.v1\n";
+/// Domain separation for checkpoint signatures.
+const CHECKPOINT_DOMAIN: &[u8] = b"latchkey.audit.checkpoint.v1\n";
+/// The `prev_hash` of the first record.
+pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Event name of checkpoint records.
+pub const CHECKPOINT_EVENT: &str = "audit.checkpoint";
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The record (and so the change it describes) could not be written. Nothing changed;
+    /// the caller gets an error and may retry once the store is healthy.
+    #[error("audit record not written, change refused: {0}")]
+    Store(#[from] StoreError),
+    /// The log in the store does not continue as expected (missing head, broken link). Stop
+    /// writing and investigate: the store was modified outside latchkeyd.
+    #[error("audit log damaged: {0}")]
+    Damaged(String),
+}
+
+impl Coded for AuditError {
+    fn code(&self) -> &'static str {
+        match self {
+            AuditError::Store(StoreError::Conflict(_)) => "store.conflict",
+            AuditError::Store(_) => "audit.write_failed",
+            AuditError::Damaged(_) => "audit.damaged",
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AuditError::Store(e) => e.kind(),
+            AuditError::Damaged(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Who caused an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Actor {
+    /// latchkeyd itself (expiry, checkpoints).
+    Daemon,
+    /// A local user on the socket or running an offline command.
+    Local {
+        /// User id.
+        uid: u32,
+    },
+    /// A pinned workload.
+    Workload {
+        /// Workload name.
+        name: String,
+    },
+    /// An enrolled operator.
+    Operator {
+        /// Operator name.
+        name: String,
+    },
+}
+
+/// Raw signed material behind an approval, kept so an auditor can re-verify it offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Evidence {
+    /// A WebAuthn/CTAP2 assertion. Fields are standard base64.
+    Webauthn {
+        /// Credential id of the enrolled authenticator.
+        credential_id: String,
+        /// The challenge the daemon issued (bytes, base64).
+        challenge: String,
+        /// authenticatorData.
+        authenticator_data: String,
+        /// clientDataJSON.
+        client_data_json: String,
+        /// Signature over authenticatorData || SHA-256(clientDataJSON).
+        signature: String,
+    },
+    /// A PIV signature over the challenge.
+    Piv {
+        /// Key id of the enrolled PIV key (as recorded at enrollment).
+        key_id: String,
+        /// The challenge bytes, base64.
+        challenge: String,
+        /// DER ECDSA signature over the challenge, base64.
+        signature: String,
+    },
+}
+
+/// The signed part of a checkpoint record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Sequence number of the last record this checkpoint covers.
+    pub covers_seq: u64,
+    /// Hash of that record (hex).
+    pub head_hash: String,
+    /// Ed25519 signature (base64) by the audit key.
+    pub signature: String,
+}
+
+/// One audit record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When it was written.
+    pub time: Timestamp,
+    /// Hash of the previous record (hex); zeros for the first.
+    pub prev_hash: String,
+    /// Event type, e.g. `workload.admitted`.
+    pub event: String,
+    /// Who caused it.
+    pub actor: Actor,
+    /// What it is about, e.g. `workload/vault-plugin`.
+    pub subject: String,
+    /// Event-specific details.
+    pub details: serde_json::Value,
+    /// Signed evidence (approvals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    /// Checkpoint signature (checkpoint records only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+    /// This record's hash (hex).
+    pub hash: String,
+}
+
+impl Record for AuditRecord {
+    const KEYSPACE: Keyspace = Keyspace::Audit;
+}
+
+#[derive(Serialize)]
+struct HashedPart<'a> {
+    seq: u64,
+    time: Timestamp,
+    prev_hash: &'a str,
+    event: &'a str,
+    actor: &'a Actor,
+    subject: &'a str,
+    details: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evidence: &'a Option<Evidence>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: &'a Option<Checkpoint>,
+}
+
+impl AuditRecord {
+    /// The hash this record should have, computed from its other fields.
+    pub fn compute_hash(&self) -> String {
+        let part = HashedPart {
+            seq: self.seq,
+            time: self.time,
+            prev_hash: &self.prev_hash,
+            event: &self.event,
+            actor: &self.actor,
+            subject: &self.subject,
+            details: &self.details,
+            evidence: &self.evidence,
+            checkpoint: &self.checkpoint,
+        };
+        // Serialising plain data to a Vec cannot fail; an empty body would still be hashed.
+        let body = serde_json::to_vec(&part).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(RECORD_HASH_DOMAIN);
+        h.update(&body);
+        hex::encode(h.finalize())
+    }
+}
+
+/// The message a checkpoint signs.
+pub fn checkpoint_message(covers_seq: u64, head_hash: &[u8; 32], time: Timestamp) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 48);
+    m.extend_from_slice(CHECKPOINT_DOMAIN);
+    m.extend_from_slice(&covers_seq.to_be_bytes());
+    m.extend_from_slice(head_hash);
+    m.extend_from_slice(&time.unix_millis().to_be_bytes());
+    m
+}
+
+/// A new event to record.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Event type.
+    pub event: &'static str,
+    /// Who caused it.
+    pub actor: Actor,
+    /// What it is about.
+    pub subject: String,
+    /// Details.
+    pub details: serde_json::Value,
+    /// Signed evidence, for approvals.
+    pub evidence: Option<Evidence>,
+}
+
+/// Key of a record in [`Keyspace::Audit`].
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// When to write checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// After this many records without one.
+    pub every_records: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Head {
+    seq: u64,
+    hash: String,
+    last_checkpoint: u64,
+}
+
+/// The audit log of one store. All appends go through one lock, so the log has one writer
+/// per process; across processes (a shared backend) the `require_absent` on the next sequence
+/// number turns a race into a conflict rather than a fork.
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    signer: ed25519_dalek::SigningKey,
+    policy: CheckpointPolicy,
+    head: Mutex<Head>,
+    tail: tokio::sync::broadcast::Sender<AuditRecord>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log in `store`, reading its head.
+    pub fn open(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        signer: ed25519_dalek::SigningKey,
+        policy: CheckpointPolicy,
+    ) -> Result<Self, AuditError> {
+        let head = read_head(store.as_ref())?;
+        let (tail, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Self {
+            store,
+            clock,
+            signer,
+            policy,
+            head: Mutex::new(head),
+            tail,
+        })
+    }
+
+    /// Commits `txn` together with the record of `event`, atomically: both or neither. Writes a
+    /// checkpoint afterwards when the policy says so (a failed checkpoint is logged, not fatal:
+    /// the change and its record are already durable).
+    pub fn commit(&self, txn: Txn, event: Event) -> Result<AuditRecord, AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        let record = self.append_locked(&mut head, txn, event, now, None)?;
+        if head.seq - head.last_checkpoint >= self.policy.every_records {
+            if let Err(e) = self.checkpoint_locked(&mut head) {
+                tracing::error!("writing audit checkpoint: {e}");
+            }
+        }
+        Ok(record)
+    }
+
+    /// Writes a checkpoint now if any record is not yet covered by one. Returns it, if written.
+    pub fn checkpoint(&self) -> Result<Option<AuditRecord>, AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if head.seq == head.last_checkpoint {
+            return Ok(None);
+        }
+        self.checkpoint_locked(&mut head).map(Some)
+    }
+
+    fn checkpoint_locked(&self, head: &mut Head) -> Result<AuditRecord, AuditError> {
+        use ed25519_dalek::Signer as _;
+        let now = self.clock.now();
+        let head_hash = decode_hash(&head.hash)
+            .ok_or_else(|| AuditError::Damaged(format!("head hash {:?}", head.hash)))?;
+        let signature = self
+            .signer
+            .sign(&checkpoint_message(head.seq, &head_hash, now));
+        let checkpoint = Checkpoint {
+            covers_seq: head.seq,
+            head_hash: head.hash.clone(),
+            signature: B64.encode(signature.to_bytes()),
+        };
+        let event = Event {
+            event: CHECKPOINT_EVENT,
+            actor: Actor::Daemon,
+            subject: "audit".to_owned(),
+            details: serde_json::json!({}),
+            evidence: None,
+        };
+        let mut txn = Txn::new();
+        txn.put_raw(
+            Keyspace::AuditCheckpoints,
+            seq_key(head.seq + 1),
+            Vec::new(),
+        );
+        let record = self.append_locked(head, txn, event, now, Some(checkpoint))?;
+        head.last_checkpoint = record.seq;
+        Ok(record)
+    }
+
+    fn append_locked(
+        &self,
+        head: &mut Head,
+        mut txn: Txn,
+        event: Event,
+        time: Timestamp,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<AuditRecord, AuditError> {
+        let mut record = AuditRecord {
+            seq: head.seq + 1,
+            time,
+            prev_hash: head.hash.clone(),
+            event: event.event.to_owned(),
+            actor: event.actor,
+            subject: event.subject,
+            details: event.details,
+            evidence: event.evidence,
+            checkpoint,
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        txn.require_absent(Keyspace::Audit, seq_key(record.seq))
+            .put(seq_key(record.seq), &record)?;
+        self.store.commit(&txn)?;
+        head.seq = record.seq;
+        head.hash = record.hash.clone();
+        emit(&record);
+        // Nobody following the log is fine.
+        let _ = self.tail.send(record.clone());
+        Ok(record)
+    }
+
+    /// Records with `from <= seq`, at most `limit`.
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
+        read_range(self.store.as_ref(), from, limit)
+    }
+
+    /// Checkpoint records with `from <= seq`, at most `limit`.
+    pub fn checkpoints(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
+        read_checkpoints(self.store.as_ref(), from, limit)
+    }
+
+    /// Every record appended from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<AuditRecord> {
+        self.tail.subscribe()
+    }
+
+    /// Sequence number of the newest record.
+    pub fn head_seq(&self) -> u64 {
+        self.head.lock().unwrap_or_else(|p| p.into_inner()).seq
+    }
+
+    /// The audit public key (verifies checkpoints).
+    pub fn public_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.signer.verifying_key()
+    }
+}
+
+/// Checkpoint records with `from <= seq`, at most `limit`.
+pub fn read_checkpoints(
+    store: &dyn Store,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    let mut out = Vec::new();
+    for (key, _) in store.scan_from(Keyspace::AuditCheckpoints, &seq_key(from), limit)? {
+        let Some(raw) = store.get(Keyspace::Audit, &key)? else {
+            return Err(AuditError::Damaged(
+                "checkpoint index points at a missing record".to_owned(),
+            ));
+        };
+        out.push(store::decode(&raw)?);
+    }
+    Ok(out)
+}
+
+/// Reads up to `limit` records from `from`.
+pub fn read_range(
+    store: &dyn Store,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    store
+        .scan_from(Keyspace::Audit, &seq_key(from), limit)?
+        .into_iter()
+        .map(|(_, v)| store::decode::<AuditRecord>(&v).map_err(AuditError::from))
+        .collect()
+}
+
+fn read_head(store: &dyn Store) -> Result<Head, AuditError> {
+    let Some((_, last)) = store.last(Keyspace::Audit)? else {
+        return Ok(Head {
+            seq: 0,
+            hash: ZERO_HASH.to_owned(),
+            last_checkpoint: 0,
+        });
+    };
+    let last: AuditRecord = store::decode(&last)?;
+    if last.compute_hash() != last.hash {
+        return Err(AuditError::Damaged(format!(
+            "record {} does not match its hash",
+            last.seq
+        )));
+    }
+    let last_checkpoint = match store.last(Keyspace::AuditCheckpoints)? {
+        Some((key, _)) => u64::from_be_bytes(
+            key.as_slice()
+                .try_into()
+                .map_err(|_| AuditError::Damaged("checkpoint index key".to_owned()))?,
+        ),
+        None => 0,
+    };
+    Ok(Head {
+        seq: last.seq,
+        hash: last.hash,
+        last_checkpoint,
+    })
+}
+
+/// Decodes a hex SHA-256.
+pub fn decode_hash(hex_hash: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_hash).ok()?.try_into().ok()
+}
+
+/// Emits the record as a structured `tracing` event (journald keeps it under systemd).
+fn emit(record: &AuditRecord) {
+    tracing::info!(
+        target: "latchkey::audit",
+        audit_seq = record.seq,
+        audit_event = %record.event,
+        audit_actor = ?record.actor,
+        audit_subject = %record.subject,
+        audit_details = %record.details,
+        audit_hash = %record.hash,
+        "audit"
+    );
+}
+
+/// The signing key for checkpoints, from the daemon's OpenSSH Ed25519 audit key.
+pub fn signing_key(audit_key: &ssh_key::PrivateKey) -> Option<ed25519_dalek::SigningKey> {
+    audit_key
+        .key_data()
+        .ed25519()
+        .map(|kp| ed25519_dalek::SigningKey::from(&kp.private))
+}
+
+/// A log over a fresh temporary sled store, for tests.
+#[cfg(test)]
+pub fn test_log() -> (tempfile::TempDir, Arc<dyn Store>, AuditLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(crate::store::SledStore::create(&dir.path().join("s")).unwrap());
+    let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
+        1_763_856_000_000,
+    )));
+    let signer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let log = AuditLog::open(
+        store.clone(),
+        clock,
+        signer,
+        CheckpointPolicy { every_records: 4 },
+    )
+    .unwrap();
+    (dir, store, log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Entry, Write};
+
+    fn note(n: u32) -> (Txn, Event) {
+        let mut txn = Txn::new();
+        txn.put_raw(Keyspace::Workloads, format!("w{n}"), "x");
+        let event = Event {
+            event: "test.note",
+            actor: Actor::Local { uid: 0 },
+            subject: format!("workload/w{n}"),
+            details: serde_json::json!({ "n": n }),
+            evidence: None,
+        };
+        (txn, event)
+    }
+
+    #[test]
+    fn records_chain_and_checkpoints_follow_the_policy() {
+        let (_dir, _store, log) = test_log();
+        for n in 0..9 {
+            let (txn, event) = note(n);
+            log.commit(txn, event).unwrap();
+        }
+        let records = log.read(1, 100).unwrap();
+        // 9 records plus a checkpoint after every 4 records: after 4 and after 4 more (+cp).
+        assert_eq!(records.len(), 11);
+        let mut prev = ZERO_HASH.to_owned();
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r.seq, i as u64 + 1);
+            assert_eq!(r.prev_hash, prev);
+            assert_eq!(r.compute_hash(), r.hash);
+            prev = r.hash.clone();
+        }
+        let checkpoints: Vec<u64> = records
+            .iter()
+            .filter(|r| r.checkpoint.is_some())
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(checkpoints, vec![5, 10]);
+        let report = verify::verify(
+            std::io::Cursor::new(
+                records
+                    .iter()
+                    .map(|r| serde_json::to_string(r).unwrap() + "\n")
+                    .collect::<String>(),
+            ),
+            &log.public_key(),
+        )
+        .unwrap();
+        assert_eq!(report.unverified_tail, Some((11, 11)));
+    }
+
+    #[test]
+    fn a_reopened_log_continues_the_chain_and_knows_its_last_checkpoint() {
+        let (_dir, store, log) = test_log();
+        for n in 0..5 {
+            let (txn, event) = note(n);
+            log.commit(txn, event).unwrap();
+        }
+        let head = log.head_seq();
+        drop(log);
+        let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
+            0,
+        )));
+        let reopened = AuditLog::open(
+            store,
+            clock,
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            CheckpointPolicy { every_records: 4 },
+        )
+        .unwrap();
+        assert_eq!(reopened.head_seq(), head);
+        let (txn, event) = note(99);
+        let record = reopened.commit(txn, event).unwrap();
+        assert_eq!(record.seq, head + 1);
+        // One record since the checkpoint at 5: none due yet; an explicit one covers it.
+        assert_eq!(
+            reopened
+                .checkpoint()
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .unwrap()
+                .covers_seq,
+            head + 1
+        );
+        assert!(
+            reopened.checkpoint().unwrap().is_none(),
+            "nothing new to cover"
+        );
+    }
+
+    /// A store whose commits fail: the disk is full, the backend is gone.
+    #[derive(Debug)]
+    struct FailingStore(Arc<dyn Store>);
+
+    impl Store for FailingStore {
+        fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(ks, key)
+        }
+        fn scan_from(
+            &self,
+            ks: Keyspace,
+            start: &[u8],
+            limit: usize,
+        ) -> Result<Vec<Entry>, StoreError> {
+            self.0.scan_from(ks, start, limit)
+        }
+        fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
+            self.0.last(ks)
+        }
+        fn commit(&self, txn: &Txn) -> Result<(), StoreError> {
+            // Only a transaction that carries its audit record may even be attempted.
+            assert!(
+                txn.writes()
+                    .iter()
+                    .any(|w| matches!(w, Write::Put(Keyspace::Audit, _, _)))
+            );
+            Err(StoreError::Backend("no space left on device".to_owned()))
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Err(StoreError::Backend("no space left on device".to_owned()))
+        }
+    }
+
+    #[test]
+    fn when_the_audit_record_cannot_be_written_the_change_does_not_happen() {
+        use crate::trust::{self, TrustStorePolicy};
+        use crate::workload::{self, Workload, WorkloadError};
+
+        let (_dir, store, log) = test_log();
+        let policy = TrustStorePolicy {
+            quorum: 2,
+            approver_role: "admin".into(),
+        };
+        trust::initialise(
+            &log,
+            policy,
+            "id".into(),
+            Timestamp::from_unix_millis(0),
+            Actor::Daemon,
+        )
+        .unwrap();
+        drop(log);
+
+        let failing: Arc<dyn Store> = Arc::new(FailingStore(store.clone()));
+        let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
+            0,
+        )));
+        let log = AuditLog::open(
+            failing.clone(),
+            clock,
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            CheckpointPolicy { every_records: 4 },
+        )
+        .unwrap();
+        let w = Workload {
+            name: "vault-plugin".into(),
+            owner: "platform".into(),
+            spki_sha256: hex::encode([9; 32]),
+            admitted_at: Timestamp::from_unix_millis(0),
+        };
+        let err = workload::admit_at_genesis(failing.as_ref(), &log, &w, Actor::Local { uid: 0 })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WorkloadError::Audit(AuditError::Store(StoreError::Backend(_)))
+            ),
+            "{err}"
+        );
+        assert_eq!(crate::error::Coded::code(&err), "audit.write_failed");
+        assert_eq!(workload::by_pin(store.as_ref(), &[9; 32]).unwrap(), None);
+        assert_eq!(log.head_seq(), 1, "the head did not move");
+        assert_eq!(read_range(store.as_ref(), 1, 10).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,266 @@
+//! Offline verification of an exported audit log (JSON Lines), with only the audit public key:
+//! hash chain, sequence continuity, checkpoint signatures, and every approval's evidence
+//! against the public key enrolled earlier in the same log.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use sha2::{Digest as _, Sha256};
+
+use super::{AuditRecord, CHECKPOINT_EVENT, Evidence, ZERO_HASH, checkpoint_message, decode_hash};
+
+/// Event that enrolls a key whose signatures later records carry. Details: `credential_id`
+/// (the id evidence names), `algorithm` (`es256` or `ed25519`), `public_key` (SPKI DER, base64).
+pub const ENROLLED_EVENT: &str = "authenticator.enrolled";
+/// Event that removes an enrolled key (details: `credential_id`).
+pub const REMOVED_EVENT: &str = "authenticator.removed";
+
+/// The log is not what the daemon wrote: the first bad record and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq} (line {line}): {reason}")]
+pub struct Tampered {
+    /// Sequence number the bad record has, or should have had at that position.
+    pub seq: u64,
+    /// 1-based line in the export.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A verified log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Records read.
+    pub records: u64,
+    /// Newest checkpoint, if any.
+    pub last_checkpoint: Option<u64>,
+    /// Records after the last checkpoint `(first, last)`: chained, but a truncation there
+    /// cannot be told from a log that simply ended.
+    pub unverified_tail: Option<(u64, u64)>,
+    /// Approvals whose evidence was re-verified.
+    pub evidence_verified: u64,
+}
+
+#[derive(Clone, Debug)]
+enum EnrolledKey {
+    Es256(p256::ecdsa::VerifyingKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl EnrolledKey {
+    fn from_details(details: &serde_json::Value) -> Result<(String, Self), String> {
+        let field = |name: &str| {
+            details
+                .get(name)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| format!("enrollment without {name}"))
+        };
+        let id = field("credential_id")?.to_owned();
+        let der = B64
+            .decode(field("public_key")?)
+            .map_err(|e| format!("public_key: {e}"))?;
+        let key = match field("algorithm")? {
+            "es256" => {
+                use p256::pkcs8::DecodePublicKey as _;
+                Self::Es256(
+                    p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+                        .map_err(|e| format!("public_key: {e}"))?,
+                )
+            }
+            "ed25519" => {
+                use ed25519_dalek::pkcs8::DecodePublicKey as _;
+                Self::Ed25519(
+                    ed25519_dalek::VerifyingKey::from_public_key_der(&der)
+                        .map_err(|e| format!("public_key: {e}"))?,
+                )
+            }
+            other => return Err(format!("unsupported algorithm {other:?}")),
+        };
+        Ok((id, key))
+    }
+
+    fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Es256(key) => {
+                use p256::ecdsa::signature::Verifier as _;
+                let sig = p256::ecdsa::Signature::from_der(signature)
+                    .map_err(|e| format!("signature encoding: {e}"))?;
+                key.verify(message, &sig)
+                    .map_err(|_| "signature was not made by the enrolled key".to_owned())
+            }
+            Self::Ed25519(key) => {
+                let sig = ed25519_dalek::Signature::from_slice(signature)
+                    .map_err(|e| format!("signature encoding: {e}"))?;
+                key.verify_strict(message, &sig)
+                    .map_err(|_| "signature was not made by the enrolled key".to_owned())
+            }
+        }
+    }
+}
+
+fn b64(field: &str, value: &str) -> Result<Vec<u8>, String> {
+    B64.decode(value).map_err(|e| format!("{field}: {e}"))
+}
+
+fn verify_evidence(keys: &HashMap<String, EnrolledKey>, evidence: &Evidence) -> Result<(), String> {
+    match evidence {
+        Evidence::Webauthn {
+            credential_id,
+            challenge,
+            authenticator_data,
+            client_data_json,
+            signature,
+        } => {
+            let key = keys.get(credential_id).ok_or_else(|| {
+                format!("credential {credential_id} is not enrolled earlier in this log")
+            })?;
+            let challenge = b64("challenge", challenge)?;
+            let auth_data = b64("authenticator_data", authenticator_data)?;
+            let client_data = b64("client_data_json", client_data_json)?;
+            let signature = b64("signature", signature)?;
+            if auth_data.len() < 37 {
+                return Err("authenticatorData is truncated".to_owned());
+            }
+            if auth_data[32] & 0x01 == 0 {
+                return Err("assertion without user presence".to_owned());
+            }
+            let parsed: serde_json::Value =
+                serde_json::from_slice(&client_data).map_err(|e| format!("clientDataJSON: {e}"))?;
+            if parsed.get("type").and_then(|v| v.as_str()) != Some("webauthn.get") {
+                return Err("clientDataJSON is not an assertion (type != webauthn.get)".to_owned());
+            }
+            if parsed.get("challenge").and_then(|v| v.as_str())
+                != Some(B64URL.encode(&challenge).as_str())
+            {
+                return Err("clientDataJSON was signed for another challenge".to_owned());
+            }
+            let mut message = auth_data;
+            message.extend_from_slice(&Sha256::digest(&client_data));
+            key.verify(&message, &signature)
+        }
+        Evidence::Piv {
+            key_id,
+            challenge,
+            signature,
+        } => {
+            let key = keys
+                .get(key_id)
+                .ok_or_else(|| format!("PIV key {key_id} is not enrolled earlier in this log"))?;
+            key.verify(&b64("challenge", challenge)?, &b64("signature", signature)?)
+        }
+    }
+}
+
+/// Verifies an export line by line. Fails at the first record that is malformed, out of
+/// sequence, unlinked, altered, badly signed or backed by evidence the enrolled key did not sign.
+pub fn verify(
+    reader: impl BufRead,
+    audit_key: &ed25519_dalek::VerifyingKey,
+) -> Result<Report, Tampered> {
+    let mut expected_seq = 1u64;
+    let mut prev_hash = ZERO_HASH.to_owned();
+    let mut keys: HashMap<String, EnrolledKey> = HashMap::new();
+    let mut last_checkpoint = None;
+    let mut evidence_verified = 0;
+    let mut line_no = 0;
+
+    for line in reader.lines() {
+        line_no += 1;
+        let bad = |reason: String| Tampered {
+            seq: expected_seq,
+            line: line_no,
+            reason,
+        };
+        let line = line.map_err(|e| bad(format!("unreadable: {e}")))?;
+        if line.trim().is_empty() {
+            return Err(bad("blank line inside the log".to_owned()));
+        }
+        let record: AuditRecord = serde_json::from_str(&line)
+            .map_err(|e| bad(format!("not a valid audit record: {e}")))?;
+        if record.seq > expected_seq {
+            return Err(bad(format!(
+                "gap: records {expected_seq}..{} are missing",
+                record.seq - 1
+            )));
+        }
+        if record.seq < expected_seq {
+            return Err(bad(format!(
+                "out of order: found record {} where {expected_seq} belongs",
+                record.seq
+            )));
+        }
+        if record.prev_hash != prev_hash {
+            return Err(bad(
+                "prev_hash does not match the previous record's hash".to_owned()
+            ));
+        }
+        if record.compute_hash() != record.hash {
+            return Err(bad("content does not match its hash (altered)".to_owned()));
+        }
+        if let Some(cp) = &record.checkpoint {
+            if record.event != CHECKPOINT_EVENT
+                || cp.covers_seq + 1 != record.seq
+                || cp.head_hash != prev_hash
+            {
+                return Err(bad(
+                    "checkpoint does not cover the record before it".to_owned()
+                ));
+            }
+            let head = decode_hash(&cp.head_hash)
+                .ok_or_else(|| bad("checkpoint head hash is not hex".to_owned()))?;
+            let signature = B64
+                .decode(&cp.signature)
+                .ok()
+                .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok())
+                .ok_or_else(|| bad("checkpoint signature is malformed".to_owned()))?;
+            audit_key
+                .verify_strict(
+                    &checkpoint_message(cp.covers_seq, &head, record.time),
+                    &signature,
+                )
+                .map_err(|_| {
+                    bad("checkpoint signature does not verify under the audit key".to_owned())
+                })?;
+            last_checkpoint = Some(record.seq);
+        } else if record.event == CHECKPOINT_EVENT {
+            return Err(bad("checkpoint record without a signature".to_owned()));
+        }
+        match record.event.as_str() {
+            ENROLLED_EVENT => {
+                let (id, key) = EnrolledKey::from_details(&record.details).map_err(&bad)?;
+                keys.insert(id, key);
+            }
+            REMOVED_EVENT => {
+                if let Some(id) = record.details.get("credential_id").and_then(|v| v.as_str()) {
+                    keys.remove(id);
+                }
+            }
+            _ => {}
+        }
+        if let Some(evidence) = &record.evidence {
+            verify_evidence(&keys, evidence)
+                .map_err(|why| bad(format!("forged or invalid approval evidence: {why}")))?;
+            evidence_verified += 1;
+        }
+        prev_hash = record.hash;
+        expected_seq += 1;
+    }
+
+    let records = expected_seq - 1;
+    if records == 0 {
+        return Err(Tampered {
+            seq: 1,
+            line: 0,
+            reason: "the export holds no records".to_owned(),
+        });
+    }
+    let covered = last_checkpoint.unwrap_or(0);
+    Ok(Report {
+        records,
+        last_checkpoint,
+        unverified_tail: (covered < records).then_some((covered + 1, records)),
+        evidence_verified,
+    })
+}
