@@ -284,10 +284,10 @@ impl AuditLog {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.clock.now();
         let record = self.append_locked(&mut head, txn, event, now, None)?;
-        if head.seq - head.last_checkpoint >= self.policy.every_records {
-            if let Err(e) = self.checkpoint_locked(&mut head) {
-                tracing::error!("writing audit checkpoint: {e}");
-            }
+        if head.seq - head.last_checkpoint >= self.policy.every_records
+            && let Err(e) = self.checkpoint_locked(&mut head)
+        {
+            tracing::error!("writing audit checkpoint: {e}");
         }
         Ok(record)
     }

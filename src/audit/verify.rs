@@ -164,10 +164,9 @@ pub fn verify(
     let mut keys: HashMap<String, EnrolledKey> = HashMap::new();
     let mut last_checkpoint = None;
     let mut evidence_verified = 0;
-    let mut line_no = 0;
 
-    for line in reader.lines() {
-        line_no += 1;
+    for (index, line) in reader.lines().enumerate() {
+        let line_no = index + 1;
         let bad = |reason: String| Tampered {
             seq: expected_seq,
             line: line_no,

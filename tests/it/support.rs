@@ -210,6 +210,13 @@ impl Daemon {
         client::connect_unix(&self.socket_path()).await.unwrap()
     }
 
+    /// Kills the process with SIGKILL (no cleanup) and reaps it.
+    pub fn kill9(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGKILL).unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for the process to exit (and for STOPPING=1 first).
     pub fn terminate(mut self) -> ExitStatus {
         use nix::sys::signal::{Signal, kill};

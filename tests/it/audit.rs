@@ -1,0 +1,580 @@
+//! Issue 3 acceptance: exports verify; tampering is named; forged approvals are caught; the
+//! log survives kill -9 with every change matched by its record.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use latchkey::audit::verify::{self, ENROLLED_EVENT, Tampered};
+use latchkey::audit::{Actor, AuditLog, AuditRecord, CheckpointPolicy, Event, Evidence};
+use latchkey::clock::{ManualClock, Timestamp};
+use latchkey::pb;
+use latchkey::store::{Keyspace, SledStore, Store, Txn};
+use p256::ecdsa::signature::Signer as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::support::{ClientCert, Daemon, DaemonDir, latchkey_cli};
+
+async fn admit(daemon: &Daemon, dir: &DaemonDir, name: &str) -> Result<(), tonic::Status> {
+    let cert = ClientCert::generate(dir.dir.path(), name);
+    let pem = std::fs::read_to_string(&cert.cert).unwrap();
+    pb::workload_service_client::WorkloadServiceClient::new(daemon.unix_channel().await)
+        .admit_workload(pb::AdmitWorkloadRequest {
+            name: name.to_owned(),
+            owner: "platform-team".to_owned(),
+            certificate_pem: pem,
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn audit_public_key(daemon: &Daemon) -> String {
+    pb::system_service_client::SystemServiceClient::new(daemon.unix_channel().await)
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_public_key
+}
+
+fn cli(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    latchkey_cli()
+        .arg("--socket")
+        .arg(daemon.socket_path())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn verify_cli(file: &Path, key: &str) -> std::process::Output {
+    latchkey_cli()
+        .args(["audit", "verify"])
+        .arg(file)
+        .args(["--audit-key", key])
+        .output()
+        .unwrap()
+}
+
+fn key_of(openssh: &str) -> ed25519_dalek::VerifyingKey {
+    latchkey::client::audit_key(openssh).unwrap()
+}
+
+fn verify_text(text: &str, key: &ed25519_dalek::VerifyingKey) -> Result<verify::Report, Tampered> {
+    verify::verify(std::io::Cursor::new(text.as_bytes()), key)
+}
+
+/// A daemon after a few state changes, with an export taken through the CLI.
+async fn exported_log() -> (DaemonDir, Daemon, String, String) {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    for name in ["vault-plugin", "bastion-script", "agent-7"] {
+        admit(&daemon, &dir, name).await.unwrap();
+    }
+    let file = dir.dir.path().join("audit.jsonl");
+    let out = cli(
+        &daemon,
+        &["audit", "export", "--output", file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = audit_public_key(&daemon).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    (dir, daemon, text, key)
+}
+
+#[tokio::test]
+async fn an_export_after_state_changes_verifies_offline() {
+    let (dir, daemon, text, key) = exported_log().await;
+    drop(daemon); // offline: no daemon needed
+    let events: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap().event)
+        .collect();
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("store.initialised")
+    );
+    assert_eq!(
+        events.iter().filter(|e| *e == "workload.admitted").count(),
+        3
+    );
+    assert_eq!(events.last().map(String::as_str), Some("audit.checkpoint"));
+
+    let out = verify_cli(&dir.dir.path().join("audit.jsonl"), &key);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("verified {} records", events.len())),
+        "{stdout}"
+    );
+
+    // The key can also come from a file.
+    let key_file = dir.dir.path().join("audit.pub");
+    std::fs::write(&key_file, &key).unwrap();
+    assert!(
+        verify_cli(
+            &dir.dir.path().join("audit.jsonl"),
+            key_file.to_str().unwrap()
+        )
+        .status
+        .success()
+    );
+}
+
+#[tokio::test]
+async fn flipping_any_byte_of_a_record_is_named_by_its_sequence_number() {
+    let (_dir, _daemon, text, key) = exported_log().await;
+    let key = key_of(&key);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut flips = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let seq = i as u64 + 1;
+        for pos in (0..line.len()).step_by(3) {
+            let mut bytes = line.as_bytes().to_vec();
+            bytes[pos] ^= 0x01;
+            let flipped = String::from_utf8_lossy(&bytes).into_owned();
+            let mut tampered = lines.clone();
+            tampered[i] = &flipped;
+            let err = verify_text(&(tampered.join("\n") + "\n"), &key).expect_err(&format!(
+                "flip at byte {pos} of record {seq} went unnoticed"
+            ));
+            assert_eq!(err.seq, seq, "flip at byte {pos} of record {seq}: {err}");
+            flips += 1;
+        }
+    }
+    assert!(flips > 100, "only {flips} flips tried");
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_reported_as_a_gap() {
+    let (dir, _daemon, text, key) = exported_log().await;
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(2); // record 3
+    let file = dir.dir.path().join("deleted.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = verify_cli(&file, &key);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("TAMPERED: record 3"), "{stdout}");
+    assert!(stdout.contains("gap: records 3..3 are missing"), "{stdout}");
+}
+
+#[tokio::test]
+async fn reordered_records_are_refused() {
+    let (_dir, _daemon, text, key) = exported_log().await;
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.swap(2, 3);
+    let err = verify_text(&(lines.join("\n") + "\n"), &key_of(&key)).unwrap_err();
+    assert_eq!(err.seq, 3, "{err}");
+}
+
+#[tokio::test]
+async fn a_truncated_tail_after_the_last_checkpoint_is_an_unverified_tail_not_tampering() {
+    let (dir, daemon, _text, key) = exported_log().await;
+    // More changes after the export's checkpoint, then an export whose end is cut off.
+    admit(&daemon, &dir, "late-1").await.unwrap();
+    admit(&daemon, &dir, "late-2").await.unwrap();
+    let file = dir.dir.path().join("second.jsonl");
+    assert!(
+        cli(&daemon, &["audit", "export", "-o", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Drop the final checkpoint and the last change: what is left ends past the last checkpoint.
+    let kept = &lines[..lines.len() - 2];
+    std::fs::write(&file, kept.join("\n") + "\n").unwrap();
+
+    let out = verify_cli(&file, &key);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("unverified tail"), "{stdout}");
+    assert!(!stdout.contains("TAMPERED"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_checkpoint_signed_by_another_key_is_refused() {
+    let (_dir, _daemon, text, _key) = exported_log().await;
+    let other = ed25519_dalek::SigningKey::from_bytes(&[42; 32]).verifying_key();
+    let err = verify_text(&text, &other).unwrap_err();
+    assert!(err.reason.contains("checkpoint signature"), "{err}");
+}
+
+/// Builds a log with an enrolled P-256 key and an approval signed by it, the way a FIDO2
+/// authenticator signs: over authenticatorData || SHA-256(clientDataJSON).
+struct EvidenceLog {
+    _dir: tempfile::TempDir,
+    log: AuditLog,
+    operator_key: p256::ecdsa::SigningKey,
+    audit_key: ed25519_dalek::VerifyingKey,
+}
+
+impl EvidenceLog {
+    fn new() -> Self {
+        use p256::pkcs8::EncodePublicKey as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::create(&dir.path().join("s")).unwrap());
+        let clock = Arc::new(ManualClock::new(Timestamp::from_unix_millis(
+            1_763_856_000_000,
+        )));
+        let signer = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let audit_key = signer.verifying_key();
+        let log = AuditLog::open(
+            store,
+            clock,
+            signer,
+            CheckpointPolicy {
+                every_records: 1000,
+            },
+        )
+        .unwrap();
+        let operator_key = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
+        let spki = operator_key.verifying_key().to_public_key_der().unwrap();
+        log.commit(
+            Txn::new(),
+            Event {
+                event: ENROLLED_EVENT,
+                actor: Actor::Local { uid: 0 },
+                subject: "operator/alice".into(),
+                details: serde_json::json!({
+                    "operator": "alice",
+                    "credential_id": "cred-alice",
+                    "algorithm": "es256",
+                    "public_key": B64.encode(spki.as_bytes()),
+                }),
+                evidence: None,
+            },
+        )
+        .unwrap();
+        Self {
+            _dir: dir,
+            log,
+            operator_key,
+            audit_key,
+        }
+    }
+
+    fn approve(&self, signing_key: &p256::ecdsa::SigningKey) {
+        let challenge = Sha256::digest(b"request digest || server nonce").to_vec();
+        let client_data = serde_json::json!({
+            "type": "webauthn.get",
+            "challenge": B64URL.encode(&challenge),
+            "origin": "https://latchkey.invalid",
+        })
+        .to_string();
+        let mut auth_data = Sha256::digest(b"latchkey.invalid").to_vec();
+        auth_data.push(0x05); // user present + user verified
+        auth_data.extend_from_slice(&7u32.to_be_bytes());
+        let mut message = auth_data.clone();
+        message.extend_from_slice(&Sha256::digest(client_data.as_bytes()));
+        let signature: p256::ecdsa::Signature = signing_key.sign(&message);
+        self.log
+            .commit(
+                Txn::new(),
+                Event {
+                    event: "request.approved",
+                    actor: Actor::Operator {
+                        name: "alice".into(),
+                    },
+                    subject: "request/r1".into(),
+                    details: serde_json::json!({}),
+                    evidence: Some(Evidence::Webauthn {
+                        credential_id: "cred-alice".into(),
+                        challenge: B64.encode(&challenge),
+                        authenticator_data: B64.encode(&auth_data),
+                        client_data_json: B64.encode(client_data.as_bytes()),
+                        signature: B64.encode(signature.to_der().as_bytes()),
+                    }),
+                },
+            )
+            .unwrap();
+    }
+
+    fn export(&self) -> Vec<AuditRecord> {
+        self.log.read(1, 1000).unwrap()
+    }
+}
+
+fn to_text(records: &[AuditRecord]) -> String {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect()
+}
+
+#[test]
+fn an_approval_signed_by_the_enrolled_key_is_re_verified_offline() {
+    let log = EvidenceLog::new();
+    log.approve(&log.operator_key);
+    log.log.checkpoint().unwrap();
+    let report = verify_text(&to_text(&log.export()), &log.audit_key).unwrap();
+    assert_eq!(report.evidence_verified, 1);
+    assert_eq!(report.unverified_tail, None);
+}
+
+#[test]
+fn a_forged_approval_with_a_recomputed_chain_is_caught() {
+    let log = EvidenceLog::new();
+    log.log.checkpoint().unwrap();
+    log.approve(&log.operator_key);
+    let mut records = log.export();
+    let approval = records.len() - 1;
+
+    // The attacker re-signs the approval with their own key and recomputes the chain after the
+    // last checkpoint, so every hash and link is valid again.
+    let attacker = p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap();
+    let Some(Evidence::Webauthn {
+        authenticator_data,
+        client_data_json,
+        signature,
+        ..
+    }) = &mut records[approval].evidence
+    else {
+        panic!("no evidence");
+    };
+    let mut message = B64.decode(&*authenticator_data).unwrap();
+    message.extend_from_slice(&Sha256::digest(B64.decode(&*client_data_json).unwrap()));
+    let forged: p256::ecdsa::Signature = attacker.sign(&message);
+    *signature = B64.encode(forged.to_der().as_bytes());
+    records[approval].hash = records[approval].compute_hash();
+
+    let err = verify_text(&to_text(&records), &log.audit_key).unwrap_err();
+    assert_eq!(err.seq, records[approval].seq, "{err}");
+    assert!(
+        err.reason.contains("forged or invalid approval evidence"),
+        "{err}"
+    );
+    assert!(err.reason.contains("not made by the enrolled key"), "{err}");
+}
+
+#[test]
+fn an_approval_by_a_key_never_enrolled_is_caught() {
+    let log = EvidenceLog::new();
+    log.approve(&log.operator_key);
+    let mut records = log.export();
+    let last = records.len() - 1;
+    if let Some(Evidence::Webauthn { credential_id, .. }) = &mut records[last].evidence {
+        *credential_id = "cred-mallory".into();
+    }
+    records[last].hash = records[last].compute_hash();
+    let err = verify_text(&to_text(&records), &log.audit_key).unwrap_err();
+    assert!(
+        err.reason.contains("not enrolled earlier in this log"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rewriting_history_under_a_checkpoint_breaks_its_signature() {
+    let log = EvidenceLog::new();
+    log.approve(&log.operator_key);
+    log.log.checkpoint().unwrap();
+    let mut records = log.export();
+    // Change the approval's subject and recompute every hash and link after it.
+    records[1].subject = "request/r2".into();
+    for i in 1..records.len() {
+        if i > 1 {
+            records[i].prev_hash = records[i - 1].hash.clone();
+        }
+        let prev = records[i - 1].hash.clone();
+        if let Some(cp) = &mut records[i].checkpoint {
+            cp.head_hash = prev;
+        }
+        records[i].hash = records[i].compute_hash();
+    }
+    let err = verify_text(&to_text(&records), &log.audit_key).unwrap_err();
+    assert!(
+        err.reason.contains("checkpoint signature does not verify"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn records_can_be_read_by_range_followed_live_and_checkpoints_listed() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let mut audit = pb::audit_service_client::AuditServiceClient::new(daemon.unix_channel().await);
+    let head = audit
+        .read_records(pb::ReadRecordsRequest {
+            from_seq: 1,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .head_seq;
+
+    let mut follow = audit
+        .follow_records(pb::FollowRecordsRequest { from_seq: head + 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    admit(&daemon, &dir, "followed").await.unwrap();
+    let live = follow.message().await.unwrap().unwrap().record.unwrap();
+    assert_eq!(live.seq, head + 1);
+    assert_eq!(live.event, "workload.admitted");
+    assert_eq!(live.subject, "workload/followed");
+    let parsed: AuditRecord = serde_json::from_str(&live.json).unwrap();
+    assert_eq!(parsed.hash, live.hash);
+
+    let page = audit
+        .read_records(pb::ReadRecordsRequest {
+            from_seq: 2,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].seq, 2);
+
+    let checkpoints = audit
+        .list_checkpoints(pb::ListCheckpointsRequest {
+            from_seq: 1,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoints;
+    assert!(!checkpoints.is_empty());
+    assert!(
+        checkpoints
+            .iter()
+            .all(|c| c.checkpoint && c.event == "audit.checkpoint")
+    );
+
+    // A follower does not hold up shutdown; its stream ends.
+    assert!(daemon.terminate().success());
+    assert!(follow.message().await.map(|m| m.is_none()).unwrap_or(true));
+}
+
+#[tokio::test]
+async fn every_record_is_also_a_structured_log_event() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    admit(&daemon, &dir, "logged").await.unwrap();
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"audit_event\":\"workload.admitted\""))
+        .unwrap_or_else(|| panic!("no audit event in the daemon log:\n{log}"));
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(event["audit_subject"], "workload/logged");
+    assert!(event["audit_seq"].as_u64().unwrap() > 1);
+}
+
+#[tokio::test]
+async fn a_workload_cannot_read_the_audit_log() {
+    let dir = DaemonDir::init();
+    let cert = ClientCert::generate(dir.dir.path(), "w");
+    cert.admit(&dir.data, "w");
+    let daemon = dir.start();
+    let channel = crate::support::tls_channel(&daemon, &dir.data, &cert).await;
+    let err = pb::audit_service_client::AuditServiceClient::new(channel)
+        .read_records(pb::ReadRecordsRequest {
+            from_seq: 1,
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+}
+
+#[tokio::test]
+async fn kill_9_during_a_burst_leaves_every_change_with_its_record() {
+    let dir = DaemonDir::init();
+    let mut daemon = dir.start();
+    let socket = daemon.socket_path();
+
+    // Four writers admit workloads as fast as they can; kill -9 once 40 have been acknowledged.
+    let acknowledged = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let (enough_tx, enough_rx) = tokio::sync::oneshot::channel::<()>();
+    let enough_tx = Arc::new(std::sync::Mutex::new(Some(enough_tx)));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let socket = socket.clone();
+        let acknowledged = acknowledged.clone();
+        let enough_tx = enough_tx.clone();
+        let cert_dir = dir.dir.path().to_path_buf();
+        writers.push(tokio::spawn(async move {
+            let Ok(channel) = latchkey::client::connect_unix(&socket).await else {
+                return;
+            };
+            let mut client = pb::workload_service_client::WorkloadServiceClient::new(channel);
+            for i in 0..1000 {
+                let name = format!("burst-{w}-{i}");
+                let cert = ClientCert::generate(&cert_dir, &name);
+                let request = pb::AdmitWorkloadRequest {
+                    name: name.clone(),
+                    owner: "load".into(),
+                    certificate_pem: std::fs::read_to_string(&cert.cert).unwrap(),
+                };
+                if client.admit_workload(request).await.is_err() {
+                    return; // the daemon is gone
+                }
+                let mut acked = acknowledged.lock().unwrap();
+                acked.insert(name);
+                if acked.len() >= 40
+                    && let Some(tx) = enough_tx.lock().unwrap().take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        }));
+    }
+    enough_rx.await.unwrap();
+    daemon.kill9();
+    for w in writers {
+        w.await.unwrap();
+    }
+    drop(daemon);
+
+    // Restart: the chain verifies, and the store and the log agree exactly.
+    let restarted = dir.start();
+    let file = dir.dir.path().join("after-crash.jsonl");
+    let out = cli(
+        &restarted,
+        &["audit", "export", "-o", file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = audit_public_key(&restarted).await;
+    let verified = verify_cli(&file, &key);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    assert!(restarted.terminate().success());
+
+    let recorded: BTreeSet<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
+        .filter(|r| r.event == "workload.admitted")
+        .map(|r| r.subject.trim_start_matches("workload/").to_owned())
+        .collect();
+    let store = SledStore::open(&dir.data.join("store")).unwrap();
+    let stored: BTreeSet<String> = store
+        .scan_from(Keyspace::Workloads, b"", usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .collect();
+    assert_eq!(
+        stored, recorded,
+        "store and audit log disagree after kill -9"
+    );
+    let acked = acknowledged.lock().unwrap().clone();
+    assert!(acked.is_subset(&stored), "an acknowledged change was lost");
+}
