@@ -578,3 +578,41 @@ async fn kill_9_during_a_burst_leaves_every_change_with_its_record() {
     let acked = acknowledged.lock().unwrap().clone();
     assert!(acked.is_subset(&stored), "an acknowledged change was lost");
 }
+
+#[tokio::test]
+async fn a_checkpoint_is_written_after_the_configured_interval_without_more_records() {
+    let dir = DaemonDir::init();
+    dir.write_raw_config(&format!(
+        "version = 1\ndata_dir = \"{}\"\n[log]\nformat = \"json\"\n[unix]\npath = \"{}\"\n[audit]\ncheckpoint_every_records = 1000\ncheckpoint_every_seconds = 1\n",
+        dir.data.display(),
+        dir.socket.display()
+    ));
+    let daemon = dir.start();
+    let mut audit = pb::audit_service_client::AuditServiceClient::new(daemon.unix_channel().await);
+    let head = audit
+        .read_records(pb::ReadRecordsRequest {
+            from_seq: 1,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .head_seq;
+    let mut follow = audit
+        .follow_records(pb::FollowRecordsRequest { from_seq: head + 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    admit(&daemon, &dir, "timed").await.unwrap();
+    let admitted = follow.message().await.unwrap().unwrap().record.unwrap();
+    assert_eq!(admitted.event, "workload.admitted");
+    // Far fewer than 1000 records: only the timer can write the next one.
+    let next = follow.message().await.unwrap().unwrap().record.unwrap();
+    assert!(
+        next.checkpoint,
+        "expected a timed checkpoint, got {}",
+        next.event
+    );
+    let record: AuditRecord = serde_json::from_str(&next.json).unwrap();
+    assert_eq!(record.checkpoint.unwrap().covers_seq, admitted.seq);
+}
