@@ -293,13 +293,22 @@ pub async fn export_audit(
             return Ok(written);
         }
         for record in page.records {
-            writeln!(out, "{}", record.json).map_err(|e| ClientError::File {
-                path: PathBuf::from("(output)"),
-                detail: e.to_string(),
-            })?;
+            write_line(out, &record.json)?;
             next = record.seq + 1;
             written += 1;
         }
+    }
+}
+
+/// Writes one line; the reader going away (a closed pipe) ends the output without an error.
+fn write_line(out: &mut dyn std::io::Write, line: &str) -> Result<(), ClientError> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(ClientError::File {
+            path: PathBuf::from("(output)"),
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -316,10 +325,7 @@ pub async fn follow_audit(
         .into_inner();
     while let Some(item) = stream.message().await? {
         if let Some(record) = item.record {
-            writeln!(out, "{}", record.json).map_err(|e| ClientError::File {
-                path: PathBuf::from("(output)"),
-                detail: e.to_string(),
-            })?;
+            write_line(out, &record.json)?;
             let _ = out.flush();
         }
     }

@@ -8,6 +8,15 @@ use latchkey::audit::verify;
 use latchkey::client;
 use latchkey::constants::{DEFAULT_SOCKET_PATH, SOCKET_ENV};
 
+/// Prints a line to standard output. A closed pipe (`latchkey status | head -1`) is not an
+/// error worth a message, let alone a panic: stop writing and carry on.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _closed_pipe = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// `audit verify`: the log checks out but ends with records no checkpoint covers.
 const EXIT_UNVERIFIED_TAIL: u8 = 3;
 
@@ -120,7 +129,7 @@ fn verify_offline(file: &PathBuf, audit_key: &str) -> ExitCode {
     };
     match verify::verify(reader, &key) {
         Ok(report) => {
-            println!(
+            say!(
                 "verified {} records; {} approvals re-verified against enrolled keys; last checkpoint at {}",
                 report.records,
                 report.evidence_verified,
@@ -131,7 +140,7 @@ fn verify_offline(file: &PathBuf, audit_key: &str) -> ExitCode {
             match report.unverified_tail {
                 None => ExitCode::SUCCESS,
                 Some((first, last)) => {
-                    println!(
+                    say!(
                         "unverified tail: records {first}..{last} are chained but no checkpoint covers them; \
                          records cut off after them could not be detected"
                     );
@@ -140,7 +149,7 @@ fn verify_offline(file: &PathBuf, audit_key: &str) -> ExitCode {
             }
         }
         Err(tampered) => {
-            println!("TAMPERED: {tampered}");
+            say!("TAMPERED: {tampered}");
             ExitCode::FAILURE
         }
     }
@@ -152,12 +161,12 @@ async fn run(cli: Cli) -> Result<(), client::ClientError> {
         Command::Status => {
             let view = client::status(channel).await?;
             if cli.json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&view).unwrap_or_default()
                 );
             } else {
-                println!("{view}");
+                say!("{view}");
             }
         }
         Command::Audit(AuditCommand::Export { output }) => {
@@ -184,9 +193,10 @@ async fn run(cli: Cli) -> Result<(), client::ClientError> {
                 detail: e.to_string(),
             })?;
             let admitted = client::admit_workload(channel, name, owner, pem).await?;
-            println!(
+            say!(
                 "admitted workload {} (SPKI SHA-256 {})",
-                admitted.name, admitted.spki_sha256
+                admitted.name,
+                admitted.spki_sha256
             );
         }
     }

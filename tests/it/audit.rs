@@ -395,11 +395,17 @@ fn rewriting_history_under_a_checkpoint_breaks_its_signature() {
     );
 }
 
-#[tokio::test]
-async fn records_can_be_read_by_range_followed_live_and_checkpoints_listed() {
-    let dir = DaemonDir::init();
-    let daemon = dir.start();
-    let mut audit = pb::audit_service_client::AuditServiceClient::new(daemon.unix_channel().await);
+type AuditClient = pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>;
+
+/// An audit client, the current head, and a stream of every record written after it.
+async fn follow_new_records(
+    daemon: &Daemon,
+) -> (
+    AuditClient,
+    u64,
+    tonic::Streaming<pb::FollowRecordsResponse>,
+) {
+    let mut audit = AuditClient::new(daemon.unix_channel().await);
     let head = audit
         .read_records(pb::ReadRecordsRequest {
             from_seq: 1,
@@ -409,12 +415,19 @@ async fn records_can_be_read_by_range_followed_live_and_checkpoints_listed() {
         .unwrap()
         .into_inner()
         .head_seq;
-
-    let mut follow = audit
+    let follow = audit
         .follow_records(pb::FollowRecordsRequest { from_seq: head + 1 })
         .await
         .unwrap()
         .into_inner();
+    (audit, head, follow)
+}
+
+#[tokio::test]
+async fn records_can_be_read_by_range_followed_live_and_checkpoints_listed() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let (mut audit, head, mut follow) = follow_new_records(&daemon).await;
     admit(&daemon, &dir, "followed").await.unwrap();
     let live = follow.message().await.unwrap().unwrap().record.unwrap();
     assert_eq!(live.seq, head + 1);
@@ -588,21 +601,7 @@ async fn a_checkpoint_is_written_after_the_configured_interval_without_more_reco
         dir.socket.display()
     ));
     let daemon = dir.start();
-    let mut audit = pb::audit_service_client::AuditServiceClient::new(daemon.unix_channel().await);
-    let head = audit
-        .read_records(pb::ReadRecordsRequest {
-            from_seq: 1,
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .head_seq;
-    let mut follow = audit
-        .follow_records(pb::FollowRecordsRequest { from_seq: head + 1 })
-        .await
-        .unwrap()
-        .into_inner();
+    let (_audit, _head, mut follow) = follow_new_records(&daemon).await;
     admit(&daemon, &dir, "timed").await.unwrap();
     let admitted = follow.message().await.unwrap().unwrap().record.unwrap();
     assert_eq!(admitted.event, "workload.admitted");

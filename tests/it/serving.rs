@@ -281,3 +281,31 @@ async fn the_local_socket_is_created_with_mode_0660() {
         & 0o777;
     assert_eq!(mode, 0o660);
 }
+
+#[tokio::test]
+async fn the_cli_stays_quiet_when_its_reader_goes_away() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let mut child = latchkey_cli()
+        .arg("--socket")
+        .arg(daemon.socket_path())
+        .arg("status")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `latchkey status | head -c0`: close the read end before it writes.
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(status.success(), "{status}: {stderr}");
+}
