@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "latchkey/v1/system.proto",
     "latchkey/v1/audit.proto",
     "latchkey/v1/workload.proto",
+    "latchkey/v1/operator.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

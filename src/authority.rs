@@ -7,8 +7,11 @@ use std::sync::Arc;
 use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
 use crate::caller::{Caller, WorkloadId};
 use crate::clock::{Clock, Timestamp};
+use crate::config::Fido2Config;
 use crate::error::{Coded, ErrorKind};
+use crate::fido2::{Fido2, Fido2Error};
 use crate::keys::{DaemonKeys, Fingerprints};
+use crate::operator::{self, Authenticator, Operator, OperatorError, Operators, VerifiedAssertion};
 use crate::store::{self, Store, StoreError};
 use crate::trust::{self, Genesis, TrustError};
 use crate::workload::{self, Workload, WorkloadError};
@@ -26,6 +29,9 @@ pub enum AuthorityError {
     /// The audit log could not be opened or read.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// FIDO2 could not be set up (bad RP id/origin, unreadable CA file). Fix the config.
+    #[error(transparent)]
+    Fido2(#[from] Fido2Error),
     /// The daemon's audit key is not an Ed25519 key. Restore the right key file.
     #[error("the audit key is not an Ed25519 key")]
     AuditKey,
@@ -38,6 +44,7 @@ impl Coded for AuthorityError {
             AuthorityError::Trust(e) => e.code(),
             AuthorityError::Audit(e) => e.code(),
             AuthorityError::AuditKey => "audit.bad_key",
+            AuthorityError::Fido2(e) => e.code(),
         }
     }
 
@@ -47,6 +54,7 @@ impl Coded for AuthorityError {
             AuthorityError::Trust(e) => e.kind(),
             AuthorityError::Audit(e) => e.kind(),
             AuthorityError::AuditKey => ErrorKind::Internal,
+            AuthorityError::Fido2(e) => e.kind(),
         }
     }
 }
@@ -75,6 +83,8 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     keys: Arc<DaemonKeys>,
     audit: AuditLog,
+    fido2: Fido2,
+    fido2_policy: Fido2Config,
     schema_version: u32,
     dev_mode: bool,
 }
@@ -88,7 +98,20 @@ impl Authority {
         keys: Arc<DaemonKeys>,
         dev_mode: bool,
         checkpoints: CheckpointPolicy,
+        fido2_policy: &Fido2Config,
     ) -> Result<Self, AuthorityError> {
+        let mut extra_cas = Vec::new();
+        for path in &fido2_policy.attestation_cas {
+            extra_cas.push(std::fs::read(path).map_err(|e| {
+                Fido2Error::Config(format!("attestation CA {}: {e}", path.display()))
+            })?);
+        }
+        let fido2 = Fido2::new(
+            &fido2_policy.rp_id,
+            &fido2_policy.origin,
+            &extra_cas,
+            dev_mode,
+        )?;
         let schema_version = store::check_schema(store.as_ref(), location)?;
         // Fail now, not on the first call, if the metadata is unreadable.
         trust::read_meta(store.as_ref())?;
@@ -99,6 +122,8 @@ impl Authority {
             clock,
             keys,
             audit,
+            fido2,
+            fido2_policy: fido2_policy.clone(),
             schema_version,
             dev_mode,
         })
@@ -166,6 +191,89 @@ impl Authority {
             Actor::Local { uid: peer.uid },
         )?;
         Ok(workload.id())
+    }
+
+    fn operators(&self) -> Operators<'_> {
+        Operators {
+            store: self.store.as_ref(),
+            audit: &self.audit,
+            fido2: &self.fido2,
+            clock: self.clock.as_ref(),
+            challenge_ttl: self.fido2_policy.challenge_ttl,
+        }
+    }
+
+    /// Starts a genesis enrollment (local callers only).
+    pub fn begin_enrollment(
+        &self,
+        caller: &Caller,
+        operator: &str,
+        roles: &[String],
+    ) -> Result<(String, String), OperatorError> {
+        self.operators()
+            .begin_enrollment(matches!(caller, Caller::Local(_)), operator, roles)
+    }
+
+    /// Finishes a genesis enrollment.
+    pub fn finish_enrollment(
+        &self,
+        caller: &Caller,
+        ceremony_id: &str,
+        response_json: &str,
+    ) -> Result<(Authenticator, Genesis), OperatorError> {
+        let Caller::Local(peer) = caller else {
+            return Err(OperatorError::LocalOnly);
+        };
+        let enrolled = self.operators().finish_enrollment(
+            true,
+            Actor::Local { uid: peer.uid },
+            ceremony_id,
+            response_json,
+        )?;
+        let (meta, _) = trust::read_meta(self.store.as_ref())?;
+        Ok((enrolled, meta.genesis))
+    }
+
+    /// Starts an assertion by `operator` over `digest`. Workloads never approve.
+    pub fn begin_assertion(
+        &self,
+        caller: &Caller,
+        operator: &str,
+        digest: &[u8; 32],
+    ) -> Result<(String, String), OperatorError> {
+        if !matches!(caller, Caller::Local(_)) {
+            return Err(OperatorError::LocalOnly);
+        }
+        self.operators().begin_assertion(
+            operator,
+            digest,
+            self.fido2_policy.require_user_verification,
+        )
+    }
+
+    /// Verifies and records an assertion over `digest`.
+    pub fn finish_assertion(
+        &self,
+        caller: &Caller,
+        ceremony_id: &str,
+        digest: &[u8; 32],
+        response_json: &str,
+    ) -> Result<VerifiedAssertion, OperatorError> {
+        if !matches!(caller, Caller::Local(_)) {
+            return Err(OperatorError::LocalOnly);
+        }
+        self.operators().finish_assertion(
+            ceremony_id,
+            digest,
+            response_json,
+            "assertion.verified",
+            format!("digest/{}", hex::encode(digest)),
+        )
+    }
+
+    /// An operator and their keys.
+    pub fn operator(&self, name: &str) -> Result<(Operator, Vec<Authenticator>), OperatorError> {
+        operator::show(self.store.as_ref(), name)
     }
 
     /// Forces all state to disk (at shutdown).

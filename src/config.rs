@@ -9,8 +9,9 @@ use serde::Deserialize;
 use std::time::Duration;
 
 use crate::constants::{
-    CONFIG_VERSION, DEFAULT_CHECKPOINT_EVERY_RECORDS, DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_DATA_DIR, DEFAULT_SOCKET_PATH,
+    CONFIG_VERSION, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECKPOINT_EVERY_RECORDS,
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DATA_DIR, DEFAULT_ORIGIN, DEFAULT_RP_ID,
+    DEFAULT_SOCKET_PATH,
 };
 
 /// Errors reading the config file.
@@ -74,6 +75,20 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    fido2: RawFido2,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFido2 {
+    rp_id: Option<String>,
+    origin: Option<String>,
+    #[serde(default)]
+    require_user_verification: bool,
+    challenge_ttl_seconds: Option<u64>,
+    #[serde(default)]
+    attestation_cas: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +158,35 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// When audit checkpoints are written.
     pub audit: AuditConfig,
+    /// FIDO2 relying party and policy.
+    pub fido2: Fido2Config,
+}
+
+/// FIDO2 relying party and policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fido2Config {
+    /// WebAuthn relying-party id.
+    pub rp_id: String,
+    /// WebAuthn origin the clients use.
+    pub origin: String,
+    /// Require PIN/biometric on every assertion.
+    pub require_user_verification: bool,
+    /// How long challenges stay valid.
+    pub challenge_ttl: Duration,
+    /// Extra attestation CA certificates (PEM files) besides the bundled Yubico root.
+    pub attestation_cas: Vec<PathBuf>,
+}
+
+impl Default for Fido2Config {
+    fn default() -> Self {
+        Self {
+            rp_id: DEFAULT_RP_ID.to_owned(),
+            origin: DEFAULT_ORIGIN.to_owned(),
+            require_user_verification: false,
+            challenge_ttl: DEFAULT_CHALLENGE_TTL,
+            attestation_cas: Vec::new(),
+        }
+    }
 }
 
 /// Audit checkpoint schedule: whichever comes first.
@@ -252,7 +296,27 @@ impl Config {
                 "audit.checkpoint_every_records and audit.checkpoint_every_seconds must be at least 1".to_owned(),
             ));
         }
+        let ttl = raw
+            .fido2
+            .challenge_ttl_seconds
+            .unwrap_or(DEFAULT_CHALLENGE_TTL.as_secs());
+        if ttl == 0 {
+            return Err(invalid(
+                "fido2.challenge_ttl_seconds must be at least 1".to_owned(),
+            ));
+        }
+        let fido2 = Fido2Config {
+            rp_id: raw.fido2.rp_id.unwrap_or_else(|| DEFAULT_RP_ID.to_owned()),
+            origin: raw
+                .fido2
+                .origin
+                .unwrap_or_else(|| DEFAULT_ORIGIN.to_owned()),
+            require_user_verification: raw.fido2.require_user_verification,
+            challenge_ttl: Duration::from_secs(ttl),
+            attestation_cas: raw.fido2.attestation_cas,
+        };
         Ok(Self {
+            fido2,
             audit: AuditConfig {
                 checkpoint_every_records: records,
                 checkpoint_interval: Duration::from_secs(seconds),
@@ -304,7 +368,20 @@ allow_groups = []
 # records not yet covered, whichever comes first.
 checkpoint_every_records = {records}
 checkpoint_every_seconds = {seconds}
+
+[fido2]
+# WebAuthn relying party: the name clients see and sign for.
+rp_id = "{rp_id}"
+origin = "{origin}"
+# Require PIN or biometric on every approval.
+require_user_verification = false
+challenge_ttl_seconds = {ttl}
+# Extra FIDO attestation CA certificates (PEM) besides the bundled Yubico root.
+attestation_cas = []
 "#,
+            rp_id = DEFAULT_RP_ID,
+            origin = DEFAULT_ORIGIN,
+            ttl = DEFAULT_CHALLENGE_TTL.as_secs(),
             records = DEFAULT_CHECKPOINT_EVERY_RECORDS,
             seconds = DEFAULT_CHECKPOINT_INTERVAL.as_secs(),
             data_dir = data_dir.display(),

@@ -56,3 +56,10 @@ pub const DEFAULT_CHECKPOINT_EVERY_RECORDS: u64 = 64;
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 /// Most records one `ReadRecords` call returns.
 pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// Default WebAuthn relying-party id (set `[fido2] rp_id` to your bastion's name).
+pub const DEFAULT_RP_ID: &str = "latchkey.local";
+/// Default WebAuthn origin matching [`DEFAULT_RP_ID`].
+pub const DEFAULT_ORIGIN: &str = "https://latchkey.local";
+/// How long an enrollment or assertion challenge stays valid.
+pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(120);

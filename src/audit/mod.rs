@@ -292,6 +292,53 @@ impl AuditLog {
         Ok(record)
     }
 
+    /// Like [`AuditLog::commit`], for a change that several records describe (e.g. the
+    /// enrollment that also closes genesis): all records and the change commit together.
+    pub fn commit_events(
+        &self,
+        txn: Txn,
+        events: Vec<Event>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        let mut txn = txn;
+        let mut records = Vec::with_capacity(events.len());
+        let (mut seq, mut prev) = (head.seq, head.hash.clone());
+        for event in events {
+            let mut record = AuditRecord {
+                seq: seq + 1,
+                time: now,
+                prev_hash: prev,
+                event: event.event.to_owned(),
+                actor: event.actor,
+                subject: event.subject,
+                details: event.details,
+                evidence: event.evidence,
+                checkpoint: None,
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            txn.require_absent(Keyspace::Audit, seq_key(record.seq))
+                .put(seq_key(record.seq), &record)?;
+            seq = record.seq;
+            prev = record.hash.clone();
+            records.push(record);
+        }
+        self.store.commit(&txn)?;
+        head.seq = seq;
+        head.hash = prev;
+        for record in &records {
+            emit(record);
+            let _ = self.tail.send(record.clone());
+        }
+        if head.seq - head.last_checkpoint >= self.policy.every_records
+            && let Err(e) = self.checkpoint_locked(&mut head)
+        {
+            tracing::error!("writing audit checkpoint: {e}");
+        }
+        Ok(records)
+    }
+
     /// Writes a checkpoint now if any record is not yet covered by one. Returns it, if written.
     pub fn checkpoint(&self) -> Result<Option<AuditRecord>, AuditError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());

@@ -249,6 +249,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         CheckpointPolicy {
             every_records: config.audit.checkpoint_every_records,
         },
+        &config.fido2,
     )?);
     let (stop, _) = watch::channel(false);
     let api = Api::new(authority.clone(), stop.subscribe());
@@ -293,6 +294,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             .add_service(api.system())
             .add_service(api.audit())
             .add_service(api.workload())
+            .add_service(api.operator())
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone());
@@ -306,6 +308,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             .add_service(api.system())
             .add_service(api.audit())
             .add_service(api.workload())
+            .add_service(api.operator())
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

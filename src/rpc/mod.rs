@@ -3,6 +3,7 @@
 
 mod audit;
 pub mod identity;
+mod operator;
 mod system;
 mod workload;
 
@@ -12,6 +13,7 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 pub use audit::{AuditApi, record_to_pb};
+pub use operator::OperatorApi;
 pub use system::SystemApi;
 pub use workload::WorkloadApi;
 
@@ -92,6 +94,13 @@ impl Api {
         pb::audit_service_server::AuditServiceServer::new(AuditApi::new(
             self.authority.clone(),
             self.shutdown.clone(),
+        ))
+    }
+
+    /// `latchkey.v1.OperatorService`.
+    pub fn operator(&self) -> pb::operator_service_server::OperatorServiceServer<OperatorApi> {
+        pb::operator_service_server::OperatorServiceServer::new(OperatorApi::new(
+            self.authority.clone(),
         ))
     }
 

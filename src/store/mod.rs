@@ -66,6 +66,12 @@ pub enum Keyspace {
     Audit,
     /// Sequence numbers of checkpoint records (index into `Audit`).
     AuditCheckpoints,
+    /// Operators by name.
+    Operators,
+    /// Authenticators by credential id (base64url).
+    Authenticators,
+    /// Pending challenges (enrollment and assertion ceremonies) by id.
+    Ceremonies,
 }
 
 impl Keyspace {
@@ -76,6 +82,9 @@ impl Keyspace {
         Keyspace::WorkloadPins,
         Keyspace::Audit,
         Keyspace::AuditCheckpoints,
+        Keyspace::Operators,
+        Keyspace::Authenticators,
+        Keyspace::Ceremonies,
     ];
 
     /// Stable on-disk name.
@@ -86,6 +95,9 @@ impl Keyspace {
             Keyspace::WorkloadPins => "workload_pins",
             Keyspace::Audit => "audit",
             Keyspace::AuditCheckpoints => "audit_checkpoints",
+            Keyspace::Operators => "operators",
+            Keyspace::Authenticators => "authenticators",
+            Keyspace::Ceremonies => "ceremonies",
         }
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod fido2;
 mod lifecycle;
 mod serving;
 mod support;

@@ -1,0 +1,689 @@
+//! Operators and their authenticators: genesis enrollment of FIDO2 security keys, and
+//! assertions bound to a digest of what is being approved. Every refusal has its own code and
+//! writes nothing; a counter regression suspends the key (that is the one write a refusal does).
+
+use serde::{Deserialize, Serialize};
+use webauthn_rs::prelude::{SecurityKey, SecurityKeyAuthentication, SecurityKeyRegistration, Uuid};
+
+use crate::audit::{Actor, AuditError, AuditLog, Event, Evidence};
+use crate::clock::{Clock, Timestamp};
+use crate::constants::MAX_NAME_LEN;
+use crate::error::{Coded, ErrorKind};
+use crate::fido2::{Fido2, Fido2Error, bound_challenge, credential_id_text};
+use crate::store::{self, Keyspace, Record, Store, StoreError, Txn};
+use crate::trust::{self, Genesis, META_KEY, TrustError};
+
+/// Errors about operators, enrollment and assertions.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// Name or role is empty, too long or has characters outside `[a-z0-9._-]`.
+    #[error("invalid {what} {value:?}: use 1-64 characters from a-z, 0-9, '.', '_' and '-'")]
+    InvalidName {
+        /// "operator name" or "role".
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// No such operator.
+    #[error("no operator {0}")]
+    UnknownOperator(String),
+    /// Enrollment without approval is only possible in the genesis window, over the local socket.
+    #[error("the genesis window is closed: enrolling now needs a quorum-approved change")]
+    GenesisClosed,
+    /// Only local callers may enroll during genesis.
+    #[error("genesis enrollment is only accepted over the local socket")]
+    LocalOnly,
+    /// The ceremony id is not one the daemon issued.
+    #[error("unknown challenge {0}; start again")]
+    ChallengeUnknown(String),
+    /// The challenge was already answered once; every challenge is single-use.
+    #[error("challenge {0} was already used; start again")]
+    ChallengeReused(String),
+    /// The challenge expired before it was answered.
+    #[error("challenge {0} expired; start again and touch the key sooner")]
+    ChallengeExpired(String),
+    /// The response was made for another digest than the one being approved.
+    #[error("the assertion was made for another digest than the one being approved")]
+    WrongDigest,
+    /// The ceremony is of the other kind (enrollment vs assertion).
+    #[error("challenge {0} belongs to another kind of ceremony")]
+    WrongCeremony(String),
+    /// The key is already enrolled, possibly to another operator: one physical key, one operator.
+    #[error(
+        "this key is already enrolled to operator {0}; one physical key belongs to one operator"
+    )]
+    CredentialTaken(String),
+    /// The key is suspended (e.g. a counter went backwards) and approves nothing until an
+    /// approved change reinstates it.
+    #[error("authenticator {0} is suspended: {1}")]
+    AuthenticatorSuspended(String, String),
+    /// The operator has no active key to assert with.
+    #[error("operator {0} has no active authenticator")]
+    NoActiveAuthenticator(String),
+    /// FIDO2 verification refused the response.
+    #[error(transparent)]
+    Fido2(#[from] Fido2Error),
+    /// The change and its audit record could not be written; nothing changed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Trust-store metadata is unreadable.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+impl Coded for OperatorError {
+    fn code(&self) -> &'static str {
+        match self {
+            OperatorError::InvalidName { .. } => "operator.invalid_name",
+            OperatorError::UnknownOperator(_) => "operator.unknown",
+            OperatorError::GenesisClosed => "operator.genesis_closed",
+            OperatorError::LocalOnly => "operator.local_only",
+            OperatorError::ChallengeUnknown(_) => "assertion.challenge_unknown",
+            OperatorError::ChallengeReused(_) => "assertion.challenge_reused",
+            OperatorError::ChallengeExpired(_) => "assertion.challenge_expired",
+            OperatorError::WrongDigest => "assertion.wrong_digest",
+            OperatorError::WrongCeremony(_) => "assertion.wrong_ceremony",
+            OperatorError::CredentialTaken(_) => "operator.credential_taken",
+            OperatorError::AuthenticatorSuspended(..) => "assertion.authenticator_suspended",
+            OperatorError::NoActiveAuthenticator(_) => "assertion.no_active_authenticator",
+            OperatorError::Fido2(e) => e.code(),
+            OperatorError::Audit(e) => e.code(),
+            OperatorError::Store(e) => e.code(),
+            OperatorError::Trust(e) => e.code(),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OperatorError::InvalidName { .. } | OperatorError::WrongCeremony(_) => {
+                ErrorKind::InvalidInput
+            }
+            OperatorError::UnknownOperator(_) | OperatorError::ChallengeUnknown(_) => {
+                ErrorKind::NotFound
+            }
+            OperatorError::GenesisClosed
+            | OperatorError::ChallengeExpired(_)
+            | OperatorError::ChallengeReused(_)
+            | OperatorError::NoActiveAuthenticator(_) => ErrorKind::FailedPrecondition,
+            OperatorError::LocalOnly
+            | OperatorError::WrongDigest
+            | OperatorError::AuthenticatorSuspended(..) => ErrorKind::PermissionDenied,
+            OperatorError::CredentialTaken(_) => ErrorKind::AlreadyExists,
+            OperatorError::Fido2(e) => e.kind(),
+            OperatorError::Audit(e) => e.kind(),
+            OperatorError::Store(e) => e.kind(),
+            OperatorError::Trust(e) => e.kind(),
+        }
+    }
+}
+
+/// A human who may act in an emergency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// Unique name.
+    pub name: String,
+    /// Roles, e.g. `admin`, `dba-oncall`.
+    pub roles: Vec<String>,
+    /// WebAuthn user handle.
+    pub user_id: Uuid,
+    /// When first enrolled.
+    pub enrolled_at: Timestamp,
+}
+
+impl Record for Operator {
+    const KEYSPACE: Keyspace = Keyspace::Operators;
+}
+
+/// Lifecycle of an authenticator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AuthenticatorState {
+    /// Counts for approvals.
+    Active,
+    /// Approves nothing until reinstated by an approved change.
+    Suspended {
+        /// Why.
+        reason: String,
+        /// Since when.
+        at: Timestamp,
+    },
+}
+
+/// An enrolled FIDO2 security key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Authenticator {
+    /// Credential id, base64url.
+    pub credential_id: String,
+    /// Owner.
+    pub operator: String,
+    /// webauthn-rs credential.
+    pub key: SecurityKey,
+    /// `es256` or `ed25519`.
+    pub algorithm: String,
+    /// SPKI DER, base64.
+    pub public_key: String,
+    /// Authenticator model.
+    pub aaguid: Option<Uuid>,
+    /// Last signature counter seen.
+    pub counter: u32,
+    /// Active or suspended.
+    pub state: AuthenticatorState,
+    /// When enrolled.
+    pub enrolled_at: Timestamp,
+}
+
+impl Record for Authenticator {
+    const KEYSPACE: Keyspace = Keyspace::Authenticators;
+}
+
+/// A pending challenge: single-use, expiring.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ceremony {
+    /// Who it is for.
+    pub operator: String,
+    /// Expiry.
+    pub expires_at: Timestamp,
+    /// What it is.
+    pub kind: CeremonyKind,
+}
+
+/// The two ceremonies, and the tombstone of a used one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CeremonyKind {
+    /// Registering a key during genesis.
+    Enrollment {
+        /// Roles the operator gets.
+        roles: Vec<String>,
+        /// webauthn-rs state.
+        state: SecurityKeyRegistration,
+    },
+    /// Asserting over a digest.
+    Assertion {
+        /// What is being approved (hex).
+        digest: String,
+        /// Server nonce (hex).
+        nonce: String,
+        /// Whether user verification is required.
+        require_uv: bool,
+        /// webauthn-rs state.
+        state: SecurityKeyAuthentication,
+    },
+    /// Answered once already.
+    Used {
+        /// When.
+        at: Timestamp,
+    },
+}
+
+impl Record for Ceremony {
+    const KEYSPACE: Keyspace = Keyspace::Ceremonies;
+}
+
+/// A verified assertion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedAssertion {
+    /// Who.
+    pub operator: String,
+    /// With which key.
+    pub credential_id: String,
+    /// Whether PIN/biometric was verified.
+    pub user_verified: bool,
+    /// New signature counter.
+    pub counter: u32,
+    /// The audit record holding the evidence.
+    pub audit_seq: u64,
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), OperatorError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(OperatorError::InvalidName {
+            what,
+            value: value.to_owned(),
+        })
+    }
+}
+
+fn new_id() -> Result<String, OperatorError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
+    Ok(hex::encode(id))
+}
+
+/// All authenticators (small: people and their keys).
+pub fn authenticators(store: &dyn Store) -> Result<Vec<Authenticator>, OperatorError> {
+    store
+        .scan_from(Keyspace::Authenticators, b"", usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| store::decode::<Authenticator>(&v).map_err(OperatorError::from))
+        .collect()
+}
+
+/// An operator and their authenticators.
+pub fn show(
+    store: &dyn Store,
+    name: &str,
+) -> Result<(Operator, Vec<Authenticator>), OperatorError> {
+    let operator: Operator = store::read(store, name.as_bytes())?
+        .ok_or_else(|| OperatorError::UnknownOperator(name.to_owned()))?;
+    let keys = authenticators(store)?
+        .into_iter()
+        .filter(|a| a.operator == name)
+        .collect();
+    Ok((operator, keys))
+}
+
+/// The operator's domain service.
+#[derive(Debug)]
+pub struct Operators<'a> {
+    /// The store.
+    pub store: &'a dyn Store,
+    /// The audit log.
+    pub audit: &'a AuditLog,
+    /// The FIDO2 relying party.
+    pub fido2: &'a Fido2,
+    /// The clock.
+    pub clock: &'a dyn Clock,
+    /// How long a challenge stays valid.
+    pub challenge_ttl: std::time::Duration,
+}
+
+impl Operators<'_> {
+    fn ceremony(&self, id: &str) -> Result<(Ceremony, Vec<u8>), OperatorError> {
+        let raw = self
+            .store
+            .get(Keyspace::Ceremonies, id.as_bytes())?
+            .ok_or_else(|| OperatorError::ChallengeUnknown(id.to_owned()))?;
+        let ceremony: Ceremony = store::decode(&raw)?;
+        if matches!(ceremony.kind, CeremonyKind::Used { .. }) {
+            return Err(OperatorError::ChallengeReused(id.to_owned()));
+        }
+        if self.clock.now() > ceremony.expires_at {
+            return Err(OperatorError::ChallengeExpired(id.to_owned()));
+        }
+        Ok((ceremony, raw))
+    }
+
+    fn used(
+        &self,
+        txn: &mut Txn,
+        id: &str,
+        raw: Vec<u8>,
+        operator: &str,
+    ) -> Result<(), OperatorError> {
+        let now = self.clock.now();
+        let tombstone = Ceremony {
+            operator: operator.to_owned(),
+            expires_at: now,
+            kind: CeremonyKind::Used { at: now },
+        };
+        txn.require_equals(Keyspace::Ceremonies, id.as_bytes(), raw)
+            .put(id.as_bytes(), &tombstone)?;
+        Ok(())
+    }
+
+    /// Starts enrolling a key for `operator` (created with `roles` if new) during genesis.
+    /// Returns the ceremony id and the WebAuthn creation options (W3C JSON).
+    pub fn begin_enrollment(
+        &self,
+        local: bool,
+        operator: &str,
+        roles: &[String],
+    ) -> Result<(String, String), OperatorError> {
+        if !local {
+            return Err(OperatorError::LocalOnly);
+        }
+        check_name("operator name", operator)?;
+        for role in roles {
+            check_name("role", role)?;
+        }
+        let (meta, _) = trust::read_meta(self.store)?;
+        if meta.genesis != Genesis::Open {
+            return Err(OperatorError::GenesisClosed);
+        }
+        let user_id = match store::read::<Operator>(self.store, operator.as_bytes())? {
+            Some(existing) => existing.user_id,
+            None => Uuid::new_v4(),
+        };
+        let exclude = authenticators(self.store)?
+            .into_iter()
+            .map(|a| a.key.cred_id().clone())
+            .collect();
+        let (options, state) = self.fido2.start_registration(user_id, operator, exclude)?;
+        let id = new_id()?;
+        let ceremony = Ceremony {
+            operator: operator.to_owned(),
+            expires_at: self.clock.now().plus(self.challenge_ttl),
+            kind: CeremonyKind::Enrollment {
+                roles: roles.to_vec(),
+                state,
+            },
+        };
+        let mut txn = Txn::new();
+        txn.require_absent(Keyspace::Ceremonies, id.as_bytes())
+            .put(id.as_bytes(), &ceremony)?;
+        self.store.commit(&txn)?;
+        let options =
+            serde_json::to_string(&options).map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok((id, options))
+    }
+
+    /// Finishes an enrollment. Closes genesis, in the same transaction, once the trust-store
+    /// quorum can be met.
+    pub fn finish_enrollment(
+        &self,
+        local: bool,
+        actor: Actor,
+        ceremony_id: &str,
+        response_json: &str,
+    ) -> Result<Authenticator, OperatorError> {
+        if !local {
+            return Err(OperatorError::LocalOnly);
+        }
+        let (ceremony, raw) = self.ceremony(ceremony_id)?;
+        let CeremonyKind::Enrollment { roles, state } = &ceremony.kind else {
+            return Err(OperatorError::WrongCeremony(ceremony_id.to_owned()));
+        };
+        let (meta, meta_bytes) = trust::read_meta(self.store)?;
+        if meta.genesis != Genesis::Open {
+            return Err(OperatorError::GenesisClosed);
+        }
+        let registered = self.fido2.finish_registration(response_json, state)?;
+        if let Some(existing) =
+            store::read::<Authenticator>(self.store, registered.credential_id.as_bytes())?
+        {
+            return Err(OperatorError::CredentialTaken(existing.operator));
+        }
+        let now = self.clock.now();
+        let operator = match store::read::<Operator>(self.store, ceremony.operator.as_bytes())? {
+            Some(existing) => existing,
+            None => Operator {
+                name: ceremony.operator.clone(),
+                roles: roles.clone(),
+                user_id: Uuid::new_v4(),
+                enrolled_at: now,
+            },
+        };
+        use base64::Engine as _;
+        let authenticator = Authenticator {
+            credential_id: registered.credential_id.clone(),
+            operator: operator.name.clone(),
+            key: registered.key,
+            algorithm: registered.algorithm.to_owned(),
+            public_key: base64::engine::general_purpose::STANDARD
+                .encode(&registered.public_key_spki),
+            aaguid: registered.aaguid,
+            counter: 0,
+            state: AuthenticatorState::Active,
+            enrolled_at: now,
+        };
+
+        let mut txn = Txn::new();
+        self.used(&mut txn, ceremony_id, raw, &operator.name)?;
+        txn.require_equals(Keyspace::Meta, META_KEY, meta_bytes)
+            .require_absent(
+                Keyspace::Authenticators,
+                authenticator.credential_id.as_bytes(),
+            )
+            .put(operator.name.as_bytes(), &operator)?
+            .put(authenticator.credential_id.as_bytes(), &authenticator)?;
+        let mut events = vec![Event {
+            event: crate::audit::verify::ENROLLED_EVENT,
+            actor: actor.clone(),
+            subject: format!("operator/{}", operator.name),
+            details: serde_json::json!({
+                "operator": operator.name,
+                "roles": operator.roles,
+                "credential_id": authenticator.credential_id,
+                "algorithm": authenticator.algorithm,
+                "public_key": authenticator.public_key,
+                "aaguid": authenticator.aaguid.map(|u| u.to_string()),
+                "path": "genesis",
+            }),
+            evidence: None,
+        }];
+
+        // Quorum reachable now? Count distinct operators holding the approver role.
+        let mut approvers: std::collections::BTreeSet<String> = authenticators(self.store)?
+            .into_iter()
+            .filter(|a| a.state == AuthenticatorState::Active)
+            .map(|a| a.operator)
+            .collect();
+        approvers.insert(operator.name.clone());
+        let mut approver_count = 0u32;
+        for name in &approvers {
+            let roles = if *name == operator.name {
+                operator.roles.clone()
+            } else {
+                store::read::<Operator>(self.store, name.as_bytes())?
+                    .map(|o| o.roles)
+                    .unwrap_or_default()
+            };
+            if roles.contains(&meta.policy.approver_role) {
+                approver_count += 1;
+            }
+        }
+        if approver_count >= meta.policy.quorum {
+            let mut closed = meta.clone();
+            closed.genesis = Genesis::Closed { at: now };
+            txn.put(META_KEY, &closed)?;
+            events.push(Event {
+                event: "genesis.closed",
+                actor,
+                subject: format!("store/{}", meta.store_id),
+                details: serde_json::json!({
+                    "approvers": approver_count,
+                    "quorum": meta.policy.quorum,
+                    "role": meta.policy.approver_role,
+                }),
+                evidence: None,
+            });
+        }
+        self.audit.commit_events(txn, events)?;
+        Ok(authenticator)
+    }
+
+    /// Starts an assertion by `operator` over `digest`. Returns the ceremony id and the WebAuthn
+    /// request options (W3C JSON) whose challenge is bound to the digest.
+    pub fn begin_assertion(
+        &self,
+        operator: &str,
+        digest: &[u8; 32],
+        require_uv: bool,
+    ) -> Result<(String, String), OperatorError> {
+        let (_, keys) = show(self.store, operator)?;
+        let active: Vec<SecurityKey> = keys
+            .into_iter()
+            .filter(|a| a.state == AuthenticatorState::Active)
+            .map(|a| a.key)
+            .collect();
+        if active.is_empty() {
+            return Err(OperatorError::NoActiveAuthenticator(operator.to_owned()));
+        }
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
+        let (options, state) =
+            self.fido2
+                .start_assertion(&active, bound_challenge(digest, &nonce), require_uv)?;
+        let id = new_id()?;
+        let ceremony = Ceremony {
+            operator: operator.to_owned(),
+            expires_at: self.clock.now().plus(self.challenge_ttl),
+            kind: CeremonyKind::Assertion {
+                digest: hex::encode(digest),
+                nonce: hex::encode(nonce),
+                require_uv,
+                state,
+            },
+        };
+        let mut txn = Txn::new();
+        txn.require_absent(Keyspace::Ceremonies, id.as_bytes())
+            .put(id.as_bytes(), &ceremony)?;
+        self.store.commit(&txn)?;
+        let options =
+            serde_json::to_string(&options).map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok((id, options))
+    }
+
+    /// Verifies an assertion over `digest` and records it, with its raw evidence, in the audit
+    /// log. A counter regression suspends the key (audited) and fails.
+    pub fn finish_assertion(
+        &self,
+        ceremony_id: &str,
+        digest: &[u8; 32],
+        response_json: &str,
+        event: &'static str,
+        subject: String,
+    ) -> Result<VerifiedAssertion, OperatorError> {
+        let (ceremony, raw) = self.ceremony(ceremony_id)?;
+        let CeremonyKind::Assertion {
+            digest: bound_digest,
+            nonce,
+            require_uv,
+            state,
+        } = &ceremony.kind
+        else {
+            return Err(OperatorError::WrongCeremony(ceremony_id.to_owned()));
+        };
+        if *bound_digest != hex::encode(digest) {
+            return Err(OperatorError::WrongDigest);
+        }
+        let claimed: serde_json::Value = serde_json::from_str(response_json)
+            .map_err(|e| Fido2Error::Malformed(e.to_string()))?;
+        let credential_id = claimed
+            .get("id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Fido2Error::Malformed("missing credential id".to_owned()))?
+            .to_owned();
+        let (mut authenticator, auth_raw) = match self
+            .store
+            .get(Keyspace::Authenticators, credential_id.as_bytes())?
+        {
+            Some(raw) => (store::decode::<Authenticator>(&raw)?, raw),
+            None => return Err(Fido2Error::UnknownCredential.into()),
+        };
+        if authenticator.operator != ceremony.operator {
+            return Err(Fido2Error::UnknownCredential.into());
+        }
+        if let AuthenticatorState::Suspended { reason, .. } = &authenticator.state {
+            return Err(OperatorError::AuthenticatorSuspended(
+                credential_id,
+                reason.clone(),
+            ));
+        }
+        let (response, result) =
+            match self
+                .fido2
+                .finish_assertion(response_json, state, *require_uv)
+            {
+                Ok(ok) => ok,
+                Err(Fido2Error::CounterRegressed) => {
+                    self.suspend(
+                        &mut authenticator,
+                        auth_raw,
+                        "signature counter went backwards (possible clone)",
+                    )?;
+                    return Err(Fido2Error::CounterRegressed.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+        authenticator.key.update_credential(&result);
+        authenticator.counter = result.counter();
+
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let nonce_bytes = hex::decode(nonce).map_err(|e| StoreError::Corrupt {
+            keyspace: "ceremonies",
+            detail: e.to_string(),
+        })?;
+        let nonce_arr: [u8; 32] = nonce_bytes.try_into().map_err(|_| StoreError::Corrupt {
+            keyspace: "ceremonies",
+            detail: "nonce length".to_owned(),
+        })?;
+        let evidence = Evidence::Webauthn {
+            credential_id: credential_id.clone(),
+            challenge: b64.encode(bound_challenge(digest, &nonce_arr)),
+            authenticator_data: b64.encode::<&[u8]>(response.response.authenticator_data.as_ref()),
+            client_data_json: b64.encode::<&[u8]>(response.response.client_data_json.as_ref()),
+            signature: b64.encode::<&[u8]>(response.response.signature.as_ref()),
+        };
+        let mut txn = Txn::new();
+        self.used(&mut txn, ceremony_id, raw, &ceremony.operator)?;
+        txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), auth_raw)
+            .put(credential_id.as_bytes(), &authenticator)?;
+        let record = self.audit.commit(
+            txn,
+            Event {
+                event,
+                actor: Actor::Operator {
+                    name: ceremony.operator.clone(),
+                },
+                subject,
+                details: serde_json::json!({
+                    "digest": hex::encode(digest),
+                    "nonce": nonce,
+                    "user_verified": result.user_verified(),
+                    "counter": result.counter(),
+                }),
+                evidence: Some(evidence),
+            },
+        )?;
+        Ok(VerifiedAssertion {
+            operator: ceremony.operator,
+            credential_id,
+            user_verified: result.user_verified(),
+            counter: result.counter(),
+            audit_seq: record.seq,
+        })
+    }
+
+    fn suspend(
+        &self,
+        authenticator: &mut Authenticator,
+        raw: Vec<u8>,
+        reason: &str,
+    ) -> Result<(), OperatorError> {
+        authenticator.state = AuthenticatorState::Suspended {
+            reason: reason.to_owned(),
+            at: self.clock.now(),
+        };
+        let mut txn = Txn::new();
+        txn.require_equals(
+            Keyspace::Authenticators,
+            authenticator.credential_id.as_bytes(),
+            raw,
+        )
+        .put(authenticator.credential_id.as_bytes(), &*authenticator)?;
+        self.audit.commit(
+            txn,
+            Event {
+                event: "authenticator.suspended",
+                actor: Actor::Daemon,
+                subject: format!("operator/{}", authenticator.operator),
+                details: serde_json::json!({
+                    "credential_id": authenticator.credential_id,
+                    "reason": reason,
+                }),
+                evidence: None,
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// Shown credential id of raw bytes.
+pub fn credential_id(raw: &[u8]) -> String {
+    credential_id_text(raw)
+}

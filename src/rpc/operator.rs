@@ -1,0 +1,174 @@
+//! `latchkey.v1.OperatorService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::identity::caller_of;
+use super::{status, to_status};
+use crate::authority::Authority;
+use crate::error::ErrorKind;
+use crate::operator::AuthenticatorState;
+use crate::pb;
+use crate::trust::Genesis;
+
+/// Serves `OperatorService`.
+#[derive(Debug, Clone)]
+pub struct OperatorApi {
+    authority: Arc<Authority>,
+}
+
+impl OperatorApi {
+    /// The service over `authority`.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Self { authority }
+    }
+}
+
+fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|_| {
+        status(
+            ErrorKind::InvalidInput,
+            "assertion.invalid_digest",
+            &format!("digest must be 32 bytes (SHA-256), got {}", bytes.len()),
+        )
+    })
+}
+
+/// Runs blocking store work (fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| status(ErrorKind::Internal, "rpc.task_failed", &e.to_string()))?
+}
+
+#[tonic::async_trait]
+impl pb::operator_service_server::OperatorService for OperatorApi {
+    async fn begin_enrollment(
+        &self,
+        request: Request<pb::BeginEnrollmentRequest>,
+    ) -> Result<Response<pb::BeginEnrollmentResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let authority = self.authority.clone();
+        let (ceremony_id, options) = blocking(move || {
+            authority
+                .begin_enrollment(&caller, &req.operator, &req.roles)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::BeginEnrollmentResponse {
+            ceremony_id,
+            creation_options_json: options,
+        }))
+    }
+
+    async fn finish_enrollment(
+        &self,
+        request: Request<pb::FinishEnrollmentRequest>,
+    ) -> Result<Response<pb::FinishEnrollmentResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let authority = self.authority.clone();
+        let (authenticator, genesis) = blocking(move || {
+            authority
+                .finish_enrollment(&caller, &req.ceremony_id, &req.credential_json)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        let genesis = match genesis {
+            Genesis::Open => pb::GenesisState::Open,
+            Genesis::Closed { .. } => pb::GenesisState::Closed,
+        };
+        Ok(Response::new(pb::FinishEnrollmentResponse {
+            operator: authenticator.operator,
+            credential_id: authenticator.credential_id,
+            aaguid: authenticator
+                .aaguid
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            genesis: genesis.into(),
+        }))
+    }
+
+    async fn begin_assertion(
+        &self,
+        request: Request<pb::BeginAssertionRequest>,
+    ) -> Result<Response<pb::BeginAssertionResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let digest = digest(&req.digest)?;
+        let authority = self.authority.clone();
+        let (ceremony_id, options) = blocking(move || {
+            authority
+                .begin_assertion(&caller, &req.operator, &digest)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::BeginAssertionResponse {
+            ceremony_id,
+            request_options_json: options,
+        }))
+    }
+
+    async fn finish_assertion(
+        &self,
+        request: Request<pb::FinishAssertionRequest>,
+    ) -> Result<Response<pb::FinishAssertionResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let digest = digest(&req.digest)?;
+        let authority = self.authority.clone();
+        let verified = blocking(move || {
+            authority
+                .finish_assertion(&caller, &req.ceremony_id, &digest, &req.credential_json)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::FinishAssertionResponse {
+            operator: verified.operator,
+            credential_id: verified.credential_id,
+            user_verified: verified.user_verified,
+            counter: verified.counter,
+            audit_seq: verified.audit_seq,
+        }))
+    }
+
+    async fn show_operator(
+        &self,
+        request: Request<pb::ShowOperatorRequest>,
+    ) -> Result<Response<pb::ShowOperatorResponse>, Status> {
+        caller_of(&request)?;
+        let (operator, keys) = self
+            .authority
+            .operator(&request.into_inner().name)
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::ShowOperatorResponse {
+            name: operator.name,
+            roles: operator.roles,
+            authenticators: keys
+                .into_iter()
+                .map(|a| {
+                    let (state, reason) = match a.state {
+                        AuthenticatorState::Active => {
+                            (pb::AuthenticatorState::Active, String::new())
+                        }
+                        AuthenticatorState::Suspended { reason, .. } => {
+                            (pb::AuthenticatorState::Suspended, reason)
+                        }
+                    };
+                    pb::AuthenticatorInfo {
+                        credential_id: a.credential_id,
+                        algorithm: a.algorithm,
+                        aaguid: a.aaguid.map(|u| u.to_string()).unwrap_or_default(),
+                        counter: a.counter,
+                        state: state.into(),
+                        suspended_reason: reason,
+                    }
+                })
+                .collect(),
+        }))
+    }
+}

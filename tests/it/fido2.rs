@@ -1,0 +1,507 @@
+//! Issue 4 acceptance with software authenticators (webauthn-authenticator-rs SoftToken)
+//! against an in-process daemon on a manual clock, over its Unix socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use latchkey::clock::{ManualClock, Timestamp};
+use latchkey::config::Config;
+use latchkey::daemon::{self, Running};
+use latchkey::pb;
+use latchkey::pb::operator_service_client::OperatorServiceClient;
+use latchkey::rpc::ERROR_CODE_METADATA;
+use sha2::{Digest as _, Sha256};
+use tonic::transport::Channel;
+use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+use webauthn_authenticator_rs::softtoken::SoftToken;
+use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
+
+use crate::support::DaemonDir;
+
+const ORIGIN: &str = "https://latchkey.local";
+
+struct Harness {
+    dir: DaemonDir,
+    clock: ManualClock,
+    running: Option<Running>,
+}
+
+impl Harness {
+    async fn start(dev_mode: bool, require_uv: bool) -> Self {
+        let dir = DaemonDir::init();
+        let text = format!(
+            "version = 1\ndata_dir = \"{}\"\ndev_mode = {dev_mode}\n[unix]\npath = \"{}\"\n[fido2]\nrequire_user_verification = {require_uv}\nchallenge_ttl_seconds = 120\n",
+            dir.data.display(),
+            dir.socket.display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let clock = ManualClock::new(Timestamp::from_unix_millis(1_795_000_000_000));
+        let running = daemon::start(&config, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        Self {
+            dir,
+            clock,
+            running: Some(running),
+        }
+    }
+
+    async fn client(&self) -> OperatorServiceClient<Channel> {
+        OperatorServiceClient::new(
+            latchkey::client::connect_unix(&self.dir.socket)
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn audit_head(&self) -> u64 {
+        pb::audit_service_client::AuditServiceClient::new(
+            latchkey::client::connect_unix(&self.dir.socket)
+                .await
+                .unwrap(),
+        )
+        .read_records(pb::ReadRecordsRequest {
+            from_seq: 1,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .head_seq
+    }
+
+    async fn audit_events(&self) -> Vec<String> {
+        let mut audit = pb::audit_service_client::AuditServiceClient::new(
+            latchkey::client::connect_unix(&self.dir.socket)
+                .await
+                .unwrap(),
+        );
+        audit
+            .read_records(pb::ReadRecordsRequest {
+                from_seq: 1,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .records
+            .into_iter()
+            .map(|r| r.event)
+            .collect()
+    }
+
+    async fn enroll(
+        &self,
+        token: &mut SoftToken,
+        operator: &str,
+        role: &str,
+    ) -> Result<pb::FinishEnrollmentResponse, tonic::Status> {
+        let mut client = self.client().await;
+        let begun = client
+            .begin_enrollment(pb::BeginEnrollmentRequest {
+                operator: operator.into(),
+                roles: vec![role.into()],
+            })
+            .await?
+            .into_inner();
+        let options: CreationChallengeResponse =
+            serde_json::from_str(&begun.creation_options_json).unwrap();
+        let credential = token
+            .do_registration(Url::parse(ORIGIN).unwrap(), options)
+            .unwrap();
+        Ok(client
+            .finish_enrollment(pb::FinishEnrollmentRequest {
+                ceremony_id: begun.ceremony_id,
+                credential_json: serde_json::to_string(&credential).unwrap(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    async fn begin(&self, operator: &str, digest: [u8; 32]) -> (String, RequestChallengeResponse) {
+        let begun = self
+            .client()
+            .await
+            .begin_assertion(pb::BeginAssertionRequest {
+                operator: operator.into(),
+                digest: digest.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            begun.ceremony_id,
+            serde_json::from_str(&begun.request_options_json).unwrap(),
+        )
+    }
+
+    async fn finish(
+        &self,
+        ceremony_id: &str,
+        digest: [u8; 32],
+        credential_json: String,
+    ) -> Result<pb::FinishAssertionResponse, tonic::Status> {
+        self.client()
+            .await
+            .finish_assertion(pb::FinishAssertionRequest {
+                ceremony_id: ceremony_id.into(),
+                digest: digest.to_vec(),
+                credential_json,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn show(&self, name: &str) -> pb::ShowOperatorResponse {
+        self.client()
+            .await
+            .show_operator(pb::ShowOperatorRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.unwrap();
+        }
+    }
+}
+
+fn token(uv: bool) -> SoftToken {
+    SoftToken::new(uv).unwrap().0
+}
+
+fn sign(token: &mut SoftToken, options: RequestChallengeResponse) -> String {
+    serde_json::to_string(
+        &token
+            .do_authentication(Url::parse(ORIGIN).unwrap(), options)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn digest(what: &str) -> [u8; 32] {
+    Sha256::digest(what.as_bytes()).into()
+}
+
+fn code(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get(ERROR_CODE_METADATA)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_else(|| format!("(no code) {status}"))
+}
+
+/// Two admins enrolled (genesis closes at quorum 2); returns their tokens.
+async fn genesis(h: &Harness) -> (SoftToken, SoftToken) {
+    let mut alice = token(true);
+    let mut bob = token(true);
+    let first = h.enroll(&mut alice, "alice", "admin").await.unwrap();
+    assert_eq!(first.genesis(), pb::GenesisState::Open);
+    let second = h.enroll(&mut bob, "bob", "admin").await.unwrap();
+    assert_eq!(second.genesis(), pb::GenesisState::Closed);
+    (alice, bob)
+}
+
+#[tokio::test]
+async fn genesis_enrolls_two_operators_then_closes_for_good() {
+    let h = Harness::start(true, false).await;
+    let _tokens = genesis(&h).await;
+    let mut carol = token(true);
+    let err = h.enroll(&mut carol, "carol", "admin").await.unwrap_err();
+    assert_eq!(code(&err), "operator.genesis_closed", "{err}");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let events = h.audit_events().await;
+    let enrolled = events
+        .iter()
+        .filter(|e| *e == "authenticator.enrolled")
+        .count();
+    assert_eq!(enrolled, 2);
+    assert!(events.contains(&"genesis.closed".to_owned()), "{events:?}");
+    assert_eq!(h.show("alice").await.roles, vec!["admin".to_owned()]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn one_physical_key_belongs_to_one_operator() {
+    let h = Harness::start(true, false).await;
+    let mut shared = token(true);
+    let alice = h.enroll(&mut shared, "alice", "admin").await.unwrap();
+    let head = h.audit_head().await;
+
+    // A second operator's enrollment excludes every enrolled credential, so the key that holds
+    // one refuses to register again.
+    let begun = h
+        .client()
+        .await
+        .begin_enrollment(pb::BeginEnrollmentRequest {
+            operator: "mallory".into(),
+            roles: vec!["admin".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let options: CreationChallengeResponse =
+        serde_json::from_str(&begun.creation_options_json).unwrap();
+    let excluded: Vec<String> = options
+        .public_key
+        .exclude_credentials
+        .iter()
+        .flatten()
+        .map(|c| latchkey::fido2::credential_id_text(c.id.as_ref()))
+        .collect();
+    assert_eq!(excluded, vec![alice.credential_id.clone()]);
+    // A real key holding an excluded credential refuses to register (CTAP2 excludeList).
+    // The soft token does not implement the exclude list, so the ceremony is not completed here;
+    // nothing was recorded by starting it.
+    assert_eq!(h.audit_head().await, head, "nothing recorded");
+    assert_eq!(h.show("alice").await.authenticators.len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_valid_assertion_over_the_right_challenge_verifies_and_is_audited_with_evidence() {
+    let h = Harness::start(true, false).await;
+    let (mut alice, _bob) = genesis(&h).await;
+    let d = digest("approve request r1");
+    let (id, options) = h.begin("alice", d).await;
+    let verified = h.finish(&id, d, sign(&mut alice, options)).await.unwrap();
+    assert_eq!(verified.operator, "alice");
+    assert!(verified.counter > 0);
+
+    // The evidence re-verifies offline against the enrolled key.
+    let file = h.dir.dir.path().join("audit.jsonl");
+    let mut out = std::fs::File::create(&file).unwrap();
+    latchkey::client::export_audit(
+        latchkey::client::connect_unix(&h.dir.socket).await.unwrap(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let keys = latchkey::keys::DaemonKeys::load(&h.dir.data).unwrap();
+    let audit_key = latchkey::audit::signing_key(&keys.audit)
+        .unwrap()
+        .verifying_key();
+    let report = latchkey::audit::verify::verify(
+        std::io::BufReader::new(std::fs::File::open(&file).unwrap()),
+        &audit_key,
+    )
+    .unwrap();
+    assert_eq!(report.evidence_verified, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn each_bad_assertion_is_refused_with_its_own_code_and_changes_nothing() {
+    let h = Harness::start(true, false).await;
+    let (mut alice, mut bob) = genesis(&h).await;
+    let d = digest("approve request r1");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut refuse = |err: tonic::Status, expected: &str| {
+        assert_eq!(code(&err), expected, "{err}");
+        assert!(
+            seen.insert(expected.to_owned()),
+            "code {expected} used twice"
+        );
+    };
+
+    // Wrong origin / RP id: the key signs for another relying party.
+    let (id, mut options) = h.begin("alice", d).await;
+    options.public_key.rp_id = "evil.example".into();
+    let response = serde_json::to_string(
+        &alice
+            .do_authentication(Url::parse("https://evil.example").unwrap(), options)
+            .unwrap(),
+    )
+    .unwrap();
+    let head = h.audit_head().await;
+    refuse(
+        h.finish(&id, d, response).await.unwrap_err(),
+        "fido2.wrong_origin",
+    );
+
+    // A challenge issued for one digest, answered for another.
+    let (id, options) = h.begin("alice", d).await;
+    let response = sign(&mut alice, options);
+    refuse(
+        h.finish(&id, digest("something else"), response.clone())
+            .await
+            .unwrap_err(),
+        "assertion.wrong_digest",
+    );
+
+    // Reused challenge: the first answer counts, the second is refused.
+    h.finish(&id, d, response.clone()).await.unwrap();
+    let head_after_valid = h.audit_head().await;
+    assert!(head_after_valid > head);
+    refuse(
+        h.finish(&id, d, response).await.unwrap_err(),
+        "assertion.challenge_reused",
+    );
+
+    // Expired challenge.
+    let (id, options) = h.begin("alice", d).await;
+    let response = sign(&mut alice, options);
+    h.clock.advance(Duration::from_secs(121));
+    refuse(
+        h.finish(&id, d, response).await.unwrap_err(),
+        "assertion.challenge_expired",
+    );
+
+    // Unknown challenge id.
+    refuse(
+        h.finish("00ff", d, "{}".into()).await.unwrap_err(),
+        "assertion.challenge_unknown",
+    );
+
+    // Unknown credential: a key never enrolled.
+    let (id, options) = h.begin("alice", d).await;
+    let mut stranger = token(true);
+    let mut stranger_options = options.clone();
+    stranger_options.public_key.allow_credentials.clear();
+    let err = stranger.do_authentication(Url::parse(ORIGIN).unwrap(), stranger_options);
+    // A soft token without a matching credential cannot answer at all; forge the id instead.
+    assert!(err.is_err());
+    let mut forged: serde_json::Value = serde_json::from_str(&sign(&mut alice, options)).unwrap();
+    forged["id"] = "c3RyYW5nZXI".into();
+    forged["rawId"] = "c3RyYW5nZXI".into();
+    refuse(
+        h.finish(&id, d, forged.to_string()).await.unwrap_err(),
+        "fido2.unknown_credential",
+    );
+
+    // Signature by another key: bob's key answers, presented as alice's credential.
+    let (id, options) = h.begin("alice", d).await;
+    let alice_view: serde_json::Value =
+        serde_json::from_str(&sign(&mut alice, options.clone())).unwrap();
+    let (bob_id, bob_options) = h.begin("bob", d).await;
+    let _ = bob_id;
+    let mut by_bob: serde_json::Value = serde_json::from_str(&sign(&mut bob, bob_options)).unwrap();
+    by_bob["id"] = alice_view["id"].clone();
+    by_bob["rawId"] = alice_view["rawId"].clone();
+    by_bob["response"]["clientDataJSON"] = alice_view["response"]["clientDataJSON"].clone();
+    by_bob["response"]["authenticatorData"] = alice_view["response"]["authenticatorData"].clone();
+    refuse(
+        h.finish(&id, d, by_bob.to_string()).await.unwrap_err(),
+        "fido2.bad_signature",
+    );
+
+    // Malformed JSON, and truncated authenticatorData.
+    let (id, options) = h.begin("alice", d).await;
+    let good: serde_json::Value = serde_json::from_str(&sign(&mut alice, options)).unwrap();
+    refuse(
+        h.finish(&id, d, "{not json".into()).await.unwrap_err(),
+        "fido2.malformed",
+    );
+    let mut truncated = good.clone();
+    truncated["response"]["authenticatorData"] =
+        "SZYN5YgOjGh0NBcPZHZgW4_krrmihjLHmVzzuoMdl2MF".into();
+    let err = h.finish(&id, d, truncated.to_string()).await.unwrap_err();
+    assert!(
+        ["fido2.malformed", "fido2.bad_signature"].contains(&code(&err).as_str()),
+        "truncated authenticatorData: {err}"
+    );
+
+    // None of the refusals wrote anything: only the one valid assertion did.
+    assert_eq!(h.audit_head().await, head_after_valid);
+    let alice_keys = h.show("alice").await.authenticators;
+    assert!(
+        alice_keys
+            .iter()
+            .all(|k| k.state() == pb::AuthenticatorState::Active)
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_assertion_without_user_verification_is_refused_where_policy_requires_it() {
+    let h = Harness::start(true, true).await;
+    let mut alice = token(true);
+    h.enroll(&mut alice, "alice", "admin").await.unwrap();
+    let mut no_pin = token(false);
+    h.enroll(&mut no_pin, "dave", "admin").await.unwrap();
+    let d = digest("approve");
+
+    let (id, options) = h.begin("alice", d).await;
+    let ok = h.finish(&id, d, sign(&mut alice, options)).await.unwrap();
+    assert!(ok.user_verified);
+
+    let (id, mut options) = h.begin("dave", d).await;
+    // This key cannot do UV: ask it without (as a client that ignores the policy would).
+    options.public_key.user_verification = webauthn_rs_proto::UserVerificationPolicy::Preferred;
+    let head = h.audit_head().await;
+    let err = h
+        .finish(&id, d, sign(&mut no_pin, options))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "fido2.user_verification_required", "{err}");
+    assert_eq!(h.audit_head().await, head);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_counter_regression_suspends_the_authenticator_visibly() {
+    let h = Harness::start(true, false).await;
+    let (mut alice, _bob) = genesis(&h).await;
+    let clone = alice.to_cbor().unwrap();
+    let d = digest("approve");
+    let (id, options) = h.begin("alice", d).await;
+    h.finish(&id, d, sign(&mut alice, options)).await.unwrap();
+
+    // A clone of the key, taken before that approval, signs with an old counter.
+    let mut cloned = SoftToken::from_cbor(&clone).unwrap();
+    let (id, options) = h.begin("alice", d).await;
+    let err = h
+        .finish(&id, d, sign(&mut cloned, options))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "fido2.counter_regressed", "{err}");
+
+    let shown = h.show("alice").await;
+    let key = &shown.authenticators[0];
+    assert_eq!(key.state(), pb::AuthenticatorState::Suspended);
+    assert!(
+        key.suspended_reason.contains("counter"),
+        "{}",
+        key.suspended_reason
+    );
+    assert!(
+        h.audit_events()
+            .await
+            .contains(&"authenticator.suspended".to_owned())
+    );
+
+    // A suspended key approves nothing, even the genuine one: no challenge is issued.
+    let err = h
+        .client()
+        .await
+        .begin_assertion(pb::BeginAssertionRequest {
+            operator: "alice".into(),
+            digest: d.to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "assertion.no_active_authenticator", "{err}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_soft_token_is_refused_by_a_daemon_not_in_dev_mode() {
+    let h = Harness::start(false, false).await;
+    let mut soft = token(true);
+    let head = h.audit_head().await;
+    let err = h.enroll(&mut soft, "alice", "admin").await.unwrap_err();
+    assert_eq!(code(&err), "fido2.attestation_untrusted", "{err}");
+    assert!(err.message().contains("AAGUID"), "{err}");
+    assert_eq!(h.audit_head().await, head);
+    let status = pb::system_service_client::SystemServiceClient::new(
+        latchkey::client::connect_unix(&h.dir.socket).await.unwrap(),
+    )
+    .status(pb::StatusRequest {})
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(status.genesis(), pb::GenesisState::Open);
+    h.stop().await;
+}
