@@ -44,6 +44,73 @@ enum Command {
     /// Workloads (vault plugins, automation, agents).
     #[command(subcommand)]
     Workload(WorkloadCommand),
+    /// Your hardware key: enroll it, sign with it.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Operators.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+/// Which authenticator to use.
+#[derive(clap::Args)]
+struct KeyChoice {
+    /// Use a software token kept in this file (created if missing). Tests, demos and drills
+    /// only: a daemon outside dev mode refuses it.
+    #[arg(long)]
+    soft_token: Option<PathBuf>,
+    /// With several USB keys plugged in, use number N (see `latchkey key devices`).
+    #[arg(long)]
+    device: Option<usize>,
+    /// WebAuthn origin to claim (default: https:// + the daemon's relying-party id).
+    #[arg(long)]
+    origin: Option<String>,
+}
+
+impl KeyChoice {
+    fn open(&self) -> Result<Box<dyn client::keys::Authenticator>, client::ClientError> {
+        Ok(match &self.soft_token {
+            Some(path) => Box::new(client::keys::SoftTokenKey::open_or_create(path)?),
+            None => Box::new(client::keys::UsbKey::open(self.device)?),
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// List plugged-in FIDO2 security keys.
+    Devices,
+    /// Enroll a key for an operator (during genesis; later a quorum-approved change).
+    Enroll {
+        /// Operator name.
+        #[arg(long)]
+        operator: String,
+        /// Role (repeatable), e.g. admin.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[command(flatten)]
+        key: KeyChoice,
+    },
+    /// Sign a digest of what you approve (SHA-256, hex) with your key.
+    Sign {
+        /// Operator name.
+        #[arg(long)]
+        operator: String,
+        /// SHA-256 of what is approved, 64 hex characters.
+        #[arg(long)]
+        digest: String,
+        #[command(flatten)]
+        key: KeyChoice,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Show an operator's roles and keys (and whether any is suspended).
+    Show {
+        /// Operator name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +159,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Audit(AuditCommand::Verify { file, audit_key }) = &cli.command {
         return verify_offline(file, audit_key);
+    }
+    if let Command::Key(KeyCommand::Devices) = &cli.command {
+        let devices = client::keys::usb_devices();
+        if devices.is_empty() {
+            eprintln!("latchkey: no FIDO2 security key found");
+            return ExitCode::FAILURE;
+        }
+        for line in devices {
+            say!("{line}");
+        }
+        return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -186,7 +264,107 @@ async fn run(cli: Cli) -> Result<(), client::ClientError> {
         Command::Audit(AuditCommand::Follow { from }) => {
             client::follow_audit(channel, from, &mut std::io::stdout().lock()).await?;
         }
-        Command::Audit(AuditCommand::Verify { .. }) => {}
+        Command::Audit(AuditCommand::Verify { .. }) | Command::Key(KeyCommand::Devices) => {}
+        Command::Key(KeyCommand::Enroll {
+            operator,
+            roles,
+            key,
+        }) => {
+            let mut authenticator = key.open()?;
+            let enrolled = client::enroll(
+                channel,
+                &operator,
+                roles,
+                authenticator.as_mut(),
+                key.origin.as_deref(),
+            )
+            .await?;
+            say!(
+                "enrolled key {} for operator {} (AAGUID {}); genesis {}",
+                enrolled.credential_id,
+                enrolled.operator,
+                if enrolled.aaguid.is_empty() {
+                    "unknown"
+                } else {
+                    &enrolled.aaguid
+                },
+                if enrolled.genesis() == latchkey::pb::GenesisState::Closed {
+                    "closed"
+                } else {
+                    "open"
+                }
+            );
+        }
+        Command::Key(KeyCommand::Sign {
+            operator,
+            digest,
+            key,
+        }) => {
+            let digest: [u8; 32] = hex::decode(&digest)
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| client::ClientError::File {
+                    path: PathBuf::from("--digest"),
+                    detail: "expected 64 hex characters (a SHA-256)".to_owned(),
+                })?;
+            let mut authenticator = key.open()?;
+            let signed = client::sign_digest(
+                channel,
+                &operator,
+                digest,
+                authenticator.as_mut(),
+                key.origin.as_deref(),
+            )
+            .await?;
+            say!(
+                "verified: {} with key {} (user verified: {}, counter {}), audit record {}",
+                signed.operator,
+                signed.credential_id,
+                signed.user_verified,
+                signed.counter,
+                signed.audit_seq
+            );
+        }
+        Command::Operator(OperatorCommand::Show { name }) => {
+            let shown = client::show_operator(channel, &name).await?;
+            if cli.json {
+                let keys: Vec<serde_json::Value> = shown
+                    .authenticators
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "credential_id": a.credential_id,
+                            "algorithm": a.algorithm,
+                            "aaguid": a.aaguid,
+                            "counter": a.counter,
+                            "state": a.state().as_str_name(),
+                            "suspended_reason": a.suspended_reason,
+                        })
+                    })
+                    .collect();
+                say!(
+                    "{}",
+                    serde_json::json!({ "name": shown.name, "roles": shown.roles, "authenticators": keys })
+                );
+            } else {
+                say!("operator {}  roles: {}", shown.name, shown.roles.join(", "));
+                for a in &shown.authenticators {
+                    let state = match a.state() {
+                        latchkey::pb::AuthenticatorState::Suspended => {
+                            format!("SUSPENDED: {}", a.suspended_reason)
+                        }
+                        _ => "active".to_owned(),
+                    };
+                    say!(
+                        "  {}  {}  counter {}  {}",
+                        a.credential_id,
+                        a.algorithm,
+                        a.counter,
+                        state
+                    );
+                }
+            }
+        }
         Command::Workload(WorkloadCommand::Admit { name, owner, cert }) => {
             let pem = std::fs::read_to_string(&cert).map_err(|e| client::ClientError::File {
                 path: cert.clone(),

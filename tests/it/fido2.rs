@@ -505,3 +505,238 @@ async fn a_soft_token_is_refused_by_a_daemon_not_in_dev_mode() {
     assert_eq!(status.genesis(), pb::GenesisState::Open);
     h.stop().await;
 }
+
+/// A dev-mode daemon process for CLI tests.
+fn dev_daemon() -> (DaemonDir, crate::support::Daemon) {
+    let dir = DaemonDir::init();
+    dir.write_raw_config(&format!(
+        "version = 1\ndata_dir = \"{}\"\ndev_mode = true\n[log]\nformat = \"json\"\n[unix]\npath = \"{}\"\n",
+        dir.data.display(),
+        dir.socket.display()
+    ));
+    let daemon = dir.start();
+    (dir, daemon)
+}
+
+fn cli(daemon: &crate::support::Daemon, args: &[&str]) -> std::process::Output {
+    crate::support::latchkey_cli()
+        .arg("--socket")
+        .arg(daemon.socket_path())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_cli_enrolls_and_signs_with_a_soft_token_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, daemon) = dev_daemon();
+    let alice = dir.dir.path().join("alice.token");
+    let bob = dir.dir.path().join("bob.token");
+    let a = alice.to_str().unwrap();
+    let b = bob.to_str().unwrap();
+    let first = ok(&cli(
+        &daemon,
+        &[
+            "key",
+            "enroll",
+            "--operator",
+            "alice",
+            "--role",
+            "admin",
+            "--soft-token",
+            a,
+        ],
+    ));
+    assert!(first.contains("genesis open"), "{first}");
+    let second = ok(&cli(
+        &daemon,
+        &[
+            "key",
+            "enroll",
+            "--operator",
+            "bob",
+            "--role",
+            "admin",
+            "--soft-token",
+            b,
+        ],
+    ));
+    assert!(second.contains("genesis closed"), "{second}");
+    assert_eq!(
+        std::fs::metadata(&alice).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let d = hex::encode(digest("approve request r1"));
+    let signed = ok(&cli(
+        &daemon,
+        &[
+            "key",
+            "sign",
+            "--operator",
+            "alice",
+            "--digest",
+            &d,
+            "--soft-token",
+            a,
+        ],
+    ));
+    assert!(signed.contains("verified: alice"), "{signed}");
+    let shown = ok(&cli(&daemon, &["operator", "show", "alice"]));
+    assert!(shown.contains("active"), "{shown}");
+    assert!(shown.contains("roles: admin"), "{shown}");
+
+    // After genesis, a third enrollment is refused without quorum.
+    let carol = dir.dir.path().join("carol.token");
+    let out = cli(
+        &daemon,
+        &[
+            "key",
+            "enroll",
+            "--operator",
+            "carol",
+            "--role",
+            "admin",
+            "--soft-token",
+            carol.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("operator.genesis_closed"));
+}
+
+#[tokio::test]
+async fn a_cloned_key_is_suspended_and_shown_as_such_by_operator_show() {
+    let (dir, daemon) = dev_daemon();
+    let token = dir.dir.path().join("alice.token");
+    let t = token.to_str().unwrap();
+    ok(&cli(
+        &daemon,
+        &[
+            "key",
+            "enroll",
+            "--operator",
+            "alice",
+            "--role",
+            "admin",
+            "--soft-token",
+            t,
+        ],
+    ));
+    let clone = dir.dir.path().join("clone.token");
+    std::fs::copy(&token, &clone).unwrap();
+    let d = hex::encode(digest("approve"));
+    ok(&cli(
+        &daemon,
+        &[
+            "key",
+            "sign",
+            "--operator",
+            "alice",
+            "--digest",
+            &d,
+            "--soft-token",
+            t,
+        ],
+    ));
+
+    let out = cli(
+        &daemon,
+        &[
+            "key",
+            "sign",
+            "--operator",
+            "alice",
+            "--digest",
+            &d,
+            "--soft-token",
+            clone.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fido2.counter_regressed"));
+    let shown = ok(&cli(&daemon, &["--json", "operator", "show", "alice"]));
+    let view: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        view["authenticators"][0]["state"],
+        "AUTHENTICATOR_STATE_SUSPENDED"
+    );
+    assert!(
+        view["authenticators"][0]["suspended_reason"]
+            .as_str()
+            .unwrap()
+            .contains("counter")
+    );
+}
+
+#[tokio::test]
+async fn the_usb_path_is_compiled_in_and_fails_cleanly_without_a_key() {
+    assert!(
+        latchkey::client::keys::usb_devices().is_empty(),
+        "unplug FIDO2 security keys to run this test (it checks the no-key path)"
+    );
+    let (_dir, daemon) = dev_daemon();
+    let out = cli(
+        &daemon,
+        &["key", "enroll", "--operator", "alice", "--role", "admin"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no FIDO2 security key found"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let devices = crate::support::latchkey_cli()
+        .args(["key", "devices"])
+        .output()
+        .unwrap();
+    assert!(!devices.status.success());
+    assert!(String::from_utf8_lossy(&devices.stderr).contains("no FIDO2 security key found"));
+}
+
+/// Needs a real FIDO2 key (YubiKey, SoloKey) plugged in and two touches; see docs/hardware.md.
+/// `cargo test --test it real_security_key -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "needs a physical FIDO2 security key and a person to touch it"]
+async fn a_real_security_key_enrolls_with_attestation_and_signs() {
+    let dir = DaemonDir::init();
+    dir.write_config("");
+    let daemon = dir.start();
+    let mut key = latchkey::client::keys::UsbKey::open(None).unwrap();
+    let channel = latchkey::client::connect_unix(&daemon.socket_path())
+        .await
+        .unwrap();
+    let enrolled = latchkey::client::enroll(
+        channel.clone(),
+        "hardware-test",
+        vec!["admin".into()],
+        &mut key,
+        None,
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "enrolled {} (AAGUID {})",
+        enrolled.credential_id, enrolled.aaguid
+    );
+    let signed = latchkey::client::sign_digest(
+        channel,
+        "hardware-test",
+        digest("hardware test"),
+        &mut key,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed.operator, "hardware-test");
+    assert!(signed.counter > 0 || signed.credential_id == enrolled.credential_id);
+}

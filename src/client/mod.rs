@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::pb;
 
+pub mod keys;
+
 /// Errors of the client side.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -40,6 +42,9 @@ pub enum ClientError {
         /// Why.
         detail: String,
     },
+    /// The security key or soft token failed; the message says what to do.
+    #[error(transparent)]
+    Key(keys::KeyError),
     /// TLS could not be configured with the given files.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
@@ -368,6 +373,99 @@ pub async fn admit_workload(
             name,
             owner,
             certificate_pem,
+        })
+        .await?
+        .into_inner())
+}
+
+/// The origin a CLI client claims: `--origin`, or `https://` + the relying-party id the daemon
+/// asked for (matching latchkeyd's default `[fido2] origin`).
+fn origin_for(rp_id: &str, origin: Option<&str>) -> Result<webauthn_rs::prelude::Url, ClientError> {
+    let text = origin.map_or_else(|| format!("https://{rp_id}"), str::to_owned);
+    webauthn_rs::prelude::Url::parse(&text).map_err(|e| ClientError::File {
+        path: PathBuf::from("--origin"),
+        detail: format!("{text}: {e}"),
+    })
+}
+
+impl From<keys::KeyError> for ClientError {
+    fn from(e: keys::KeyError) -> Self {
+        ClientError::Key(e)
+    }
+}
+
+/// Enrolls the key in `authenticator` for `operator` (genesis only).
+pub async fn enroll(
+    channel: Channel,
+    operator: &str,
+    roles: Vec<String>,
+    authenticator: &mut dyn keys::Authenticator,
+    origin: Option<&str>,
+) -> Result<pb::FinishEnrollmentResponse, ClientError> {
+    let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);
+    let begun = client
+        .begin_enrollment(pb::BeginEnrollmentRequest {
+            operator: operator.to_owned(),
+            roles,
+        })
+        .await?
+        .into_inner();
+    let options: webauthn_rs::prelude::CreationChallengeResponse =
+        serde_json::from_str(&begun.creation_options_json)
+            .map_err(|e| keys::KeyError::Options(e.to_string()))?;
+    let origin = origin_for(&options.public_key.rp.id, origin)?;
+    let credential = authenticator.register(&origin, options)?;
+    Ok(client
+        .finish_enrollment(pb::FinishEnrollmentRequest {
+            ceremony_id: begun.ceremony_id,
+            credential_json: serde_json::to_string(&credential)
+                .map_err(|e| keys::KeyError::Options(e.to_string()))?,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Signs `digest` as `operator` with `authenticator` (the approval path).
+pub async fn sign_digest(
+    channel: Channel,
+    operator: &str,
+    digest: [u8; 32],
+    authenticator: &mut dyn keys::Authenticator,
+    origin: Option<&str>,
+) -> Result<pb::FinishAssertionResponse, ClientError> {
+    let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);
+    let begun = client
+        .begin_assertion(pb::BeginAssertionRequest {
+            operator: operator.to_owned(),
+            digest: digest.to_vec(),
+        })
+        .await?
+        .into_inner();
+    let options: webauthn_rs::prelude::RequestChallengeResponse =
+        serde_json::from_str(&begun.request_options_json)
+            .map_err(|e| keys::KeyError::Options(e.to_string()))?;
+    let origin = origin_for(&options.public_key.rp_id, origin)?;
+    let credential = authenticator.assert(&origin, options)?;
+    Ok(client
+        .finish_assertion(pb::FinishAssertionRequest {
+            ceremony_id: begun.ceremony_id,
+            digest: digest.to_vec(),
+            credential_json: serde_json::to_string(&credential)
+                .map_err(|e| keys::KeyError::Options(e.to_string()))?,
+        })
+        .await?
+        .into_inner())
+}
+
+/// An operator's roles and keys.
+pub async fn show_operator(
+    channel: Channel,
+    name: &str,
+) -> Result<pb::ShowOperatorResponse, ClientError> {
+    let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);
+    Ok(client
+        .show_operator(pb::ShowOperatorRequest {
+            name: name.to_owned(),
         })
         .await?
         .into_inner())
