@@ -66,6 +66,9 @@ pub enum Fido2Error {
     /// The key offered a credential that is already enrolled. One physical key, one operator.
     #[error("this credential is already enrolled; one physical key belongs to one operator")]
     CredentialExcluded,
+    /// authenticatorData is shorter than its fixed 37-byte header: cut off in transit or forged.
+    #[error("authenticatorData is truncated ({0} bytes, at least 37 expected)")]
+    TruncatedAuthenticatorData(usize),
     /// Any other refusal by webauthn-rs.
     #[error("WebAuthn verification failed: {0}")]
     Rejected(String),
@@ -87,6 +90,7 @@ impl Coded for Fido2Error {
             Fido2Error::CounterRegressed => "fido2.counter_regressed",
             Fido2Error::UnknownCredential => "fido2.unknown_credential",
             Fido2Error::CredentialExcluded => "fido2.credential_excluded",
+            Fido2Error::TruncatedAuthenticatorData(_) => "fido2.truncated_authenticator_data",
             Fido2Error::Rejected(_) => "fido2.rejected",
             Fido2Error::Config(_) => "fido2.config",
         }
@@ -314,6 +318,10 @@ impl Fido2 {
     ) -> Result<(PublicKeyCredential, AuthenticationResult), Fido2Error> {
         let response: PublicKeyCredential = serde_json::from_str(response_json)
             .map_err(|e| Fido2Error::Malformed(e.to_string()))?;
+        let auth_data: &[u8] = response.response.authenticator_data.as_ref();
+        if auth_data.len() < 37 {
+            return Err(Fido2Error::TruncatedAuthenticatorData(auth_data.len()));
+        }
         let result = self
             .webauthn
             .finish_securitykey_authentication(&response, state)
