@@ -110,6 +110,7 @@ impl Authority {
             &fido2_policy.rp_id,
             &fido2_policy.origin,
             &extra_cas,
+            &fido2_policy.allowed_aaguids,
             dev_mode,
         )?;
         let schema_version = store::check_schema(store.as_ref(), location)?;

@@ -89,6 +89,8 @@ struct RawFido2 {
     challenge_ttl_seconds: Option<u64>,
     #[serde(default)]
     attestation_cas: Vec<PathBuf>,
+    #[serde(default)]
+    allowed_aaguids: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +177,8 @@ pub struct Fido2Config {
     pub challenge_ttl: Duration,
     /// Extra attestation CA certificates (PEM files) besides the bundled Yubico root.
     pub attestation_cas: Vec<PathBuf>,
+    /// If not empty, only these authenticator models (AAGUIDs) may enroll.
+    pub allowed_aaguids: Vec<uuid::Uuid>,
 }
 
 impl Default for Fido2Config {
@@ -185,6 +189,7 @@ impl Default for Fido2Config {
             require_user_verification: false,
             challenge_ttl: DEFAULT_CHALLENGE_TTL,
             attestation_cas: Vec::new(),
+            allowed_aaguids: Vec::new(),
         }
     }
 }
@@ -314,6 +319,15 @@ impl Config {
             require_user_verification: raw.fido2.require_user_verification,
             challenge_ttl: Duration::from_secs(ttl),
             attestation_cas: raw.fido2.attestation_cas,
+            allowed_aaguids: raw
+                .fido2
+                .allowed_aaguids
+                .iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| invalid(format!("fido2.allowed_aaguids {a:?}: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
         };
         Ok(Self {
             fido2,
@@ -378,6 +392,8 @@ require_user_verification = false
 challenge_ttl_seconds = {ttl}
 # Extra FIDO attestation CA certificates (PEM) besides the bundled Yubico root.
 attestation_cas = []
+# If not empty, only these authenticator models (AAGUIDs) may enroll.
+allowed_aaguids = []
 "#,
             rp_id = DEFAULT_RP_ID,
             origin = DEFAULT_ORIGIN,

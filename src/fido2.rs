@@ -163,6 +163,7 @@ pub struct RegisteredKey {
 pub struct Fido2 {
     webauthn: Webauthn,
     attestation: Option<AttestationCaList>,
+    allowed_aaguids: Vec<Uuid>,
 }
 
 impl std::fmt::Debug for Fido2 {
@@ -187,6 +188,7 @@ impl Fido2 {
         rp_id: &str,
         origin: &str,
         extra_ca_pems: &[Vec<u8>],
+        allowed_aaguids: &[Uuid],
         dev_mode: bool,
     ) -> Result<Self, Fido2Error> {
         let origin = Url::parse(origin)
@@ -215,6 +217,7 @@ impl Fido2 {
         Ok(Self {
             webauthn,
             attestation,
+            allowed_aaguids: allowed_aaguids.to_vec(),
         })
     }
 
@@ -266,13 +269,22 @@ impl Fido2 {
                 }
                 other => map_webauthn(other),
             })?;
+        let aaguid = aaguid_of(&response);
+        if !self.allowed_aaguids.is_empty()
+            && !aaguid.is_some_and(|a| self.allowed_aaguids.contains(&a))
+        {
+            return Err(Fido2Error::AttestationUntrusted {
+                aaguid: aaguid.map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
+                detail: "this authenticator model is not in [fido2] allowed_aaguids".to_owned(),
+            });
+        }
         let credential: Credential = key.clone().into();
         let (algorithm, public_key_spki) = spki_of(&credential)?;
         Ok(RegisteredKey {
             credential_id: B64URL.encode::<&[u8]>(credential.cred_id.as_ref()),
             algorithm,
             public_key_spki,
-            aaguid: aaguid_of(&response),
+            aaguid,
             key,
         })
     }

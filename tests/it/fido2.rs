@@ -28,9 +28,13 @@ struct Harness {
 
 impl Harness {
     async fn start(dev_mode: bool, require_uv: bool) -> Self {
+        Self::start_with(dev_mode, require_uv, "").await
+    }
+
+    async fn start_with(dev_mode: bool, require_uv: bool, fido2_extra: &str) -> Self {
         let dir = DaemonDir::init();
         let text = format!(
-            "version = 1\ndata_dir = \"{}\"\ndev_mode = {dev_mode}\n[unix]\npath = \"{}\"\n[fido2]\nrequire_user_verification = {require_uv}\nchallenge_ttl_seconds = 120\n",
+            "version = 1\ndata_dir = \"{}\"\ndev_mode = {dev_mode}\n[unix]\npath = \"{}\"\n[fido2]\nrequire_user_verification = {require_uv}\nchallenge_ttl_seconds = 120\n{fido2_extra}\n",
             dir.data.display(),
             dir.socket.display()
         );
@@ -502,6 +506,24 @@ async fn a_soft_token_is_refused_by_a_daemon_not_in_dev_mode() {
     .unwrap()
     .into_inner();
     assert_eq!(status.genesis(), pb::GenesisState::Open);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_authenticator_model_outside_the_aaguid_allow_list_is_refused_by_name() {
+    let h = Harness::start_with(
+        true,
+        false,
+        "allowed_aaguids = [\"ee882879-721c-4913-9775-3dfcce97072a\"]",
+    )
+    .await;
+    let mut soft = token(true);
+    let head = h.audit_head().await;
+    let err = h.enroll(&mut soft, "alice", "admin").await.unwrap_err();
+    assert_eq!(code(&err), "fido2.attestation_untrusted", "{err}");
+    assert!(err.message().contains("AAGUID 0fb9bcbc-"), "{err}");
+    assert!(err.message().contains("allowed_aaguids"), "{err}");
+    assert_eq!(h.audit_head().await, head);
     h.stop().await;
 }
 
