@@ -361,21 +361,32 @@ impl Operators<'_> {
             .map(|a| a.key.cred_id().clone())
             .collect();
         let (options, state) = self.fido2.start_registration(user_id, operator, exclude)?;
+        let kind = CeremonyKind::Enrollment {
+            roles: roles.to_vec(),
+            state,
+        };
+        self.open_ceremony(operator, kind, &options)
+    }
+
+    /// Stores a new pending challenge and returns its id with the client options as JSON.
+    fn open_ceremony(
+        &self,
+        operator: &str,
+        kind: CeremonyKind,
+        options: &impl Serialize,
+    ) -> Result<(String, String), OperatorError> {
+        let options =
+            serde_json::to_string(options).map_err(|e| StoreError::Backend(e.to_string()))?;
         let id = new_id()?;
         let ceremony = Ceremony {
             operator: operator.to_owned(),
             expires_at: self.clock.now().plus(self.challenge_ttl),
-            kind: CeremonyKind::Enrollment {
-                roles: roles.to_vec(),
-                state,
-            },
+            kind,
         };
         let mut txn = Txn::new();
         txn.require_absent(Keyspace::Ceremonies, id.as_bytes())
             .put(id.as_bytes(), &ceremony)?;
         self.store.commit(&txn)?;
-        let options =
-            serde_json::to_string(&options).map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok((id, options))
     }
 
@@ -517,24 +528,13 @@ impl Operators<'_> {
         let (options, state) =
             self.fido2
                 .start_assertion(&active, bound_challenge(digest, &nonce), require_uv)?;
-        let id = new_id()?;
-        let ceremony = Ceremony {
-            operator: operator.to_owned(),
-            expires_at: self.clock.now().plus(self.challenge_ttl),
-            kind: CeremonyKind::Assertion {
-                digest: hex::encode(digest),
-                nonce: hex::encode(nonce),
-                require_uv,
-                state,
-            },
+        let kind = CeremonyKind::Assertion {
+            digest: hex::encode(digest),
+            nonce: hex::encode(nonce),
+            require_uv,
+            state,
         };
-        let mut txn = Txn::new();
-        txn.require_absent(Keyspace::Ceremonies, id.as_bytes())
-            .put(id.as_bytes(), &ceremony)?;
-        self.store.commit(&txn)?;
-        let options =
-            serde_json::to_string(&options).map_err(|e| StoreError::Backend(e.to_string()))?;
-        Ok((id, options))
+        self.open_ceremony(operator, kind, &options)
     }
 
     /// Verifies an assertion over `digest` and records it, with its raw evidence, in the audit
