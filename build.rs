@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "latchkey/v1/audit.proto",
     "latchkey/v1/workload.proto",
     "latchkey/v1/operator.proto",
+    "latchkey/v1/access.proto",
+    "latchkey/v1/trust.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,8 +1,9 @@
 //! The break-glass authority: the domain core that every transport calls. It holds the store,
 //! the clock and the daemon's keys, and knows nothing of gRPC or of which backend stores data.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
 use crate::caller::{Caller, WorkloadId};
@@ -10,10 +11,12 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::Fido2Config;
 use crate::error::{Coded, ErrorKind};
 use crate::fido2::{Fido2, Fido2Error};
+use crate::grant::TokenIndex;
 use crate::keys::{DaemonKeys, Fingerprints};
 use crate::operator::{self, Authenticator, Operator, OperatorError, Operators, VerifiedAssertion};
 use crate::store::{self, Store, StoreError};
 use crate::trust::{self, Genesis, TrustError};
+use crate::workflow::Delivery;
 use crate::workload::{self, Workload, WorkloadError};
 
 /// Errors of the authority's own operations.
@@ -79,14 +82,18 @@ pub struct StatusReport {
 /// The authority over one trust store.
 #[derive(Debug)]
 pub struct Authority {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    keys: Arc<DaemonKeys>,
-    audit: AuditLog,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) keys: Arc<DaemonKeys>,
+    pub(crate) audit: AuditLog,
     fido2: Fido2,
-    fido2_policy: Fido2Config,
+    pub(crate) fido2_policy: Fido2Config,
     schema_version: u32,
     dev_mode: bool,
+    /// Bearer-token hashes of active grants, for introspection.
+    pub(crate) index: TokenIndex,
+    /// Credentials minted and not yet collected by their requesters, by request id.
+    pub(crate) deliveries: Mutex<HashMap<String, Delivery>>,
 }
 
 impl Authority {
@@ -118,7 +125,10 @@ impl Authority {
         trust::read_meta(store.as_ref())?;
         let signer = crate::audit::signing_key(&keys.audit).ok_or(AuthorityError::AuditKey)?;
         let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
+        let index = TokenIndex::load(store.as_ref())?;
         Ok(Self {
+            index,
+            deliveries: Mutex::new(HashMap::new()),
             store,
             clock,
             keys,
@@ -151,6 +161,11 @@ impl Authority {
         Ok(workload::by_pin(self.store.as_ref(), spki_sha256)?.map(|w| w.id()))
     }
 
+    /// The authority's clock, now.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -173,6 +188,8 @@ impl Authority {
         name: String,
         owner: String,
         certificate_pem: &[u8],
+        scopes: Vec<String>,
+        introspect: bool,
     ) -> Result<WorkloadId, WorkloadError> {
         let Caller::Local(peer) = caller else {
             return Err(WorkloadError::LocalOnly);
@@ -184,6 +201,8 @@ impl Authority {
             owner,
             spki_sha256: hex::encode(spki),
             admitted_at: self.clock.now(),
+            scopes,
+            introspect,
         };
         workload::admit_at_genesis(
             self.store.as_ref(),
@@ -194,7 +213,7 @@ impl Authority {
         Ok(workload.id())
     }
 
-    fn operators(&self) -> Operators<'_> {
+    pub(crate) fn operators(&self) -> Operators<'_> {
         Operators {
             store: self.store.as_ref(),
             audit: &self.audit,
@@ -204,7 +223,12 @@ impl Authority {
         }
     }
 
-    /// Starts a genesis enrollment (local callers only).
+    /// The store (tests compare it before and after refused calls).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Starts an enrollment (local callers only).
     pub fn begin_enrollment(
         &self,
         caller: &Caller,
@@ -213,26 +237,6 @@ impl Authority {
     ) -> Result<(String, String), OperatorError> {
         self.operators()
             .begin_enrollment(matches!(caller, Caller::Local(_)), operator, roles)
-    }
-
-    /// Finishes a genesis enrollment.
-    pub fn finish_enrollment(
-        &self,
-        caller: &Caller,
-        ceremony_id: &str,
-        response_json: &str,
-    ) -> Result<(Authenticator, Genesis), OperatorError> {
-        let Caller::Local(peer) = caller else {
-            return Err(OperatorError::LocalOnly);
-        };
-        let enrolled = self.operators().finish_enrollment(
-            true,
-            Actor::Local { uid: peer.uid },
-            ceremony_id,
-            response_json,
-        )?;
-        let (meta, _) = trust::read_meta(self.store.as_ref())?;
-        Ok((enrolled, meta.genesis))
     }
 
     /// Starts an assertion by `operator` over `digest`. Workloads never approve.

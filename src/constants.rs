@@ -63,3 +63,34 @@ pub const DEFAULT_RP_ID: &str = "latchkey.local";
 pub const DEFAULT_ORIGIN: &str = "https://latchkey.local";
 /// How long an enrollment or assertion challenge stays valid.
 pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(120);
+
+/// Most approvals any policy may demand.
+pub const MAX_QUORUM: u32 = 32;
+/// Longest a request or change may wait for quorum.
+pub const MAX_PENDING_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a proposed trust-store change waits for quorum.
+pub const CHANGE_PENDING_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest grant any scope may allow.
+pub const MAX_GRANT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest grant any scope may allow.
+pub const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
+/// A request's reason: at least this many characters...
+pub const MIN_REASON_LEN: usize = 10;
+/// ...and at most this many bytes.
+pub const MAX_REASON_LEN: usize = 1000;
+/// Longest ticket reference.
+pub const MAX_TICKET_LEN: usize = 128;
+/// Longest runbook text, scope owner or change note.
+pub const MAX_TEXT_LEN: usize = 4000;
+/// A proofing note for a new key after genesis: at least this many characters.
+pub const MIN_PROOFING_NOTE_LEN: usize = 20;
+/// Most principals in one SSH scope.
+pub const MAX_PRINCIPALS: usize = 32;
+/// SSH certificates are valid from this long before issue, for clock skew between hosts.
+pub const SSH_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Prefix of every bearer token, so scanners and people recognise one.
+pub const BEARER_TOKEN_PREFIX: &str = "lkbg_";
+/// Name of the built-in scope that trust-store changes are approved against.
+pub const TRUST_STORE_SCOPE: &str = "trust-store";
+/// Most requests or changes one list call returns.
+pub const MAX_LIST: usize = 1000;

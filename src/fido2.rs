@@ -157,6 +157,8 @@ pub struct RegisteredKey {
     pub public_key_spki: Vec<u8>,
     /// Authenticator model, when attested.
     pub aaguid: Option<Uuid>,
+    /// Whether the attestation chained to a trusted CA (false for dev-mode soft tokens).
+    pub attested: bool,
 }
 
 /// FIDO2 relying party of one daemon.
@@ -286,6 +288,7 @@ impl Fido2 {
             public_key_spki,
             aaguid,
             key,
+            attested: self.attestation.is_some(),
         })
     }
 

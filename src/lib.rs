@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod authority;
 pub mod caller;
+pub mod change;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -13,12 +14,19 @@ pub mod daemon;
 pub mod error;
 pub mod fido2;
 pub mod fsperm;
+pub mod grant;
 pub mod keys;
 pub mod logging;
+pub mod mint;
 pub mod operator;
+pub mod policy;
+pub mod request;
 pub mod rpc;
+pub mod scope;
+pub mod sshcert;
 pub mod store;
 pub mod trust;
+pub mod workflow;
 pub mod workload;
 
 /// Types generated from `proto/latchkey/v1`. Only [`rpc`] and [`client`] use them.

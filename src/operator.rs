@@ -151,6 +151,11 @@ pub enum AuthenticatorState {
         /// Since when.
         at: Timestamp,
     },
+    /// Removed for good by an approved change; kept so the credential cannot return.
+    Removed {
+        /// Since when.
+        at: Timestamp,
+    },
 }
 
 /// An enrolled FIDO2 security key.
@@ -170,10 +175,13 @@ pub struct Authenticator {
     pub aaguid: Option<Uuid>,
     /// Last signature counter seen.
     pub counter: u32,
-    /// Active or suspended.
+    /// Active, suspended or removed.
     pub state: AuthenticatorState,
     /// When enrolled.
     pub enrolled_at: Timestamp,
+    /// Whether its attestation chained to a trusted CA at enrollment.
+    #[serde(default)]
+    pub attested: bool,
 }
 
 impl Record for Authenticator {
@@ -239,7 +247,38 @@ pub struct VerifiedAssertion {
     pub audit_seq: u64,
 }
 
-fn check_name(what: &'static str, value: &str) -> Result<(), OperatorError> {
+/// A verified assertion whose writes (ceremony used, counter) and audit event are not yet
+/// committed: the caller adds its own writes to `txn` and commits them together.
+#[derive(Debug)]
+pub struct PreparedAssertion {
+    /// Ceremony tombstone and authenticator update.
+    pub txn: Txn,
+    /// The audit event carrying the raw evidence.
+    pub event: Event,
+    /// What was verified (`audit_seq` is 0 until committed).
+    pub verified: VerifiedAssertion,
+    /// Whether the key was attested at enrollment.
+    pub attested: bool,
+}
+
+/// The outcome of a registration ceremony.
+#[derive(Debug)]
+pub enum Enrollment {
+    /// Genesis: the key is enrolled.
+    Enrolled(Authenticator),
+    /// After genesis: the key awaits a quorum-approved change. `txn` marks the ceremony used.
+    Proposed {
+        /// The verified key.
+        authenticator: Box<Authenticator>,
+        /// Roles, if the operator is new.
+        new_operator_roles: Option<Vec<String>>,
+        /// Ceremony tombstone.
+        txn: Txn,
+    },
+}
+
+/// Checks an operator name or role.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), OperatorError> {
     let ok = !value.is_empty()
         && value.len() <= MAX_NAME_LEN
         && value
@@ -333,8 +372,8 @@ impl Operators<'_> {
         Ok(())
     }
 
-    /// Starts enrolling a key for `operator` (created with `roles` if new) during genesis.
-    /// Returns the ceremony id and the WebAuthn creation options (W3C JSON).
+    /// Starts enrolling a key for `operator` (created with `roles` if new). Returns the
+    /// ceremony id and the WebAuthn creation options (W3C JSON).
     pub fn begin_enrollment(
         &self,
         local: bool,
@@ -347,10 +386,6 @@ impl Operators<'_> {
         check_name("operator name", operator)?;
         for role in roles {
             check_name("role", role)?;
-        }
-        let (meta, _) = trust::read_meta(self.store)?;
-        if meta.genesis != Genesis::Open {
-            return Err(OperatorError::GenesisClosed);
         }
         let user_id = match store::read::<Operator>(self.store, operator.as_bytes())? {
             Some(existing) => existing.user_id,
@@ -390,15 +425,16 @@ impl Operators<'_> {
         Ok((id, options))
     }
 
-    /// Finishes an enrollment. Closes genesis, in the same transaction, once the trust-store
-    /// quorum can be met.
+    /// Finishes an enrollment. During genesis the key is enrolled, and genesis closes in the
+    /// same transaction once the trust-store quorum can be met; afterwards the verified key is
+    /// returned as a proposal for the caller to record as a change.
     pub fn finish_enrollment(
         &self,
         local: bool,
         actor: Actor,
         ceremony_id: &str,
         response_json: &str,
-    ) -> Result<Authenticator, OperatorError> {
+    ) -> Result<Enrollment, OperatorError> {
         if !local {
             return Err(OperatorError::LocalOnly);
         }
@@ -407,9 +443,6 @@ impl Operators<'_> {
             return Err(OperatorError::WrongCeremony(ceremony_id.to_owned()));
         };
         let (meta, meta_bytes) = trust::read_meta(self.store)?;
-        if meta.genesis != Genesis::Open {
-            return Err(OperatorError::GenesisClosed);
-        }
         let registered = self.fido2.finish_registration(response_json, state)?;
         if let Some(existing) =
             store::read::<Authenticator>(self.store, registered.credential_id.as_bytes())?
@@ -438,10 +471,19 @@ impl Operators<'_> {
             counter: 0,
             state: AuthenticatorState::Active,
             enrolled_at: now,
+            attested: registered.attested,
         };
 
         let mut txn = Txn::new();
         self.used(&mut txn, ceremony_id, raw, &operator.name)?;
+        if meta.genesis != Genesis::Open {
+            let existing = store::read::<Operator>(self.store, ceremony.operator.as_bytes())?;
+            return Ok(Enrollment::Proposed {
+                authenticator: Box::new(authenticator),
+                new_operator_roles: existing.is_none().then(|| roles.clone()),
+                txn,
+            });
+        }
         txn.require_equals(Keyspace::Meta, META_KEY, meta_bytes)
             .require_absent(
                 Keyspace::Authenticators,
@@ -502,7 +544,7 @@ impl Operators<'_> {
             });
         }
         self.audit.commit_events(txn, events)?;
-        Ok(authenticator)
+        Ok(Enrollment::Enrolled(authenticator))
     }
 
     /// Starts an assertion by `operator` over `digest`. Returns the ceremony id and the WebAuthn
@@ -547,6 +589,30 @@ impl Operators<'_> {
         event: &'static str,
         subject: String,
     ) -> Result<VerifiedAssertion, OperatorError> {
+        let prepared =
+            self.prepare_assertion(ceremony_id, digest, response_json, event, subject)?;
+        let record = self.audit.commit(prepared.txn, prepared.event)?;
+        Ok(VerifiedAssertion {
+            audit_seq: record.seq,
+            ..prepared.verified
+        })
+    }
+
+    /// The operator a ceremony was opened for.
+    pub fn ceremony_operator(&self, ceremony_id: &str) -> Result<String, OperatorError> {
+        Ok(self.ceremony(ceremony_id)?.0.operator)
+    }
+
+    /// Verifies an assertion over `digest` without committing it: see [`PreparedAssertion`].
+    /// A counter regression still suspends the key at once (audited) and fails.
+    pub fn prepare_assertion(
+        &self,
+        ceremony_id: &str,
+        digest: &[u8; 32],
+        response_json: &str,
+        event: &'static str,
+        subject: String,
+    ) -> Result<PreparedAssertion, OperatorError> {
         let (ceremony, raw) = self.ceremony(ceremony_id)?;
         let CeremonyKind::Assertion {
             digest: bound_digest,
@@ -577,11 +643,20 @@ impl Operators<'_> {
         if authenticator.operator != ceremony.operator {
             return Err(Fido2Error::UnknownCredential.into());
         }
-        if let AuthenticatorState::Suspended { reason, .. } = &authenticator.state {
-            return Err(OperatorError::AuthenticatorSuspended(
-                credential_id,
-                reason.clone(),
-            ));
+        match &authenticator.state {
+            AuthenticatorState::Active => {}
+            AuthenticatorState::Suspended { reason, .. } => {
+                return Err(OperatorError::AuthenticatorSuspended(
+                    credential_id,
+                    reason.clone(),
+                ));
+            }
+            AuthenticatorState::Removed { .. } => {
+                return Err(OperatorError::AuthenticatorSuspended(
+                    credential_id,
+                    "removed by an approved change".to_owned(),
+                ));
+            }
         }
         let (response, result) =
             match self
@@ -623,29 +698,32 @@ impl Operators<'_> {
         self.used(&mut txn, ceremony_id, raw, &ceremony.operator)?;
         txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), auth_raw)
             .put(credential_id.as_bytes(), &authenticator)?;
-        let record = self.audit.commit(
-            txn,
-            Event {
-                event,
-                actor: Actor::Operator {
-                    name: ceremony.operator.clone(),
-                },
-                subject,
-                details: serde_json::json!({
-                    "digest": hex::encode(digest),
-                    "nonce": nonce,
-                    "user_verified": result.user_verified(),
-                    "counter": result.counter(),
-                }),
-                evidence: Some(evidence),
+        let event = Event {
+            event,
+            actor: Actor::Operator {
+                name: ceremony.operator.clone(),
             },
-        )?;
-        Ok(VerifiedAssertion {
-            operator: ceremony.operator,
-            credential_id,
-            user_verified: result.user_verified(),
-            counter: result.counter(),
-            audit_seq: record.seq,
+            subject,
+            details: serde_json::json!({
+                "digest": hex::encode(digest),
+                "nonce": nonce,
+                "credential_id": credential_id,
+                "user_verified": result.user_verified(),
+                "counter": result.counter(),
+            }),
+            evidence: Some(evidence),
+        };
+        Ok(PreparedAssertion {
+            txn,
+            event,
+            attested: authenticator.attested,
+            verified: VerifiedAssertion {
+                operator: ceremony.operator,
+                credential_id,
+                user_verified: result.user_verified(),
+                counter: result.counter(),
+                audit_seq: 0,
+            },
         })
     }
 

@@ -96,6 +96,12 @@ pub struct Workload {
     pub spki_sha256: String,
     /// When it was admitted.
     pub admitted_at: Timestamp,
+    /// Scopes it may request (each scope must also name it as a requester).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Whether it may introspect bearer tokens.
+    #[serde(default)]
+    pub introspect: bool,
 }
 
 impl Record for Workload {
@@ -110,6 +116,28 @@ impl Workload {
             spki_sha256: self.spki_sha256.clone(),
         }
     }
+}
+
+/// Checks name, pin, owner and scope names.
+pub fn validate(workload: &Workload) -> Result<(), WorkloadError> {
+    check_name(&workload.name)?;
+    check_pin(&workload.spki_sha256)?;
+    if workload.owner.trim().is_empty() || workload.owner.len() > MAX_NAME_LEN {
+        return Err(WorkloadError::InvalidOwner(workload.owner.clone()));
+    }
+    for scope in &workload.scopes {
+        check_name(scope)?;
+    }
+    Ok(())
+}
+
+/// All workloads.
+pub fn list(store: &dyn Store) -> Result<Vec<Workload>, StoreError> {
+    store
+        .scan_from(Keyspace::Workloads, b"", usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| store::decode(&v))
+        .collect()
 }
 
 fn check_name(name: &str) -> Result<(), WorkloadError> {
@@ -146,11 +174,7 @@ pub fn admit_at_genesis(
     workload: &Workload,
     actor: Actor,
 ) -> Result<(), WorkloadError> {
-    check_name(&workload.name)?;
-    check_pin(&workload.spki_sha256)?;
-    if workload.owner.trim().is_empty() || workload.owner.len() > MAX_NAME_LEN {
-        return Err(WorkloadError::InvalidOwner(workload.owner.clone()));
-    }
+    validate(workload)?;
     let (meta, meta_bytes) = trust::read_meta(store)?;
     if meta.genesis != Genesis::Open {
         return Err(WorkloadError::GenesisClosed);
@@ -183,6 +207,8 @@ pub fn admit_at_genesis(
         details: serde_json::json!({
             "owner": workload.owner,
             "spki_sha256": workload.spki_sha256,
+            "scopes": workload.scopes,
+            "introspect": workload.introspect,
             "path": "genesis",
         }),
         evidence: None,
@@ -237,6 +263,8 @@ mod tests {
             owner: "platform-team".into(),
             spki_sha256: hex::encode([pin_byte; 32]),
             admitted_at: Timestamp::from_unix_millis(1),
+            scopes: Vec::new(),
+            introspect: false,
         }
     }
 

@@ -708,6 +708,8 @@ mod tests {
             owner: "platform".into(),
             spki_sha256: hex::encode([9; 32]),
             admitted_at: Timestamp::from_unix_millis(0),
+            scopes: Vec::new(),
+            introspect: false,
         };
         let err = workload::admit_at_genesis(failing.as_ref(), &log, &w, Actor::Local { uid: 0 })
             .unwrap_err();

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use latchkey::audit::verify;
 use latchkey::client;
+use latchkey::client::access::Target;
+use latchkey::client::cli::{self, KeyChoice, Out};
 use latchkey::constants::{DEFAULT_SOCKET_PATH, SOCKET_ENV};
+use latchkey::policy::Decision;
 
 /// Prints a line to standard output. A closed pipe (`latchkey status | head -1`) is not an
 /// error worth a message, let alone a panic: stop writing and carry on.
@@ -30,6 +33,18 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Connect over mutual TLS to this address instead of the local socket (as a workload).
+    #[arg(long, global = true, requires_all = ["server_cert", "client_cert", "client_key"])]
+    tls: Option<std::net::SocketAddr>,
+    /// With --tls: the daemon's TLS certificate (PEM), pinned.
+    #[arg(long, global = true)]
+    server_cert: Option<PathBuf>,
+    /// With --tls: this workload's client certificate (PEM).
+    #[arg(long, global = true)]
+    client_cert: Option<PathBuf>,
+    /// With --tls: this workload's private key (PEM).
+    #[arg(long, global = true)]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,44 +65,71 @@ enum Command {
     /// Operators.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Ask for break-glass access to a scope, and wait for the credential.
+    Request(cli::RequestArgs),
+    /// List or show requests.
+    #[command(subcommand)]
+    Requests(cli::RequestsCommand),
+    /// Approve a request with your key (after reading what you approve).
+    Approve(cli::VoteArgs),
+    /// Deny a request with your key.
+    Deny(cli::VoteArgs),
+    /// Withdraw your pending request.
+    Cancel {
+        /// Request id.
+        id: String,
+    },
+    /// Wait for your request and collect its credential (if `request --no-wait` was used).
+    Wait {
+        /// Request id.
+        id: String,
+        /// The public key the request named, so the certificate is written next to it.
+        #[arg(long)]
+        ssh_public_key: Option<PathBuf>,
+    },
+    /// Is a bearer token active? (Workloads allowed to introspect, over --tls.) Exit 0 if
+    /// active, 1 if not. `-` reads the token from standard input.
+    Introspect {
+        /// The token, or `-`.
+        token: String,
+    },
+    /// Issued grants.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// Scopes: what break-glass can open.
+    #[command(subcommand)]
+    Scope(cli::ScopeCommand),
+    /// Trust-store changes: list, show, approve, deny.
+    #[command(subcommand)]
+    Change(cli::ChangeCommand),
 }
 
-/// Which authenticator to use.
-#[derive(clap::Args)]
-struct KeyChoice {
-    /// Use a software token kept in this file (created if missing). Tests, demos and drills
-    /// only: a daemon outside dev mode refuses it.
-    #[arg(long)]
-    soft_token: Option<PathBuf>,
-    /// With several USB keys plugged in, use number N (see `latchkey key devices`).
-    #[arg(long)]
-    device: Option<usize>,
-    /// WebAuthn origin to claim (default: https:// + the daemon's relying-party id).
-    #[arg(long)]
-    origin: Option<String>,
-}
-
-impl KeyChoice {
-    fn open(&self) -> Result<Box<dyn client::keys::Authenticator>, client::ClientError> {
-        Ok(match &self.soft_token {
-            Some(path) => Box::new(client::keys::SoftTokenKey::open_or_create(path)?),
-            None => Box::new(client::keys::UsbKey::open(self.device)?),
-        })
-    }
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Show a grant (never its token).
+    Show {
+        /// Grant id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeyCommand {
     /// List plugged-in FIDO2 security keys.
     Devices,
-    /// Enroll a key for an operator (during genesis; later a quorum-approved change).
+    /// Enroll a key for an operator: at once during genesis; afterwards it becomes a proposed
+    /// change that admins approve (`--note` says who checked the operator's identity, how).
     Enroll {
         /// Operator name.
         #[arg(long)]
         operator: String,
-        /// Role (repeatable), e.g. admin.
-        #[arg(long = "role", required = true)]
+        /// Role (repeatable), e.g. admin. Only used when the operator is new.
+        #[arg(long = "role")]
         roles: Vec<String>,
+        /// Proofing note, required after genesis: who checked whose identity, how, on which
+        /// channel.
+        #[arg(long, default_value = "")]
+        note: String,
         #[command(flatten)]
         key: KeyChoice,
     },
@@ -111,6 +153,8 @@ enum OperatorCommand {
         /// Operator name.
         name: String,
     },
+    #[command(flatten)]
+    Change(cli::OperatorChange),
 }
 
 #[derive(Subcommand)]
@@ -152,7 +196,15 @@ enum WorkloadCommand {
         /// PEM client certificate.
         #[arg(long)]
         cert: PathBuf,
+        /// A scope it may request (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Let it introspect tokens.
+        #[arg(long)]
+        introspect: bool,
     },
+    #[command(flatten)]
+    Change(cli::WorkloadChange),
 }
 
 fn main() -> ExitCode {
@@ -182,7 +234,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("latchkey: error: {e}");
             ExitCode::FAILURE
@@ -233,8 +285,25 @@ fn verify_offline(file: &PathBuf, audit_key: &str) -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), client::ClientError> {
-    let channel = client::connect_unix(&cli.socket).await?;
+async fn connect(cli: &Cli) -> Result<tonic::transport::Channel, client::ClientError> {
+    match (
+        &cli.tls,
+        &cli.server_cert,
+        &cli.client_cert,
+        &cli.client_key,
+    ) {
+        (Some(addr), Some(server), Some(cert), Some(key)) => {
+            let server_cert = client::read_certificate(server)?;
+            let identity = client::ClientIdentity::from_pem_files(cert, key)?;
+            client::connect_tls(*addr, server_cert, identity).await
+        }
+        _ => client::connect_unix(&cli.socket).await,
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, client::ClientError> {
+    let channel = connect(&cli).await?;
+    let out = Out { json: cli.json };
     match cli.command {
         Command::Status => {
             let view = client::status(channel).await?;
@@ -268,6 +337,7 @@ async fn run(cli: Cli) -> Result<(), client::ClientError> {
         Command::Key(KeyCommand::Enroll {
             operator,
             roles,
+            note,
             key,
         }) => {
             let mut authenticator = key.open()?;
@@ -277,8 +347,19 @@ async fn run(cli: Cli) -> Result<(), client::ClientError> {
                 roles,
                 authenticator.as_mut(),
                 key.origin.as_deref(),
+                &note,
             )
             .await?;
+            if !enrolled.change_id.is_empty() {
+                say!(
+                    "key {} for operator {} proposed as change {}: admins approve it with `latchkey change approve {}`",
+                    enrolled.credential_id,
+                    enrolled.operator,
+                    enrolled.change_id,
+                    enrolled.change_id
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             say!(
                 "enrolled key {} for operator {} (AAGUID {}); genesis {}",
                 enrolled.credential_id,
@@ -365,18 +446,53 @@ async fn run(cli: Cli) -> Result<(), client::ClientError> {
                 }
             }
         }
-        Command::Workload(WorkloadCommand::Admit { name, owner, cert }) => {
+        Command::Workload(WorkloadCommand::Admit {
+            name,
+            owner,
+            cert,
+            scopes,
+            introspect,
+        }) => {
             let pem = std::fs::read_to_string(&cert).map_err(|e| client::ClientError::File {
                 path: cert.clone(),
                 detail: e.to_string(),
             })?;
-            let admitted = client::admit_workload(channel, name, owner, pem).await?;
+            let admitted =
+                client::admit_workload(channel, name, owner, pem, scopes, introspect).await?;
             say!(
                 "admitted workload {} (SPKI SHA-256 {})",
                 admitted.name,
                 admitted.spki_sha256
             );
         }
+        Command::Workload(WorkloadCommand::Change(command)) => {
+            cli::workload(channel, out, command).await?;
+        }
+        Command::Operator(OperatorCommand::Change(command)) => {
+            cli::operator(channel, out, command).await?;
+        }
+        Command::Request(args) => cli::request(channel, out, args).await?,
+        Command::Requests(command) => cli::requests(channel, out, command).await?,
+        Command::Approve(args) => {
+            let target = Target::Request(args.id.clone());
+            cli::vote(channel, out, target, Decision::Approve, args).await?;
+        }
+        Command::Deny(args) => {
+            let target = Target::Request(args.id.clone());
+            cli::vote(channel, out, target, Decision::Deny, args).await?;
+        }
+        Command::Cancel { id } => cli::cancel(channel, out, id).await?,
+        Command::Wait { id, ssh_public_key } => {
+            cli::deliver(channel, out, &id, ssh_public_key.as_deref()).await?;
+        }
+        Command::Introspect { token } => {
+            if !cli::introspect(channel, out, token).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Grant(GrantCommand::Show { id }) => cli::show_grant(channel, out, id).await?,
+        Command::Scope(command) => cli::scope(channel, out, command).await?,
+        Command::Change(command) => cli::change(channel, out, command).await?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -68,6 +68,12 @@ enum Command {
         /// The workload's PEM client certificate (its key is pinned, not the certificate).
         #[arg(long)]
         cert: PathBuf,
+        /// A scope it may request (repeat for several; the scope must also name the workload).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Let it introspect bearer tokens.
+        #[arg(long)]
+        introspect: bool,
     },
 }
 
@@ -128,6 +134,8 @@ fn run(command: Command) -> Result<(), String> {
             name,
             owner,
             cert,
+            scopes,
+            introspect,
         } => {
             let pem = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
             let spki = latchkey::keys::spki_sha256_of_pem(&pem)
@@ -137,6 +145,8 @@ fn run(command: Command) -> Result<(), String> {
                 owner,
                 spki_sha256: hex::encode(spki),
                 admitted_at: SystemClock.now(),
+                scopes,
+                introspect,
             };
             daemon::admit_workload_at_genesis(&data_dir, &workload).map_err(|e| e.to_string())?;
             println!(

@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::pb;
 
+pub mod access;
+pub mod cli;
 pub mod keys;
 
 /// Errors of the client side.
@@ -48,6 +50,13 @@ pub enum ClientError {
     /// TLS could not be configured with the given files.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// What the daemon asked the key to sign is not what it showed. Nothing was signed; do
+    /// not approve, and report it.
+    #[error("refusing to sign: {0}")]
+    DigestMismatch(String),
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from latchkeyd: {0}")]
+    Protocol(String),
 }
 
 impl From<tonic::Status> for ClientError {
@@ -84,6 +93,14 @@ pub struct ClientIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     /// The leaf's private key.
     pub key: PrivateKeyDer<'static>,
+}
+
+/// Reads one PEM certificate (e.g. the daemon's TLS certificate, to pin it).
+pub fn read_certificate(path: &Path) -> Result<CertificateDer<'static>, ClientError> {
+    CertificateDer::from_pem_file(path).map_err(|e| ClientError::File {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 impl ClientIdentity {
@@ -366,6 +383,8 @@ pub async fn admit_workload(
     name: String,
     owner: String,
     certificate_pem: String,
+    scopes: Vec<String>,
+    introspect: bool,
 ) -> Result<pb::AdmitWorkloadResponse, ClientError> {
     let mut client = pb::workload_service_client::WorkloadServiceClient::new(channel);
     Ok(client
@@ -373,6 +392,8 @@ pub async fn admit_workload(
             name,
             owner,
             certificate_pem,
+            scopes,
+            introspect,
         })
         .await?
         .into_inner())
@@ -380,7 +401,10 @@ pub async fn admit_workload(
 
 /// The origin a CLI client claims: `--origin`, or `https://` + the relying-party id the daemon
 /// asked for (matching latchkeyd's default `[fido2] origin`).
-fn origin_for(rp_id: &str, origin: Option<&str>) -> Result<webauthn_rs::prelude::Url, ClientError> {
+pub(crate) fn origin_for(
+    rp_id: &str,
+    origin: Option<&str>,
+) -> Result<webauthn_rs::prelude::Url, ClientError> {
     let text = origin.map_or_else(|| format!("https://{rp_id}"), str::to_owned);
     webauthn_rs::prelude::Url::parse(&text).map_err(|e| ClientError::File {
         path: PathBuf::from("--origin"),
@@ -394,13 +418,15 @@ impl From<keys::KeyError> for ClientError {
     }
 }
 
-/// Enrolls the key in `authenticator` for `operator` (genesis only).
+/// Enrolls the key in `authenticator` for `operator`: at once during genesis, afterwards as a
+/// proposed change carrying the proofing `note`.
 pub async fn enroll(
     channel: Channel,
     operator: &str,
     roles: Vec<String>,
     authenticator: &mut dyn keys::Authenticator,
     origin: Option<&str>,
+    note: &str,
 ) -> Result<pb::FinishEnrollmentResponse, ClientError> {
     let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);
     let begun = client
@@ -420,6 +446,7 @@ pub async fn enroll(
             ceremony_id: begun.ceremony_id,
             credential_json: serde_json::to_string(&credential)
                 .map_err(|e| keys::KeyError::Options(e.to_string()))?,
+            note: note.to_owned(),
         })
         .await?
         .into_inner())

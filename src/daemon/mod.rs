@@ -194,6 +194,11 @@ impl Running {
         &self.addresses
     }
 
+    /// The authority being served (tests inspect its store).
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
+    }
+
     /// The TLS listener's bound address (useful with port 0).
     pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
         self.tls_addr
@@ -295,6 +300,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             .add_service(api.audit())
             .add_service(api.workload())
             .add_service(api.operator())
+            .add_service(api.access())
+            .add_service(api.trust())
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone());
@@ -309,6 +316,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             .add_service(api.audit())
             .add_service(api.workload())
             .add_service(api.operator())
+            .add_service(api.access())
+            .add_service(api.trust())
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

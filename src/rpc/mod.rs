@@ -1,10 +1,12 @@
 //! gRPC adapters: proto ↔ domain, caller identity, and the one place where domain errors
 //! become `tonic::Status`. Generated types stay in this module and in [`crate::pb`].
 
+mod access;
 mod audit;
 pub mod identity;
 mod operator;
 mod system;
+mod trust;
 mod workload;
 
 use std::sync::Arc;
@@ -12,9 +14,11 @@ use std::sync::Arc;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
+pub use access::{AccessApi, request_to_pb};
 pub use audit::{AuditApi, record_to_pb};
 pub use operator::OperatorApi;
 pub use system::SystemApi;
+pub use trust::{TrustApi, change_to_pb, scope_from_pb, scope_to_pb};
 pub use workload::WorkloadApi;
 
 use crate::authority::Authority;
@@ -102,6 +106,19 @@ impl Api {
         pb::operator_service_server::OperatorServiceServer::new(OperatorApi::new(
             self.authority.clone(),
         ))
+    }
+
+    /// `latchkey.v1.AccessService`.
+    pub fn access(&self) -> pb::access_service_server::AccessServiceServer<AccessApi> {
+        pb::access_service_server::AccessServiceServer::new(AccessApi::new(
+            self.authority.clone(),
+            self.shutdown.clone(),
+        ))
+    }
+
+    /// `latchkey.v1.TrustService`.
+    pub fn trust(&self) -> pb::trust_service_server::TrustServiceServer<TrustApi> {
+        pb::trust_service_server::TrustServiceServer::new(TrustApi::new(self.authority.clone()))
     }
 
     /// `latchkey.v1.WorkloadService`.

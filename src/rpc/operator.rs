@@ -72,9 +72,9 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
         let authority = self.authority.clone();
-        let (authenticator, genesis) = blocking(move || {
+        let (authenticator, genesis, change) = blocking(move || {
             authority
-                .finish_enrollment(&caller, &req.ceremony_id, &req.credential_json)
+                .finish_enrollment(&caller, &req.ceremony_id, &req.credential_json, &req.note)
                 .map_err(|e| to_status(&e))
         })
         .await?;
@@ -90,6 +90,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 .map(|u| u.to_string())
                 .unwrap_or_default(),
             genesis: genesis.into(),
+            change_id: change.map(|c| c.change.id).unwrap_or_default(),
         }))
     }
 
@@ -158,6 +159,9 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                         AuthenticatorState::Suspended { reason, .. } => {
                             (pb::AuthenticatorState::Suspended, reason)
                         }
+                        AuthenticatorState::Removed { .. } => {
+                            (pb::AuthenticatorState::Removed, String::new())
+                        }
                     };
                     pb::AuthenticatorInfo {
                         credential_id: a.credential_id,
@@ -166,6 +170,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                         counter: a.counter,
                         state: state.into(),
                         suspended_reason: reason,
+                        attested: a.attested,
                     }
                 })
                 .collect(),

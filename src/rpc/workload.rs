@@ -38,6 +38,8 @@ impl pb::workload_service_server::WorkloadService for WorkloadApi {
                 req.name,
                 req.owner,
                 req.certificate_pem.as_bytes(),
+                req.scopes,
+                req.introspect,
             )
         })
         .await

@@ -72,6 +72,18 @@ pub enum Keyspace {
     Authenticators,
     /// Pending challenges (enrollment and assertion ceremonies) by id.
     Ceremonies,
+    /// Scopes by name.
+    Scopes,
+    /// Break-glass requests by id.
+    Requests,
+    /// Proposed trust-store changes by id.
+    Changes,
+    /// Issued grants by id.
+    Grants,
+    /// Grant id by SHA-256 of its bearer token (hex): no token is ever stored.
+    GrantTokens,
+    /// Grant id by SSH certificate serial (u64 big-endian): serials are unique.
+    GrantSerials,
 }
 
 impl Keyspace {
@@ -85,6 +97,12 @@ impl Keyspace {
         Keyspace::Operators,
         Keyspace::Authenticators,
         Keyspace::Ceremonies,
+        Keyspace::Scopes,
+        Keyspace::Requests,
+        Keyspace::Changes,
+        Keyspace::Grants,
+        Keyspace::GrantTokens,
+        Keyspace::GrantSerials,
     ];
 
     /// Stable on-disk name.
@@ -98,6 +116,12 @@ impl Keyspace {
             Keyspace::Operators => "operators",
             Keyspace::Authenticators => "authenticators",
             Keyspace::Ceremonies => "ceremonies",
+            Keyspace::Scopes => "scopes",
+            Keyspace::Requests => "requests",
+            Keyspace::Changes => "changes",
+            Keyspace::Grants => "grants",
+            Keyspace::GrantTokens => "grant_tokens",
+            Keyspace::GrantSerials => "grant_serials",
         }
     }
 }

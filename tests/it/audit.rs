@@ -25,6 +25,7 @@ async fn admit(daemon: &Daemon, dir: &DaemonDir, name: &str) -> Result<(), tonic
             name: name.to_owned(),
             owner: "platform-team".to_owned(),
             certificate_pem: pem,
+            ..Default::default()
         })
         .await
         .map(|_| ())
@@ -528,6 +529,7 @@ async fn kill_9_during_a_burst_leaves_every_change_with_its_record() {
                     name: name.clone(),
                     owner: "load".into(),
                     certificate_pem: std::fs::read_to_string(&cert.cert).unwrap(),
+                    ..Default::default()
                 };
                 if client.admit_workload(request).await.is_err() {
                     return; // the daemon is gone

@@ -117,6 +117,7 @@ impl Harness {
             .finish_enrollment(pb::FinishEnrollmentRequest {
                 ceremony_id: begun.ceremony_id,
                 credential_json: serde_json::to_string(&credential).unwrap(),
+                note: String::new(),
             })
             .await?
             .into_inner())
@@ -213,9 +214,10 @@ async fn genesis_enrolls_two_operators_then_closes_for_good() {
     let h = Harness::start(true, false).await;
     let _tokens = genesis(&h).await;
     let mut carol = token(true);
+    // After genesis a key is a proposed change, and needs a proofing note.
     let err = h.enroll(&mut carol, "carol", "admin").await.unwrap_err();
-    assert_eq!(code(&err), "operator.genesis_closed", "{err}");
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(code(&err), "change.proofing_note_required", "{err}");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let events = h.audit_events().await;
     let enrolled = events
         .iter()
@@ -617,23 +619,58 @@ async fn the_cli_enrolls_and_signs_with_a_soft_token_file() {
     assert!(shown.contains("active"), "{shown}");
     assert!(shown.contains("roles: admin"), "{shown}");
 
-    // After genesis, a third enrollment is refused without quorum.
+    // After genesis, a third enrollment needs a proofing note and becomes a change that the
+    // admins approve with their keys.
     let carol = dir.dir.path().join("carol.token");
-    let out = cli(
-        &daemon,
-        &[
-            "key",
-            "enroll",
-            "--operator",
-            "carol",
-            "--role",
-            "admin",
-            "--soft-token",
-            carol.to_str().unwrap(),
-        ],
-    );
+    let enroll_carol = |note: &str| {
+        cli(
+            &daemon,
+            &[
+                "key",
+                "enroll",
+                "--operator",
+                "carol",
+                "--role",
+                "admin",
+                "--note",
+                note,
+                "--soft-token",
+                carol.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = enroll_carol("");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("operator.genesis_closed"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("change.proofing_note_required"));
+    let proposed = ok(&enroll_carol(
+        "carol is the new admin; alice checked her passport in person",
+    ));
+    let change_id = proposed
+        .split_whitespace()
+        .skip_while(|w| *w != "change")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let listed = ok(&cli(&daemon, &["change", "list", "--state", "pending"]));
+    assert!(listed.contains(&change_id), "{listed}");
+    for (who, token) in [("alice", a), ("bob", b)] {
+        let voted = ok(&cli(
+            &daemon,
+            &[
+                "change",
+                "approve",
+                &change_id,
+                "--operator",
+                who,
+                "--soft-token",
+                token,
+            ],
+        ));
+        assert!(voted.contains("approve"), "{voted}");
+    }
+    let shown = ok(&cli(&daemon, &["operator", "show", "carol"]));
+    assert!(shown.contains("roles: admin"), "{shown}");
 }
 
 #[tokio::test]
@@ -742,6 +779,7 @@ async fn a_real_security_key_enrolls_with_attestation_and_signs() {
         vec!["admin".into()],
         &mut key,
         None,
+        "",
     )
     .await
     .unwrap();

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod breakglass;
 mod fido2;
 mod lifecycle;
 mod serving;

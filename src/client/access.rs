@@ -1,0 +1,208 @@
+//! Client side of break-glass: requesting, voting (after checking that what the key signs is
+//! what was shown), waiting for the credential, changes and listings.
+
+use tonic::transport::Channel;
+use webauthn_rs::prelude::RequestChallengeResponse;
+
+use super::keys::{self, Authenticator};
+use super::{ClientError, origin_for};
+use crate::pb;
+use crate::pb::access_service_client::AccessServiceClient;
+use crate::pb::trust_service_client::TrustServiceClient;
+use crate::policy::Decision;
+
+/// What a vote is on, as the CLI names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A request id.
+    Request(String),
+    /// A change id.
+    Change(String),
+}
+
+impl Target {
+    fn to_pb(&self) -> pb::VoteTarget {
+        pb::VoteTarget {
+            target: Some(match self {
+                Target::Request(id) => pb::vote_target::Target::RequestId(id.clone()),
+                Target::Change(id) => pb::vote_target::Target::ChangeId(id.clone()),
+            }),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Target::Request(id) => format!("request/{id}"),
+            Target::Change(id) => format!("change/{id}"),
+        }
+    }
+}
+
+fn decision_pb(d: Decision) -> pb::Decision {
+    match d {
+        Decision::Approve => pb::Decision::Approve,
+        Decision::Deny => pb::Decision::Deny,
+    }
+}
+
+fn parse_options(json: &str) -> Result<RequestChallengeResponse, ClientError> {
+    serde_json::from_str(json).map_err(|e| ClientError::Key(keys::KeyError::Options(e.to_string())))
+}
+
+fn to_json(credential: &impl serde::Serialize) -> Result<String, ClientError> {
+    serde_json::to_string(credential)
+        .map_err(|e| ClientError::Key(keys::KeyError::Options(e.to_string())))
+}
+
+/// What an approver is shown before touching their key: the canonical text the daemon stored,
+/// checked here against the digest the vote will be bound to.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    /// The canonical JSON text (exactly what the digest covers).
+    pub canonical_json: String,
+    /// Its digest, recomputed here.
+    pub digest: [u8; 32],
+}
+
+/// Fetches the request or change, recomputes its digest from the canonical text, and refuses
+/// if the daemon's digest differs.
+pub async fn shown(channel: Channel, target: &Target) -> Result<Shown, ClientError> {
+    let (canonical_json, claimed) = match target {
+        Target::Request(id) => {
+            let r = AccessServiceClient::new(channel)
+                .show_request(pb::ShowRequestRequest { id: id.clone() })
+                .await?
+                .into_inner()
+                .request
+                .ok_or_else(|| ClientError::Protocol("no request in the answer".into()))?;
+            (r.canonical_json, r.digest)
+        }
+        Target::Change(id) => {
+            let c = TrustServiceClient::new(channel)
+                .show_change(pb::ShowChangeRequest { id: id.clone() })
+                .await?
+                .into_inner()
+                .change
+                .ok_or_else(|| ClientError::Protocol("no change in the answer".into()))?;
+            (c.canonical_json, c.digest)
+        }
+    };
+    let digest = match target {
+        Target::Request(_) => crate::request::digest_of(&canonical_json),
+        Target::Change(_) => crate::change::digest_of(&canonical_json),
+    };
+    if claimed != digest {
+        return Err(ClientError::DigestMismatch(format!(
+            "the daemon's digest for {} does not match the text it showed",
+            target.label()
+        )));
+    }
+    Ok(Shown {
+        canonical_json,
+        digest,
+    })
+}
+
+/// Votes on a request or change as `operator`: shows, checks the digest, signs, submits.
+pub async fn vote(
+    channel: Channel,
+    target: &Target,
+    operator: &str,
+    decision: Decision,
+    authenticator: &mut dyn Authenticator,
+    origin: Option<&str>,
+) -> Result<pb::CastVoteResponse, ClientError> {
+    let shown = shown(channel.clone(), target).await?;
+    let expected = crate::request::vote_digest(&target.label(), decision, &shown.digest);
+    let mut client = AccessServiceClient::new(channel);
+    let begun = client
+        .begin_vote(pb::BeginVoteRequest {
+            target: Some(target.to_pb()),
+            operator: operator.to_owned(),
+            decision: decision_pb(decision).into(),
+        })
+        .await?
+        .into_inner();
+    if begun.vote_digest != expected {
+        return Err(ClientError::DigestMismatch(format!(
+            "the challenge for {} is not bound to what was shown",
+            target.label()
+        )));
+    }
+    let options = parse_options(&begun.request_options_json)?;
+    let origin = origin_for(&options.public_key.rp_id, origin)?;
+    let credential = authenticator.assert(&origin, options)?;
+    Ok(client
+        .cast_vote(pb::CastVoteRequest {
+            target: Some(target.to_pb()),
+            decision: decision_pb(decision).into(),
+            ceremony_id: begun.ceremony_id,
+            credential_json: to_json(&credential)?,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Submits a request as an operator (signed with their key) or, with `operator` None, as the
+/// workload the channel's TLS identity is.
+pub async fn request(
+    channel: Channel,
+    draft: pb::RequestDraft,
+    operator: Option<(&str, &mut dyn Authenticator, Option<&str>)>,
+) -> Result<pb::RequestInfo, ClientError> {
+    let mut client = AccessServiceClient::new(channel);
+    let (ceremony_id, credential_json) = match operator {
+        None => (String::new(), String::new()),
+        Some((name, authenticator, origin)) => {
+            let begun = client
+                .begin_request(pb::BeginRequestRequest {
+                    operator: name.to_owned(),
+                    draft: Some(draft.clone()),
+                })
+                .await?
+                .into_inner();
+            let options = parse_options(&begun.request_options_json)?;
+            let origin = origin_for(&options.public_key.rp_id, origin)?;
+            let credential = authenticator.assert(&origin, options)?;
+            (begun.ceremony_id, to_json(&credential)?)
+        }
+    };
+    client
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(draft),
+            ceremony_id,
+            credential_json,
+        })
+        .await?
+        .into_inner()
+        .request
+        .ok_or_else(|| ClientError::Protocol("no request in the answer".into()))
+}
+
+/// Waits for the request to end, calling `progress` with every update; returns the final
+/// request and the credential if one was issued.
+pub async fn wait(
+    channel: Channel,
+    id: &str,
+    mut progress: impl FnMut(&pb::RequestInfo),
+) -> Result<(pb::RequestInfo, Option<pb::Credential>), ClientError> {
+    let mut stream = AccessServiceClient::new(channel)
+        .watch_request(pb::WatchRequestRequest { id: id.to_owned() })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(item) = stream.message().await? {
+        if let Some(request) = &item.request {
+            progress(request);
+        }
+        if item.credential.is_some() {
+            let request = item
+                .request
+                .ok_or_else(|| ClientError::Protocol("credential without request".into()))?;
+            return Ok((request, item.credential));
+        }
+        last = item.request;
+    }
+    last.map(|r| (r, None))
+        .ok_or_else(|| ClientError::Protocol("the watch ended without a word".into()))
+}

@@ -1,0 +1,242 @@
+//! Grants (issued credentials) and the in-memory introspection index.
+//!
+//! The index maps the SHA-256 of a bearer token to what introspection answers, so the hot path
+//! is one hash and one map lookup. It is filled from the store at start and updated after every
+//! committed mint or revocation; expiry needs no update because every answer compares the
+//! grant's expiry with the clock at that instant.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::clock::Timestamp;
+use crate::request::Requester;
+use crate::store::{self, Keyspace, Record, Store, StoreError};
+
+/// An issued SSH certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshGrant {
+    /// Certificate serial (unique, non-zero).
+    pub serial: u64,
+    /// Principals in the certificate.
+    pub principals: Vec<String>,
+    /// The certificate, OpenSSH one-line form (public: no secret in it).
+    pub certificate: String,
+}
+
+/// Where a grant is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum GrantState {
+    /// Usable until its expiry.
+    Active,
+}
+
+/// An issued credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Id (also the SSH certificate's key id).
+    pub id: String,
+    /// The request it answers.
+    pub request_id: String,
+    /// Scope.
+    pub scope: String,
+    /// Who holds it.
+    pub requester: Requester,
+    /// When minted.
+    pub issued_at: Timestamp,
+    /// Hard expiry.
+    pub expires_at: Timestamp,
+    /// SHA-256 of the bearer token, hex, if one was minted.
+    pub bearer_sha256: Option<String>,
+    /// The SSH certificate, if one was minted.
+    pub ssh: Option<SshGrant>,
+    /// Stored state (see [`Grant::active_at`]).
+    pub state: GrantState,
+}
+
+impl Record for Grant {
+    const KEYSPACE: Keyspace = Keyspace::Grants;
+}
+
+impl Grant {
+    /// Whether the grant is usable at `now`: active and not past its expiry.
+    pub fn active_at(&self, now: Timestamp) -> bool {
+        self.state == GrantState::Active && now < self.expires_at
+    }
+}
+
+/// SHA-256 of a bearer token.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// What introspection says about a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Introspection {
+    /// Whether it may be used now.
+    pub active: bool,
+    /// Grant id (empty for unknown tokens).
+    pub grant_id: String,
+    /// Scope (empty for unknown tokens).
+    pub scope: String,
+    /// Expiry (epoch for unknown tokens).
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    grant_id: String,
+    scope: String,
+    expires_at: Timestamp,
+}
+
+/// Token hash → grant, for introspection.
+#[derive(Debug, Default)]
+pub struct TokenIndex {
+    entries: RwLock<HashMap<[u8; 32], Entry>>,
+}
+
+impl TokenIndex {
+    /// Loads every active grant's token from the store.
+    pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let index = Self::default();
+        let mut from = Vec::new();
+        loop {
+            let page = store.scan_from(Keyspace::Grants, &from, 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            let mut next = last.clone();
+            next.push(0);
+            for (_, value) in &page {
+                let grant: Grant = store::decode(value)?;
+                index.insert(&grant);
+            }
+            from = next;
+        }
+        Ok(index)
+    }
+
+    /// Adds a grant's token (after the mint committed).
+    pub fn insert(&self, grant: &Grant) {
+        let Some(hash) = grant.bearer_sha256.as_deref().and_then(decode_hash) else {
+            return;
+        };
+        if grant.state != GrantState::Active {
+            return;
+        }
+        let entry = Entry {
+            grant_id: grant.id.clone(),
+            scope: grant.scope.clone(),
+            expires_at: grant.expires_at,
+        };
+        if let Ok(mut map) = self.entries.write() {
+            map.insert(hash, entry);
+        }
+    }
+
+    /// Drops a grant's token (after a revocation committed).
+    pub fn remove(&self, bearer_sha256: &str) {
+        if let (Some(hash), Ok(mut map)) = (decode_hash(bearer_sha256), self.entries.write()) {
+            map.remove(&hash);
+        }
+    }
+
+    /// Answers for `token` at `now`.
+    pub fn introspect(&self, token: &str, now: Timestamp) -> Introspection {
+        let hash = token_hash(token);
+        let found = self
+            .entries
+            .read()
+            .ok()
+            .and_then(|map| map.get(&hash).cloned());
+        match found {
+            Some(e) => Introspection {
+                active: now < e.expires_at,
+                grant_id: e.grant_id,
+                scope: e.scope,
+                expires_at: e.expires_at,
+            },
+            None => Introspection {
+                active: false,
+                grant_id: String::new(),
+                scope: String::new(),
+                expires_at: Timestamp::from_unix_millis(0),
+            },
+        }
+    }
+
+    /// Tokens indexed.
+    pub fn len(&self) -> usize {
+        self.entries.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn decode_hash(hex_hash: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_hash).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(expires_ms: i64) -> (Grant, String) {
+        let token = "lkbg_test-token".to_owned();
+        (
+            Grant {
+                id: "g1".into(),
+                request_id: "r1".into(),
+                scope: "db-root".into(),
+                requester: Requester::Workload {
+                    name: "vault-db".into(),
+                },
+                issued_at: Timestamp::from_unix_millis(0),
+                expires_at: Timestamp::from_unix_millis(expires_ms),
+                bearer_sha256: Some(hex::encode(token_hash(&token))),
+                ssh: None,
+                state: GrantState::Active,
+            },
+            token,
+        )
+    }
+
+    #[test]
+    fn a_token_is_inactive_at_the_instant_it_expires() {
+        let index = TokenIndex::default();
+        let (g, token) = grant(1000);
+        index.insert(&g);
+        let before = index.introspect(&token, Timestamp::from_unix_millis(999));
+        assert!(before.active);
+        assert_eq!(before.scope, "db-root");
+        assert!(
+            !index
+                .introspect(&token, Timestamp::from_unix_millis(1000))
+                .active
+        );
+    }
+
+    #[test]
+    fn unknown_and_removed_tokens_are_inactive() {
+        let index = TokenIndex::default();
+        let (g, token) = grant(1000);
+        assert!(
+            !index
+                .introspect(&token, Timestamp::from_unix_millis(0))
+                .active
+        );
+        index.insert(&g);
+        index.remove(g.bearer_sha256.as_deref().unwrap());
+        assert!(
+            !index
+                .introspect(&token, Timestamp::from_unix_millis(0))
+                .active
+        );
+        assert!(index.is_empty());
+    }
+}

@@ -1,0 +1,472 @@
+//! `latchkey.v1.AccessService`: requests, votes, the requester's wait, introspection.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::identity::caller_of;
+use super::system::timestamp;
+use super::{status, to_status};
+use crate::authority::Authority;
+use crate::caller::Caller;
+use crate::error::ErrorKind;
+use crate::pb;
+use crate::policy::Decision;
+use crate::request::{Draft, RequestState};
+use crate::workflow::{Delivery, RequestView, VoteTarget};
+
+/// Serves `AccessService`.
+#[derive(Debug, Clone)]
+pub struct AccessApi {
+    authority: Arc<Authority>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl AccessApi {
+    /// The service over `authority`; watch streams end when `shutdown` turns true.
+    pub fn new(authority: Arc<Authority>, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            authority,
+            shutdown,
+        }
+    }
+}
+
+/// Runs blocking store work (fsync) off the async workers.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| status(ErrorKind::Internal, "rpc.task_failed", &e.to_string()))?
+}
+
+fn draft(d: Option<pb::RequestDraft>) -> Result<Draft, Status> {
+    let d = d.ok_or_else(|| {
+        status(
+            ErrorKind::InvalidInput,
+            "request.missing_draft",
+            "the request draft is missing",
+        )
+    })?;
+    let ttl_secs = match d.ttl {
+        None => None,
+        Some(t) if t.seconds < 0 || t.nanos != 0 => {
+            return Err(status(
+                ErrorKind::InvalidInput,
+                "request.invalid_ttl",
+                "TTL must be a whole, positive number of seconds",
+            ));
+        }
+        Some(t) => Some(u64::try_from(t.seconds).unwrap_or(0)),
+    };
+    Ok(Draft {
+        scope: d.scope,
+        reason: d.reason,
+        ttl_secs,
+        ticket: d.ticket,
+        ssh_public_key: d.ssh_public_key,
+    })
+}
+
+pub(super) fn decision(value: i32) -> Result<Decision, Status> {
+    match pb::Decision::try_from(value) {
+        Ok(pb::Decision::Approve) => Ok(Decision::Approve),
+        Ok(pb::Decision::Deny) => Ok(Decision::Deny),
+        _ => Err(status(
+            ErrorKind::InvalidInput,
+            "approval.invalid_decision",
+            "decision must be APPROVE or DENY",
+        )),
+    }
+}
+
+fn decision_to_pb(d: Decision) -> pb::Decision {
+    match d {
+        Decision::Approve => pb::Decision::Approve,
+        Decision::Deny => pb::Decision::Deny,
+    }
+}
+
+fn target(t: Option<pb::VoteTarget>) -> Result<VoteTarget, Status> {
+    match t.and_then(|t| t.target) {
+        Some(pb::vote_target::Target::RequestId(id)) => Ok(VoteTarget::Request(id)),
+        Some(pb::vote_target::Target::ChangeId(id)) => Ok(VoteTarget::Change(id)),
+        None => Err(status(
+            ErrorKind::InvalidInput,
+            "approval.missing_target",
+            "say which request or change the vote is on",
+        )),
+    }
+}
+
+fn secs(s: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(s).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+fn state_to_pb(state: &RequestState) -> pb::RequestState {
+    match state {
+        RequestState::Pending => pb::RequestState::Pending,
+        RequestState::Issued { .. } => pb::RequestState::Issued,
+        RequestState::Denied { .. } => pb::RequestState::Denied,
+        RequestState::Cancelled { .. } => pb::RequestState::Cancelled,
+        RequestState::Expired { .. } => pb::RequestState::Expired,
+    }
+}
+
+/// A request as the API shows it.
+pub fn request_to_pb(view: &RequestView) -> pb::RequestInfo {
+    let r = &view.request;
+    let c = &r.canonical;
+    pb::RequestInfo {
+        id: c.id.clone(),
+        scope: c.scope.clone(),
+        requester: c.requester.clone(),
+        reason: c.reason.clone(),
+        ttl: Some(secs(c.ttl_secs)),
+        ticket: c.ticket.clone(),
+        ssh_public_key: c.ssh_public_key.clone(),
+        scope_owner: c.owner.clone(),
+        scope_runbook: c.runbook.clone(),
+        scope_runbook_url: c.runbook_url.clone(),
+        quorum: c.quorum,
+        approver_role: c.approver_role.clone(),
+        created_at: Some(timestamp(c.created_at)),
+        pending_until: Some(timestamp(c.pending_until)),
+        state: state_to_pb(&view.state).into(),
+        votes: r
+            .votes
+            .iter()
+            .map(|v| pb::VoteInfo {
+                operator: v.operator.clone(),
+                credential_id: v.credential_id.clone(),
+                decision: decision_to_pb(v.decision).into(),
+                user_verified: v.user_verified,
+                at: Some(timestamp(v.at)),
+            })
+            .collect(),
+        approvals: view.approvals,
+        denials: view.denials,
+        grant_id: match &view.state {
+            RequestState::Issued { grant_id, .. } => grant_id.clone(),
+            _ => String::new(),
+        },
+        canonical_json: r.canonical_text.clone(),
+        digest: r.digest().to_vec(),
+    }
+}
+
+fn credential_to_pb(d: Delivery) -> pb::Credential {
+    pb::Credential {
+        grant_id: d.grant_id,
+        bearer_token: d.bearer_token.unwrap_or_default(),
+        ssh_certificate: d.ssh_certificate.unwrap_or_default(),
+        expires_at: Some(timestamp(d.expires_at)),
+        scope: d.scope,
+    }
+}
+
+type WatchItem = Result<pb::WatchRequestResponse, Status>;
+
+/// Streams a request's progress until it ends, its requester leaves or the daemon stops.
+async fn watch_loop(
+    authority: Arc<Authority>,
+    caller: Caller,
+    id: String,
+    mut records: broadcast::Receiver<crate::audit::AuditRecord>,
+    mut shutdown: watch::Receiver<bool>,
+    tx: mpsc::Sender<WatchItem>,
+) {
+    let subject = format!("request/{id}");
+    let mut last: Option<(pb::RequestState, usize)> = None;
+    loop {
+        let view = match authority.watch_request(&caller, &id) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx.send(Err(to_status(&e))).await;
+                return;
+            }
+        };
+        let now_state = (state_to_pb(&view.state), view.request.votes.len());
+        if last != Some(now_state) {
+            last = Some(now_state);
+            let credential = if matches!(view.state, RequestState::Issued { .. }) {
+                match authority.collect_credential(&caller, &id) {
+                    Ok(d) => Some(credential_to_pb(d)),
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(&e))).await;
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let item = pb::WatchRequestResponse {
+                request: Some(request_to_pb(&view)),
+                credential,
+            };
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+        if !matches!(view.state, RequestState::Pending) {
+            return;
+        }
+        // Wake for the next record about this request, or at its deadline.
+        let remaining_ms = view
+            .request
+            .canonical
+            .pending_until
+            .unix_millis()
+            .saturating_sub(authority.now().unix_millis());
+        let deadline = tokio::time::sleep(Duration::from_millis(
+            u64::try_from(remaining_ms.max(0)).unwrap_or(0),
+        ));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                record = records.recv() => match record {
+                    Ok(r) if r.subject == subject => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = &mut deadline => break,
+                _ = shutdown.changed() => return,
+                () = tx.closed() => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::access_service_server::AccessService for AccessApi {
+    async fn begin_request(
+        &self,
+        request: Request<pb::BeginRequestRequest>,
+    ) -> Result<Response<pb::BeginRequestResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let draft = draft(req.draft)?;
+        let authority = self.authority.clone();
+        let (ceremony_id, options, digest) = blocking(move || {
+            authority
+                .begin_request(&caller, &req.operator, &draft)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::BeginRequestResponse {
+            ceremony_id,
+            request_options_json: options,
+            digest: digest.to_vec(),
+        }))
+    }
+
+    async fn create_request(
+        &self,
+        request: Request<pb::CreateRequestRequest>,
+    ) -> Result<Response<pb::CreateRequestResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let draft = draft(req.draft)?;
+        let authority = self.authority.clone();
+        let view = blocking(move || {
+            let assertion = (!req.ceremony_id.is_empty())
+                .then_some((req.ceremony_id.as_str(), req.credential_json.as_str()));
+            authority
+                .create_request(&caller, &draft, assertion)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::CreateRequestResponse {
+            request: Some(request_to_pb(&view)),
+        }))
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<pb::ListRequestsRequest>,
+    ) -> Result<Response<pb::ListRequestsResponse>, Status> {
+        caller_of(&request)?;
+        let state = match pb::RequestState::try_from(request.into_inner().state) {
+            Ok(pb::RequestState::Pending) => Some("pending"),
+            Ok(pb::RequestState::Issued) => Some("issued"),
+            Ok(pb::RequestState::Denied) => Some("denied"),
+            Ok(pb::RequestState::Cancelled) => Some("cancelled"),
+            Ok(pb::RequestState::Expired) => Some("expired"),
+            _ => None,
+        };
+        let authority = self.authority.clone();
+        let views = blocking(move || authority.requests(state).map_err(|e| to_status(&e))).await?;
+        Ok(Response::new(pb::ListRequestsResponse {
+            requests: views.iter().map(request_to_pb).collect(),
+        }))
+    }
+
+    async fn show_request(
+        &self,
+        request: Request<pb::ShowRequestRequest>,
+    ) -> Result<Response<pb::ShowRequestResponse>, Status> {
+        caller_of(&request)?;
+        let view = self
+            .authority
+            .request(&request.into_inner().id)
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::ShowRequestResponse {
+            request: Some(request_to_pb(&view)),
+        }))
+    }
+
+    async fn begin_vote(
+        &self,
+        request: Request<pb::BeginVoteRequest>,
+    ) -> Result<Response<pb::BeginVoteResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let target = target(req.target)?;
+        let decision = decision(req.decision)?;
+        let authority = self.authority.clone();
+        let (ceremony_id, options, digest) = blocking(move || {
+            authority
+                .begin_vote(&caller, &target, &req.operator, decision)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::BeginVoteResponse {
+            ceremony_id,
+            request_options_json: options,
+            vote_digest: digest.to_vec(),
+        }))
+    }
+
+    async fn cast_vote(
+        &self,
+        request: Request<pb::CastVoteRequest>,
+    ) -> Result<Response<pb::CastVoteResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let target = target(req.target)?;
+        let decision = decision(req.decision)?;
+        let authority = self.authority.clone();
+        let result = blocking(move || {
+            authority
+                .cast_vote(
+                    &caller,
+                    &target,
+                    decision,
+                    &req.ceremony_id,
+                    &req.credential_json,
+                )
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::CastVoteResponse {
+            state: result.state.to_owned(),
+            approvals: result.approvals,
+            denials: result.denials,
+            quorum: result.quorum,
+            audit_seq: result.audit_seq,
+            grant_id: result.grant_id.unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_request(
+        &self,
+        request: Request<pb::CancelRequestRequest>,
+    ) -> Result<Response<pb::CancelRequestResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let id = request.into_inner().id;
+        let authority = self.authority.clone();
+        let view = blocking(move || {
+            authority
+                .cancel_request(&caller, &id)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::CancelRequestResponse {
+            request: Some(request_to_pb(&view)),
+        }))
+    }
+
+    type WatchRequestStream = Pin<Box<dyn tokio_stream::Stream<Item = WatchItem> + Send + 'static>>;
+
+    async fn watch_request(
+        &self,
+        request: Request<pb::WatchRequestRequest>,
+    ) -> Result<Response<Self::WatchRequestStream>, Status> {
+        let caller = caller_of(&request)?;
+        let id = request.into_inner().id;
+        // Subscribe before the first read, so nothing committed in between is missed.
+        let records = self.authority.audit().subscribe();
+        self.authority
+            .watch_request(&caller, &id)
+            .map_err(|e| to_status(&e))?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(watch_loop(
+            self.authority.clone(),
+            caller,
+            id,
+            records,
+            self.shutdown.clone(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let answer = self
+            .authority
+            .introspect(&caller, &request.into_inner().token)
+            .map_err(|e| to_status(&e))?;
+        // As RFC 7662: an inactive token gets `active: false` and nothing else.
+        if !answer.active {
+            return Ok(Response::new(pb::IntrospectResponse::default()));
+        }
+        Ok(Response::new(pb::IntrospectResponse {
+            active: true,
+            scope: answer.scope,
+            grant_id: answer.grant_id,
+            expires_at: Some(timestamp(answer.expires_at)),
+        }))
+    }
+
+    async fn show_grant(
+        &self,
+        request: Request<pb::ShowGrantRequest>,
+    ) -> Result<Response<pb::ShowGrantResponse>, Status> {
+        caller_of(&request)?;
+        let grant = self
+            .authority
+            .grant(&request.into_inner().id)
+            .map_err(|e| to_status(&e))?;
+        let active = grant.active_at(self.authority.now());
+        Ok(Response::new(pb::ShowGrantResponse {
+            id: grant.id,
+            request_id: grant.request_id,
+            scope: grant.scope,
+            requester: grant.requester.label(),
+            issued_at: Some(timestamp(grant.issued_at)),
+            expires_at: Some(timestamp(grant.expires_at)),
+            state: if active { "active" } else { "expired" }.to_owned(),
+            bearer: grant.bearer_sha256.is_some(),
+            ssh_serial: grant.ssh.as_ref().map_or(0, |s| s.serial),
+            ssh_principals: grant
+                .ssh
+                .as_ref()
+                .map(|s| s.principals.clone())
+                .unwrap_or_default(),
+            ssh_certificate: grant.ssh.map(|s| s.certificate).unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,823 @@
+//! Issue 5 acceptance: the break-glass workflow against one in-process daemon on a manual
+//! clock, with software FIDO2 keys, driven by the tonic clients generated from the proto (a
+//! workload over mutual TLS, operators over the local socket).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use latchkey::client::access::{self, Target};
+use latchkey::client::keys::{Authenticator, KeyError};
+use latchkey::clock::{Clock as _, ManualClock, Timestamp};
+use latchkey::config::Config;
+use latchkey::daemon::{self, Running};
+use latchkey::pb;
+use latchkey::pb::access_service_client::AccessServiceClient;
+use latchkey::pb::trust_service_client::TrustServiceClient;
+use latchkey::policy::Decision;
+use latchkey::rpc::ERROR_CODE_METADATA;
+use latchkey::store::Keyspace;
+use tonic::transport::Channel;
+use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+use webauthn_authenticator_rs::softtoken::SoftToken;
+use webauthn_rs::prelude::{
+    CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential,
+    RequestChallengeResponse, Url,
+};
+
+use crate::support::{ClientCert, DaemonDir, server_cert};
+
+const ORIGIN: &str = "https://latchkey.local";
+
+/// A software key held in memory.
+pub struct MemKey(SoftToken);
+
+impl MemKey {
+    fn new() -> Self {
+        Self(SoftToken::new(true).unwrap().0)
+    }
+}
+
+impl Authenticator for MemKey {
+    fn register(
+        &mut self,
+        origin: &Url,
+        options: CreationChallengeResponse,
+    ) -> Result<RegisterPublicKeyCredential, KeyError> {
+        self.0
+            .do_registration(origin.clone(), options)
+            .map_err(|e| KeyError::Device(format!("{e:?}")))
+    }
+
+    fn assert(
+        &mut self,
+        origin: &Url,
+        options: RequestChallengeResponse,
+    ) -> Result<PublicKeyCredential, KeyError> {
+        self.0
+            .do_authentication(origin.clone(), options)
+            .map_err(|e| KeyError::Device(format!("{e:?}")))
+    }
+}
+
+pub struct Bg {
+    pub dir: DaemonDir,
+    pub clock: ManualClock,
+    running: Option<Running>,
+    /// Each operator's keys, first enrolled first.
+    pub keys: HashMap<String, Vec<MemKey>>,
+}
+
+fn code(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get(ERROR_CODE_METADATA)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_else(|| format!("(no code) {status}"))
+}
+
+fn refused<T>(r: Result<T, tonic::Status>, expected: &str) {
+    let err = r.err().unwrap_or_else(|| panic!("{expected}: accepted"));
+    assert_eq!(code(&err), expected, "{err}");
+}
+
+fn secs(s: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    }
+}
+
+/// The `db-root` scope of the acceptance: 2 approvals of `dba-oncall`.
+pub fn db_root(pending_timeout: i64) -> pb::Scope {
+    pb::Scope {
+        name: "db-root".into(),
+        owner: "dba-team".into(),
+        runbook: "Connect to the primary, fix replication, rotate the root password.".into(),
+        runbook_url: "https://wiki.example/runbooks/db-root".into(),
+        bearer: true,
+        ssh: None,
+        default_ttl: Some(secs(900)),
+        max_ttl: Some(secs(3600)),
+        policy: Some(pb::ApprovalPolicy {
+            quorum: 2,
+            approver_role: "dba-oncall".into(),
+            require_user_verification: false,
+            require_attested_hardware: false,
+            pending_timeout: Some(secs(pending_timeout)),
+            denials_to_reject: 1,
+        }),
+        requester_roles: vec!["dba-oncall".into()],
+        requester_workloads: vec!["vault-db".into()],
+    }
+}
+
+impl Bg {
+    pub async fn start() -> Self {
+        let dir = DaemonDir::init();
+        let text = format!(
+            "version = 1\ndata_dir = \"{}\"\ndev_mode = true\n[unix]\npath = \"{}\"\n[tls]\nlisten = \"127.0.0.1:0\"\n[fido2]\nrequire_user_verification = false\n",
+            dir.data.display(),
+            dir.socket.display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        let clock = ManualClock::new(Timestamp::from_unix_millis(1_795_000_000_000));
+        let running = daemon::start(&config, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        Self {
+            dir,
+            clock,
+            running: Some(running),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub async fn local(&self) -> Channel {
+        latchkey::client::connect_unix(&self.dir.socket)
+            .await
+            .unwrap()
+    }
+
+    pub async fn tls(&self, cert: &ClientCert) -> Channel {
+        latchkey::client::connect_tls(
+            self.running().tls_addr().unwrap(),
+            server_cert(&self.dir.data),
+            cert.identity(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Everything in the store but pending challenges, which are not state.
+    pub fn snapshot(&self) -> Vec<(Keyspace, Vec<(Vec<u8>, Vec<u8>)>)> {
+        let store = self.running().authority().store();
+        Keyspace::ALL
+            .iter()
+            .filter(|ks| **ks != Keyspace::Ceremonies)
+            .map(|ks| (*ks, store.scan_from(*ks, b"", usize::MAX).unwrap()))
+            .collect()
+    }
+
+    /// Enrolls a new key for `operator` (genesis: at once; after: a proposed change).
+    pub async fn enroll(
+        &mut self,
+        operator: &str,
+        role: &str,
+        note: &str,
+    ) -> Result<pb::FinishEnrollmentResponse, tonic::Status> {
+        let mut key = MemKey::new();
+        let result = latchkey::client::enroll(
+            self.local().await,
+            operator,
+            vec![role.into()],
+            &mut key,
+            Some(ORIGIN),
+            note,
+        )
+        .await;
+        self.keys.entry(operator.into()).or_default().push(key);
+        result.map_err(|e| match e {
+            latchkey::client::ClientError::Refused(s) => s,
+            other => panic!("{other}"),
+        })
+    }
+
+    pub async fn propose(
+        &self,
+        note: &str,
+        change: pb::propose_change_request::Change,
+    ) -> Result<pb::ChangeInfo, tonic::Status> {
+        TrustServiceClient::new(self.local().await)
+            .propose_change(pb::ProposeChangeRequest {
+                note: note.into(),
+                change: Some(change),
+            })
+            .await
+            .map(|r| r.into_inner().change.unwrap())
+    }
+
+    /// Votes with the operator's `key_index`th key, through the CLI's client code.
+    pub async fn vote(
+        &mut self,
+        target: Target,
+        operator: &str,
+        decision: Decision,
+        key_index: usize,
+    ) -> Result<pb::CastVoteResponse, tonic::Status> {
+        let channel = self.local().await;
+        let key = &mut self.keys.get_mut(operator).unwrap()[key_index];
+        access::vote(channel, &target, operator, decision, key, Some(ORIGIN))
+            .await
+            .map_err(|e| match e {
+                latchkey::client::ClientError::Refused(s) => s,
+                other => panic!("{other}"),
+            })
+    }
+
+    pub async fn begin_vote(
+        &self,
+        target: pb::vote_target::Target,
+        operator: &str,
+        decision: pb::Decision,
+    ) -> Result<(String, RequestChallengeResponse), tonic::Status> {
+        let begun = AccessServiceClient::new(self.local().await)
+            .begin_vote(pb::BeginVoteRequest {
+                target: Some(pb::VoteTarget {
+                    target: Some(target),
+                }),
+                operator: operator.into(),
+                decision: decision.into(),
+            })
+            .await?
+            .into_inner();
+        Ok((
+            begun.ceremony_id,
+            serde_json::from_str(&begun.request_options_json).unwrap(),
+        ))
+    }
+
+    pub fn sign(
+        &mut self,
+        operator: &str,
+        key_index: usize,
+        options: RequestChallengeResponse,
+    ) -> String {
+        let key = &mut self.keys.get_mut(operator).unwrap()[key_index];
+        serde_json::to_string(&key.assert(&Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap()
+    }
+
+    pub async fn cast(
+        &self,
+        channel: Channel,
+        target: pb::vote_target::Target,
+        decision: pb::Decision,
+        ceremony_id: &str,
+        credential_json: String,
+    ) -> Result<pb::CastVoteResponse, tonic::Status> {
+        AccessServiceClient::new(channel)
+            .cast_vote(pb::CastVoteRequest {
+                target: Some(pb::VoteTarget {
+                    target: Some(target),
+                }),
+                decision: decision.into(),
+                ceremony_id: ceremony_id.into(),
+                credential_json,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// The world of the acceptance tests: dba-oncall operators carol and dave (dave holds two
+/// keys), erin of web-oncall, the `db-root` scope, workloads `vault-db` (requests db-root) and
+/// `vault-plugin` (introspects), then admins alice, bob and frank, which closes genesis.
+pub struct World {
+    pub bg: Bg,
+    pub vault_db: ClientCert,
+    pub plugin: ClientCert,
+}
+
+pub async fn world(pending_timeout: i64, ssh: Option<pb::SshSpec>) -> World {
+    use pb::propose_change_request::Change as C;
+    let mut bg = Bg::start().await;
+    for (name, role) in [
+        ("carol", "dba-oncall"),
+        ("dave", "dba-oncall"),
+        ("dave", "dba-oncall"),
+        ("erin", "web-oncall"),
+    ] {
+        bg.enroll(name, role, "").await.unwrap();
+    }
+    let mut scope = db_root(pending_timeout);
+    scope.ssh = ssh;
+    let applied = bg.propose("bootstrap", C::PutScope(scope)).await.unwrap();
+    assert_eq!(
+        applied.state(),
+        pb::ChangeState::Applied,
+        "genesis applies at once"
+    );
+    let vault_db = ClientCert::generate(bg.dir.dir.path(), "vault-db");
+    let plugin = ClientCert::generate(bg.dir.dir.path(), "vault-plugin");
+    for (cert, name, scopes, introspect) in [
+        (&vault_db, "vault-db", vec!["db-root".to_owned()], false),
+        (&plugin, "vault-plugin", vec![], true),
+    ] {
+        bg.propose(
+            "bootstrap",
+            C::PutWorkload(pb::PutWorkload {
+                name: name.into(),
+                owner: "platform-team".into(),
+                certificate_pem: std::fs::read_to_string(&cert.cert).unwrap(),
+                scopes,
+                introspect,
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    for admin in ["alice", "bob"] {
+        bg.enroll(admin, "admin", "").await.unwrap();
+    }
+    // Genesis closed at two admins; a third joins by quorum.
+    let proposed = bg
+        .enroll(
+            "frank",
+            "admin",
+            "frank showed his badge to alice and bob in person",
+        )
+        .await
+        .unwrap();
+    assert!(!proposed.change_id.is_empty());
+    for admin in ["alice", "bob"] {
+        bg.vote(
+            Target::Change(proposed.change_id.clone()),
+            admin,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    World {
+        bg,
+        vault_db,
+        plugin,
+    }
+}
+
+fn draft(ttl: Option<i64>) -> pb::RequestDraft {
+    pb::RequestDraft {
+        scope: "db-root".into(),
+        reason: "primary database down, replication stuck (INC-4711)".into(),
+        ttl: ttl.map(secs),
+        ticket: "INC-4711".into(),
+        ssh_public_key: String::new(),
+    }
+}
+
+async fn workload_request(w: &World, ttl: Option<i64>) -> pb::RequestInfo {
+    AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(draft(ttl)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap()
+}
+
+async fn introspect(w: &World, token: &str) -> pb::IntrospectResponse {
+    AccessServiceClient::new(w.bg.tls(&w.plugin).await)
+        .introspect(pb::IntrospectRequest {
+            token: token.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_workload_gets_a_bearer_token_after_two_approvals_and_introspection_says_active() {
+    let mut w = world(600, None).await;
+    let created = workload_request(&w, Some(1800)).await;
+    assert_eq!(created.state(), pb::RequestState::Pending);
+    assert_eq!(created.requester, "workload/vault-db");
+    assert_eq!(created.scope_owner, "dba-team");
+    assert!(created.scope_runbook.contains("rotate the root password"));
+    assert_eq!(created.ttl.unwrap().seconds, 1800);
+
+    // The workload waits on a stream, without polling.
+    let channel = w.bg.tls(&w.vault_db).await;
+    let id = created.id.clone();
+    let waiter = tokio::spawn(async move {
+        let mut updates = Vec::new();
+        let result = access::wait(channel, &id, |r| updates.push((r.state(), r.approvals))).await;
+        (result, updates)
+    });
+
+    let first =
+        w.bg.vote(
+            Target::Request(created.id.clone()),
+            "carol",
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.state.as_str(), first.approvals), ("pending", 1));
+    let issued_at = w.bg.clock.now();
+    let second =
+        w.bg.vote(
+            Target::Request(created.id.clone()),
+            "dave",
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.state, "issued");
+    assert!(!second.grant_id.is_empty());
+
+    let (result, updates) = waiter.await.unwrap();
+    let (request, credential) = result.unwrap();
+    let credential = credential.expect("credential delivered");
+    assert_eq!(request.state(), pb::RequestState::Issued);
+    assert_eq!(updates.first(), Some(&(pb::RequestState::Pending, 0)));
+    assert_eq!(updates.last(), Some(&(pb::RequestState::Issued, 2)));
+    assert!(
+        credential.bearer_token.starts_with("lkbg_"),
+        "{}",
+        credential.bearer_token
+    );
+    assert_eq!(credential.grant_id, second.grant_id);
+
+    let answer = introspect(&w, &credential.bearer_token).await;
+    assert!(answer.active);
+    assert_eq!(answer.scope, "db-root");
+    assert_eq!(answer.grant_id, second.grant_id);
+    let expected_expiry = issued_at.plus(Duration::from_secs(1800));
+    assert_eq!(
+        answer.expires_at.unwrap(),
+        prost_types::Timestamp::from(expected_expiry.to_system_time())
+    );
+
+    // Only its hash is stored: the token's bytes are nowhere in the store.
+    let token = credential.bearer_token.as_bytes();
+    for (_, entries) in w.bg.snapshot() {
+        for (k, v) in entries {
+            assert!(!k.windows(token.len()).any(|x| x == token));
+            assert!(!v.windows(token.len()).any(|x| x == token));
+        }
+    }
+    // Shown once: a second watch cannot collect it again.
+    let again = access::wait(w.bg.tls(&w.vault_db).await, &created.id, |_| {}).await;
+    match again {
+        Err(latchkey::client::ClientError::Refused(s)) => {
+            assert_eq!(code(&s), "grant.credential_gone");
+        }
+        other => panic!("{other:?}"),
+    }
+    // An unknown token is inactive, and only introspecting workloads may ask.
+    assert!(!introspect(&w, "lkbg_not-a-token").await.active);
+    let err = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .introspect(pb::IntrospectRequest {
+            token: credential.bearer_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "introspect.not_allowed");
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn every_rule_of_approval_refuses_with_a_stable_code_and_changes_nothing() {
+    use pb::vote_target::Target as T;
+    let mut w = world(60, None).await;
+    let request = workload_request(&w, None).await;
+    let rid = || T::RequestId(request.id.clone());
+
+    // An operator's own request: dave asks (with his key), then tries to approve it.
+    let mut dave = w.bg.keys.get_mut("dave").unwrap().remove(0);
+    let own = access::request(
+        w.bg.local().await,
+        draft(None),
+        Some(("dave", &mut dave, Some(ORIGIN))),
+    )
+    .await
+    .unwrap();
+    w.bg.keys.get_mut("dave").unwrap().insert(0, dave);
+    assert_eq!(own.requester, "operator/dave");
+
+    let before = w.bg.snapshot();
+
+    // 1. The requester approving its own request.
+    refused(
+        w.bg.begin_vote(T::RequestId(own.id.clone()), "dave", pb::Decision::Approve)
+            .await,
+        "approval.requester",
+    );
+    // 2. A workload approving (over its own mTLS identity).
+    let as_workload = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .begin_vote(pb::BeginVoteRequest {
+            target: Some(pb::VoteTarget {
+                target: Some(rid()),
+            }),
+            operator: "carol".into(),
+            decision: pb::Decision::Approve.into(),
+        })
+        .await;
+    refused(as_workload, "approval.workload");
+    let (ceremony, options) =
+        w.bg.begin_vote(rid(), "carol", pb::Decision::Approve)
+            .await
+            .unwrap();
+    let signed = w.bg.sign("carol", 0, options);
+    refused(
+        w.bg.cast(
+            w.bg.tls(&w.vault_db).await,
+            rid(),
+            pb::Decision::Approve,
+            &ceremony,
+            signed.clone(),
+        )
+        .await,
+        "approval.workload",
+    );
+    // 3. An operator outside the approver role.
+    refused(
+        w.bg.begin_vote(rid(), "erin", pb::Decision::Approve).await,
+        "approval.not_approver",
+    );
+    // 4. An approval whose assertion was made for another request: carol's signature for
+    //    `request` submitted as a vote on dave's request.
+    refused(
+        w.bg.cast(
+            w.bg.local().await,
+            T::RequestId(own.id.clone()),
+            pb::Decision::Approve,
+            &ceremony,
+            signed.clone(),
+        )
+        .await,
+        "assertion.wrong_digest",
+    );
+    // ... and a signature to approve used to deny.
+    refused(
+        w.bg.cast(
+            w.bg.local().await,
+            rid(),
+            pb::Decision::Deny,
+            &ceremony,
+            signed.clone(),
+        )
+        .await,
+        "assertion.wrong_digest",
+    );
+    // 5. A TTL above the scope's maximum (3600 s).
+    let too_long = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(draft(Some(3601))),
+            ..Default::default()
+        })
+        .await;
+    refused(too_long, "request.ttl_too_long");
+    assert_eq!(w.bg.snapshot(), before, "no refusal changed the store");
+
+    // Dave counts once, whatever keys he uses: he approves with his first key, then his
+    // second key (a ceremony opened before the first vote) is refused.
+    let (early, early_options) =
+        w.bg.begin_vote(rid(), "dave", pb::Decision::Approve)
+            .await
+            .unwrap();
+    let first =
+        w.bg.vote(
+            Target::Request(request.id.clone()),
+            "dave",
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.approvals, 1);
+    let after_first = w.bg.snapshot();
+    refused(
+        w.bg.begin_vote(rid(), "dave", pb::Decision::Approve).await,
+        "approval.already_counted",
+    );
+    let with_second_key = w.bg.sign("dave", 1, early_options);
+    refused(
+        w.bg.cast(
+            w.bg.local().await,
+            rid(),
+            pb::Decision::Approve,
+            &early,
+            with_second_key,
+        )
+        .await,
+        "approval.already_counted",
+    );
+    assert_eq!(w.bg.snapshot(), after_first);
+
+    // 6. An approval after the request expired (60 s pending; the challenge lives 120 s).
+    w.bg.clock.advance(Duration::from_secs(61));
+    refused(
+        w.bg.cast(
+            w.bg.local().await,
+            rid(),
+            pb::Decision::Approve,
+            &ceremony,
+            signed,
+        )
+        .await,
+        "request.expired",
+    );
+    assert_eq!(w.bg.snapshot(), after_first);
+    let shown = AccessServiceClient::new(w.bg.local().await)
+        .show_request(pb::ShowRequestRequest {
+            id: request.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_eq!(shown.state(), pb::RequestState::Expired);
+    assert_eq!(shown.approvals, 1);
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn a_denial_ends_a_request_and_the_requester_may_cancel_its_own() {
+    let mut w = world(600, None).await;
+    let denied = workload_request(&w, None).await;
+    let result =
+        w.bg.vote(
+            Target::Request(denied.id.clone()),
+            "carol",
+            Decision::Deny,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.state, "denied");
+    let err =
+        w.bg.vote(
+            Target::Request(denied.id.clone()),
+            "dave",
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "request.closed");
+
+    let pending = workload_request(&w, None).await;
+    let err = AccessServiceClient::new(w.bg.local().await)
+        .cancel_request(pb::CancelRequestRequest {
+            id: pending.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "request.not_requester");
+    let cancelled = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .cancel_request(pb::CancelRequestRequest {
+            id: pending.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_eq!(cancelled.state(), pb::RequestState::Cancelled);
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn one_admin_alone_cannot_add_a_key_and_the_subject_of_a_change_cannot_approve_it() {
+    let mut w = world(600, None).await;
+    let bg = &mut w.bg;
+
+    // A new key after genesis needs a proofing note.
+    let err = bg.enroll("alice", "admin", "").await.unwrap_err();
+    assert_eq!(code(&err), "change.proofing_note_required");
+    bg.keys.get_mut("alice").unwrap().pop();
+
+    // Alice proposes a second key for herself: she cannot approve it.
+    let own = bg
+        .enroll(
+            "alice",
+            "admin",
+            "alice lost her key; bob called her back on her desk phone and checked her badge",
+        )
+        .await
+        .unwrap();
+    let before = bg.snapshot();
+    let err = bg
+        .vote(
+            Target::Change(own.change_id.clone()),
+            "alice",
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "approval.subject_of_change");
+    assert_eq!(bg.snapshot(), before);
+
+    // Alice routes a key for a new operator, gina, and approves it: one admin is not enough.
+    let gina = bg
+        .enroll(
+            "gina",
+            "dba-oncall",
+            "gina joined the DBA rota; alice checked her ID on a video call with HR present",
+        )
+        .await
+        .unwrap();
+    let one = bg
+        .vote(
+            Target::Change(gina.change_id.clone()),
+            "alice",
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (one.state.as_str(), one.approvals, one.quorum),
+        ("pending", 1, 2)
+    );
+    let shown = latchkey::client::show_operator(bg.local().await, "gina").await;
+    assert!(shown.is_err(), "gina has no key before quorum");
+
+    // With quorum it applies: bob approves gina; bob and frank approve alice's new key.
+    let applied = bg
+        .vote(
+            Target::Change(gina.change_id.clone()),
+            "bob",
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.state, "applied");
+    let gina_now = latchkey::client::show_operator(bg.local().await, "gina")
+        .await
+        .unwrap();
+    assert_eq!(gina_now.authenticators.len(), 1);
+    assert_eq!(gina_now.roles, vec!["dba-oncall".to_owned()]);
+    for admin in ["bob", "frank"] {
+        bg.vote(
+            Target::Change(own.change_id.clone()),
+            admin,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let alice = latchkey::client::show_operator(bg.local().await, "alice")
+        .await
+        .unwrap();
+    assert_eq!(alice.authenticators.len(), 2);
+
+    // The proofing note and every approval are in the audit log, and the log verifies
+    // offline, including the evidence of votes by keys added through changes.
+    let file = bg.dir.dir.path().join("audit.jsonl");
+    let mut out = std::fs::File::create(&file).unwrap();
+    latchkey::client::export_audit(bg.local().await, &mut out)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("bob called her back on her desk phone"));
+    let keys = latchkey::keys::DaemonKeys::load(&bg.dir.data).unwrap();
+    let audit_key = latchkey::audit::signing_key(&keys.audit)
+        .unwrap()
+        .verifying_key();
+    let report = latchkey::audit::verify::verify(
+        std::io::BufReader::new(std::fs::File::open(&file).unwrap()),
+        &audit_key,
+    )
+    .unwrap();
+    assert_eq!(report.evidence_verified, 6, "six votes, each re-verified");
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_turns_inactive_at_the_instant_of_its_expiry() {
+    let mut w = world(600, None).await;
+    let created = workload_request(&w, Some(600)).await;
+    let channel = w.bg.tls(&w.vault_db).await;
+    let id = created.id.clone();
+    let waiter = tokio::spawn(async move { access::wait(channel, &id, |_| {}).await });
+    for op in ["carol", "dave"] {
+        w.bg.vote(
+            Target::Request(created.id.clone()),
+            op,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let issued = w.bg.clock.now();
+    let (_, credential) = waiter.await.unwrap().unwrap();
+    let token = credential.unwrap().bearer_token;
+    w.bg.clock.set(issued.plus(Duration::from_millis(599_999)));
+    assert!(introspect(&w, &token).await.active);
+    w.bg.clock.set(issued.plus(Duration::from_secs(600)));
+    assert!(!introspect(&w, &token).await.active);
+    w.bg.stop().await;
+}
