@@ -28,9 +28,6 @@ pub enum OperatorError {
     /// No such operator.
     #[error("no operator {0}")]
     UnknownOperator(String),
-    /// Enrollment without approval is only possible in the genesis window, over the local socket.
-    #[error("the genesis window is closed: enrolling now needs a quorum-approved change")]
-    GenesisClosed,
     /// Only local callers may enroll during genesis.
     #[error("genesis enrollment is only accepted over the local socket")]
     LocalOnly,
@@ -80,7 +77,6 @@ impl Coded for OperatorError {
         match self {
             OperatorError::InvalidName { .. } => "operator.invalid_name",
             OperatorError::UnknownOperator(_) => "operator.unknown",
-            OperatorError::GenesisClosed => "operator.genesis_closed",
             OperatorError::LocalOnly => "operator.local_only",
             OperatorError::ChallengeUnknown(_) => "assertion.challenge_unknown",
             OperatorError::ChallengeReused(_) => "assertion.challenge_reused",
@@ -105,8 +101,7 @@ impl Coded for OperatorError {
             OperatorError::UnknownOperator(_) | OperatorError::ChallengeUnknown(_) => {
                 ErrorKind::NotFound
             }
-            OperatorError::GenesisClosed
-            | OperatorError::ChallengeExpired(_)
+            OperatorError::ChallengeExpired(_)
             | OperatorError::ChallengeReused(_)
             | OperatorError::NoActiveAuthenticator(_) => ErrorKind::FailedPrecondition,
             OperatorError::LocalOnly
@@ -265,7 +260,7 @@ pub struct PreparedAssertion {
 #[derive(Debug)]
 pub enum Enrollment {
     /// Genesis: the key is enrolled.
-    Enrolled(Authenticator),
+    Enrolled(Box<Authenticator>),
     /// After genesis: the key awaits a quorum-approved change. `txn` marks the ceremony used.
     Proposed {
         /// The verified key.
@@ -544,7 +539,7 @@ impl Operators<'_> {
             });
         }
         self.audit.commit_events(txn, events)?;
-        Ok(Enrollment::Enrolled(authenticator))
+        Ok(Enrollment::Enrolled(Box::new(authenticator)))
     }
 
     /// Starts an assertion by `operator` over `digest`. Returns the ceremony id and the WebAuthn

@@ -64,6 +64,7 @@ impl Coded for PolicyError {
 
 /// How many operators of which role must approve, and with what kind of key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApprovalPolicy {
     /// Distinct operators who must approve.
     pub quorum: u32,

@@ -63,6 +63,7 @@ pub fn check_name(what: &'static str, value: &str) -> Result<(), ScopeError> {
 
 /// The SSH certificates a scope mints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SshSpec {
     /// Principals written into every certificate.
     pub principals: Vec<String>,
@@ -73,6 +74,7 @@ pub struct SshSpec {
 
 /// Who may ask for a scope.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Requesters {
     /// Operators holding any of these roles.
     #[serde(default)]
@@ -84,6 +86,7 @@ pub struct Requesters {
 
 /// A scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Scope {
     /// Unique name.
     pub name: String,

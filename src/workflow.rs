@@ -1077,7 +1077,7 @@ impl Authority {
             .map(|c| self.change_view(c))
             .filter(|v| state.is_none_or(|s| v.state.name() == s))
             .collect();
-        all.sort_by(|a, b| b.change.created_at.cmp(&a.change.created_at));
+        all.sort_by_key(|c| std::cmp::Reverse(c.change.created_at));
         all.truncate(MAX_LIST);
         Ok(all)
     }
@@ -1254,7 +1254,7 @@ impl Authority {
         {
             Enrollment::Enrolled(authenticator) => {
                 let (meta, _) = trust::read_meta(self.store.as_ref())?;
-                Ok((authenticator, meta.genesis, None))
+                Ok((*authenticator, meta.genesis, None))
             }
             Enrollment::Proposed {
                 authenticator,

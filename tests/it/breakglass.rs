@@ -154,7 +154,7 @@ impl Bg {
     }
 
     /// Everything in the store but pending challenges, which are not state.
-    pub fn snapshot(&self) -> Vec<(Keyspace, Vec<(Vec<u8>, Vec<u8>)>)> {
+    pub fn snapshot(&self) -> Vec<(Keyspace, Vec<latchkey::store::Entry>)> {
         let store = self.running().authority().store();
         Keyspace::ALL
             .iter()
@@ -819,5 +819,266 @@ async fn a_token_turns_inactive_at_the_instant_of_its_expiry() {
     assert!(introspect(&w, &token).await.active);
     w.bg.clock.set(issued.plus(Duration::from_secs(600)));
     assert!(!introspect(&w, &token).await.active);
+    w.bg.stop().await;
+}
+
+/// The first ```toml block of docs/scopes.md: the documented example is the tested one.
+fn documented_scope() -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scopes.md")).unwrap();
+    let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    doc[start..end].to_owned()
+}
+
+fn user_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
+    let private = dir.join("id_ed25519");
+    std::fs::write(&private, key.to_openssh(ssh_key::LineEnding::LF).unwrap()).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let public = dir.join("id_ed25519.pub");
+    std::fs::write(&public, key.public_key().to_openssh().unwrap()).unwrap();
+    public
+}
+
+#[test]
+fn the_cli_walks_a_request_from_scope_to_introspection() {
+    let dir = DaemonDir::init();
+    dir.write_raw_config(&format!(
+        "version = 1\ndata_dir = \"{}\"\ndev_mode = true\n[log]\nformat = \"json\"\n[unix]\npath = \"{}\"\n[tls]\nlisten = \"127.0.0.1:0\"\n",
+        dir.data.display(),
+        dir.socket.display()
+    ));
+    let daemon = dir.start();
+    let home = dir.dir.path();
+    let run = |args: &[&str]| {
+        crate::support::latchkey_cli()
+            .arg("--socket")
+            .arg(daemon.socket_path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "latchkey {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let token = |name: &str| home.join(format!("{name}.token")).display().to_string();
+    for (name, role) in [
+        ("carol", "dba-oncall"),
+        ("dave", "dba-oncall"),
+        ("erin", "dba-oncall"),
+    ] {
+        ok(&[
+            "key",
+            "enroll",
+            "--operator",
+            name,
+            "--role",
+            role,
+            "--soft-token",
+            &token(name),
+        ]);
+    }
+    let scope_file = home.join("db-root.toml");
+    std::fs::write(&scope_file, documented_scope()).unwrap();
+    ok(&[
+        "scope",
+        "put",
+        "--file",
+        scope_file.to_str().unwrap(),
+        "--note",
+        "bootstrap",
+    ]);
+    let plugin = ClientCert::generate(home, "vault-plugin");
+    ok(&[
+        "workload",
+        "put",
+        "--name",
+        "vault-plugin",
+        "--owner",
+        "platform-team",
+        "--cert",
+        plugin.cert.to_str().unwrap(),
+        "--introspect",
+    ]);
+    for name in ["alice", "bob"] {
+        ok(&[
+            "key",
+            "enroll",
+            "--operator",
+            name,
+            "--role",
+            "admin",
+            "--soft-token",
+            &token(name),
+        ]);
+    }
+    let listed = ok(&["scope", "list"]);
+    assert!(
+        listed.contains("db-root") && listed.contains("2 of dba-oncall"),
+        "{listed}"
+    );
+    assert!(!listed.contains("WARN"), "{listed}");
+
+    let public = user_key(home);
+    let id = ok(&[
+        "request",
+        "--scope",
+        "db-root",
+        "--operator",
+        "carol",
+        "--soft-token",
+        &token("carol"),
+        "--ttl",
+        "30m",
+        "--ticket",
+        "INC-4711",
+        "--reason",
+        "primary down, replication stuck; failing over by hand",
+        "--ssh-public-key",
+        public.to_str().unwrap(),
+        "--no-wait",
+    ]);
+    let id = id.trim();
+    assert!(ok(&["requests", "list", "--state", "pending"]).contains(id));
+    let shown = ok(&["requests", "show", id]);
+    for expected in [
+        "operator/carol",
+        "owner: dba-team",
+        "rotate the root password",
+        "30m",
+    ] {
+        assert!(shown.contains(expected), "{expected} in {shown}");
+    }
+    let refused = run(&[
+        "approve",
+        id,
+        "--operator",
+        "carol",
+        "--soft-token",
+        &token("carol"),
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("approval.requester"));
+    let first = ok(&[
+        "approve",
+        id,
+        "--operator",
+        "dave",
+        "--soft-token",
+        &token("dave"),
+    ]);
+    assert!(first.contains("1 of 2"), "{first}");
+    let second = ok(&[
+        "approve",
+        id,
+        "--operator",
+        "erin",
+        "--soft-token",
+        &token("erin"),
+    ]);
+    assert!(second.contains("issued"), "{second}");
+
+    let delivered: serde_json::Value = serde_json::from_str(&ok(&[
+        "--json",
+        "wait",
+        id,
+        "--ssh-public-key",
+        public.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let bearer = delivered["bearer_token"].as_str().unwrap().to_owned();
+    assert!(bearer.starts_with("lkbg_"));
+    let cert_file = home.join("id_ed25519-cert.pub");
+    let cert = ssh_key::Certificate::read_file(&cert_file).unwrap();
+    assert_eq!(cert.valid_principals(), ["postgres".to_owned()].as_slice());
+    assert_eq!(cert.key_id(), delivered["grant_id"].as_str().unwrap());
+
+    let tls = |args: &[&str]| {
+        crate::support::latchkey_cli()
+            .arg("--tls")
+            .arg(daemon.tls_addr().to_string())
+            .arg("--server-cert")
+            .arg(dir.data.join("tls-cert.pem"))
+            .arg("--client-cert")
+            .arg(&plugin.cert)
+            .arg("--client-key")
+            .arg(&plugin.key)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let active = tls(&["introspect", &bearer]);
+    assert!(active.status.success());
+    assert!(String::from_utf8_lossy(&active.stdout).contains("active  scope db-root"));
+    let unknown = tls(&["introspect", "lkbg_forged"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stdout).contains("inactive"));
+}
+
+#[tokio::test]
+async fn an_approval_by_a_key_removed_since_counts_for_nothing() {
+    use pb::propose_change_request::Change as C;
+    let mut w = world(600, None).await;
+    let request = workload_request(&w, None).await;
+    let rid = Target::Request(request.id.clone());
+    w.bg.vote(rid.clone(), "carol", Decision::Approve, 0)
+        .await
+        .unwrap();
+    let carol = latchkey::client::show_operator(w.bg.local().await, "carol")
+        .await
+        .unwrap();
+    let removal =
+        w.bg.propose(
+            "carol's key was left in a taxi",
+            C::RemoveAuthenticator(pb::RemoveAuthenticator {
+                operator: "carol".into(),
+                credential_id: carol.authenticators[0].credential_id.clone(),
+            }),
+        )
+        .await
+        .unwrap();
+    for admin in ["alice", "bob"] {
+        w.bg.vote(
+            Target::Change(removal.id.clone()),
+            admin,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let shown = AccessServiceClient::new(w.bg.local().await)
+        .show_request(pb::ShowRequestRequest {
+            id: request.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_eq!((shown.votes.len(), shown.approvals), (1, 0));
+    let after =
+        w.bg.vote(rid.clone(), "dave", Decision::Approve, 0)
+            .await
+            .unwrap();
+    assert_eq!((after.state.as_str(), after.approvals), ("pending", 1));
+    let err =
+        w.bg.vote(rid, "carol", Decision::Approve, 0)
+            .await
+            .unwrap_err();
+    assert_eq!(code(&err), "approval.already_counted");
     w.bg.stop().await;
 }
