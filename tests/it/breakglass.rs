@@ -121,7 +121,8 @@ impl Bg {
             dir.socket.display()
         );
         let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
-        let clock = ManualClock::new(Timestamp::from_unix_millis(1_795_000_000_000));
+        // Start at the real time: a real sshd checks minted certificates against it.
+        let clock = ManualClock::new(latchkey::clock::SystemClock.now());
         let running = daemon::start(&config, Arc::new(clock.clone()))
             .await
             .unwrap();
@@ -831,22 +832,6 @@ fn documented_scope() -> String {
     doc[start..end].to_owned()
 }
 
-fn user_key(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).unwrap();
-    let key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
-    let private = dir.join("id_ed25519");
-    std::fs::write(&private, key.to_openssh(ssh_key::LineEnding::LF).unwrap()).unwrap();
-    std::fs::set_permissions(
-        &private,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let public = dir.join("id_ed25519.pub");
-    std::fs::write(&public, key.public_key().to_openssh().unwrap()).unwrap();
-    public
-}
-
 #[test]
 fn the_cli_walks_a_request_from_scope_to_introspection() {
     let dir = DaemonDir::init();
@@ -932,7 +917,7 @@ fn the_cli_walks_a_request_from_scope_to_introspection() {
     );
     assert!(!listed.contains("WARN"), "{listed}");
 
-    let public = user_key(home);
+    let (_, public) = crate::sshd::user_key(home, "id_ed25519");
     let id = ok(&[
         "request",
         "--scope",
@@ -1080,5 +1065,70 @@ async fn an_approval_by_a_key_removed_since_counts_for_nothing() {
             .await
             .unwrap_err();
     assert_eq!(code(&err), "approval.already_counted");
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn a_real_sshd_accepts_the_minted_certificate_for_its_principal_and_no_other() {
+    use crate::sshd::{LoginOutcome, Sshd, user_key};
+    let ssh = pb::SshSpec {
+        principals: vec!["root".into()],
+        permit_port_forwarding: false,
+    };
+    let mut w = world(600, Some(ssh)).await;
+    let home = w.bg.dir.dir.path().to_owned();
+    let (private, public) = user_key(&home, "responder");
+    let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(pb::RequestDraft {
+                ssh_public_key: std::fs::read_to_string(&public).unwrap(),
+                ..draft(Some(600))
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let channel = w.bg.tls(&w.vault_db).await;
+    let id = created.id.clone();
+    let waiter = tokio::spawn(async move { access::wait(channel, &id, |_| {}).await });
+    for op in ["carol", "dave"] {
+        w.bg.vote(
+            Target::Request(created.id.clone()),
+            op,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let (_, credential) = waiter.await.unwrap().unwrap();
+    let credential = credential.unwrap();
+    let cert_file = home.join("responder-cert.pub");
+    std::fs::write(&cert_file, &credential.ssh_certificate).unwrap();
+    let cert = ssh_key::Certificate::from_openssh(&credential.ssh_certificate).unwrap();
+    assert_ne!(cert.serial(), 0);
+    assert_eq!(cert.key_id(), credential.grant_id);
+    assert!(!cert.extensions().contains_key("permit-port-forwarding"));
+
+    // The harness's manual clock started at the real time, which sshd checks against.
+    let keys = latchkey::keys::DaemonKeys::load(&w.bg.dir.data).unwrap();
+    let ca = keys.ssh_ca.public_key().to_openssh().unwrap();
+    let sshd = Sshd::start(&ca, None);
+    assert_eq!(
+        sshd.login("root", &private, &cert_file),
+        LoginOutcome::Accepted
+    );
+    match sshd.login("nobody", &private, &cert_file) {
+        LoginOutcome::Refused(stderr) => assert!(stderr.contains("Permission denied"), "{stderr}"),
+        LoginOutcome::Accepted => panic!("logged in as a principal the certificate does not name"),
+    }
+    let log = sshd.log();
+    assert!(
+        log.contains("not a listed principal"),
+        "sshd refused for the principal: {log}"
+    );
     w.bg.stop().await;
 }

@@ -9,4 +9,5 @@ mod breakglass;
 mod fido2;
 mod lifecycle;
 mod serving;
+mod sshd;
 mod support;
