@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use latchkey::client::access::{self, Target};
 use latchkey::client::keys::{Authenticator, KeyError};
-use latchkey::clock::{Clock as _, ManualClock, Timestamp};
+use latchkey::clock::{Clock as _, ManualClock};
 use latchkey::config::Config;
 use latchkey::daemon::{self, Running};
 use latchkey::pb;
