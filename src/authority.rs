@@ -2,7 +2,7 @@
 //! the clock and the daemon's keys, and knows nothing of gRPC or of which backend stores data.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
@@ -79,6 +79,19 @@ pub struct StatusReport {
     pub now: Timestamp,
 }
 
+/// How the authority behaves, from the config.
+#[derive(Clone, Debug)]
+pub struct Settings<'a> {
+    /// Trust software authenticators.
+    pub dev_mode: bool,
+    /// When to write audit checkpoints.
+    pub checkpoints: CheckpointPolicy,
+    /// FIDO2 relying party and policy.
+    pub fido2: &'a Fido2Config,
+    /// Where the SSH KRL is written.
+    pub krl_path: PathBuf,
+}
+
 /// The authority over one trust store.
 #[derive(Debug)]
 pub struct Authority {
@@ -94,6 +107,10 @@ pub struct Authority {
     pub(crate) index: TokenIndex,
     /// Credentials minted and not yet collected by their requesters, by request id.
     pub(crate) deliveries: Mutex<HashMap<String, Delivery>>,
+    /// Where the SSH KRL is written.
+    pub(crate) krl_path: PathBuf,
+    /// Wakes the revocation scheduler.
+    pub(crate) revocation_wake: tokio::sync::Notify,
 }
 
 impl Authority {
@@ -103,10 +120,14 @@ impl Authority {
         location: &Path,
         clock: Arc<dyn Clock>,
         keys: Arc<DaemonKeys>,
-        dev_mode: bool,
-        checkpoints: CheckpointPolicy,
-        fido2_policy: &Fido2Config,
+        settings: Settings<'_>,
     ) -> Result<Self, AuthorityError> {
+        let Settings {
+            dev_mode,
+            checkpoints,
+            fido2: fido2_policy,
+            krl_path,
+        } = settings;
         let mut extra_cas = Vec::new();
         for path in &fido2_policy.attestation_cas {
             extra_cas.push(std::fs::read(path).map_err(|e| {
@@ -127,6 +148,8 @@ impl Authority {
         let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
         let index = TokenIndex::load(store.as_ref())?;
         Ok(Self {
+            krl_path,
+            revocation_wake: tokio::sync::Notify::new(),
             index,
             deliveries: Mutex::new(HashMap::new()),
             store,

@@ -77,6 +77,14 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     fido2: RawFido2,
+    #[serde(default)]
+    revocation: RawRevocation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    krl_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +170,15 @@ pub struct Config {
     pub audit: AuditConfig,
     /// FIDO2 relying party and policy.
     pub fido2: Fido2Config,
+    /// Revocation sinks.
+    pub revocation: RevocationConfig,
+}
+
+/// Revocation sinks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationConfig {
+    /// Where the OpenSSH KRL is written (point sshd's `RevokedKeys` here).
+    pub krl_path: PathBuf,
 }
 
 /// FIDO2 relying party and policy.
@@ -329,7 +346,18 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let krl_path = raw
+            .revocation
+            .krl_path
+            .unwrap_or_else(|| raw.data_dir.join(crate::constants::DEFAULT_KRL_FILE));
+        if !krl_path.is_absolute() {
+            return Err(invalid(format!(
+                "revocation.krl_path must be absolute, not {}",
+                krl_path.display()
+            )));
+        }
         Ok(Self {
+            revocation: RevocationConfig { krl_path },
             fido2,
             audit: AuditConfig {
                 checkpoint_every_records: records,
@@ -394,7 +422,12 @@ challenge_ttl_seconds = {ttl}
 attestation_cas = []
 # If not empty, only these authenticator models (AAGUIDs) may enroll.
 allowed_aaguids = []
+
+[revocation]
+# The OpenSSH KRL of revoked break-glass certificates; point sshd's RevokedKeys here.
+krl_path = "{krl}"
 "#,
+            krl = data_dir.join(crate::constants::DEFAULT_KRL_FILE).display(),
             rp_id = DEFAULT_RP_ID,
             origin = DEFAULT_ORIGIN,
             ttl = DEFAULT_CHALLENGE_TTL.as_secs(),

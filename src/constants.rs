@@ -94,3 +94,17 @@ pub const BEARER_TOKEN_PREFIX: &str = "lkbg_";
 pub const TRUST_STORE_SCOPE: &str = "trust-store";
 /// Most requests or changes one list call returns.
 pub const MAX_LIST: usize = 1000;
+/// A revocation hook is killed after this long unless the scope says otherwise.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sinks not confirmed this long after a revocation started make it "unconfirmed".
+pub const DEFAULT_REVOCATION_DEADLINE: Duration = Duration::from_secs(300);
+/// First retry of a failed sink...
+pub const SINK_RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// ...doubling up to this.
+pub const SINK_RETRY_MAX: Duration = Duration::from_secs(300);
+/// Grants revoked per transaction when many expire at once (one fsync per batch).
+pub const REVOCATION_BATCH: usize = 512;
+/// The revocation scheduler looks at the clock at least this often.
+pub const SCHEDULER_MAX_SLEEP: Duration = Duration::from_millis(500);
+/// Default KRL file name in the data directory.
+pub const DEFAULT_KRL_FILE: &str = "revoked-keys.krl";

@@ -27,11 +27,97 @@ pub struct SshGrant {
 }
 
 /// Where a grant is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GrantState {
     /// Usable until its expiry.
     Active,
+    /// Revocation started; some sinks have not confirmed yet.
+    Revoking,
+    /// Every sink confirmed.
+    Revoked,
+    /// Past the scope's deadline with sinks still unconfirmed: retried, alarmed.
+    RevocationUnconfirmed,
+}
+
+impl GrantState {
+    /// `active`, `revoking`, `revoked`, `revocation_unconfirmed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GrantState::Active => "active",
+            GrantState::Revoking => "revoking",
+            GrantState::Revoked => "revoked",
+            GrantState::RevocationUnconfirmed => "revocation_unconfirmed",
+        }
+    }
+}
+
+/// Where a revocation must be confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "sink", rename_all = "snake_case")]
+pub enum Sink {
+    /// The introspection index (confirmed in the revoking transaction).
+    Internal,
+    /// The SSH KRL file, re-read after writing.
+    Krl,
+    /// A consumer workload's acknowledgement on its own mTLS identity.
+    Consumer {
+        /// Workload.
+        workload: String,
+    },
+    /// The scope's revocation hook, by its exit status.
+    Hook,
+}
+
+impl Sink {
+    /// `internal`, `krl`, `consumer/NAME`, `hook`.
+    pub fn label(&self) -> String {
+        match self {
+            Sink::Internal => "internal".to_owned(),
+            Sink::Krl => "krl".to_owned(),
+            Sink::Consumer { workload } => format!("consumer/{workload}"),
+            Sink::Hook => "hook".to_owned(),
+        }
+    }
+}
+
+/// One sink's progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// Which sink.
+    pub sink: Sink,
+    /// When confirmed (None: not yet).
+    pub confirmed_at: Option<Timestamp>,
+    /// How it was confirmed (e.g. "serial in KRL", "exit 0", "certificate expired").
+    pub detail: String,
+    /// Attempts so far (hooks, KRL writes).
+    pub attempts: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// When to try again.
+    pub next_attempt_at: Timestamp,
+}
+
+/// A revocation in progress or done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Why: `expired`, `revoked by operator/NAME: …`, `relinquished by …`.
+    pub reason: String,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// After this, unconfirmed sinks make it `revocation_unconfirmed`.
+    pub deadline: Timestamp,
+    /// When every sink had confirmed.
+    pub completed_at: Option<Timestamp>,
+    /// Every sink.
+    pub sinks: Vec<SinkStatus>,
+}
+
+impl Revocation {
+    /// Whether every sink confirmed.
+    pub fn complete(&self) -> bool {
+        self.sinks.iter().all(|s| s.confirmed_at.is_some())
+    }
 }
 
 /// An issued credential.
@@ -55,6 +141,9 @@ pub struct Grant {
     pub ssh: Option<SshGrant>,
     /// Stored state (see [`Grant::active_at`]).
     pub state: GrantState,
+    /// The revocation, once started.
+    #[serde(default)]
+    pub revocation: Option<Revocation>,
 }
 
 impl Record for Grant {
@@ -66,6 +155,26 @@ impl Grant {
     pub fn active_at(&self, now: Timestamp) -> bool {
         self.state == GrantState::Active && now < self.expires_at
     }
+}
+
+/// Key of a grant in [`Keyspace::GrantExpiry`]: expiry (ms, big-endian, order-preserving)
+/// then the id, so a scan from the start yields the grants that expire first.
+pub fn expiry_key(expires_at: Timestamp, id: &str) -> Vec<u8> {
+    // Flip the sign bit so negative times sort before positive ones.
+    let ordered = (expires_at.unix_millis() as u64) ^ (1 << 63);
+    let mut key = ordered.to_be_bytes().to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The expiry and id in an expiry key.
+pub fn parse_expiry_key(key: &[u8]) -> Option<(Timestamp, String)> {
+    let (head, id) = key.split_at_checked(8)?;
+    let ordered = u64::from_be_bytes(head.try_into().ok()?) ^ (1 << 63);
+    Some((
+        Timestamp::from_unix_millis(ordered as i64),
+        String::from_utf8(id.to_vec()).ok()?,
+    ))
 }
 
 /// SHA-256 of a bearer token.
@@ -201,6 +310,7 @@ mod tests {
                 bearer_sha256: Some(hex::encode(token_hash(&token))),
                 ssh: None,
                 state: GrantState::Active,
+                revocation: None,
             },
             token,
         )

@@ -110,6 +110,46 @@ pub struct Scope {
     pub policy: ApprovalPolicy,
     /// Who may ask.
     pub requesters: Requesters,
+    /// How revocations are confirmed beyond the built-in sinks.
+    #[serde(default)]
+    pub revocation: RevocationSpec,
+}
+
+/// A scope's revocation sinks and deadline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationSpec {
+    /// Workloads that must acknowledge each revocation (on their own mTLS identity).
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// A command run for each revocation, with the grant in its environment; exit 0 confirms.
+    #[serde(default)]
+    pub hook: Vec<String>,
+    /// The hook is killed after this long (and retried).
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_secs: u64,
+    /// Past this long without every sink confirmed, the grant is `revocation_unconfirmed`.
+    #[serde(default = "default_confirm_within")]
+    pub confirm_within_secs: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    crate::constants::DEFAULT_HOOK_TIMEOUT.as_secs()
+}
+
+fn default_confirm_within() -> u64 {
+    crate::constants::DEFAULT_REVOCATION_DEADLINE.as_secs()
+}
+
+impl Default for RevocationSpec {
+    fn default() -> Self {
+        Self {
+            consumers: Vec::new(),
+            hook: Vec::new(),
+            hook_timeout_secs: default_hook_timeout(),
+            confirm_within_secs: default_confirm_within(),
+        }
+    }
 }
 
 impl Record for Scope {
@@ -170,6 +210,28 @@ impl Scope {
         for workload in &self.requesters.workloads {
             check_name("requester workload", workload)?;
         }
+        for consumer in &self.revocation.consumers {
+            check_name("consumer workload", consumer)?;
+        }
+        if let Some(program) = self.revocation.hook.first()
+            && !program.starts_with('/')
+        {
+            return Err(ScopeError::Invalid(format!(
+                "the revocation hook must be an absolute path, not {program:?}"
+            )));
+        }
+        if self.revocation.hook_timeout_secs == 0 || self.revocation.hook_timeout_secs > 3600 {
+            return Err(ScopeError::Invalid(
+                "hook timeout must be between 1 s and 3600 s".into(),
+            ));
+        }
+        if self.revocation.confirm_within_secs == 0
+            || self.revocation.confirm_within_secs > MAX_GRANT_TTL.as_secs()
+        {
+            return Err(ScopeError::Invalid(
+                "the revocation deadline must be positive and at most the longest TTL".into(),
+            ));
+        }
         if self.requesters.roles.is_empty() && self.requesters.workloads.is_empty() {
             return Err(ScopeError::Invalid(
                 "nobody may request this scope: name requester roles or workloads".into(),
@@ -220,6 +282,7 @@ mod tests {
                 roles: vec!["dba-oncall".into()],
                 workloads: vec!["vault-db".into()],
             },
+            revocation: RevocationSpec::default(),
         }
     }
 

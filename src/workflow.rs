@@ -114,6 +114,26 @@ pub enum WorkflowError {
     /// The scope definition is not acceptable.
     #[error(transparent)]
     Scope(#[from] ScopeError),
+    /// A revocation sink failed (KRL not writable, …); it is retried with backoff.
+    #[error("revocation sink: {0}")]
+    Sink(String),
+    /// The caller is not a consumer that must acknowledge this grant's revocation.
+    #[error("this caller is not a consumer awaited for grant {0}'s revocation")]
+    NotConsumer(String),
+    /// The grant is not active (already revoking, revoked or expired).
+    #[error("grant {id} is {state}, not active")]
+    GrantNotActive {
+        /// Id.
+        id: String,
+        /// State.
+        state: &'static str,
+    },
+    /// Only the holder (the requester) may relinquish a grant.
+    #[error("only the holder of grant {0} may relinquish it")]
+    NotHolder(String),
+    /// A revocation needs a reason (3-1000 characters).
+    #[error("say why the grant is revoked (3 to 1000 characters)")]
+    RevokeReason,
     /// Operator or assertion refused.
     #[error(transparent)]
     Operator(#[from] OperatorError),
@@ -155,6 +175,11 @@ impl Coded for WorkflowError {
             WorkflowError::NoteTooLong => "change.note_too_long",
             WorkflowError::ChangeInvalid(_) => "change.invalid",
             WorkflowError::CredentialGone(_) => "grant.credential_gone",
+            WorkflowError::Sink(_) => "revocation.sink_failed",
+            WorkflowError::NotConsumer(_) => "revocation.not_consumer",
+            WorkflowError::GrantNotActive { .. } => "grant.not_active",
+            WorkflowError::NotHolder(_) => "grant.not_holder",
+            WorkflowError::RevokeReason => "grant.invalid_reason",
             WorkflowError::Policy(e) => e.code(),
             WorkflowError::Draft(e) => e.code(),
             WorkflowError::Scope(e) => e.code(),
@@ -177,7 +202,12 @@ impl Coded for WorkflowError {
             | WorkflowError::WorkloadCannotVote
             | WorkflowError::NotRequester(_)
             | WorkflowError::IntrospectionNotAllowed
+            | WorkflowError::NotConsumer(_)
+            | WorkflowError::NotHolder(_)
             | WorkflowError::LocalOnly => ErrorKind::PermissionDenied,
+            WorkflowError::Sink(_) => ErrorKind::Unavailable,
+            WorkflowError::RevokeReason => ErrorKind::InvalidInput,
+            WorkflowError::GrantNotActive { .. } => ErrorKind::FailedPrecondition,
             WorkflowError::AssertionRequired
             | WorkflowError::ProofingNoteRequired
             | WorkflowError::NoteTooLong => ErrorKind::InvalidInput,
@@ -201,7 +231,7 @@ impl Coded for WorkflowError {
 }
 
 impl WorkflowError {
-    fn is_conflict(&self) -> bool {
+    pub(crate) fn is_conflict(&self) -> bool {
         matches!(
             self,
             WorkflowError::Store(StoreError::Conflict(_))
@@ -944,6 +974,7 @@ impl Authority {
         let records = self.audit.commit_events(txn, events)?;
         let grant_id = minted.map(|(grant, delivery)| {
             self.index.insert(&grant);
+            self.revocation_wake.notify_one();
             self.deliveries
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1009,9 +1040,15 @@ impl Authority {
             bearer_sha256: bearer_sha256.clone(),
             ssh: ssh.clone(),
             state: GrantState::Active,
+            revocation: None,
         };
         txn.require_absent(Keyspace::Grants, id.as_bytes())
-            .put(id.as_bytes(), &grant)?;
+            .put(id.as_bytes(), &grant)?
+            .put_raw(
+                Keyspace::GrantExpiry,
+                crate::grant::expiry_key(expires_at, &id),
+                b"".to_vec(),
+            );
         if let Some(hash) = &bearer_sha256 {
             txn.require_absent(Keyspace::GrantTokens, hash.as_bytes())
                 .put_raw(Keyspace::GrantTokens, hash.as_bytes(), id.as_bytes());
@@ -1646,6 +1683,7 @@ impl Authority {
                 max_ttl_secs: 0,
                 policy,
                 requesters: crate::scope::Requesters::default(),
+                revocation: crate::scope::RevocationSpec::default(),
             });
         }
         self.scope(name)

@@ -95,22 +95,37 @@ enum Command {
     },
     /// Issued grants.
     #[command(subcommand)]
-    Grant(GrantCommand),
+    Grant(cli::GrantCommand),
+    /// List grants, newest first (`--state revocation-unconfirmed` shows what needs attention).
+    Grants {
+        /// Only in this state: active, revoking, revoked, revocation-unconfirmed.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Revoke a grant now, with your key (any operator; no quorum: revoking is always safe).
+    Revoke {
+        /// Grant id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Your operator name.
+        #[arg(long)]
+        operator: String,
+        #[command(flatten)]
+        key: KeyChoice,
+    },
+    /// Give up a grant you hold (the requester's user, or the workload over --tls).
+    Relinquish {
+        /// Grant id.
+        id: String,
+    },
     /// Scopes: what break-glass can open.
     #[command(subcommand)]
     Scope(cli::ScopeCommand),
     /// Trust-store changes: list, show, approve, deny.
     #[command(subcommand)]
     Change(cli::ChangeCommand),
-}
-
-#[derive(Subcommand)]
-enum GrantCommand {
-    /// Show a grant (never its token).
-    Show {
-        /// Grant id.
-        id: String,
-    },
 }
 
 #[derive(Subcommand)]
@@ -490,7 +505,15 @@ async fn run(cli: Cli) -> Result<ExitCode, client::ClientError> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Grant(GrantCommand::Show { id }) => cli::show_grant(channel, out, id).await?,
+        Command::Grant(cli::GrantCommand::Show { id }) => cli::show_grant(channel, out, id).await?,
+        Command::Grants { state } => cli::grants(channel, out, state).await?,
+        Command::Revoke {
+            id,
+            reason,
+            operator,
+            key,
+        } => cli::revoke(channel, out, id, reason, operator, key).await?,
+        Command::Relinquish { id } => cli::relinquish(channel, out, id).await?,
         Command::Scope(command) => cli::scope(channel, out, command).await?,
         Command::Change(command) => cli::change(channel, out, command).await?,
     }

@@ -54,6 +54,10 @@ pub enum DaemonError {
     /// Bootstrap admission of a workload failed.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    /// Revoking what expired while the daemon was down failed: nothing is served until it
+    /// succeeds. See the inner error.
+    #[error("revoking expired grants at start: {0}")]
+    Revocation(#[from] crate::workflow::WorkflowError),
     /// A listener could not be bound. Free the address or fix the path.
     #[error("cannot listen on {what}: {source}")]
     Listen {
@@ -250,12 +254,24 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         &store_path,
         clock,
         keys.clone(),
-        config.dev_mode,
-        CheckpointPolicy {
-            every_records: config.audit.checkpoint_every_records,
+        crate::authority::Settings {
+            dev_mode: config.dev_mode,
+            checkpoints: CheckpointPolicy {
+                every_records: config.audit.checkpoint_every_records,
+            },
+            fido2: &config.fido2,
+            krl_path: config.revocation.krl_path.clone(),
         },
-        &config.fido2,
     )?);
+    // Everything that expired while the daemon was down is revoked before any listener
+    // accepts a call (in batches, one transaction each).
+    let expired = authority.revoke_expired()?;
+    if expired > 0 {
+        tracing::info!(
+            expired,
+            "revoked grants that expired while latchkeyd was down"
+        );
+    }
     let (stop, _) = watch::channel(false);
     let api = Api::new(authority.clone(), stop.subscribe());
 
@@ -325,6 +341,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
 
+    servers.spawn(revocation_scheduler(authority.clone(), stopped(&stop)));
     servers.spawn(checkpoint_timer(
         authority.clone(),
         config.audit.checkpoint_interval,
@@ -376,6 +393,60 @@ pub async fn serve_until(
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     running.shutdown().await
+}
+
+/// Revokes grants at their expiry and drives every revocation's sinks to confirmation, until
+/// `stop`. It sleeps until the next expiry or retry (at most `SCHEDULER_MAX_SLEEP`, so a moved
+/// clock is noticed), and wakes at once when a grant is minted or revoked.
+async fn revocation_scheduler(
+    authority: Arc<Authority>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    use crate::constants::SCHEDULER_MAX_SLEEP;
+    tokio::pin!(stop);
+    loop {
+        let worker = authority.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            worker.revoke_expired()?;
+            let outcome = worker.drive_revocations()?;
+            let next_expiry = worker.next_expiry()?;
+            Ok::<_, crate::workflow::WorkflowError>((outcome, next_expiry))
+        })
+        .await;
+        let mut wait = SCHEDULER_MAX_SLEEP;
+        match round {
+            Ok(Ok((outcome, next_expiry))) => {
+                let ran_hooks = !outcome.hooks.is_empty();
+                for job in outcome.hooks {
+                    let result = crate::revocation::run_hook(&job).await;
+                    let worker = authority.clone();
+                    match tokio::task::spawn_blocking(move || worker.hook_finished(&job, result))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!("recording a hook result: {e}"),
+                        Err(e) => tracing::error!("hook result task: {e}"),
+                    }
+                }
+                if ran_hooks {
+                    continue;
+                }
+                let now = authority.now();
+                for due in [outcome.next_due, next_expiry].into_iter().flatten() {
+                    let ms = u64::try_from(due.unix_millis().saturating_sub(now.unix_millis()))
+                        .unwrap_or(0);
+                    wait = wait.min(std::time::Duration::from_millis(ms));
+                }
+            }
+            Ok(Err(e)) => tracing::error!("revocation scheduler: {e}"),
+            Err(e) => tracing::error!("revocation scheduler task: {e}"),
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+            () = authority.scheduler_woken() => {}
+        }
+    }
 }
 
 /// Covers records with a signed checkpoint at least every `interval`, until `stop`.

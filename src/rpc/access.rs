@@ -13,10 +13,13 @@ use super::system::timestamp;
 use super::{status, to_status};
 use crate::authority::Authority;
 use crate::caller::Caller;
+use crate::clock::Timestamp;
 use crate::error::ErrorKind;
+use crate::grant::{Grant, GrantState};
 use crate::pb;
 use crate::policy::Decision;
 use crate::request::{Draft, RequestState};
+use crate::revocation::effective_state;
 use crate::workflow::{Delivery, RequestView, VoteTarget};
 
 /// Serves `AccessService`.
@@ -450,23 +453,235 @@ impl pb::access_service_server::AccessService for AccessApi {
             .authority
             .grant(&request.into_inner().id)
             .map_err(|e| to_status(&e))?;
-        let active = grant.active_at(self.authority.now());
         Ok(Response::new(pb::ShowGrantResponse {
-            id: grant.id,
-            request_id: grant.request_id,
-            scope: grant.scope,
-            requester: grant.requester.label(),
-            issued_at: Some(timestamp(grant.issued_at)),
-            expires_at: Some(timestamp(grant.expires_at)),
-            state: if active { "active" } else { "expired" }.to_owned(),
-            bearer: grant.bearer_sha256.is_some(),
-            ssh_serial: grant.ssh.as_ref().map_or(0, |s| s.serial),
-            ssh_principals: grant
-                .ssh
-                .as_ref()
-                .map(|s| s.principals.clone())
-                .unwrap_or_default(),
-            ssh_certificate: grant.ssh.map(|s| s.certificate).unwrap_or_default(),
+            grant: Some(grant_to_pb(&grant, self.authority.now())),
         }))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        caller_of(&request)?;
+        let state = match pb::GrantState::try_from(request.into_inner().state) {
+            Ok(pb::GrantState::Active) => Some(GrantState::Active),
+            Ok(pb::GrantState::Revoking) => Some(GrantState::Revoking),
+            Ok(pb::GrantState::Revoked) => Some(GrantState::Revoked),
+            Ok(pb::GrantState::RevocationUnconfirmed) => Some(GrantState::RevocationUnconfirmed),
+            _ => None,
+        };
+        let authority = self.authority.clone();
+        let grants = blocking(move || authority.grants(state).map_err(|e| to_status(&e))).await?;
+        let now = self.authority.now();
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: grants.iter().map(|g| grant_to_pb(g, now)).collect(),
+        }))
+    }
+
+    async fn begin_revoke(
+        &self,
+        request: Request<pb::BeginRevokeRequest>,
+    ) -> Result<Response<pb::BeginRevokeResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let authority = self.authority.clone();
+        let (ceremony_id, options, digest) = blocking(move || {
+            authority
+                .begin_revoke(&caller, &req.grant_id, &req.operator, &req.reason)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::BeginRevokeResponse {
+            ceremony_id,
+            request_options_json: options,
+            digest: digest.to_vec(),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let authority = self.authority.clone();
+        let grant = blocking(move || {
+            authority
+                .revoke(
+                    &caller,
+                    &req.grant_id,
+                    &req.reason,
+                    &req.ceremony_id,
+                    &req.credential_json,
+                )
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::RevokeResponse {
+            grant: Some(grant_to_pb(&grant, self.authority.now())),
+        }))
+    }
+
+    async fn relinquish(
+        &self,
+        request: Request<pb::RelinquishRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let id = request.into_inner().grant_id;
+        let authority = self.authority.clone();
+        let grant = blocking(move || {
+            authority
+                .relinquish(&caller, &id)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::RevokeResponse {
+            grant: Some(grant_to_pb(&grant, self.authority.now())),
+        }))
+    }
+
+    type WatchRevocationsStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = RevocationItem> + Send + 'static>>;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let caller = caller_of(&request)?;
+        // Subscribe before the backlog, so a revocation starting in between is not missed.
+        let records = self.authority.audit().subscribe();
+        self.authority
+            .revocations_for(&caller)
+            .map_err(|e| to_status(&e))?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(revocation_loop(
+            self.authority.clone(),
+            caller,
+            records,
+            self.shutdown.clone(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn acknowledge_revocation(
+        &self,
+        request: Request<pb::AcknowledgeRevocationRequest>,
+    ) -> Result<Response<pb::AcknowledgeRevocationResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let id = request.into_inner().grant_id;
+        let authority = self.authority.clone();
+        let state = blocking(move || {
+            authority
+                .acknowledge_revocation(&caller, &id)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::AcknowledgeRevocationResponse {
+            state: grant_state_to_pb(state).into(),
+        }))
+    }
+}
+
+type RevocationItem = Result<pb::WatchRevocationsResponse, Status>;
+
+/// Sends a consumer every revocation it must acknowledge, once each, until it leaves.
+async fn revocation_loop(
+    authority: Arc<Authority>,
+    caller: Caller,
+    mut records: broadcast::Receiver<crate::audit::AuditRecord>,
+    mut shutdown: watch::Receiver<bool>,
+    tx: mpsc::Sender<RevocationItem>,
+) {
+    let mut sent = std::collections::HashSet::new();
+    loop {
+        let waiting = match authority.revocations_for(&caller) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.send(Err(to_status(&e))).await;
+                return;
+            }
+        };
+        let now = authority.now();
+        for grant in waiting {
+            if sent.insert(grant.id.clone()) {
+                let item = pb::WatchRevocationsResponse {
+                    grant: Some(grant_to_pb(&grant, now)),
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        loop {
+            tokio::select! {
+                record = records.recv() => match record {
+                    Ok(r) if r.event == "grant.revoking" => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = shutdown.changed() => return,
+                () = tx.closed() => return,
+            }
+        }
+    }
+}
+
+fn grant_state_to_pb(state: GrantState) -> pb::GrantState {
+    match state {
+        GrantState::Active => pb::GrantState::Active,
+        GrantState::Revoking => pb::GrantState::Revoking,
+        GrantState::Revoked => pb::GrantState::Revoked,
+        GrantState::RevocationUnconfirmed => pb::GrantState::RevocationUnconfirmed,
+    }
+}
+
+/// A grant as the API shows it, in its state at `now`.
+pub fn grant_to_pb(grant: &Grant, now: Timestamp) -> pb::GrantInfo {
+    let revocation = grant.revocation.as_ref();
+    pb::GrantInfo {
+        id: grant.id.clone(),
+        request_id: grant.request_id.clone(),
+        scope: grant.scope.clone(),
+        requester: grant.requester.label(),
+        issued_at: Some(timestamp(grant.issued_at)),
+        expires_at: Some(timestamp(grant.expires_at)),
+        state: grant_state_to_pb(effective_state(grant, now)).into(),
+        bearer: grant.bearer_sha256.is_some(),
+        ssh_serial: grant.ssh.as_ref().map_or(0, |s| s.serial),
+        ssh_principals: grant
+            .ssh
+            .as_ref()
+            .map(|s| s.principals.clone())
+            .unwrap_or_default(),
+        ssh_certificate: grant
+            .ssh
+            .as_ref()
+            .map(|s| s.certificate.clone())
+            .unwrap_or_default(),
+        revocation_reason: revocation.map(|r| r.reason.clone()).unwrap_or_default(),
+        revocation_started_at: revocation.map(|r| timestamp(r.started_at)),
+        revocation_deadline: revocation.map(|r| timestamp(r.deadline)),
+        revoked_at: revocation.and_then(|r| r.completed_at).map(timestamp),
+        sinks: revocation
+            .map(|r| {
+                r.sinks
+                    .iter()
+                    .map(|s| pb::SinkInfo {
+                        sink: s.sink.label(),
+                        confirmed: s.confirmed_at.is_some(),
+                        confirmed_at: s.confirmed_at.map(timestamp),
+                        detail: s.detail.clone(),
+                        attempts: s.attempts,
+                        last_error: s.last_error.clone().unwrap_or_default(),
+                        next_attempt_at: s
+                            .confirmed_at
+                            .is_none()
+                            .then(|| timestamp(s.next_attempt_at)),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }

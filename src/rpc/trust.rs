@@ -15,7 +15,7 @@ use crate::error::ErrorKind;
 use crate::operator::AuthenticatorState;
 use crate::pb;
 use crate::policy::ApprovalPolicy;
-use crate::scope::{Requesters, Scope, SshSpec};
+use crate::scope::{Requesters, RevocationSpec, Scope, SshSpec};
 use crate::trust::TrustStorePolicy;
 use crate::workflow::{ChangeView, Proposal};
 use crate::workload::Workload;
@@ -84,6 +84,18 @@ pub fn scope_from_pb(s: pb::Scope) -> Result<Scope, Status> {
             roles: s.requester_roles,
             workloads: s.requester_workloads,
         },
+        revocation: RevocationSpec {
+            consumers: s.revocation_consumers,
+            hook: s.revocation_hook,
+            hook_timeout_secs: match s.revocation_hook_timeout {
+                None => RevocationSpec::default().hook_timeout_secs,
+                t => duration_secs(t, "hook timeout")?,
+            },
+            confirm_within_secs: match s.revocation_deadline {
+                None => RevocationSpec::default().confirm_within_secs,
+                t => duration_secs(t, "revocation deadline")?,
+            },
+        },
     })
 }
 
@@ -111,6 +123,10 @@ pub fn scope_to_pb(s: &Scope) -> pb::Scope {
         }),
         requester_roles: s.requesters.roles.clone(),
         requester_workloads: s.requesters.workloads.clone(),
+        revocation_consumers: s.revocation.consumers.clone(),
+        revocation_hook: s.revocation.hook.clone(),
+        revocation_hook_timeout: Some(secs(s.revocation.hook_timeout_secs)),
+        revocation_deadline: Some(secs(s.revocation.confirm_within_secs)),
     }
 }
 

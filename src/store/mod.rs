@@ -84,6 +84,13 @@ pub enum Keyspace {
     GrantTokens,
     /// Grant id by SSH certificate serial (u64 big-endian): serials are unique.
     GrantSerials,
+    /// Active grants by expiry then id (see `grant::expiry_key`): the expiry queue.
+    GrantExpiry,
+    /// Grants whose revocation is not complete, by id: the sinks' work queue.
+    RevocationsPending,
+    /// Serials of revoked certificates not yet expired (u64 BE → valid-before, i64 BE ms):
+    /// what the KRL lists.
+    KrlSerials,
 }
 
 impl Keyspace {
@@ -103,6 +110,9 @@ impl Keyspace {
         Keyspace::Grants,
         Keyspace::GrantTokens,
         Keyspace::GrantSerials,
+        Keyspace::GrantExpiry,
+        Keyspace::RevocationsPending,
+        Keyspace::KrlSerials,
     ];
 
     /// Stable on-disk name.
@@ -122,6 +132,9 @@ impl Keyspace {
             Keyspace::Grants => "grants",
             Keyspace::GrantTokens => "grant_tokens",
             Keyspace::GrantSerials => "grant_serials",
+            Keyspace::GrantExpiry => "grant_expiry",
+            Keyspace::RevocationsPending => "revocations_pending",
+            Keyspace::KrlSerials => "krl_serials",
         }
     }
 }

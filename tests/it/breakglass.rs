@@ -109,6 +109,7 @@ pub fn db_root(pending_timeout: i64) -> pb::Scope {
         }),
         requester_roles: vec!["dba-oncall".into()],
         requester_workloads: vec!["vault-db".into()],
+        ..Default::default()
     }
 }
 
