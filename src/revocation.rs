@@ -350,6 +350,11 @@ impl Authority {
         krl::read_serials(&self.krl_path, &blob).map_err(|e| WorkflowError::Sink(e.to_string()))
     }
 
+    /// Writes the KRL now (at start, so sshd's `RevokedKeys` file always exists).
+    pub fn publish_krl_now(&self) -> Result<usize, WorkflowError> {
+        Ok(self.publish_krl(self.clock.now())?.len())
+    }
+
     fn ca_key_blob(&self) -> Result<Vec<u8>, WorkflowError> {
         self.keys
             .ssh_ca

@@ -272,6 +272,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             "revoked grants that expired while latchkeyd was down"
         );
     }
+    let listed = authority.publish_krl_now()?;
+    tracing::info!(krl = %authority.krl_path().display(), revoked_serials = listed, "KRL written");
     let (stop, _) = watch::channel(false);
     let api = Api::new(authority.clone(), stop.subscribe());
 

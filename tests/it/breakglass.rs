@@ -27,7 +27,7 @@ use webauthn_rs::prelude::{
 
 use crate::support::{ClientCert, DaemonDir, server_cert};
 
-const ORIGIN: &str = "https://latchkey.local";
+pub const ORIGIN: &str = "https://latchkey.local";
 
 /// A software key held in memory.
 pub struct MemKey(SoftToken);
@@ -63,12 +63,12 @@ impl Authenticator for MemKey {
 pub struct Bg {
     pub dir: DaemonDir,
     pub clock: ManualClock,
-    running: Option<Running>,
+    pub running: Option<Running>,
     /// Each operator's keys, first enrolled first.
     pub keys: HashMap<String, Vec<MemKey>>,
 }
 
-fn code(status: &tonic::Status) -> String {
+pub fn code(status: &tonic::Status) -> String {
     status
         .metadata()
         .get(ERROR_CODE_METADATA)
@@ -81,7 +81,7 @@ fn refused<T>(r: Result<T, tonic::Status>, expected: &str) {
     assert_eq!(code(&err), expected, "{err}");
 }
 
-fn secs(s: i64) -> prost_types::Duration {
+pub fn secs(s: i64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: s,
         nanos: 0,
@@ -135,7 +135,7 @@ impl Bg {
         }
     }
 
-    fn running(&self) -> &Running {
+    pub fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }
 
@@ -291,6 +291,13 @@ pub struct World {
 }
 
 pub async fn world(pending_timeout: i64, ssh: Option<pb::SshSpec>) -> World {
+    let mut scope = db_root(pending_timeout);
+    scope.ssh = ssh;
+    world_with(scope).await
+}
+
+/// The world with `scope` in place of the plain `db-root`.
+pub async fn world_with(scope: pb::Scope) -> World {
     use pb::propose_change_request::Change as C;
     let mut bg = Bg::start().await;
     for (name, role) in [
@@ -301,8 +308,6 @@ pub async fn world(pending_timeout: i64, ssh: Option<pb::SshSpec>) -> World {
     ] {
         bg.enroll(name, role, "").await.unwrap();
     }
-    let mut scope = db_root(pending_timeout);
-    scope.ssh = ssh;
     let applied = bg.propose("bootstrap", C::PutScope(scope)).await.unwrap();
     assert_eq!(
         applied.state(),
@@ -358,7 +363,7 @@ pub async fn world(pending_timeout: i64, ssh: Option<pb::SshSpec>) -> World {
     }
 }
 
-fn draft(ttl: Option<i64>) -> pb::RequestDraft {
+pub fn draft(ttl: Option<i64>) -> pb::RequestDraft {
     pb::RequestDraft {
         scope: "db-root".into(),
         reason: "primary database down, replication stuck (INC-4711)".into(),

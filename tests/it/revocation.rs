@@ -1,0 +1,548 @@
+//! Issue 6 acceptance: revocation at expiry and early, each sink confirmed independently of
+//! whoever asked, the KRL with a real sshd, consumers, hooks, and startup after downtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use latchkey::client::access::{self, Target};
+use latchkey::clock::{Clock as _, SystemClock, Timestamp};
+use latchkey::pb;
+use latchkey::pb::access_service_client::AccessServiceClient;
+use latchkey::pb::audit_service_client::AuditServiceClient;
+use latchkey::policy::Decision;
+use latchkey::store::{Keyspace, SledStore, Store, Txn};
+
+use crate::breakglass::{Bg, World, code, db_root, draft, secs, world_with};
+use crate::sshd::{LoginOutcome, Sshd, user_key};
+use crate::support::DaemonDir;
+
+/// Waits (on the audit log's live stream, no polling) for the first record from `from` on
+/// that `matches`.
+async fn await_record(
+    bg: &Bg,
+    from: u64,
+    matches: impl Fn(&pb::AuditRecord) -> bool,
+) -> pb::AuditRecord {
+    let mut stream = AuditServiceClient::new(bg.local().await)
+        .follow_records(pb::FollowRecordsRequest { from_seq: from })
+        .await
+        .unwrap()
+        .into_inner();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(item) = stream.message().await.unwrap() {
+            let record = item.record.unwrap();
+            if matches(&record) {
+                return record;
+            }
+        }
+        panic!("the audit stream ended");
+    })
+    .await;
+    found.expect("the awaited audit record never came (a minute of real time)")
+}
+
+async fn all_records(channel: tonic::transport::Channel) -> Vec<pb::AuditRecord> {
+    let mut client = AuditServiceClient::new(channel);
+    let mut out = Vec::new();
+    loop {
+        let page = client
+            .read_records(pb::ReadRecordsRequest {
+                from_seq: out.len() as u64 + 1,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.records.is_empty() {
+            return out;
+        }
+        out.extend(page.records);
+    }
+}
+
+async fn show(bg: &Bg, id: &str) -> pb::GrantInfo {
+    AccessServiceClient::new(bg.local().await)
+        .show_grant(pb::ShowGrantRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap()
+}
+
+/// vault-db asks, carol and dave approve; returns the grant id and the credential.
+async fn issue(w: &mut World, ssh_public_key: Option<&Path>, ttl: i64) -> pb::Credential {
+    let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(pb::RequestDraft {
+                ssh_public_key: ssh_public_key
+                    .map(|p| std::fs::read_to_string(p).unwrap())
+                    .unwrap_or_default(),
+                ..draft(Some(ttl))
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let channel = w.bg.tls(&w.vault_db).await;
+    let id = created.id.clone();
+    let waiter = tokio::spawn(async move { access::wait(channel, &id, |_| {}).await });
+    for op in ["carol", "dave"] {
+        w.bg.vote(
+            Target::Request(created.id.clone()),
+            op,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    waiter.await.unwrap().unwrap().1.unwrap()
+}
+
+/// An executable shell script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+fn ssh_root() -> Option<pb::SshSpec> {
+    Some(pb::SshSpec {
+        principals: vec!["root".into()],
+        permit_port_forwarding: false,
+    })
+}
+
+#[tokio::test]
+async fn a_grant_past_its_expiry_is_revoked_with_every_sink_confirmed_in_order() {
+    let hooks = tempfile::tempdir().unwrap();
+    let log = hooks.path().join("hook.log");
+    let hook = script(
+        hooks.path(),
+        "end-sessions.sh",
+        &format!(
+            "echo \"$LATCHKEY_GRANT_ID $LATCHKEY_SCOPE $LATCHKEY_SSH_SERIAL $LATCHKEY_REASON\" >> {}",
+            log.display()
+        ),
+    );
+    let mut scope = db_root(600);
+    scope.ssh = ssh_root();
+    scope.revocation_consumers = vec!["vault-plugin".into()];
+    scope.revocation_hook = vec![hook.display().to_string()];
+    let mut w = world_with(scope).await;
+
+    // The consumer waits on its stream and acknowledges what it is sent, on its own identity.
+    let plugin = w.bg.tls(&w.plugin).await;
+    let consumer = tokio::spawn(async move {
+        let mut stream = AccessServiceClient::new(plugin.clone())
+            .watch_revocations(pb::WatchRevocationsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let grant = stream.message().await.unwrap().unwrap().grant.unwrap();
+        AccessServiceClient::new(plugin)
+            .acknowledge_revocation(pb::AcknowledgeRevocationRequest {
+                grant_id: grant.id.clone(),
+            })
+            .await
+            .unwrap();
+        grant.id
+    });
+
+    let (_, public) = user_key(w.bg.dir.dir.path(), "responder");
+    let credential = issue(&mut w, Some(&public), 600).await;
+    let grant = credential.grant_id.clone();
+    assert_eq!(show(&w.bg, &grant).await.state(), pb::GrantState::Active);
+
+    w.bg.clock.advance(Duration::from_secs(601));
+    let subject = format!("grant/{grant}");
+    await_record(&w.bg, 1, |r| {
+        r.event == "grant.revoked" && r.subject == subject
+    })
+    .await;
+    assert_eq!(consumer.await.unwrap(), grant);
+
+    let shown = show(&w.bg, &grant).await;
+    assert_eq!(shown.state(), pb::GrantState::Revoked);
+    assert_eq!(shown.revocation_reason, "expired");
+    let sinks: Vec<(&str, bool)> = shown
+        .sinks
+        .iter()
+        .map(|s| (s.sink.as_str(), s.confirmed))
+        .collect();
+    assert_eq!(
+        sinks,
+        vec![
+            ("internal", true),
+            ("krl", true),
+            ("consumer/vault-plugin", true),
+            ("hook", true)
+        ]
+    );
+    assert!(
+        shown.sinks[1].detail.contains("valid-before"),
+        "{:?}",
+        shown.sinks[1]
+    );
+    let hook_ran = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        hook_ran.contains(&format!("{grant} db-root {} expired", shown.ssh_serial)),
+        "{hook_ran}"
+    );
+
+    // The audit log tells it in order: issued, revoking, each sink, revoked.
+    let records = all_records(w.bg.local().await).await;
+    let seq_of = |event: &str| {
+        records
+            .iter()
+            .find(|r| r.event == event && r.subject == subject)
+            .unwrap_or_else(|| panic!("no {event}"))
+            .seq
+    };
+    let issued = seq_of("grant.issued");
+    let revoking = seq_of("grant.revoking");
+    let acknowledged = seq_of("revocation.acknowledged");
+    let hook_confirmed = seq_of("revocation.sink_confirmed");
+    let revoked = seq_of("grant.revoked");
+    assert!(issued < revoking, "{issued} < {revoking}");
+    assert!(revoking < acknowledged && revoking < hook_confirmed);
+    assert!(acknowledged < revoked && hook_confirmed < revoked);
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn an_early_revocation_reaches_a_real_sshd_through_the_krl_long_before_expiry() {
+    let mut scope = db_root(600);
+    scope.ssh = ssh_root();
+    let mut w = world_with(scope).await;
+    let home = w.bg.dir.dir.path().to_owned();
+    let (private, public) = user_key(&home, "responder");
+    let credential = issue(&mut w, Some(&public), 3600).await;
+    let cert = home.join("responder-cert.pub");
+    std::fs::write(&cert, &credential.ssh_certificate).unwrap();
+
+    let krl = w.bg.running().authority().krl_path().to_owned();
+    assert!(
+        krl.exists(),
+        "an (empty) KRL exists from the start, for sshd"
+    );
+    let keys = latchkey::keys::DaemonKeys::load(&w.bg.dir.data).unwrap();
+    let sshd = Sshd::start(&keys.ssh_ca.public_key().to_openssh().unwrap(), Some(&krl));
+    assert_eq!(sshd.login("root", &private, &cert), LoginOutcome::Accepted);
+
+    // Any operator may revoke with a key touch; no quorum.
+    let reason = "responder's laptop was stolen";
+    let begun = AccessServiceClient::new(w.bg.local().await)
+        .begin_revoke(pb::BeginRevokeRequest {
+            grant_id: credential.grant_id.clone(),
+            operator: "erin".into(),
+            reason: reason.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let signed = w.bg.sign(
+        "erin",
+        0,
+        serde_json::from_str(&begun.request_options_json).unwrap(),
+    );
+    let revoking = AccessServiceClient::new(w.bg.local().await)
+        .revoke(pb::RevokeRequest {
+            grant_id: credential.grant_id.clone(),
+            reason: reason.into(),
+            ceremony_id: begun.ceremony_id,
+            credential_json: signed,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_ne!(revoking.state(), pb::GrantState::Active);
+    let subject = format!("grant/{}", credential.grant_id);
+    await_record(&w.bg, 1, |r| {
+        r.event == "grant.revoked" && r.subject == subject
+    })
+    .await;
+
+    match sshd.login("root", &private, &cert) {
+        LoginOutcome::Refused(stderr) => assert!(stderr.contains("Permission denied"), "{stderr}"),
+        LoginOutcome::Accepted => panic!("a revoked certificate still logs in"),
+    }
+    assert!(sshd.log().contains("revoked"), "{}", sshd.log());
+    let query = std::process::Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(&krl)
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&query.stdout);
+    assert!(said.contains("REVOKED"), "ssh-keygen -Q: {said}");
+
+    let shown = show(&w.bg, &credential.grant_id).await;
+    assert_eq!(shown.state(), pb::GrantState::Revoked);
+    assert!(shown.revocation_reason.contains("operator/erin"));
+    let krl_sink = shown.sinks.iter().find(|s| s.sink == "krl").unwrap();
+    assert!(krl_sink.detail.contains(&shown.ssh_serial.to_string()));
+    // Still long before its expiry, by the daemon's clock.
+    assert!(
+        w.bg.clock.now()
+            < Timestamp::from_system_time(
+                std::time::SystemTime::try_from(shown.expires_at.unwrap()).unwrap()
+            )
+    );
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_consumer_leaves_the_revocation_unconfirmed_until_it_acknowledges() {
+    let hooks = tempfile::tempdir().unwrap();
+    let count = hooks.path().join("attempts");
+    // Fails twice ("bastion unreachable"), then succeeds.
+    let hook = script(
+        hooks.path(),
+        "flaky.sh",
+        &format!(
+            "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}\n\
+             if [ $n -le 2 ]; then echo 'bastion unreachable' >&2; exit 1; fi\nexit 0",
+            c = count.display()
+        ),
+    );
+    let mut scope = db_root(600);
+    scope.revocation_consumers = vec!["vault-plugin".into()];
+    scope.revocation_hook = vec![hook.display().to_string()];
+    scope.revocation_deadline = Some(secs(60));
+    let mut w = world_with(scope).await;
+    let credential = issue(&mut w, None, 3600).await;
+    let grant = credential.grant_id.clone();
+    let subject = format!("grant/{grant}");
+
+    // The holder relinquishes it; revocation starts.
+    let relinquished = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .relinquish(pb::RelinquishRequest {
+            grant_id: grant.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(relinquished.state(), pb::GrantState::Revoking);
+    let first_failure = await_record(&w.bg, 1, |r| {
+        r.event == "revocation.sink_failed" && r.subject == subject
+    })
+    .await;
+    assert!(
+        first_failure.json.contains("bastion unreachable"),
+        "{}",
+        first_failure.json
+    );
+
+    // Past the deadline with the consumer silent: revocation-unconfirmed, and listed so.
+    w.bg.clock.advance(Duration::from_secs(61));
+    await_record(&w.bg, 1, |r| {
+        r.event == "grant.revocation_unconfirmed" && r.subject == subject
+    })
+    .await;
+    let listed = AccessServiceClient::new(w.bg.local().await)
+        .list_grants(pb::ListGrantsRequest {
+            state: pb::GrantState::RevocationUnconfirmed.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(
+        listed.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+        vec![grant.as_str()]
+    );
+    let counts = w.bg.running().authority().revocation_counts().unwrap();
+    assert_eq!((counts.revoking, counts.unconfirmed), (0, 1));
+
+    // The hook is retried with backoff until it succeeds, each failure reported.
+    await_record(&w.bg, first_failure.seq + 1, |r| {
+        r.event == "revocation.sink_failed" && r.subject == subject
+    })
+    .await;
+    w.bg.clock.advance(Duration::from_secs(5));
+    await_record(&w.bg, 1, |r| {
+        r.event == "revocation.sink_confirmed" && r.subject == subject
+    })
+    .await;
+    let shown = show(&w.bg, &grant).await;
+    assert_eq!(shown.state(), pb::GrantState::RevocationUnconfirmed);
+    let hook_sink = shown.sinks.iter().find(|s| s.sink == "hook").unwrap();
+    assert!(
+        hook_sink.confirmed && hook_sink.attempts == 3,
+        "{hook_sink:?}"
+    );
+
+    // Only a consumer may acknowledge; when the awaited one does, the grant is revoked.
+    let err = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .acknowledge_revocation(pb::AcknowledgeRevocationRequest {
+            grant_id: grant.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "revocation.not_consumer");
+    let acked = AccessServiceClient::new(w.bg.tls(&w.plugin).await)
+        .acknowledge_revocation(pb::AcknowledgeRevocationRequest {
+            grant_id: grant.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.state(), pb::GrantState::Revoked);
+    assert_eq!(show(&w.bg, &grant).await.state(), pb::GrantState::Revoked);
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn a_workload_cannot_relinquish_a_grant_it_does_not_hold() {
+    let mut w = world_with(db_root(600)).await;
+    let credential = issue(&mut w, None, 600).await;
+    let before = w.bg.snapshot();
+    let err = AccessServiceClient::new(w.bg.tls(&w.plugin).await)
+        .relinquish(pb::RelinquishRequest {
+            grant_id: credential.grant_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "grant.not_holder");
+    assert_eq!(w.bg.snapshot(), before);
+    let answer = AccessServiceClient::new(w.bg.tls(&w.plugin).await)
+        .introspect(pb::IntrospectRequest {
+            token: credential.bearer_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.active, "still active");
+    w.bg.stop().await;
+}
+
+/// Writes `expired` grants that expired a minute ago and `live` ones that expire in an hour
+/// straight into a stopped daemon's store, with their `grant.issued` records (as a restored
+/// backup would hold them).
+fn seed_grants(data: &Path, expired: usize, live: usize) {
+    use latchkey::audit::{Actor, AuditLog, CheckpointPolicy, Event};
+    use latchkey::grant::{Grant, GrantState, expiry_key, token_hash};
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let keys = latchkey::keys::DaemonKeys::load(data).unwrap();
+    let audit = AuditLog::open(
+        store.clone(),
+        Arc::new(SystemClock),
+        latchkey::audit::signing_key(&keys.audit).unwrap(),
+        CheckpointPolicy {
+            every_records: u64::MAX,
+        },
+    )
+    .unwrap();
+    let now = SystemClock.now();
+    let ids: Vec<usize> = (0..expired + live).collect();
+    for chunk in ids.chunks(500) {
+        let mut txn = Txn::new();
+        let mut events = Vec::new();
+        for &i in chunk {
+            let id = format!("seeded-{i:06}");
+            let expires_at = if i < expired {
+                Timestamp::from_unix_millis(now.unix_millis() - 60_000)
+            } else {
+                now.plus(Duration::from_secs(3600))
+            };
+            let hash = hex::encode(token_hash(&format!("lkbg_seeded-{i}")));
+            let grant = Grant {
+                id: id.clone(),
+                request_id: format!("seeded-request-{i}"),
+                scope: "db-root".into(),
+                requester: latchkey::request::Requester::Workload {
+                    name: "vault-db".into(),
+                },
+                issued_at: Timestamp::from_unix_millis(now.unix_millis() - 3_600_000),
+                expires_at,
+                bearer_sha256: Some(hash.clone()),
+                ssh: None,
+                state: GrantState::Active,
+                revocation: None,
+            };
+            txn.put(id.as_bytes(), &grant)
+                .unwrap()
+                .put_raw(
+                    Keyspace::GrantExpiry,
+                    expiry_key(expires_at, &id),
+                    b"".to_vec(),
+                )
+                .put_raw(Keyspace::GrantTokens, hash.as_bytes(), id.as_bytes());
+            events.push(Event {
+                event: "grant.issued",
+                actor: Actor::Daemon,
+                subject: format!("grant/{id}"),
+                details: serde_json::json!({ "scope": "db-root", "expires_at": expires_at }),
+                evidence: None,
+            });
+        }
+        audit.commit_events(txn, events).unwrap();
+    }
+    store.flush().unwrap();
+}
+
+#[tokio::test]
+async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_served() {
+    let dir = DaemonDir::init();
+    dir.write_config("");
+    seed_grants(&dir.data, 10_000, 100);
+    let daemon = dir.start();
+
+    // The very first call writes a record (a scope, applied at once during genesis): it must
+    // come after all 10,000 revocations.
+    let first =
+        latchkey::pb::trust_service_client::TrustServiceClient::new(daemon.unix_channel().await)
+            .propose_change(pb::ProposeChangeRequest {
+                note: "first call after the restart".into(),
+                change: Some(pb::propose_change_request::Change::PutScope(db_root(600))),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .change
+            .unwrap();
+    let records = all_records(daemon.unix_channel().await).await;
+    let first_seq = records
+        .iter()
+        .find(|r| r.event == "change.proposed" && r.subject == format!("change/{}", first.id))
+        .unwrap()
+        .seq;
+    let revoked: Vec<&pb::AuditRecord> = records
+        .iter()
+        .filter(|r| r.event == "grant.revoked")
+        .collect();
+    assert_eq!(revoked.len(), 10_000);
+    assert!(revoked.iter().all(|r| r.seq < first_seq));
+    assert!(
+        revoked
+            .iter()
+            .all(|r| r.json.contains("\"reason\":\"expired\""))
+    );
+    let active = AccessServiceClient::new(daemon.unix_channel().await)
+        .list_grants(pb::ListGrantsRequest {
+            state: pb::GrantState::Active.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(active.len(), 100, "the live ones are untouched");
+    assert!(active.iter().all(|g| g.id.as_str() >= "seeded-010000"));
+    assert!(
+        daemon.log_text().contains("\"expired\":10000"),
+        "{}",
+        daemon.log_text()
+    );
+}
