@@ -971,14 +971,32 @@ impl Authority {
             }
         }
         txn.put(id.as_bytes(), &request)?;
-        let records = self.audit.commit_events(txn, events)?;
-        let grant_id = minted.map(|(grant, delivery)| {
-            self.index.insert(&grant);
-            self.revocation_wake.notify_one();
+        // The credential is ready before the commit: a watcher woken by the commit's audit
+        // record finds it at once. Nobody can collect it before the request reads `issued`.
+        if let Some((grant, delivery)) = &minted {
+            self.index.insert(grant);
             self.deliveries
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(id.to_owned(), delivery);
+                .insert(id.to_owned(), delivery.clone());
+        }
+        let records = match self.audit.commit_events(txn, events) {
+            Ok(records) => records,
+            Err(e) => {
+                if let Some((grant, _)) = &minted {
+                    if let Some(hash) = &grant.bearer_sha256 {
+                        self.index.remove(hash);
+                    }
+                    self.deliveries
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(id);
+                }
+                return Err(e.into());
+            }
+        };
+        let grant_id = minted.map(|(grant, _)| {
+            self.revocation_wake.notify_one();
             grant.id
         });
         Ok(VoteResult {
