@@ -20,6 +20,7 @@ pub mod krl;
 pub mod logging;
 pub mod mint;
 pub mod operator;
+pub mod piv;
 pub mod policy;
 pub mod request;
 pub mod revocation;
