@@ -13,7 +13,9 @@ use crate::error::{Coded, ErrorKind};
 use crate::fido2::{Fido2, Fido2Error};
 use crate::grant::TokenIndex;
 use crate::keys::{DaemonKeys, Fingerprints};
-use crate::operator::{self, Authenticator, Operator, OperatorError, Operators, VerifiedAssertion};
+use crate::operator::{
+    self, Authenticator, Opened, Operator, OperatorError, Operators, PivSettings, VerifiedAssertion,
+};
 use crate::store::{self, Store, StoreError};
 use crate::trust::{self, Genesis, TrustError};
 use crate::workflow::Delivery;
@@ -38,6 +40,10 @@ pub enum AuthorityError {
     /// The daemon's audit key is not an Ed25519 key. Restore the right key file.
     #[error("the audit key is not an Ed25519 key")]
     AuditKey,
+    /// PIV trust material is unusable (a bundled root or configured intermediate does not
+    /// match its pin, or a file is unreadable). Fix the config or the binary.
+    #[error(transparent)]
+    Piv(#[from] crate::piv::PivError),
 }
 
 impl Coded for AuthorityError {
@@ -47,6 +53,7 @@ impl Coded for AuthorityError {
             AuthorityError::Trust(e) => e.code(),
             AuthorityError::Audit(e) => e.code(),
             AuthorityError::AuditKey => "audit.bad_key",
+            AuthorityError::Piv(e) => e.code(),
             AuthorityError::Fido2(e) => e.code(),
         }
     }
@@ -57,6 +64,7 @@ impl Coded for AuthorityError {
             AuthorityError::Trust(e) => e.kind(),
             AuthorityError::Audit(e) => e.kind(),
             AuthorityError::AuditKey => ErrorKind::Internal,
+            AuthorityError::Piv(e) => e.kind(),
             AuthorityError::Fido2(e) => e.kind(),
         }
     }
@@ -90,6 +98,8 @@ pub struct Settings<'a> {
     pub fido2: &'a Fido2Config,
     /// Where the SSH KRL is written.
     pub krl_path: PathBuf,
+    /// PIV policy and trust material.
+    pub piv: &'a crate::config::PivConfig,
 }
 
 /// The authority over one trust store.
@@ -111,6 +121,44 @@ pub struct Authority {
     pub(crate) krl_path: PathBuf,
     /// Wakes the revocation scheduler.
     pub(crate) revocation_wake: tokio::sync::Notify,
+    /// PIV trust and enrollment policy.
+    piv: PivSettings,
+}
+
+/// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
+/// only, dev roots.
+fn piv_settings(
+    config: &crate::config::PivConfig,
+    dev_mode: bool,
+) -> Result<PivSettings, AuthorityError> {
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|e| {
+            AuthorityError::Piv(crate::piv::PivError::Malformed {
+                what: "configured certificate file",
+                detail: format!("{}: {e}", path.display()),
+            })
+        })
+    };
+    let intermediates = match &config.intermediates {
+        Some(path) => crate::piv::parse_bundle("[piv] intermediates", &read(path)?)?,
+        None => Vec::new(),
+    };
+    let mut trust = crate::piv::PivTrust::yubico(&intermediates)?;
+    if dev_mode {
+        for path in &config.dev_roots {
+            for root in crate::piv::parse_bundle("[piv] dev_roots", &read(path)?)? {
+                trust = trust.with_dev_root(root);
+            }
+        }
+    }
+    Ok(PivSettings {
+        trust,
+        policy: crate::piv::KeyPolicy {
+            touch: config.require_touch,
+            pin: config.require_pin,
+        },
+        require_attestation: true,
+    })
 }
 
 impl Authority {
@@ -127,7 +175,9 @@ impl Authority {
             checkpoints,
             fido2: fido2_policy,
             krl_path,
+            piv: piv_config,
         } = settings;
+        let piv = piv_settings(piv_config, dev_mode)?;
         let mut extra_cas = Vec::new();
         for path in &fido2_policy.attestation_cas {
             extra_cas.push(std::fs::read(path).map_err(|e| {
@@ -148,6 +198,7 @@ impl Authority {
         let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
         let index = TokenIndex::load(store.as_ref())?;
         Ok(Self {
+            piv,
             krl_path,
             revocation_wake: tokio::sync::Notify::new(),
             index,
@@ -243,6 +294,7 @@ impl Authority {
             fido2: &self.fido2,
             clock: self.clock.as_ref(),
             challenge_ttl: self.fido2_policy.challenge_ttl,
+            piv: &self.piv,
         }
     }
 
@@ -257,7 +309,7 @@ impl Authority {
         caller: &Caller,
         operator: &str,
         roles: &[String],
-    ) -> Result<(String, String), OperatorError> {
+    ) -> Result<Opened, OperatorError> {
         self.operators()
             .begin_enrollment(matches!(caller, Caller::Local(_)), operator, roles)
     }
@@ -268,7 +320,7 @@ impl Authority {
         caller: &Caller,
         operator: &str,
         digest: &[u8; 32],
-    ) -> Result<(String, String), OperatorError> {
+    ) -> Result<Opened, OperatorError> {
         if !matches!(caller, Caller::Local(_)) {
             return Err(OperatorError::LocalOnly);
         }

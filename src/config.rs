@@ -79,6 +79,18 @@ struct RawConfig {
     fido2: RawFido2,
     #[serde(default)]
     revocation: RawRevocation,
+    #[serde(default)]
+    piv: RawPiv,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPiv {
+    require_touch: Option<crate::piv::TouchPolicy>,
+    require_pin: Option<crate::piv::PinPolicy>,
+    intermediates: Option<PathBuf>,
+    #[serde(default)]
+    dev_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +184,22 @@ pub struct Config {
     pub fido2: Fido2Config,
     /// Revocation sinks.
     pub revocation: RevocationConfig,
+    /// PIV keys.
+    pub piv: PivConfig,
+}
+
+/// PIV keys: the policy enrolled keys must meet and extra trust material.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PivConfig {
+    /// Least touch policy of an enrolled PIV key.
+    pub require_touch: Option<crate::piv::TouchPolicy>,
+    /// Least PIN policy of an enrolled PIV key.
+    pub require_pin: Option<crate::piv::PinPolicy>,
+    /// Yubico intermediates (PEM bundle, each pinned by its published fingerprint), for
+    /// firmware >= 5.7.4.
+    pub intermediates: Option<PathBuf>,
+    /// Extra roots for software PIV signers: accepted only in dev mode.
+    pub dev_roots: Vec<PathBuf>,
 }
 
 /// Revocation sinks.
@@ -356,7 +384,18 @@ impl Config {
                 krl_path.display()
             )));
         }
+        if !raw.piv.dev_roots.is_empty() && !raw.dev_mode {
+            return Err(invalid(
+                "piv.dev_roots trusts software PIV keys and is refused outside dev_mode".to_owned(),
+            ));
+        }
         Ok(Self {
+            piv: PivConfig {
+                require_touch: raw.piv.require_touch,
+                require_pin: raw.piv.require_pin,
+                intermediates: raw.piv.intermediates,
+                dev_roots: raw.piv.dev_roots,
+            },
             revocation: RevocationConfig { krl_path },
             fido2,
             audit: AuditConfig {

@@ -61,6 +61,21 @@ pub enum OperatorError {
     /// FIDO2 verification refused the response.
     #[error(transparent)]
     Fido2(#[from] Fido2Error),
+    /// PIV attestation or policy refused the key.
+    #[error(transparent)]
+    Piv(#[from] crate::piv::PivError),
+    /// A PIV response did not verify (bad signature, unknown or non-PIV key, malformed).
+    #[error("PIV response refused: {0}")]
+    PivResponse(String),
+    /// This YubiKey (by serial) already belongs to another operator: one physical key, one
+    /// operator.
+    #[error("YubiKey serial {serial} is already enrolled to operator {operator}")]
+    DeviceTaken {
+        /// Device serial.
+        serial: u32,
+        /// Its operator.
+        operator: String,
+    },
     /// The change and its audit record could not be written; nothing changed.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -87,6 +102,9 @@ impl Coded for OperatorError {
             OperatorError::AuthenticatorSuspended(..) => "assertion.authenticator_suspended",
             OperatorError::NoActiveAuthenticator(_) => "assertion.no_active_authenticator",
             OperatorError::Fido2(e) => e.code(),
+            OperatorError::Piv(e) => e.code(),
+            OperatorError::PivResponse(_) => "piv.bad_response",
+            OperatorError::DeviceTaken { .. } => "operator.device_taken",
             OperatorError::Audit(e) => e.code(),
             OperatorError::Store(e) => e.code(),
             OperatorError::Trust(e) => e.code(),
@@ -109,6 +127,9 @@ impl Coded for OperatorError {
             | OperatorError::AuthenticatorSuspended(..) => ErrorKind::PermissionDenied,
             OperatorError::CredentialTaken(_) => ErrorKind::AlreadyExists,
             OperatorError::Fido2(e) => e.kind(),
+            OperatorError::Piv(e) => e.kind(),
+            OperatorError::PivResponse(_) => ErrorKind::PermissionDenied,
+            OperatorError::DeviceTaken { .. } => ErrorKind::AlreadyExists,
             OperatorError::Audit(e) => e.kind(),
             OperatorError::Store(e) => e.kind(),
             OperatorError::Trust(e) => e.kind(),
@@ -153,16 +174,32 @@ pub enum AuthenticatorState {
     },
 }
 
-/// An enrolled FIDO2 security key.
+/// What kind of key an authenticator is, with what verifying it needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum KeyMaterial {
+    /// A FIDO2 security key.
+    Fido2 {
+        /// webauthn-rs credential.
+        key: SecurityKey,
+    },
+    /// A PIV slot key (YubiKey), with what its attestation proved.
+    Piv {
+        /// Serial, firmware, policies, slot, public key.
+        attested: crate::piv::Attested,
+    },
+}
+
+/// An enrolled hardware key: a FIDO2 credential or a PIV slot key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Authenticator {
-    /// Credential id, base64url.
+    /// Credential id: base64url for FIDO2, `piv-SERIAL-SLOT` for PIV.
     pub credential_id: String,
     /// Owner.
     pub operator: String,
-    /// webauthn-rs credential.
-    pub key: SecurityKey,
-    /// `es256` or `ed25519`.
+    /// The key.
+    pub key: KeyMaterial,
+    /// `es256`, `es384` or `ed25519`.
     pub algorithm: String,
     /// SPKI DER, base64.
     pub public_key: String,
@@ -181,6 +218,24 @@ pub struct Authenticator {
 
 impl Record for Authenticator {
     const KEYSPACE: Keyspace = Keyspace::Authenticators;
+}
+
+impl Authenticator {
+    /// The FIDO2 credential, if this is a FIDO2 key.
+    pub fn fido2(&self) -> Option<&SecurityKey> {
+        match &self.key {
+            KeyMaterial::Fido2 { key } => Some(key),
+            KeyMaterial::Piv { .. } => None,
+        }
+    }
+
+    /// What the PIV attestation proved, if this is a PIV key.
+    pub fn piv(&self) -> Option<&crate::piv::Attested> {
+        match &self.key {
+            KeyMaterial::Piv { attested } => Some(attested),
+            KeyMaterial::Fido2 { .. } => None,
+        }
+    }
 }
 
 /// A pending challenge: single-use, expiring.
@@ -204,6 +259,9 @@ pub enum CeremonyKind {
         roles: Vec<String>,
         /// webauthn-rs state.
         state: SecurityKeyRegistration,
+        /// What a PIV key signs to prove it holds the attested key (hex).
+        #[serde(default)]
+        piv_challenge: String,
     },
     /// Asserting over a digest.
     Assertion {
@@ -213,8 +271,8 @@ pub enum CeremonyKind {
         nonce: String,
         /// Whether user verification is required.
         require_uv: bool,
-        /// webauthn-rs state.
-        state: SecurityKeyAuthentication,
+        /// webauthn-rs state (None when the operator has no FIDO2 key).
+        state: Option<SecurityKeyAuthentication>,
     },
     /// Answered once already.
     Used {
@@ -242,6 +300,39 @@ pub struct VerifiedAssertion {
     pub audit_seq: u64,
 }
 
+/// A ceremony just opened: its id, the WebAuthn options (W3C JSON; empty when the operator has
+/// no FIDO2 key) and the challenge a PIV key signs (ECDSA over these 32 bytes).
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// Ceremony id.
+    pub ceremony_id: String,
+    /// WebAuthn options JSON.
+    pub options_json: String,
+    /// The challenge for PIV keys.
+    pub piv_challenge: [u8; 32],
+}
+
+/// PIV trust and the trust-store's key policy for enrolling PIV keys.
+#[derive(Clone, Debug)]
+pub struct PivSettings {
+    /// Roots and intermediates.
+    pub trust: crate::piv::PivTrust,
+    /// What an enrolled key must meet.
+    pub policy: crate::piv::KeyPolicy,
+    /// Whether unattested (imported) keys are refused. Always true outside dev mode.
+    pub require_attestation: bool,
+}
+
+/// The challenge a PIV key signs to enroll: bound to the ceremony's nonce and the operator.
+pub fn piv_enroll_challenge(nonce: &[u8; 32], operator: &str) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"latchkey.piv.enroll.v1\n");
+    h.update(nonce);
+    h.update(operator.as_bytes());
+    h.finalize().into()
+}
+
 /// A verified assertion whose writes (ceremony used, counter) and audit event are not yet
 /// committed: the caller adds its own writes to `txn` and commits them together.
 #[derive(Debug)]
@@ -254,6 +345,8 @@ pub struct PreparedAssertion {
     pub verified: VerifiedAssertion,
     /// Whether the key was attested at enrollment.
     pub attested: bool,
+    /// For PIV keys: what their attestation proved (policies checked by scopes).
+    pub piv: Option<crate::piv::Attested>,
 }
 
 /// The outcome of a registration ceremony.
@@ -270,6 +363,50 @@ pub enum Enrollment {
         /// Ceremony tombstone.
         txn: Txn,
     },
+}
+
+/// A verified registration of either kind.
+#[derive(Debug)]
+struct Registered {
+    credential_id: String,
+    key: KeyMaterial,
+    algorithm: String,
+    public_key_spki: Vec<u8>,
+    aaguid: Option<Uuid>,
+    attested: bool,
+}
+
+/// What a client sends to enroll a PIV slot key (in `credential_json`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PivEnrollment {
+    /// `"piv"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The slot's attestation certificate, PEM (empty for an imported key).
+    #[serde(default)]
+    pub attestation: String,
+    /// The slot-f9 device certificate, PEM.
+    #[serde(default)]
+    pub device: String,
+    /// The slot's public key, SPKI DER, base64.
+    pub public_key: String,
+    /// DER ECDSA signature over the enrollment challenge, base64.
+    pub signature: String,
+}
+
+/// Whether a response is a PIV one (`{"type":"piv",…}`) rather than a WebAuthn credential.
+pub fn is_piv_response(json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(|t| t == "piv"))
+        .unwrap_or(false)
+}
+
+fn random32() -> Result<[u8; 32], OperatorError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
+    Ok(bytes)
 }
 
 /// Checks an operator name or role.
@@ -331,6 +468,8 @@ pub struct Operators<'a> {
     pub clock: &'a dyn Clock,
     /// How long a challenge stays valid.
     pub challenge_ttl: std::time::Duration,
+    /// PIV trust and enrollment policy.
+    pub piv: &'a PivSettings,
 }
 
 impl Operators<'_> {
@@ -374,7 +513,7 @@ impl Operators<'_> {
         local: bool,
         operator: &str,
         roles: &[String],
-    ) -> Result<(String, String), OperatorError> {
+    ) -> Result<Opened, OperatorError> {
         if !local {
             return Err(OperatorError::LocalOnly);
         }
@@ -388,14 +527,16 @@ impl Operators<'_> {
         };
         let exclude = authenticators(self.store)?
             .into_iter()
-            .map(|a| a.key.cred_id().clone())
+            .filter_map(|a| a.fido2().map(|k| k.cred_id().clone()))
             .collect();
         let (options, state) = self.fido2.start_registration(user_id, operator, exclude)?;
+        let piv_challenge = piv_enroll_challenge(&random32()?, operator);
         let kind = CeremonyKind::Enrollment {
             roles: roles.to_vec(),
             state,
+            piv_challenge: hex::encode(piv_challenge),
         };
-        self.open_ceremony(operator, kind, &options)
+        self.open_ceremony(operator, kind, Some(&options), piv_challenge)
     }
 
     /// Stores a new pending challenge and returns its id with the client options as JSON.
@@ -403,10 +544,15 @@ impl Operators<'_> {
         &self,
         operator: &str,
         kind: CeremonyKind,
-        options: &impl Serialize,
-    ) -> Result<(String, String), OperatorError> {
-        let options =
-            serde_json::to_string(options).map_err(|e| StoreError::Backend(e.to_string()))?;
+        options: Option<&impl Serialize>,
+        piv_challenge: [u8; 32],
+    ) -> Result<Opened, OperatorError> {
+        let options = match options {
+            Some(o) => {
+                serde_json::to_string(o).map_err(|e| StoreError::Backend(e.to_string()))?
+            }
+            None => String::new(),
+        };
         let id = new_id()?;
         let ceremony = Ceremony {
             operator: operator.to_owned(),
@@ -417,7 +563,11 @@ impl Operators<'_> {
         txn.require_absent(Keyspace::Ceremonies, id.as_bytes())
             .put(id.as_bytes(), &ceremony)?;
         self.store.commit(&txn)?;
-        Ok((id, options))
+        Ok(Opened {
+            ceremony_id: id,
+            options_json: options,
+            piv_challenge,
+        })
     }
 
     /// Finishes an enrollment. During genesis the key is enrolled, and genesis closes in the
@@ -434,11 +584,28 @@ impl Operators<'_> {
             return Err(OperatorError::LocalOnly);
         }
         let (ceremony, raw) = self.ceremony(ceremony_id)?;
-        let CeremonyKind::Enrollment { roles, state } = &ceremony.kind else {
+        let CeremonyKind::Enrollment {
+            roles,
+            state,
+            piv_challenge,
+        } = &ceremony.kind
+        else {
             return Err(OperatorError::WrongCeremony(ceremony_id.to_owned()));
         };
         let (meta, meta_bytes) = trust::read_meta(self.store)?;
-        let registered = self.fido2.finish_registration(response_json, state)?;
+        let registered = if is_piv_response(response_json) {
+            self.register_piv(response_json, piv_challenge, &ceremony.operator)?
+        } else {
+            let r = self.fido2.finish_registration(response_json, state)?;
+            Registered {
+                credential_id: r.credential_id,
+                key: KeyMaterial::Fido2 { key: r.key },
+                algorithm: r.algorithm.to_owned(),
+                public_key_spki: r.public_key_spki,
+                aaguid: r.aaguid,
+                attested: r.attested,
+            }
+        };
         if let Some(existing) =
             store::read::<Authenticator>(self.store, registered.credential_id.as_bytes())?
         {
@@ -459,7 +626,7 @@ impl Operators<'_> {
             credential_id: registered.credential_id.clone(),
             operator: operator.name.clone(),
             key: registered.key,
-            algorithm: registered.algorithm.to_owned(),
+            algorithm: registered.algorithm.clone(),
             public_key: base64::engine::general_purpose::STANDARD
                 .encode(&registered.public_key_spki),
             aaguid: registered.aaguid,
@@ -549,29 +716,31 @@ impl Operators<'_> {
         operator: &str,
         digest: &[u8; 32],
         require_uv: bool,
-    ) -> Result<(String, String), OperatorError> {
+    ) -> Result<Opened, OperatorError> {
         let (_, keys) = show(self.store, operator)?;
-        let active: Vec<SecurityKey> = keys
+        let active: Vec<Authenticator> = keys
             .into_iter()
             .filter(|a| a.state == AuthenticatorState::Active)
-            .map(|a| a.key)
             .collect();
         if active.is_empty() {
             return Err(OperatorError::NoActiveAuthenticator(operator.to_owned()));
         }
-        let mut nonce = [0u8; 32];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
-        let (options, state) =
-            self.fido2
-                .start_assertion(&active, bound_challenge(digest, &nonce), require_uv)?;
+        let fido2: Vec<SecurityKey> = active.iter().filter_map(|a| a.fido2().cloned()).collect();
+        let nonce = random32()?;
+        let challenge = bound_challenge(digest, &nonce);
+        let (options, state) = if fido2.is_empty() {
+            (None, None)
+        } else {
+            let (options, state) = self.fido2.start_assertion(&fido2, challenge, require_uv)?;
+            (Some(options), Some(state))
+        };
         let kind = CeremonyKind::Assertion {
             digest: hex::encode(digest),
             nonce: hex::encode(nonce),
             require_uv,
             state,
         };
-        self.open_ceremony(operator, kind, &options)
+        self.open_ceremony(operator, kind, options.as_ref(), challenge)
     }
 
     /// Verifies an assertion over `digest` and records it, with its raw evidence, in the audit
@@ -653,25 +822,6 @@ impl Operators<'_> {
                 ));
             }
         }
-        let (response, result) =
-            match self
-                .fido2
-                .finish_assertion(response_json, state, *require_uv)
-            {
-                Ok(ok) => ok,
-                Err(Fido2Error::CounterRegressed) => {
-                    self.suspend(
-                        &mut authenticator,
-                        auth_raw,
-                        "signature counter went backwards (possible clone)",
-                    )?;
-                    return Err(Fido2Error::CounterRegressed.into());
-                }
-                Err(e) => return Err(e.into()),
-            };
-        authenticator.key.update_credential(&result);
-        authenticator.counter = result.counter();
-
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let nonce_bytes = hex::decode(nonce).map_err(|e| StoreError::Corrupt {
@@ -682,12 +832,65 @@ impl Operators<'_> {
             keyspace: "ceremonies",
             detail: "nonce length".to_owned(),
         })?;
-        let evidence = Evidence::Webauthn {
-            credential_id: credential_id.clone(),
-            challenge: b64.encode(bound_challenge(digest, &nonce_arr)),
-            authenticator_data: b64.encode::<&[u8]>(response.response.authenticator_data.as_ref()),
-            client_data_json: b64.encode::<&[u8]>(response.response.client_data_json.as_ref()),
-            signature: b64.encode::<&[u8]>(response.response.signature.as_ref()),
+        let challenge = bound_challenge(digest, &nonce_arr);
+
+        let (evidence, user_verified, counter, piv) = match authenticator.key.clone() {
+            KeyMaterial::Piv { attested } => {
+                let signature = claimed
+                    .get("signature")
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| b64.decode(v).ok())
+                    .ok_or_else(|| OperatorError::PivResponse("missing signature".into()))?;
+                crate::piv::verify_signature(
+                    &attested.algorithm,
+                    &attested.public_key_spki,
+                    &challenge,
+                    &signature,
+                )
+                .map_err(OperatorError::PivResponse)?;
+                // A PIV key verifies its user when its PIN policy makes it ask for the PIN.
+                let user_verified = attested.pin_policy != crate::piv::PinPolicy::Never;
+                if *require_uv && !user_verified {
+                    return Err(Fido2Error::UserVerificationRequired.into());
+                }
+                let evidence = Evidence::Piv {
+                    key_id: credential_id.clone(),
+                    challenge: b64.encode(challenge),
+                    signature: b64.encode(&signature),
+                };
+                (evidence, user_verified, authenticator.counter, Some(attested))
+            }
+            KeyMaterial::Fido2 { mut key } => {
+                let Some(state) = state else {
+                    return Err(Fido2Error::UnknownCredential.into());
+                };
+                let (response, result) =
+                    match self.fido2.finish_assertion(response_json, state, *require_uv) {
+                        Ok(ok) => ok,
+                        Err(Fido2Error::CounterRegressed) => {
+                            self.suspend(
+                                &mut authenticator,
+                                auth_raw,
+                                "signature counter went backwards (possible clone)",
+                            )?;
+                            return Err(Fido2Error::CounterRegressed.into());
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                key.update_credential(&result);
+                authenticator.key = KeyMaterial::Fido2 { key };
+                authenticator.counter = result.counter();
+                let evidence = Evidence::Webauthn {
+                    credential_id: credential_id.clone(),
+                    challenge: b64.encode(challenge),
+                    authenticator_data: b64
+                        .encode::<&[u8]>(response.response.authenticator_data.as_ref()),
+                    client_data_json: b64
+                        .encode::<&[u8]>(response.response.client_data_json.as_ref()),
+                    signature: b64.encode::<&[u8]>(response.response.signature.as_ref()),
+                };
+                (evidence, result.user_verified(), result.counter(), None)
+            }
         };
         let mut txn = Txn::new();
         self.used(&mut txn, ceremony_id, raw, &ceremony.operator)?;
@@ -703,8 +906,9 @@ impl Operators<'_> {
                 "digest": hex::encode(digest),
                 "nonce": nonce,
                 "credential_id": credential_id,
-                "user_verified": result.user_verified(),
-                "counter": result.counter(),
+                "key_type": if piv.is_some() { "piv" } else { "fido2" },
+                "user_verified": user_verified,
+                "counter": counter,
             }),
             evidence: Some(evidence),
         };
@@ -712,13 +916,73 @@ impl Operators<'_> {
             txn,
             event,
             attested: authenticator.attested,
+            piv,
             verified: VerifiedAssertion {
                 operator: ceremony.operator,
                 credential_id,
-                user_verified: result.user_verified(),
-                counter: result.counter(),
+                user_verified,
+                counter,
                 audit_seq: 0,
             },
+        })
+    }
+
+    /// Verifies a PIV enrollment: attestation chain and key policy, the signature over the
+    /// ceremony's challenge by the attested key, one device one operator.
+    fn register_piv(
+        &self,
+        response_json: &str,
+        challenge_hex: &str,
+        operator: &str,
+    ) -> Result<Registered, OperatorError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let response: PivEnrollment = serde_json::from_str(response_json)
+            .map_err(|e| OperatorError::PivResponse(e.to_string()))?;
+        let spki = b64
+            .decode(&response.public_key)
+            .map_err(|e| OperatorError::PivResponse(format!("public_key: {e}")))?;
+        if response.attestation.trim().is_empty() || response.device.trim().is_empty() {
+            if self.piv.require_attestation {
+                return Err(crate::piv::PivError::NotAttested.into());
+            }
+            return Err(OperatorError::PivResponse(
+                "unattested PIV keys are not supported".into(),
+            ));
+        }
+        let attestation =
+            crate::piv::parse_certificate("attestation", response.attestation.as_bytes())?;
+        let device = crate::piv::parse_certificate("device", response.device.as_bytes())?;
+        let attested = self.piv.trust.verify(&attestation, &device, Some(&spki))?;
+        self.piv.policy.check(&attested)?;
+        let challenge = hex::decode(challenge_hex).map_err(|e| StoreError::Corrupt {
+            keyspace: "ceremonies",
+            detail: e.to_string(),
+        })?;
+        let signature = b64
+            .decode(&response.signature)
+            .map_err(|e| OperatorError::PivResponse(format!("signature: {e}")))?;
+        crate::piv::verify_signature(&attested.algorithm, &spki, &challenge, &signature)
+            .map_err(|e| OperatorError::PivResponse(format!("proof of possession: {e}")))?;
+        for other in authenticators(self.store)? {
+            if let Some(a) = other.piv()
+                && a.serial == attested.serial
+                && other.operator != operator
+                && !matches!(other.state, AuthenticatorState::Removed { .. })
+            {
+                return Err(OperatorError::DeviceTaken {
+                    serial: a.serial,
+                    operator: other.operator,
+                });
+            }
+        }
+        Ok(Registered {
+            credential_id: format!("piv-{}-{}", attested.serial, attested.slot),
+            algorithm: attested.algorithm.clone(),
+            public_key_spki: spki,
+            aaguid: None,
+            attested: !attested.dev_root,
+            key: KeyMaterial::Piv { attested },
         })
     }
 

@@ -228,6 +228,9 @@ pub struct Attested {
     pub algorithm: String,
     /// Subject of the root the chain ends at.
     pub root: String,
+    /// Whether that root is a dev-mode root (the software PIV signer's), not Yubico's.
+    #[serde(default)]
+    pub dev_root: bool,
 }
 
 /// What an enrolled PIV key must meet.
@@ -303,6 +306,7 @@ fn der_of(cert: &Certificate) -> Vec<u8> {
 pub struct PivTrust {
     roots: Vec<Certificate>,
     intermediates: Vec<Certificate>,
+    dev_roots: Vec<Certificate>,
 }
 
 impl PivTrust {
@@ -338,13 +342,15 @@ impl PivTrust {
         Ok(Self {
             roots,
             intermediates,
+            dev_roots: Vec::new(),
         })
     }
 
     /// Adds a root trusted only in dev mode (the software PIV signer's synthetic hierarchy).
     /// The caller must refuse this outside dev mode.
     pub fn with_dev_root(mut self, root: Certificate) -> Self {
-        self.roots.push(root);
+        self.roots.push(root.clone());
+        self.dev_roots.push(root);
         self
     }
 
@@ -370,8 +376,10 @@ impl PivTrust {
         let mut current = device.clone();
         let mut root = None;
         for _ in 0..MAX_CHAIN {
-            if let Some(found) = self.roots.iter().find(|r| der_of(r) == der_of(&current)) {
-                root = Some(found.tbs_certificate().subject().to_string());
+            let here = der_of(&current);
+            if let Some(found) = self.roots.iter().find(|r| der_of(r) == here) {
+                let dev = self.dev_roots.iter().any(|r| der_of(r) == here);
+                root = Some((found.tbs_certificate().subject().to_string(), dev));
                 break;
             }
             let issuer = current.tbs_certificate().issuer().clone();
@@ -384,7 +392,8 @@ impl PivTrust {
             verify_signed_by(&current, parent, "chain")?;
             current = parent.clone();
         }
-        let root = root.ok_or_else(|| PivError::UntrustedChain("chain too long".into()))?;
+        let (root, dev_root) =
+            root.ok_or_else(|| PivError::UntrustedChain("chain too long".into()))?;
         if let Some(expected) = expected_spki
             && expected != attested_spki.as_slice()
         {
@@ -441,6 +450,7 @@ impl PivTrust {
             public_key_spki: attested_spki,
             algorithm,
             root,
+            dev_root,
         })
     }
 }

@@ -700,19 +700,19 @@ impl Authority {
         grant_id: &str,
         operator: &str,
         reason: &str,
-    ) -> Result<(String, String, [u8; 32]), WorkflowError> {
+    ) -> Result<(crate::operator::Opened, [u8; 32]), WorkflowError> {
         if !matches!(caller, Caller::Local(_)) {
             return Err(OperatorError::LocalOnly.into());
         }
         self.revocable(grant_id)?;
         check_reason(reason)?;
         let digest = revoke_digest(grant_id, reason);
-        let (ceremony, options) = self.operators().begin_assertion(
+        let opened = self.operators().begin_assertion(
             operator,
             &digest,
             self.fido2_policy.require_user_verification,
         )?;
-        Ok((ceremony, options, digest))
+        Ok((opened, digest))
     }
 
     fn revocable(&self, grant_id: &str) -> Result<(Grant, Vec<u8>), WorkflowError> {

@@ -16,7 +16,7 @@ use crate::error::{Coded, ErrorKind};
 use crate::grant::{Grant, GrantState, Introspection, SshGrant, token_hash};
 use crate::mint::{self, MintError, SshRequest};
 use crate::operator::{
-    self, Authenticator, AuthenticatorState, Enrollment, Operator, OperatorError,
+    self, Authenticator, AuthenticatorState, Enrollment, Opened, Operator, OperatorError,
 };
 use crate::policy::{self, ApprovalPolicy, Ballot, Decision, Outcome, PolicyError, Vote, Voter};
 use crate::request::{self, Canonical, Draft, DraftError, Request, RequestState, Requester};
@@ -498,7 +498,7 @@ impl Authority {
         caller: &Caller,
         operator: &str,
         draft: &Draft,
-    ) -> Result<(String, String, [u8; 32]), WorkflowError> {
+    ) -> Result<(Opened, [u8; 32]), WorkflowError> {
         let Caller::Local(peer) = caller else {
             return Err(WorkflowError::LocalOnly);
         };
@@ -508,12 +508,12 @@ impl Authority {
         };
         let (scope, _) = self.check_draft(draft, &requester)?;
         let digest = draft.digest(operator);
-        let (ceremony, options) = self.operators().begin_assertion(
+        let opened = self.operators().begin_assertion(
             operator,
             &digest,
             scope.policy.require_uv || self.fido2_policy.require_user_verification,
         )?;
-        Ok((ceremony, options, digest))
+        Ok((opened, digest))
     }
 
     /// Creates a request: from a workload (mTLS), or from an operator with the assertion from
@@ -831,18 +831,18 @@ impl Authority {
         target: &VoteTarget,
         operator: &str,
         decision: Decision,
-    ) -> Result<(String, String, [u8; 32]), WorkflowError> {
+    ) -> Result<(Opened, [u8; 32]), WorkflowError> {
         if !matches!(caller, Caller::Local(_)) {
             return Err(WorkflowError::WorkloadCannotVote);
         }
         let (digest, policy) = self.vote_subject(target, decision)?;
         self.ballot_check(target, operator)?;
-        let (ceremony, options) = self.operators().begin_assertion(
+        let opened = self.operators().begin_assertion(
             operator,
             &digest,
             policy.require_uv || self.fido2_policy.require_user_verification,
         )?;
-        Ok((ceremony, options, digest))
+        Ok((opened, digest))
     }
 
     /// Verifies and counts a vote. At quorum, mints (requests) or applies (changes) in the

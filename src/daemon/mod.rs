@@ -261,6 +261,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             },
             fido2: &config.fido2,
             krl_path: config.revocation.krl_path.clone(),
+            piv: &config.piv,
         },
     )?);
     // Everything that expired while the daemon was down is revoked before any listener

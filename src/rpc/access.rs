@@ -259,16 +259,17 @@ impl pb::access_service_server::AccessService for AccessApi {
         let req = request.into_inner();
         let draft = draft(req.draft)?;
         let authority = self.authority.clone();
-        let (ceremony_id, options, digest) = blocking(move || {
+        let (opened, digest) = blocking(move || {
             authority
                 .begin_request(&caller, &req.operator, &draft)
                 .map_err(|e| to_status(&e))
         })
         .await?;
         Ok(Response::new(pb::BeginRequestResponse {
-            ceremony_id,
-            request_options_json: options,
+            ceremony_id: opened.ceremony_id,
+            request_options_json: opened.options_json,
             digest: digest.to_vec(),
+            piv_challenge: opened.piv_challenge.to_vec(),
         }))
     }
 
@@ -336,16 +337,17 @@ impl pb::access_service_server::AccessService for AccessApi {
         let target = target(req.target)?;
         let decision = decision(req.decision)?;
         let authority = self.authority.clone();
-        let (ceremony_id, options, digest) = blocking(move || {
+        let (opened, digest) = blocking(move || {
             authority
                 .begin_vote(&caller, &target, &req.operator, decision)
                 .map_err(|e| to_status(&e))
         })
         .await?;
         Ok(Response::new(pb::BeginVoteResponse {
-            ceremony_id,
-            request_options_json: options,
+            ceremony_id: opened.ceremony_id,
+            request_options_json: opened.options_json,
             vote_digest: digest.to_vec(),
+            piv_challenge: opened.piv_challenge.to_vec(),
         }))
     }
 
@@ -485,16 +487,17 @@ impl pb::access_service_server::AccessService for AccessApi {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
         let authority = self.authority.clone();
-        let (ceremony_id, options, digest) = blocking(move || {
+        let (opened, digest) = blocking(move || {
             authority
                 .begin_revoke(&caller, &req.grant_id, &req.operator, &req.reason)
                 .map_err(|e| to_status(&e))
         })
         .await?;
         Ok(Response::new(pb::BeginRevokeResponse {
-            ceremony_id,
-            request_options_json: options,
+            ceremony_id: opened.ceremony_id,
+            request_options_json: opened.options_json,
             digest: digest.to_vec(),
+            piv_challenge: opened.piv_challenge.to_vec(),
         }))
     }
 

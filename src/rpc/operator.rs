@@ -53,15 +53,16 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
         let authority = self.authority.clone();
-        let (ceremony_id, options) = blocking(move || {
+        let opened = blocking(move || {
             authority
                 .begin_enrollment(&caller, &req.operator, &req.roles)
                 .map_err(|e| to_status(&e))
         })
         .await?;
         Ok(Response::new(pb::BeginEnrollmentResponse {
-            ceremony_id,
-            creation_options_json: options,
+            ceremony_id: opened.ceremony_id,
+            creation_options_json: opened.options_json,
+            piv_challenge: opened.piv_challenge.to_vec(),
         }))
     }
 
@@ -102,15 +103,16 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         let req = request.into_inner();
         let digest = digest(&req.digest)?;
         let authority = self.authority.clone();
-        let (ceremony_id, options) = blocking(move || {
+        let opened = blocking(move || {
             authority
                 .begin_assertion(&caller, &req.operator, &digest)
                 .map_err(|e| to_status(&e))
         })
         .await?;
         Ok(Response::new(pb::BeginAssertionResponse {
-            ceremony_id,
-            request_options_json: options,
+            ceremony_id: opened.ceremony_id,
+            request_options_json: opened.options_json,
+            piv_challenge: opened.piv_challenge.to_vec(),
         }))
     }
 
@@ -152,6 +154,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
             authenticators: keys
                 .into_iter()
                 .map(|a| {
+                    let piv = a.piv().cloned();
                     let (state, reason) = match a.state {
                         AuthenticatorState::Active => {
                             (pb::AuthenticatorState::Active, String::new())
@@ -164,6 +167,21 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                         }
                     };
                     pb::AuthenticatorInfo {
+                        kind: if piv.is_some() { "piv" } else { "fido2" }.to_owned(),
+                        piv_serial: piv.as_ref().map_or(0, |p| p.serial),
+                        piv_slot: piv.as_ref().map(|p| p.slot.clone()).unwrap_or_default(),
+                        piv_firmware: piv
+                            .as_ref()
+                            .map(|p| format!("{}.{}.{}", p.firmware.0, p.firmware.1, p.firmware.2))
+                            .unwrap_or_default(),
+                        piv_pin_policy: piv
+                            .as_ref()
+                            .map(|p| p.pin_policy.to_string())
+                            .unwrap_or_default(),
+                        piv_touch_policy: piv
+                            .as_ref()
+                            .map(|p| p.touch_policy.to_string())
+                            .unwrap_or_default(),
                         credential_id: a.credential_id,
                         algorithm: a.algorithm,
                         aaguid: a.aaguid.map(|u| u.to_string()).unwrap_or_default(),
