@@ -548,9 +548,7 @@ impl Operators<'_> {
         piv_challenge: [u8; 32],
     ) -> Result<Opened, OperatorError> {
         let options = match options {
-            Some(o) => {
-                serde_json::to_string(o).map_err(|e| StoreError::Backend(e.to_string()))?
-            }
+            Some(o) => serde_json::to_string(o).map_err(|e| StoreError::Backend(e.to_string()))?,
             None => String::new(),
         };
         let id = new_id()?;
@@ -858,14 +856,22 @@ impl Operators<'_> {
                     challenge: b64.encode(challenge),
                     signature: b64.encode(&signature),
                 };
-                (evidence, user_verified, authenticator.counter, Some(attested))
+                (
+                    evidence,
+                    user_verified,
+                    authenticator.counter,
+                    Some(attested),
+                )
             }
             KeyMaterial::Fido2 { mut key } => {
                 let Some(state) = state else {
                     return Err(Fido2Error::UnknownCredential.into());
                 };
                 let (response, result) =
-                    match self.fido2.finish_assertion(response_json, state, *require_uv) {
+                    match self
+                        .fido2
+                        .finish_assertion(response_json, state, *require_uv)
+                    {
                         Ok(ok) => ok,
                         Err(Fido2Error::CounterRegressed) => {
                             self.suspend(

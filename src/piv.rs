@@ -383,14 +383,24 @@ impl PivTrust {
                 break;
             }
             let issuer = current.tbs_certificate().issuer().clone();
-            let parent = self
+            // Several trusted certificates may share a name (re-issued roots): the issuer is
+            // the one whose key verifies the signature.
+            let candidates: Vec<&Certificate> = self
                 .roots
                 .iter()
                 .chain(&self.intermediates)
-                .find(|c| *c.tbs_certificate().subject() == issuer)
-                .ok_or_else(|| PivError::UntrustedChain(format!("no trusted issuer {issuer}")))?;
-            verify_signed_by(&current, parent, "chain")?;
-            current = parent.clone();
+                .filter(|c| *c.tbs_certificate().subject() == issuer)
+                .collect();
+            if candidates.is_empty() {
+                return Err(PivError::UntrustedChain(format!(
+                    "no trusted issuer {issuer}"
+                )));
+            }
+            let parent = candidates
+                .iter()
+                .find(|c| verify_signed_by(&current, c, "chain").is_ok())
+                .ok_or_else(|| PivError::BadSignature("chain".to_owned()))?;
+            current = (*parent).clone();
         }
         let (root, dev_root) =
             root.ok_or_else(|| PivError::UntrustedChain("chain too long".into()))?;

@@ -80,6 +80,12 @@ pub struct ApprovalPolicy {
     pub pending_timeout_secs: u64,
     /// Explicit denials that end a request (1: any approver can stop it).
     pub denials_to_reject: u32,
+    /// PIV keys must have at least this touch policy to approve (None: any).
+    #[serde(default)]
+    pub piv_touch: Option<crate::piv::TouchPolicy>,
+    /// PIV keys must have at least this PIN policy to approve (None: any).
+    #[serde(default)]
+    pub piv_pin: Option<crate::piv::PinPolicy>,
 }
 
 impl ApprovalPolicy {
@@ -258,6 +264,8 @@ mod tests {
             require_attested: false,
             pending_timeout_secs: 600,
             denials_to_reject: 1,
+            piv_touch: None,
+            piv_pin: None,
         }
     }
 

@@ -277,6 +277,8 @@ mod tests {
                 require_attested: false,
                 pending_timeout_secs: 600,
                 denials_to_reject: 1,
+                piv_touch: None,
+                piv_pin: None,
             },
             requesters: Requesters {
                 roles: vec!["dba-oncall".into()],

@@ -415,6 +415,8 @@ impl Authority {
             require_attested: false,
             pending_timeout_secs: CHANGE_PENDING_TIMEOUT.as_secs(),
             denials_to_reject: 1,
+            piv_touch: None,
+            piv_pin: None,
         })
     }
 
@@ -919,6 +921,14 @@ impl Authority {
             prepared.attested,
             vote.user_verified,
         )?;
+        if let Some(attested) = &prepared.piv {
+            crate::piv::KeyPolicy {
+                touch: request.policy.piv_touch,
+                pin: request.policy.piv_pin,
+            }
+            .check(attested)
+            .map_err(OperatorError::from)?;
+        }
         let mut event = prepared.event;
         if let Some(map) = event.details.as_object_mut() {
             map.insert("decision".into(), vote.decision.as_str().into());
@@ -1345,6 +1355,14 @@ impl Authority {
             prepared.attested,
             vote.user_verified,
         )?;
+        if let Some(attested) = &prepared.piv {
+            crate::piv::KeyPolicy {
+                touch: change.policy.piv_touch,
+                pin: change.policy.piv_pin,
+            }
+            .check(attested)
+            .map_err(OperatorError::from)?;
+        }
         let mut event = prepared.event;
         if let Some(map) = event.details.as_object_mut() {
             map.insert("decision".into(), vote.decision.as_str().into());

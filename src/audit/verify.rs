@@ -46,6 +46,7 @@ pub struct Report {
 #[derive(Clone, Debug)]
 enum EnrolledKey {
     Es256(p256::ecdsa::VerifyingKey),
+    Es384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
 }
 
@@ -69,6 +70,13 @@ impl EnrolledKey {
                         .map_err(|e| format!("public_key: {e}"))?,
                 )
             }
+            "es384" => {
+                use p384::pkcs8::DecodePublicKey as _;
+                Self::Es384(
+                    p384::ecdsa::VerifyingKey::from_public_key_der(&der)
+                        .map_err(|e| format!("public_key: {e}"))?,
+                )
+            }
             "ed25519" => {
                 use ed25519_dalek::pkcs8::DecodePublicKey as _;
                 Self::Ed25519(
@@ -86,6 +94,13 @@ impl EnrolledKey {
             Self::Es256(key) => {
                 use p256::ecdsa::signature::Verifier as _;
                 let sig = p256::ecdsa::Signature::from_der(signature)
+                    .map_err(|e| format!("signature encoding: {e}"))?;
+                key.verify(message, &sig)
+                    .map_err(|_| "signature was not made by the enrolled key".to_owned())
+            }
+            Self::Es384(key) => {
+                use p384::ecdsa::signature::Verifier as _;
+                let sig = p384::ecdsa::Signature::from_der(signature)
                     .map_err(|e| format!("signature encoding: {e}"))?;
                 key.verify(message, &sig)
                     .map_err(|_| "signature was not made by the enrolled key".to_owned())

@@ -145,6 +145,16 @@ enum KeyCommand {
         /// channel.
         #[arg(long, default_value = "")]
         note: String,
+        /// With --piv: generate a new P-256 key in the slot, on the device (default management
+        /// key), with these policies. Without it the slot's existing key is enrolled.
+        #[arg(long, requires = "piv")]
+        generate: bool,
+        /// With --generate: touch policy (always, cached, never).
+        #[arg(long, default_value = "always", value_parser = parse_touch)]
+        touch_policy: latchkey::piv::TouchPolicy,
+        /// With --generate: PIN policy (always, once, never).
+        #[arg(long, default_value = "once", value_parser = parse_pin)]
+        pin_policy: latchkey::piv::PinPolicy,
         #[command(flatten)]
         key: KeyChoice,
     },
@@ -220,6 +230,24 @@ enum WorkloadCommand {
     },
     #[command(flatten)]
     Change(cli::WorkloadChange),
+}
+
+fn parse_touch(s: &str) -> Result<latchkey::piv::TouchPolicy, String> {
+    match s {
+        "always" => Ok(latchkey::piv::TouchPolicy::Always),
+        "cached" => Ok(latchkey::piv::TouchPolicy::Cached),
+        "never" => Ok(latchkey::piv::TouchPolicy::Never),
+        other => Err(format!("{other}: use always, cached or never")),
+    }
+}
+
+fn parse_pin(s: &str) -> Result<latchkey::piv::PinPolicy, String> {
+    match s {
+        "always" => Ok(latchkey::piv::PinPolicy::Always),
+        "once" => Ok(latchkey::piv::PinPolicy::Once),
+        "never" => Ok(latchkey::piv::PinPolicy::Never),
+        other => Err(format!("{other}: use always, once or never")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -353,9 +381,21 @@ async fn run(cli: Cli) -> Result<ExitCode, client::ClientError> {
             operator,
             roles,
             note,
+            generate,
+            touch_policy,
+            pin_policy,
             key,
         }) => {
-            let mut authenticator = key.open()?;
+            let mut authenticator: Box<dyn client::keys::Authenticator> = if generate {
+                Box::new(client::piv::UsbPiv::generate(
+                    &key.slot,
+                    pin_policy,
+                    touch_policy,
+                    cli::piv_pin()?,
+                )?)
+            } else {
+                key.open()?
+            };
             let enrolled = client::enroll(
                 channel,
                 &operator,

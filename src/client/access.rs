@@ -2,10 +2,9 @@
 //! what was shown), waiting for the credential, changes and listings.
 
 use tonic::transport::Channel;
-use webauthn_rs::prelude::RequestChallengeResponse;
 
-use super::keys::{self, Authenticator};
-use super::{ClientError, origin_for};
+use super::ClientError;
+use super::keys::Authenticator;
 use crate::pb;
 use crate::pb::access_service_client::AccessServiceClient;
 use crate::pb::trust_service_client::TrustServiceClient;
@@ -43,15 +42,6 @@ fn decision_pb(d: Decision) -> pb::Decision {
         Decision::Approve => pb::Decision::Approve,
         Decision::Deny => pb::Decision::Deny,
     }
-}
-
-fn parse_options(json: &str) -> Result<RequestChallengeResponse, ClientError> {
-    serde_json::from_str(json).map_err(|e| ClientError::Key(keys::KeyError::Options(e.to_string())))
-}
-
-fn to_json(credential: &impl serde::Serialize) -> Result<String, ClientError> {
-    serde_json::to_string(credential)
-        .map_err(|e| ClientError::Key(keys::KeyError::Options(e.to_string())))
 }
 
 /// What an approver is shown before touching their key: the canonical text the daemon stored,
@@ -129,15 +119,14 @@ pub async fn vote(
             target.label()
         )));
     }
-    let options = parse_options(&begun.request_options_json)?;
-    let origin = origin_for(&options.public_key.rp_id, origin)?;
-    let credential = authenticator.assert(&origin, options)?;
+    let credential_json =
+        authenticator.respond(origin, &begun.request_options_json, &begun.piv_challenge)?;
     Ok(client
         .cast_vote(pb::CastVoteRequest {
             target: Some(target.to_pb()),
             decision: decision_pb(decision).into(),
             ceremony_id: begun.ceremony_id,
-            credential_json: to_json(&credential)?,
+            credential_json,
         })
         .await?
         .into_inner())
@@ -161,10 +150,9 @@ pub async fn request(
                 })
                 .await?
                 .into_inner();
-            let options = parse_options(&begun.request_options_json)?;
-            let origin = origin_for(&options.public_key.rp_id, origin)?;
-            let credential = authenticator.assert(&origin, options)?;
-            (begun.ceremony_id, to_json(&credential)?)
+            let credential_json =
+                authenticator.respond(origin, &begun.request_options_json, &begun.piv_challenge)?;
+            (begun.ceremony_id, credential_json)
         }
     };
     client

@@ -27,16 +27,39 @@ pub struct KeyChoice {
     /// WebAuthn origin to claim (default: https:// + the daemon's relying-party id).
     #[arg(long)]
     pub origin: Option<String>,
+    /// Use the YubiKey's PIV applet (over PC/SC; pcscd must run) instead of FIDO2.
+    #[arg(long)]
+    pub piv: bool,
+    /// PIV slot.
+    #[arg(long, default_value = "9a")]
+    pub slot: String,
+    /// Use a software PIV key kept in this file (created if missing; its synthetic root must
+    /// be in the daemon's `[piv] dev_roots`: dev mode only).
+    #[arg(long, conflicts_with_all = ["soft_token", "piv"])]
+    pub soft_piv: Option<PathBuf>,
 }
 
 impl KeyChoice {
     /// Opens the chosen authenticator.
     pub fn open(&self) -> Result<Box<dyn Authenticator>, ClientError> {
+        if let Some(path) = &self.soft_piv {
+            return Ok(Box::new(super::piv::SoftPiv::open_or_create(path)?));
+        }
+        if self.piv {
+            return Ok(Box::new(super::piv::UsbPiv::open(&self.slot, piv_pin()?)?));
+        }
         Ok(match &self.soft_token {
             Some(path) => Box::new(SoftTokenKey::open_or_create(path)?),
             None => Box::new(UsbKey::open(self.device)?),
         })
     }
+}
+
+/// Asks for the PIV PIN on the terminal (empty: the key's PIN policy is never).
+pub fn piv_pin() -> Result<Option<String>, ClientError> {
+    let pin = rpassword::prompt_password("PIV PIN (empty if the key never asks): ")
+        .map_err(|e| ClientError::Key(super::keys::KeyError::Device(format!("PIN prompt: {e}"))))?;
+    Ok((!pin.is_empty()).then_some(pin))
 }
 
 /// `latchkey request`.
@@ -875,21 +898,20 @@ pub async fn revoke(
             "the challenge is not bound to revoking grant {id}"
         )));
     }
-    let options: webauthn_rs::prelude::RequestChallengeResponse =
-        serde_json::from_str(&begun.request_options_json)
-            .map_err(|e| ClientError::Key(super::keys::KeyError::Options(e.to_string())))?;
-    let origin = super::origin_for(&options.public_key.rp_id, key.origin.as_deref())?;
     if !out.json {
         eprintln!("touch your key to revoke grant {id}");
     }
-    let credential = key.open()?.assert(&origin, options)?;
+    let credential_json = key.open()?.respond(
+        key.origin.as_deref(),
+        &begun.request_options_json,
+        &begun.piv_challenge,
+    )?;
     let g = client
         .revoke(pb::RevokeRequest {
             grant_id: id,
             reason,
             ceremony_id: begun.ceremony_id,
-            credential_json: serde_json::to_string(&credential)
-                .map_err(|e| ClientError::Key(super::keys::KeyError::Options(e.to_string())))?,
+            credential_json,
         })
         .await?
         .into_inner()

@@ -49,8 +49,50 @@ pub enum KeyError {
     Options(String),
 }
 
+/// The origin a client claims: `origin`, or `https://` + the relying-party id the daemon asked
+/// for (matching latchkeyd's default `[fido2] origin`).
+pub fn origin_for(rp_id: &str, origin: Option<&str>) -> Result<Url, KeyError> {
+    let text = origin.map_or_else(|| format!("https://{rp_id}"), str::to_owned);
+    Url::parse(&text).map_err(|e| KeyError::Options(format!("origin {text}: {e}")))
+}
+
 /// Something that can register a credential and sign assertions.
 pub trait Authenticator {
+    /// Answers an enrollment ceremony with the JSON `FinishEnrollment` takes. FIDO2 keys
+    /// register a WebAuthn credential; PIV keys send their attestation and sign `piv_challenge`.
+    fn enroll(
+        &mut self,
+        origin: Option<&str>,
+        options_json: &str,
+        _piv_challenge: &[u8],
+    ) -> Result<String, KeyError> {
+        let options: CreationChallengeResponse =
+            serde_json::from_str(options_json).map_err(|e| KeyError::Options(e.to_string()))?;
+        let origin = origin_for(&options.public_key.rp.id, origin)?;
+        let credential = self.register(&origin, options)?;
+        serde_json::to_string(&credential).map_err(|e| KeyError::Options(e.to_string()))
+    }
+
+    /// Answers an assertion ceremony with the JSON the Finish/Cast/Revoke calls take. FIDO2
+    /// keys sign the WebAuthn options; PIV keys sign `piv_challenge`.
+    fn respond(
+        &mut self,
+        origin: Option<&str>,
+        options_json: &str,
+        _piv_challenge: &[u8],
+    ) -> Result<String, KeyError> {
+        if options_json.is_empty() {
+            return Err(KeyError::Options(
+                "this operator has no FIDO2 key enrolled: use their PIV key (--piv)".into(),
+            ));
+        }
+        let options: RequestChallengeResponse =
+            serde_json::from_str(options_json).map_err(|e| KeyError::Options(e.to_string()))?;
+        let origin = origin_for(&options.public_key.rp_id, origin)?;
+        let credential = self.assert(&origin, options)?;
+        serde_json::to_string(&credential).map_err(|e| KeyError::Options(e.to_string()))
+    }
+
     /// Registers a new credential for the daemon's creation options.
     fn register(
         &mut self,

@@ -20,6 +20,7 @@ use crate::pb;
 pub mod access;
 pub mod cli;
 pub mod keys;
+pub mod piv;
 
 /// Errors of the client side.
 #[derive(Debug, thiserror::Error)]
@@ -399,19 +400,6 @@ pub async fn admit_workload(
         .into_inner())
 }
 
-/// The origin a CLI client claims: `--origin`, or `https://` + the relying-party id the daemon
-/// asked for (matching latchkeyd's default `[fido2] origin`).
-pub(crate) fn origin_for(
-    rp_id: &str,
-    origin: Option<&str>,
-) -> Result<webauthn_rs::prelude::Url, ClientError> {
-    let text = origin.map_or_else(|| format!("https://{rp_id}"), str::to_owned);
-    webauthn_rs::prelude::Url::parse(&text).map_err(|e| ClientError::File {
-        path: PathBuf::from("--origin"),
-        detail: format!("{text}: {e}"),
-    })
-}
-
 impl From<keys::KeyError> for ClientError {
     fn from(e: keys::KeyError) -> Self {
         ClientError::Key(e)
@@ -436,16 +424,12 @@ pub async fn enroll(
         })
         .await?
         .into_inner();
-    let options: webauthn_rs::prelude::CreationChallengeResponse =
-        serde_json::from_str(&begun.creation_options_json)
-            .map_err(|e| keys::KeyError::Options(e.to_string()))?;
-    let origin = origin_for(&options.public_key.rp.id, origin)?;
-    let credential = authenticator.register(&origin, options)?;
+    let credential_json =
+        authenticator.enroll(origin, &begun.creation_options_json, &begun.piv_challenge)?;
     Ok(client
         .finish_enrollment(pb::FinishEnrollmentRequest {
             ceremony_id: begun.ceremony_id,
-            credential_json: serde_json::to_string(&credential)
-                .map_err(|e| keys::KeyError::Options(e.to_string()))?,
+            credential_json,
             note: note.to_owned(),
         })
         .await?
@@ -468,17 +452,13 @@ pub async fn sign_digest(
         })
         .await?
         .into_inner();
-    let options: webauthn_rs::prelude::RequestChallengeResponse =
-        serde_json::from_str(&begun.request_options_json)
-            .map_err(|e| keys::KeyError::Options(e.to_string()))?;
-    let origin = origin_for(&options.public_key.rp_id, origin)?;
-    let credential = authenticator.assert(&origin, options)?;
+    let credential_json =
+        authenticator.respond(origin, &begun.request_options_json, &begun.piv_challenge)?;
     Ok(client
         .finish_assertion(pb::FinishAssertionRequest {
             ceremony_id: begun.ceremony_id,
             digest: digest.to_vec(),
-            credential_json: serde_json::to_string(&credential)
-                .map_err(|e| keys::KeyError::Options(e.to_string()))?,
+            credential_json,
         })
         .await?
         .into_inner())

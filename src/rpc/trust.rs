@@ -51,6 +51,14 @@ fn secs(s: u64) -> prost_types::Duration {
     }
 }
 
+fn bad_policy(field: &str, value: &str) -> Status {
+    status(
+        ErrorKind::InvalidInput,
+        "scope.invalid",
+        &format!("{field} {value:?}: expected never, once/cached or always"),
+    )
+}
+
 /// A scope from its API form.
 pub fn scope_from_pb(s: pb::Scope) -> Result<Scope, Status> {
     let policy = s.policy.ok_or_else(|| {
@@ -79,6 +87,20 @@ pub fn scope_from_pb(s: pb::Scope) -> Result<Scope, Status> {
             require_attested: policy.require_attested_hardware,
             pending_timeout_secs: duration_secs(policy.pending_timeout, "pending timeout")?,
             denials_to_reject: policy.denials_to_reject.max(1),
+            piv_touch: match policy.piv_touch_policy.as_str() {
+                "" => None,
+                "never" => Some(crate::piv::TouchPolicy::Never),
+                "cached" => Some(crate::piv::TouchPolicy::Cached),
+                "always" => Some(crate::piv::TouchPolicy::Always),
+                other => return Err(bad_policy("piv_touch_policy", other)),
+            },
+            piv_pin: match policy.piv_pin_policy.as_str() {
+                "" => None,
+                "never" => Some(crate::piv::PinPolicy::Never),
+                "once" => Some(crate::piv::PinPolicy::Once),
+                "always" => Some(crate::piv::PinPolicy::Always),
+                other => return Err(bad_policy("piv_pin_policy", other)),
+            },
         },
         requesters: Requesters {
             roles: s.requester_roles,
@@ -120,6 +142,12 @@ pub fn scope_to_pb(s: &Scope) -> pb::Scope {
             require_attested_hardware: s.policy.require_attested,
             pending_timeout: Some(secs(s.policy.pending_timeout_secs)),
             denials_to_reject: s.policy.denials_to_reject,
+            piv_touch_policy: s
+                .policy
+                .piv_touch
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            piv_pin_policy: s.policy.piv_pin.map(|p| p.to_string()).unwrap_or_default(),
         }),
         requester_roles: s.requesters.roles.clone(),
         requester_workloads: s.requesters.workloads.clone(),

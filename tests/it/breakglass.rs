@@ -65,7 +65,7 @@ pub struct Bg {
     pub clock: ManualClock,
     pub running: Option<Running>,
     /// Each operator's keys, first enrolled first.
-    pub keys: HashMap<String, Vec<MemKey>>,
+    pub keys: HashMap<String, Vec<Box<dyn Authenticator + Send>>>,
 }
 
 pub fn code(status: &tonic::Status) -> String {
@@ -106,6 +106,7 @@ pub fn db_root(pending_timeout: i64) -> pb::Scope {
             require_attested_hardware: false,
             pending_timeout: Some(secs(pending_timeout)),
             denials_to_reject: 1,
+            ..Default::default()
         }),
         requester_roles: vec!["dba-oncall".into()],
         requester_workloads: vec!["vault-db".into()],
@@ -115,9 +116,13 @@ pub fn db_root(pending_timeout: i64) -> pb::Scope {
 
 impl Bg {
     pub async fn start() -> Self {
-        let dir = DaemonDir::init();
+        Self::start_with(DaemonDir::init(), "").await
+    }
+
+    /// Starts on `dir` with `extra` appended to the config (e.g. a `[piv]` table).
+    pub async fn start_with(dir: DaemonDir, extra: &str) -> Self {
         let text = format!(
-            "version = 1\ndata_dir = \"{}\"\ndev_mode = true\n[unix]\npath = \"{}\"\n[tls]\nlisten = \"127.0.0.1:0\"\n[fido2]\nrequire_user_verification = false\n",
+            "version = 1\ndata_dir = \"{}\"\ndev_mode = true\n[unix]\npath = \"{}\"\n[tls]\nlisten = \"127.0.0.1:0\"\n[fido2]\nrequire_user_verification = false\n{extra}\n",
             dir.data.display(),
             dir.socket.display()
         );
@@ -172,12 +177,23 @@ impl Bg {
         role: &str,
         note: &str,
     ) -> Result<pb::FinishEnrollmentResponse, tonic::Status> {
-        let mut key = MemKey::new();
+        self.enroll_key(operator, role, note, Box::new(MemKey::new()))
+            .await
+    }
+
+    /// Enrolls `key` (FIDO2 or PIV) for `operator`; it is kept for later votes either way.
+    pub async fn enroll_key(
+        &mut self,
+        operator: &str,
+        role: &str,
+        note: &str,
+        mut key: Box<dyn Authenticator + Send>,
+    ) -> Result<pb::FinishEnrollmentResponse, tonic::Status> {
         let result = latchkey::client::enroll(
             self.local().await,
             operator,
             vec![role.into()],
-            &mut key,
+            key.as_mut(),
             Some(ORIGIN),
             note,
         )
@@ -212,7 +228,7 @@ impl Bg {
         key_index: usize,
     ) -> Result<pb::CastVoteResponse, tonic::Status> {
         let channel = self.local().await;
-        let key = &mut self.keys.get_mut(operator).unwrap()[key_index];
+        let key = self.keys.get_mut(operator).unwrap()[key_index].as_mut();
         access::vote(channel, &target, operator, decision, key, Some(ORIGIN))
             .await
             .map_err(|e| match e {
@@ -501,7 +517,7 @@ async fn every_rule_of_approval_refuses_with_a_stable_code_and_changes_nothing()
     let own = access::request(
         w.bg.local().await,
         draft(None),
-        Some(("dave", &mut dave, Some(ORIGIN))),
+        Some(("dave", dave.as_mut(), Some(ORIGIN))),
     )
     .await
     .unwrap();
