@@ -310,3 +310,35 @@ async fn fido2_and_piv_approvals_count_toward_one_quorum_and_one_operator_counts
     assert_eq!((second.state.as_str(), second.approvals), ("issued", 2));
     bg.stop().await;
 }
+
+/// Needs a real YubiKey with a generated (attested) key in slot 9a, pcscd running, the PIN and
+/// maybe a touch; see docs/hardware.md.
+/// `cargo test --test it a_real_piv_key -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "needs a physical YubiKey (PIV), pcscd, its PIN and a person to touch it"]
+async fn a_real_piv_key_enrolls_with_yubico_attestation_and_approves() {
+    let dir = DaemonDir::init();
+    dir.write_config("");
+    let daemon = dir.start();
+    let pin = std::env::var("LATCHKEY_PIV_PIN").ok();
+    let mut key = latchkey::client::piv::UsbPiv::open("9a", pin).unwrap();
+    let channel = latchkey::client::connect_unix(&daemon.socket_path())
+        .await
+        .unwrap();
+    let enrolled = latchkey::client::enroll(
+        channel.clone(),
+        "hardware-test",
+        vec!["admin".into()],
+        &mut key,
+        None,
+        "",
+    )
+    .await
+    .unwrap();
+    eprintln!("enrolled {}", enrolled.credential_id);
+    let digest: [u8; 32] = sha2::Sha256::digest(b"hardware test").into();
+    let signed = latchkey::client::sign_digest(channel, "hardware-test", digest, &mut key, None)
+        .await
+        .unwrap();
+    assert_eq!(signed.credential_id, enrolled.credential_id);
+}
