@@ -255,7 +255,8 @@ async fn fido2_and_piv_approvals_count_toward_one_quorum_and_one_operator_counts
     use pb::propose_change_request::Change as C;
     let carol_piv = soft(40_000_001, TouchPolicy::Always, true);
     let quinn_piv = soft(40_000_002, TouchPolicy::Always, true);
-    let mut bg = daemon(&[&carol_piv, &quinn_piv], None).await;
+    let rita_piv = soft(40_000_003, TouchPolicy::Cached, true);
+    let mut bg = daemon(&[&carol_piv, &quinn_piv, &rita_piv], None).await;
     bg.enroll("carol", "dba-oncall", "").await.unwrap();
     bg.enroll_key("carol", "dba-oncall", "", Box::new(carol_piv))
         .await
@@ -263,8 +264,13 @@ async fn fido2_and_piv_approvals_count_toward_one_quorum_and_one_operator_counts
     bg.enroll_key("quinn", "dba-oncall", "", Box::new(quinn_piv))
         .await
         .unwrap();
+    bg.enroll_key("rita", "dba-oncall", "", Box::new(rita_piv))
+        .await
+        .unwrap();
     let mut scope = db_root(600);
     scope.requester_roles = vec!["requesters".into()];
+    // This scope wants PIV approvals from keys that ask for a touch every time.
+    scope.policy.as_mut().unwrap().piv_touch_policy = "always".into();
     bg.propose("bootstrap", C::PutScope(scope)).await.unwrap();
     let vault = crate::support::ClientCert::generate(bg.dir.dir.path(), "vault-db");
     bg.propose(
@@ -302,6 +308,14 @@ async fn fido2_and_piv_approvals_count_toward_one_quorum_and_one_operator_counts
         .await
         .unwrap_err();
     assert_eq!(code(&err), "approval.already_counted");
+    // Rita's PIV key caches touches: the scope refuses it, and nothing changes.
+    let before = bg.snapshot();
+    let err = bg
+        .vote(target.clone(), "rita", Decision::Approve, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "piv.touch_policy", "{err}");
+    assert_eq!(bg.snapshot(), before);
     // Quinn's PIV approval completes the same quorum.
     let second = bg
         .vote(target, "quinn", Decision::Approve, 0)
