@@ -100,6 +100,8 @@ pub struct Settings<'a> {
     pub krl_path: PathBuf,
     /// PIV policy and trust material.
     pub piv: &'a crate::config::PivConfig,
+    /// Local users that may introspect tokens.
+    pub introspect_uids: Vec<u32>,
 }
 
 /// The authority over one trust store.
@@ -123,6 +125,8 @@ pub struct Authority {
     pub(crate) revocation_wake: tokio::sync::Notify,
     /// PIV trust and enrollment policy.
     piv: PivSettings,
+    /// Local users that may introspect tokens.
+    pub(crate) introspect_uids: Vec<u32>,
 }
 
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
@@ -176,6 +180,7 @@ impl Authority {
             fido2: fido2_policy,
             krl_path,
             piv: piv_config,
+            introspect_uids,
         } = settings;
         let piv = piv_settings(piv_config, dev_mode)?;
         let mut extra_cas = Vec::new();
@@ -198,6 +203,7 @@ impl Authority {
         let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
         let index = TokenIndex::load(store.as_ref())?;
         Ok(Self {
+            introspect_uids,
             piv,
             krl_path,
             revocation_wake: tokio::sync::Notify::new(),

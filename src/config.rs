@@ -137,6 +137,8 @@ struct RawUnix {
     allow_uids: Vec<u32>,
     #[serde(default)]
     allow_groups: Vec<String>,
+    #[serde(default)]
+    introspect_uids: Vec<u32>,
 }
 
 impl Default for RawUnix {
@@ -145,6 +147,7 @@ impl Default for RawUnix {
             path: default_socket(),
             allow_uids: Vec::new(),
             allow_groups: Vec::new(),
+            introspect_uids: Vec::new(),
         }
     }
 }
@@ -266,6 +269,8 @@ pub struct UnixConfig {
     pub allow_uids: Vec<u32>,
     /// Groups whose members (primary or supplementary) are allowed.
     pub allow_groups: Vec<String>,
+    /// Local users (e.g. a vault plugin on the bastion) that may introspect bearer tokens.
+    pub introspect_uids: Vec<u32>,
 }
 
 /// The mutual-TLS TCP listener.
@@ -410,6 +415,7 @@ impl Config {
                 path: raw.unix.path,
                 allow_uids: raw.unix.allow_uids,
                 allow_groups: raw.unix.allow_groups,
+                introspect_uids: raw.unix.introspect_uids,
             },
             tls,
         })

@@ -758,11 +758,11 @@ impl Authority {
 
     /// Introspects a bearer token (workloads admitted with `introspect` only).
     pub fn introspect(&self, caller: &Caller, token: &str) -> Result<Introspection, WorkflowError> {
-        let Caller::Workload(w) = caller else {
-            return Err(WorkflowError::IntrospectionNotAllowed);
+        let allowed = match caller {
+            Caller::Local(peer) => self.introspect_uids.contains(&peer.uid),
+            Caller::Workload(w) => store::read::<Workload>(self.store.as_ref(), w.name.as_bytes())?
+                .is_some_and(|w| w.introspect),
         };
-        let allowed = store::read::<Workload>(self.store.as_ref(), w.name.as_bytes())?
-            .is_some_and(|w| w.introspect);
         if !allowed {
             return Err(WorkflowError::IntrospectionNotAllowed);
         }

@@ -262,6 +262,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             fido2: &config.fido2,
             krl_path: config.revocation.krl_path.clone(),
             piv: &config.piv,
+            introspect_uids: config.unix.introspect_uids.clone(),
         },
     )?);
     // Everything that expired while the daemon was down is revoked before any listener

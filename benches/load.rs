@@ -1,0 +1,388 @@
+//! The load tool: starts a real `latchkeyd` on a temp store, drives it over its gRPC API from
+//! this separate process, and prints each figure with its median and p99 over several runs and
+//! its ratio to a reference measured in the same run.
+//!
+//! ```sh
+//! cargo bench --bench load            # the figures in BENCHMARKS.md (a few minutes)
+//! cargo bench --bench load -- --smoke # seconds; `cargo test --all-targets` (CI) runs this too
+//! ```
+//!
+//! Reference for introspection: the daemon's own `grpc.health.v1.Health/Check`, a bare tonic
+//! unary service on the same listener, transport and TLS session setup.
+
+// A benchmark harness: a failure is a panic with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use latchkey::audit::{Actor, AuditLog, CheckpointPolicy, Event};
+use latchkey::clock::{Clock as _, SystemClock, Timestamp};
+use latchkey::grant::{Grant, GrantState, expiry_key, token_hash};
+use latchkey::pb;
+use latchkey::store::{Keyspace, SledStore, Store, Txn};
+use tonic::transport::Channel;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_latchkeyd");
+
+struct Profile {
+    sizes: Vec<usize>,
+    duration: Duration,
+    runs: usize,
+    concurrency: usize,
+    restart_grants: usize,
+}
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    tls: std::net::SocketAddr,
+    ready_after: Duration,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+}
+
+/// `latchkeyd init`, a config with a Unix socket and a TLS listener, a pinned workload that may
+/// introspect, and `live` + `expired` grants written straight into the store.
+fn prepare(live: usize, expired: usize) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(DAEMON)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bench.example".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.path().join("bench.crt");
+    let key_path = dir.path().join("bench.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let out = Command::new(DAEMON)
+        .args([
+            "admit-workload",
+            "--name",
+            "bench",
+            "--owner",
+            "bench",
+            "--introspect",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--cert")
+        .arg(&cert_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    seed(&data, live, expired);
+    let socket = dir.path().join("latchkeyd.sock");
+    let uid = nix::unistd::geteuid().as_raw();
+    std::fs::write(
+        dir.path().join("latchkeyd.toml"),
+        format!(
+            "version = 1\ndata_dir = \"{}\"\n[log]\nformat = \"json\"\nfilter = \"warn\"\n[unix]\npath = \"{}\"\nintrospect_uids = [{uid}]\n[tls]\nlisten = \"127.0.0.1:0\"\n",
+            data.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    (dir, data, cert_path, key_path)
+}
+
+fn token(i: usize) -> String {
+    format!("lkbg_bench-token-{i:08}")
+}
+
+/// Writes grants (with their `grant.issued` records, in batches) as a restored store holds them.
+fn seed(data: &Path, live: usize, expired: usize) {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
+    let keys = latchkey::keys::DaemonKeys::load(data).unwrap();
+    let audit = AuditLog::open(
+        store.clone(),
+        Arc::new(SystemClock),
+        latchkey::audit::signing_key(&keys.audit).unwrap(),
+        CheckpointPolicy {
+            every_records: u64::MAX,
+        },
+    )
+    .unwrap();
+    let now = SystemClock.now();
+    let all: Vec<usize> = (0..live + expired).collect();
+    for chunk in all.chunks(1000) {
+        let mut txn = Txn::new();
+        let mut events = Vec::new();
+        for &i in chunk {
+            let id = format!("bench-{i:08}");
+            let expires_at = if i < live {
+                now.plus(Duration::from_secs(24 * 3600))
+            } else {
+                Timestamp::from_unix_millis(now.unix_millis() - 60_000)
+            };
+            let hash = hex::encode(token_hash(&token(i)));
+            let grant = Grant {
+                id: id.clone(),
+                request_id: format!("bench-request-{i}"),
+                scope: "bench".into(),
+                requester: latchkey::request::Requester::Workload {
+                    name: "bench".into(),
+                },
+                issued_at: now,
+                expires_at,
+                bearer_sha256: Some(hash.clone()),
+                ssh: None,
+                state: GrantState::Active,
+                revocation: None,
+            };
+            txn.put(id.as_bytes(), &grant)
+                .unwrap()
+                .put_raw(
+                    Keyspace::GrantExpiry,
+                    expiry_key(expires_at, &id),
+                    b"".to_vec(),
+                )
+                .put_raw(Keyspace::GrantTokens, hash.as_bytes(), id.as_bytes());
+            events.push(Event {
+                event: "grant.issued",
+                actor: Actor::Daemon,
+                subject: format!("grant/{id}"),
+                details: serde_json::json!({ "scope": "bench" }),
+                evidence: None,
+            });
+        }
+        audit.commit_events(txn, events).unwrap();
+    }
+    store.flush().unwrap();
+}
+
+/// Starts the daemon and waits for READY on a notify socket; times spawn → READY.
+fn start(dir: tempfile::TempDir) -> Daemon {
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let started = Instant::now();
+    let child = Command::new(DAEMON)
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("latchkeyd.toml"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Blocks until the daemon says READY (it sends nothing else first).
+    let n = notify.recv(&mut buf).unwrap();
+    let ready_after = started.elapsed();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.contains("READY=1"), "{text}");
+    let tls = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tls:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let socket = dir.path().join("latchkeyd.sock");
+    Daemon {
+        child,
+        dir,
+        socket,
+        tls,
+        ready_after,
+    }
+}
+
+struct Figures {
+    throughput: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Runs `concurrency` callers for `duration`, `runs` times; medians of throughput and p99.
+async fn measure<F, Fut>(profile: &Profile, make: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut throughputs = Vec::new();
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..profile.runs {
+        let deadline = Instant::now() + profile.duration;
+        let mut tasks = Vec::new();
+        for worker in 0..profile.concurrency {
+            let make = make.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = worker;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    make(i).await;
+                    latencies.push(t0.elapsed());
+                    i += 1;
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        throughputs.push(all.len() as f64 / profile.duration.as_secs_f64());
+        p50s.push(all[all.len() / 2].as_secs_f64() * 1e6);
+        p99s.push(all[all.len() * 99 / 100].as_secs_f64() * 1e6);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        throughput: median(&mut throughputs),
+        p50_us: median(&mut p50s),
+        p99_us: median(&mut p99s),
+    }
+}
+
+async fn introspection(profile: &Profile, live: usize) {
+    let (dir, data, cert, key) = prepare(live, 0);
+    let daemon = start(dir);
+    let rss = daemon.rss_mib();
+    let server_cert = latchkey::client::read_certificate(&data.join("tls-cert.pem")).unwrap();
+    for transport in ["unix", "tls"] {
+        let channel: Channel = match transport {
+            "unix" => latchkey::client::connect_unix(&daemon.socket)
+                .await
+                .unwrap(),
+            _ => latchkey::client::connect_tls(
+                daemon.tls,
+                server_cert.clone(),
+                latchkey::client::ClientIdentity::from_pem_files(&cert, &key).unwrap(),
+            )
+            .await
+            .unwrap(),
+        };
+        let echo_channel = channel.clone();
+        let echo = measure(profile, move |_| {
+            let mut client =
+                tonic_health::pb::health_client::HealthClient::new(echo_channel.clone());
+            async move {
+                client
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        let intro_channel = channel.clone();
+        let intro = measure(profile, move |i| {
+            let mut client =
+                pb::access_service_client::AccessServiceClient::new(intro_channel.clone());
+            async move {
+                let answer = client
+                    .introspect(pb::IntrospectRequest {
+                        token: token(i % live),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(answer.active);
+            }
+        })
+        .await;
+        println!(
+            "| introspection | {transport} | {live} | {:.0}/s | {:.0} µs | {:.0} µs | echo {:.0}/s, p99 {:.0} µs | {:.2} |",
+            intro.throughput,
+            intro.p50_us,
+            intro.p99_us,
+            echo.throughput,
+            echo.p99_us,
+            intro.throughput / echo.throughput
+        );
+    }
+    println!("| resident memory | - | {live} | {rss:.1} MiB | | | | |");
+    drop(daemon);
+}
+
+fn restart(grants: usize) {
+    let expired = grants / 2;
+    let (dir, _, _, _) = prepare(grants - expired, expired);
+    let daemon = start(dir);
+    let rss = daemon.rss_mib();
+    println!(
+        "| restart: spawn → READY, {expired} expired revoked first | - | {grants} | {:.2} s | | | | |",
+        daemon.ready_after.as_secs_f64()
+    );
+    println!("| resident memory after restart | - | {grants} | {rss:.1} MiB | | | | |");
+    let _ = daemon.dir.path();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` (the test suite, CI) runs this
+    // without it: then it is the smoke run, so the tool cannot rot.
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke") || !args.iter().any(|a| a == "--bench");
+    let profile = if smoke {
+        Profile {
+            sizes: vec![1_000],
+            duration: Duration::from_millis(500),
+            runs: 1,
+            concurrency: 8,
+            restart_grants: 2_000,
+        }
+    } else {
+        Profile {
+            sizes: vec![1_000, 100_000],
+            duration: Duration::from_secs(5),
+            runs: 3,
+            concurrency: 32,
+            restart_grants: 200_000,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "| figure | transport | grants | value (median) | p50 | p99 | reference (same run) | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for &live in &profile.sizes {
+        runtime.block_on(introspection(&profile, live));
+    }
+    restart(profile.restart_grants);
+}
