@@ -373,6 +373,34 @@ pub enum Proposal {
     SetTrustPolicy(trust::TrustStorePolicy),
 }
 
+/// Refuses a vote whose key does not meet the policy (UV, attestation, PIV touch and PIN);
+/// returns the vote's audit event with the decision in its details.
+fn key_meets_policy(
+    policy: &ApprovalPolicy,
+    vote: &Vote,
+    mut event: Event,
+    prepared: &operator::PreparedAssertion,
+) -> Result<Event, WorkflowError> {
+    policy::check_key(
+        policy,
+        &vote.credential_id,
+        prepared.attested,
+        vote.user_verified,
+    )?;
+    if let Some(attested) = &prepared.piv {
+        crate::piv::KeyPolicy {
+            touch: policy.piv_touch,
+            pin: policy.piv_pin,
+        }
+        .check(attested)
+        .map_err(OperatorError::from)?;
+    }
+    if let Some(map) = event.details.as_object_mut() {
+        map.insert("decision".into(), vote.decision.as_str().into());
+    }
+    Ok(event)
+}
+
 fn new_id() -> Result<String, WorkflowError> {
     let mut id = [0u8; 12];
     getrandom::fill(&mut id).map_err(|e| MintError::Randomness(e.to_string()))?;
@@ -915,23 +943,9 @@ impl Authority {
         let now = self.clock.now();
         let (mut request, raw) = self.load_request(id)?;
         self.require_pending_request(&request)?;
-        policy::check_key(
-            &request.policy,
-            &vote.credential_id,
-            prepared.attested,
-            vote.user_verified,
-        )?;
-        if let Some(attested) = &prepared.piv {
-            crate::piv::KeyPolicy {
-                touch: request.policy.piv_touch,
-                pin: request.policy.piv_pin,
-            }
-            .check(attested)
-            .map_err(OperatorError::from)?;
-        }
-        let mut event = prepared.event;
+        let mut event =
+            key_meets_policy(&request.policy, &vote, prepared.event.clone(), &prepared)?;
         if let Some(map) = event.details.as_object_mut() {
-            map.insert("decision".into(), vote.decision.as_str().into());
             map.insert(
                 "request_digest".into(),
                 hex::encode(request.digest()).into(),
@@ -1349,23 +1363,8 @@ impl Authority {
         let now = self.clock.now();
         let (mut change, raw) = self.load_change(id)?;
         self.require_pending_change(&change)?;
-        policy::check_key(
-            &change.policy,
-            &vote.credential_id,
-            prepared.attested,
-            vote.user_verified,
-        )?;
-        if let Some(attested) = &prepared.piv {
-            crate::piv::KeyPolicy {
-                touch: change.policy.piv_touch,
-                pin: change.policy.piv_pin,
-            }
-            .check(attested)
-            .map_err(OperatorError::from)?;
-        }
-        let mut event = prepared.event;
+        let mut event = key_meets_policy(&change.policy, &vote, prepared.event.clone(), &prepared)?;
         if let Some(map) = event.details.as_object_mut() {
-            map.insert("decision".into(), vote.decision.as_str().into());
             map.insert("change_digest".into(), hex::encode(change.digest()).into());
         }
         change.votes.push(vote);

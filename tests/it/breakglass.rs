@@ -1100,34 +1100,7 @@ async fn a_real_sshd_accepts_the_minted_certificate_for_its_principal_and_no_oth
     let mut w = world(600, Some(ssh)).await;
     let home = w.bg.dir.dir.path().to_owned();
     let (private, public) = user_key(&home, "responder");
-    let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
-        .create_request(pb::CreateRequestRequest {
-            draft: Some(pb::RequestDraft {
-                ssh_public_key: std::fs::read_to_string(&public).unwrap(),
-                ..draft(Some(600))
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .request
-        .unwrap();
-    let channel = w.bg.tls(&w.vault_db).await;
-    let id = created.id.clone();
-    let waiter = tokio::spawn(async move { access::wait(channel, &id, |_| {}).await });
-    for op in ["carol", "dave"] {
-        w.bg.vote(
-            Target::Request(created.id.clone()),
-            op,
-            Decision::Approve,
-            0,
-        )
-        .await
-        .unwrap();
-    }
-    let (_, credential) = waiter.await.unwrap().unwrap();
-    let credential = credential.unwrap();
+    let credential = crate::revocation::issue(&mut w, Some(&public), 600).await;
     let cert_file = home.join("responder-cert.pub");
     std::fs::write(&cert_file, &credential.ssh_certificate).unwrap();
     let cert = ssh_key::Certificate::from_openssh(&credential.ssh_certificate).unwrap();

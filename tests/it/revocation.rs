@@ -72,7 +72,7 @@ async fn show(bg: &Bg, id: &str) -> pb::GrantInfo {
 }
 
 /// vault-db asks, carol and dave approve; returns the grant id and the credential.
-async fn issue(w: &mut World, ssh_public_key: Option<&Path>, ttl: i64) -> pb::Credential {
+pub async fn issue(w: &mut World, ssh_public_key: Option<&Path>, ttl: i64) -> pb::Credential {
     let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
         .create_request(pb::CreateRequestRequest {
             draft: Some(pb::RequestDraft {
