@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench load            # the figures in BENCHMARKS.md (a few minutes)
 //! cargo bench --bench load -- --smoke # seconds; `cargo test --all-targets` (CI) runs this too
+//! cargo bench --bench load -- approvals   # one figure: introspection, approvals or restart
 //! ```
 //!
 //! Reference for introspection: the daemon's own `grpc.health.v1.Health/Check`, a bare tonic
@@ -27,6 +28,13 @@ use latchkey::store::{Keyspace, SledStore, Store, Txn};
 use tonic::transport::Channel;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_latchkeyd");
+
+/// Callers per measurement (operators in the approval figure).
+static CONCURRENCY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+fn profile_concurrency() -> usize {
+    CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 struct Profile {
     sizes: Vec<usize>,
@@ -246,7 +254,8 @@ where
             let make = make.clone();
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                let mut i = worker;
+                // Call `k` of worker `w` is `w * 1_000_000 + k`: a worker can own a key.
+                let mut i = worker * 1_000_000;
                 while Instant::now() < deadline {
                     let t0 = Instant::now();
                     make(i).await;
@@ -338,6 +347,137 @@ async fn introspection(profile: &Profile, live: usize) {
     drop(daemon);
 }
 
+/// A soft FIDO2 key held in memory, for the approval figure.
+struct MemKey(webauthn_authenticator_rs::softtoken::SoftToken);
+
+impl latchkey::client::keys::Authenticator for MemKey {
+    fn register(
+        &mut self,
+        origin: &webauthn_rs::prelude::Url,
+        options: webauthn_rs::prelude::CreationChallengeResponse,
+    ) -> Result<webauthn_rs::prelude::RegisterPublicKeyCredential, latchkey::client::keys::KeyError>
+    {
+        use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+        self.0
+            .do_registration(origin.clone(), options)
+            .map_err(|e| latchkey::client::keys::KeyError::Device(format!("{e:?}")))
+    }
+
+    fn assert(
+        &mut self,
+        origin: &webauthn_rs::prelude::Url,
+        options: webauthn_rs::prelude::RequestChallengeResponse,
+    ) -> Result<webauthn_rs::prelude::PublicKeyCredential, latchkey::client::keys::KeyError> {
+        use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+        self.0
+            .do_authentication(origin.clone(), options)
+            .map_err(|e| latchkey::client::keys::KeyError::Device(format!("{e:?}")))
+    }
+}
+
+/// Approvals end to end (begin, soft-key signature, verify and durable audit record) against
+/// raw P-256 verifications of the same crate in this process.
+async fn approvals(profile: &Profile) {
+    let (dir, _, _, _) = prepare(0, 0);
+    let config = dir.path().join("latchkeyd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("version = 1\n", "version = 1\ndev_mode = true\n", 1),
+    )
+    .unwrap();
+    let daemon = start(dir);
+    let mut keys = Vec::new();
+    for i in 0..profile.concurrency {
+        let channel = latchkey::client::connect_unix(&daemon.socket)
+            .await
+            .unwrap();
+        let mut key = MemKey(
+            webauthn_authenticator_rs::softtoken::SoftToken::new(true)
+                .unwrap()
+                .0,
+        );
+        latchkey::client::enroll(
+            channel,
+            &format!("op{i}"),
+            vec!["dba".into()],
+            &mut key,
+            None,
+            "",
+        )
+        .await
+        .unwrap();
+        keys.push(Arc::new(std::sync::Mutex::new(key)));
+    }
+    let socket = daemon.socket.clone();
+    let approvals = measure(profile, move |i| {
+        // Each worker signs with its own key: one key never signs two ceremonies at once.
+        let key = keys[(i / 1_000_000) % keys.len()].clone();
+        let socket = socket.clone();
+        async move {
+            use latchkey::client::keys::Authenticator as _;
+            let channel = latchkey::client::connect_unix(&socket).await.unwrap();
+            let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);
+            let digest = vec![7u8; 32];
+            let begun = client
+                .begin_assertion(pb::BeginAssertionRequest {
+                    operator: format!("op{}", (i / 1_000_000) % profile_concurrency()),
+                    digest: digest.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let credential_json = key
+                .lock()
+                .unwrap()
+                .respond(None, &begun.request_options_json, &begun.piv_challenge)
+                .unwrap();
+            client
+                .finish_assertion(pb::FinishAssertionRequest {
+                    ceremony_id: begun.ceremony_id,
+                    digest,
+                    credential_json,
+                })
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let raw = raw_p256_verifications(profile.duration);
+    println!(
+        "| approvals end to end (durable) | unix | - | {:.0}/s | {:.0} µs | {:.0} µs | raw P-256 verify {:.0}/s | {:.3} |",
+        approvals.throughput,
+        approvals.p50_us,
+        approvals.p99_us,
+        raw,
+        approvals.throughput / raw
+    );
+    drop(daemon);
+}
+
+fn raw_p256_verifications(duration: Duration) -> f64 {
+    use p256::ecdsa::signature::{Signer as _, Verifier as _};
+    let key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+    let message = [3u8; 64];
+    let signature: p256::ecdsa::Signature = key.sign(&message);
+    let verifying = *key.verifying_key();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + duration;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    verifying.verify(&message, &signature).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    total as f64 / duration.as_secs_f64()
+}
+
 fn restart(grants: usize) {
     let expired = grants / 2;
     let (dir, _, _, _) = prepare(grants - expired, expired);
@@ -381,8 +521,25 @@ fn main() {
         "| figure | transport | grants | value (median) | p50 | p99 | reference (same run) | ratio |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for &live in &profile.sizes {
-        runtime.block_on(introspection(&profile, live));
+    // Optional figure names after the flags run only those: introspection, approvals, restart.
+    let only: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.contains(&name);
+    if wanted("introspection") {
+        for &live in &profile.sizes {
+            runtime.block_on(introspection(&profile, live));
+        }
+    }
+    CONCURRENCY.store(profile.concurrency, std::sync::atomic::Ordering::Relaxed);
+    if wanted("approvals") {
+        runtime.block_on(approvals(&profile));
+    }
+    if !wanted("restart") {
+        return;
     }
     restart(profile.restart_grants);
 }

@@ -191,6 +191,8 @@ pub async fn connect_tls(
             let connector = connector.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
+                // Small gRPC frames must not wait for Nagle's algorithm.
+                tcp.set_nodelay(true)?;
                 let name = ServerName::try_from("latchkeyd").map_err(io::Error::other)?;
                 Ok::<_, io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
             }

@@ -203,6 +203,10 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            // Small gRPC frames must not wait for Nagle's algorithm (a 40 ms tail otherwise).
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(%remote, "TCP_NODELAY: {e}");
+            }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
