@@ -885,7 +885,8 @@ impl Operators<'_> {
                     };
                 key.update_credential(&result);
                 authenticator.key = KeyMaterial::Fido2 { key };
-                authenticator.counter = result.counter();
+                // Two ceremonies answered at once by one key: never store the lower counter.
+                authenticator.counter = authenticator.counter.max(result.counter());
                 let evidence = Evidence::Webauthn {
                     credential_id: credential_id.clone(),
                     challenge: b64.encode(challenge),

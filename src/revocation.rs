@@ -267,6 +267,7 @@ impl Authority {
             let mut txn = Txn::new();
             let mut events = Vec::new();
             let mut tokens = Vec::new();
+            let mut requests = Vec::new();
             for (key, id) in &due {
                 let raw = self.store.get(Keyspace::Grants, id.as_bytes())?;
                 let Some(raw) = raw else {
@@ -281,6 +282,7 @@ impl Authority {
                 if let Some(hash) = &grant.bearer_sha256 {
                     tokens.push(hash.clone());
                 }
+                requests.push(grant.request_id.clone());
                 self.start_revocation(
                     (grant, raw),
                     ("expired".to_owned(), Actor::Daemon),
@@ -304,6 +306,7 @@ impl Authority {
             for hash in tokens {
                 self.index.remove(&hash);
             }
+            self.forget_deliveries(&requests);
             total += due.len();
             if due.len() < page.len() {
                 return Ok(total);
@@ -828,6 +831,7 @@ impl Authority {
             });
         match result {
             Ok(updated) => {
+                self.forget_deliveries(std::slice::from_ref(&updated.request_id));
                 self.revocation_wake.notify_one();
                 Ok(updated)
             }
@@ -867,6 +871,17 @@ impl Authority {
         all.sort_by_key(|g| std::cmp::Reverse(g.issued_at));
         all.truncate(crate::constants::MAX_LIST);
         Ok(all)
+    }
+
+    /// A revoked grant's credential is never delivered after all.
+    fn forget_deliveries(&self, request_ids: &[String]) {
+        let mut deliveries = self
+            .deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in request_ids {
+            deliveries.remove(id);
+        }
     }
 
     /// Wakes the scheduler (a grant was minted or revoked).

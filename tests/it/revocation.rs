@@ -546,3 +546,42 @@ async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_
         daemon.log_text()
     );
 }
+
+#[tokio::test]
+async fn a_credential_revoked_before_its_requester_collected_it_is_never_delivered() {
+    let mut w = world_with(db_root(600)).await;
+    let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(draft(None)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let mut grant = String::new();
+    for op in ["carol", "dave"] {
+        grant =
+            w.bg.vote(
+                Target::Request(created.id.clone()),
+                op,
+                Decision::Approve,
+                0,
+            )
+            .await
+            .unwrap()
+            .grant_id;
+    }
+    AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .relinquish(pb::RelinquishRequest { grant_id: grant })
+        .await
+        .unwrap();
+    match access::wait(w.bg.tls(&w.vault_db).await, &created.id, |_| {}).await {
+        Err(latchkey::client::ClientError::Refused(s)) => {
+            assert_eq!(code(&s), "grant.credential_gone");
+        }
+        other => panic!("{other:?}"),
+    }
+    w.bg.stop().await;
+}
