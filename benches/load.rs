@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo bench --bench load            # the figures in BENCHMARKS.md (a few minutes)
 //! cargo bench --bench load -- --smoke # seconds; `cargo test --all-targets` (CI) runs this too
-//! cargo bench --bench load -- approvals   # one figure: introspection, approvals or restart
+//! cargo bench --bench load -- approvals   # one figure: introspection, approvals, lateness, restart
 //! ```
 //!
 //! Reference for introspection: the daemon's own `grpc.health.v1.Health/Check`, a bare tonic
@@ -137,6 +137,18 @@ fn token(i: usize) -> String {
 
 /// Writes grants (with their `grant.issued` records, in batches) as a restored store holds them.
 fn seed(data: &Path, live: usize, expired: usize) {
+    let now = SystemClock.now();
+    seed_with(data, live + expired, |i| {
+        if i < live {
+            now.plus(Duration::from_secs(24 * 3600))
+        } else {
+            Timestamp::from_unix_millis(now.unix_millis() - 60_000)
+        }
+    });
+}
+
+/// Writes `n` grants, grant `i` expiring at `expiry(i)`.
+fn seed_with(data: &Path, n: usize, expiry: impl Fn(usize) -> Timestamp) {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
     let keys = latchkey::keys::DaemonKeys::load(data).unwrap();
     let audit = AuditLog::open(
@@ -149,17 +161,13 @@ fn seed(data: &Path, live: usize, expired: usize) {
     )
     .unwrap();
     let now = SystemClock.now();
-    let all: Vec<usize> = (0..live + expired).collect();
+    let all: Vec<usize> = (0..n).collect();
     for chunk in all.chunks(1000) {
         let mut txn = Txn::new();
         let mut events = Vec::new();
         for &i in chunk {
             let id = format!("bench-{i:08}");
-            let expires_at = if i < live {
-                now.plus(Duration::from_secs(24 * 3600))
-            } else {
-                Timestamp::from_unix_millis(now.unix_millis() - 60_000)
-            };
+            let expires_at = expiry(i);
             let hash = hex::encode(token_hash(&token(i)));
             let grant = Grant {
                 id: id.clone(),
@@ -478,6 +486,68 @@ fn raw_p256_verifications(duration: Duration) -> f64 {
     total as f64 / duration.as_secs_f64()
 }
 
+/// Revocation lateness: `n` live grants expiring evenly over `window`, starting `lead` after
+/// seeding; the delay from each grant's expiry to its `grant.revoked` record (internal sink).
+async fn lateness(n: usize, lead: Duration, window: Duration) {
+    let (dir, data, _, _) = prepare(0, 0);
+    let base = SystemClock.now().plus(lead);
+    let step = window.as_millis() as i64 / n as i64;
+    seed_with(&data, n, |i| {
+        Timestamp::from_unix_millis(base.unix_millis() + step * i as i64)
+    });
+    let daemon = start(dir);
+    assert!(
+        SystemClock.now() < base,
+        "seeding took longer than the lead: raise it"
+    );
+    // Waiting for the expiries is the figure, not a readiness wait.
+    let end = base.plus(window).plus(Duration::from_secs(2));
+    let left = end.unix_millis() - SystemClock.now().unix_millis();
+    tokio::time::sleep(Duration::from_millis(left.max(0) as u64)).await;
+    let channel = latchkey::client::connect_unix(&daemon.socket)
+        .await
+        .unwrap();
+    let mut audit = pb::audit_service_client::AuditServiceClient::new(channel);
+    let mut late = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = audit
+            .read_records(pb::ReadRecordsRequest {
+                from_seq: from,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(last) = page.records.last() else {
+            break;
+        };
+        from = last.seq + 1;
+        for r in &page.records {
+            if r.event != "grant.revoked" {
+                continue;
+            }
+            let i: i64 = r
+                .subject
+                .trim_start_matches("grant/bench-")
+                .parse()
+                .unwrap();
+            let t = r.time.unwrap();
+            let at = t.seconds * 1000 + i64::from(t.nanos) / 1_000_000;
+            late.push(at - (base.unix_millis() + step * i));
+        }
+    }
+    assert_eq!(late.len(), n, "every grant revoked");
+    late.sort_unstable();
+    println!(
+        "| revocation lateness (expiry → revoked) | - | {n} over {}s | p50 {} ms | | p99 {} ms | max {} ms | |",
+        window.as_secs(),
+        late[n / 2],
+        late[n * 99 / 100],
+        late[n - 1]
+    );
+}
+
 fn restart(grants: usize) {
     let expired = grants / 2;
     let (dir, _, _, _) = prepare(grants - expired, expired);
@@ -537,6 +607,14 @@ fn main() {
     CONCURRENCY.store(profile.concurrency, std::sync::atomic::Ordering::Relaxed);
     if wanted("approvals") {
         runtime.block_on(approvals(&profile));
+    }
+    if wanted("lateness") {
+        let (n, lead, window) = if smoke {
+            (500, Duration::from_secs(3), Duration::from_secs(1))
+        } else {
+            (100_000, Duration::from_secs(120), Duration::from_secs(20))
+        };
+        runtime.block_on(lateness(n, lead, window));
     }
     if !wanted("restart") {
         return;
