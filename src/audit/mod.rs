@@ -658,6 +658,9 @@ mod tests {
         fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
             self.0.last(ks)
         }
+        fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
+            self.0.count(ks)
+        }
         fn commit(&self, txn: &Txn) -> Result<(), StoreError> {
             // Only a transaction that carries its audit record may even be attempted.
             assert!(

@@ -6,6 +6,7 @@ mod audit;
 pub mod identity;
 mod operator;
 mod system;
+pub use system::finding_from_pb;
 mod trust;
 mod workload;
 

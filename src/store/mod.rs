@@ -91,6 +91,9 @@ pub enum Keyspace {
     /// Serials of revoked certificates not yet expired (u64 BE → valid-before, i64 BE ms):
     /// what the KRL lists.
     KrlSerials,
+    /// Drill results: `scope/NAME` → the scope's drill history, `request/ID` → scope name
+    /// (each request is recorded as a drill at most once).
+    Drills,
 }
 
 impl Keyspace {
@@ -113,6 +116,7 @@ impl Keyspace {
         Keyspace::GrantExpiry,
         Keyspace::RevocationsPending,
         Keyspace::KrlSerials,
+        Keyspace::Drills,
     ];
 
     /// Stable on-disk name.
@@ -135,6 +139,7 @@ impl Keyspace {
             Keyspace::GrantExpiry => "grant_expiry",
             Keyspace::RevocationsPending => "revocations_pending",
             Keyspace::KrlSerials => "krl_serials",
+            Keyspace::Drills => "drills",
         }
     }
 }
@@ -263,6 +268,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The entry with the greatest key in `ks`, if any.
     fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError>;
+
+    /// How many keys `ks` holds (values are not read).
+    fn count(&self, ks: Keyspace) -> Result<u64, StoreError>;
 
     /// Applies the transaction atomically and durably, or returns [`StoreError::Conflict`] and
     /// writes nothing.

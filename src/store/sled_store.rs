@@ -100,6 +100,15 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for item in self.tree(ks)?.iter().keys() {
+            item.map_err(|e| backend(&self.path, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
         Ok(self
             .tree(ks)?
