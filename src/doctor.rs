@@ -69,7 +69,67 @@ pub fn worst(findings: &[Finding]) -> Level {
         .unwrap_or(Level::Pass)
 }
 
+/// Audit records looked at for the clock check.
+const CLOCK_WINDOW: u64 = 1000;
+
 impl Authority {
+    /// The audit log is written with the authority's clock: its recent records must not go
+    /// back in time, and now must not be before any of them.
+    fn clock_finding(&self, now: crate::clock::Timestamp) -> Result<Finding, WorkflowError> {
+        let head = self.audit.head_seq();
+        let from = head.saturating_sub(CLOCK_WINDOW - 1).max(1);
+        let records: Vec<AuditRecord> = self
+            .store
+            .scan_from(
+                Keyspace::Audit,
+                &crate::audit::seq_key(from),
+                usize::try_from(CLOCK_WINDOW).unwrap_or(usize::MAX),
+            )?
+            .iter()
+            .map(|(_, v)| store::decode(v))
+            .collect::<Result<_, _>>()?;
+        let mut latest: Option<&AuditRecord> = None;
+        for r in &records {
+            if let Some(prev) = latest
+                && r.time.unix_millis() + 1000 < prev.time.unix_millis()
+            {
+                return Ok(Finding::new(
+                    Level::Fail,
+                    "clock.monotonic",
+                    format!(
+                        "the clock went backwards: audit record #{} is {}s older than #{}; fix time sync (expiry depends on it)",
+                        r.seq,
+                        (prev.time.unix_millis() - r.time.unix_millis()) / 1000,
+                        prev.seq
+                    ),
+                ));
+            }
+            if latest.is_none_or(|p| r.time > p.time) {
+                latest = Some(r);
+            }
+        }
+        Ok(match latest {
+            Some(p) if p.time.unix_millis() - now.unix_millis() > 1000 => Finding::new(
+                Level::Fail,
+                "clock.monotonic",
+                format!(
+                    "the clock went backwards: it is {}s behind audit record #{}; fix time sync (expiry depends on it)",
+                    (p.time.unix_millis() - now.unix_millis()) / 1000,
+                    p.seq
+                ),
+            ),
+            Some(_) => Finding::new(
+                Level::Pass,
+                "clock.monotonic",
+                format!(
+                    "the last {} audit records and now are in order",
+                    records.len()
+                ),
+            ),
+            None => Finding::new(Level::Pass, "clock.monotonic", "no audit records yet"),
+        })
+    }
+
     /// The store's hygiene: operators, scopes, drills, revocations, genesis, clock order,
     /// dev mode. `drill_max_age` is how old a scope's last passed drill may be.
     pub fn diagnose(&self, drill_max_age: Duration) -> Result<Vec<Finding>, WorkflowError> {
@@ -117,28 +177,7 @@ impl Authority {
             ));
         }
 
-        // Clock: the audit log is written with this clock, so its newest record bounds it.
-        if let Some((_, raw)) = self.store.last(Keyspace::Audit)? {
-            let newest: AuditRecord = store::decode(&raw)?;
-            let behind_ms = newest.time.unix_millis() - now.unix_millis();
-            if behind_ms > 1000 {
-                out.push(Finding::new(
-                    Level::Fail,
-                    "clock.monotonic",
-                    format!(
-                        "the clock is {}s behind the newest audit record (#{}): it went backwards; fix time sync before minting (expiry depends on it)",
-                        behind_ms / 1000,
-                        newest.seq
-                    ),
-                ));
-            } else {
-                out.push(Finding::new(
-                    Level::Pass,
-                    "clock.monotonic",
-                    format!("not behind the newest audit record (#{})", newest.seq),
-                ));
-            }
-        }
+        out.push(self.clock_finding(now)?);
 
         let mut single = 0usize;
         for (op, keys) in self.operators_list()? {
@@ -182,7 +221,10 @@ impl Authority {
             out.push(Finding::new(
                 Level::Pass,
                 "scopes.accountability",
-                format!("{} scope(s), each with an owner and a runbook", scopes.len()),
+                format!(
+                    "{} scope(s), each with an owner and a runbook",
+                    scopes.len()
+                ),
             ));
         }
 
@@ -212,10 +254,7 @@ impl Authority {
                 Some(age) => out.push(Finding::new(
                     Level::Pass,
                     "drills.age",
-                    format!(
-                        "scope {}: last passed drill {}s ago",
-                        scope.name, age
-                    ),
+                    format!("scope {}: last passed drill {}s ago", scope.name, age),
                 )),
             }
             if let Some(h) = history

@@ -327,7 +327,10 @@ mod tests {
 
     #[test]
     fn a_report_without_steps_is_refused() {
-        assert_eq!(check_steps(&[]).map_err(|e| e.code()), Err("drill.malformed"));
+        assert_eq!(
+            check_steps(&[]).map_err(|e| e.code()),
+            Err("drill.malformed")
+        );
     }
 
     #[test]
@@ -368,6 +371,9 @@ mod tests {
             last_passed: None,
             ..h
         };
-        assert_eq!(never.seconds_since_passed(Timestamp::from_unix_millis(1)), None);
+        assert_eq!(
+            never.seconds_since_passed(Timestamp::from_unix_millis(1)),
+            None
+        );
     }
 }

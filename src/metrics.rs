@@ -154,13 +154,21 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "Revocations by state: revoking (sinks pending), unconfirmed (past the deadline: alarm), revoked (confirmed).",
     );
-    let _ = writeln!(out, "latchkey_revocations{{state=\"revoking\"}} {}", s.revoking);
+    let _ = writeln!(
+        out,
+        "latchkey_revocations{{state=\"revoking\"}} {}",
+        s.revoking
+    );
     let _ = writeln!(
         out,
         "latchkey_revocations{{state=\"unconfirmed\"}} {}",
         s.unconfirmed
     );
-    let _ = writeln!(out, "latchkey_revocations{{state=\"revoked\"}} {}", s.revoked);
+    let _ = writeln!(
+        out,
+        "latchkey_revocations{{state=\"revoked\"}} {}",
+        s.revoked
+    );
     header(
         &mut out,
         "latchkey_revocation_unconfirmed_alarm",
@@ -243,7 +251,9 @@ mod tests {
         assert!(text.contains("latchkey_revocation_unconfirmed_alarm 1\n"));
         assert!(text.contains("latchkey_audit_head_sequence 42\n"));
         assert!(text.contains("latchkey_drill_seconds_since_success{scope=\"db-root\"} 60\n"));
-        assert!(text.contains("latchkey_drill_seconds_since_success{scope=\"odd\\\"scope\"} +Inf\n"));
+        assert!(
+            text.contains("latchkey_drill_seconds_since_success{scope=\"odd\\\"scope\"} +Inf\n")
+        );
         // Every sample line belongs to a declared metric.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();

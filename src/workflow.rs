@@ -718,7 +718,11 @@ impl Authority {
         }
     }
 
-    pub(crate) fn require_requester(&self, caller: &Caller, request: &Request) -> Result<(), WorkflowError> {
+    pub(crate) fn require_requester(
+        &self,
+        caller: &Caller,
+        request: &Request,
+    ) -> Result<(), WorkflowError> {
         let mine = match (&request.requester, caller) {
             (Requester::Workload { name }, Caller::Workload(w)) => *name == w.name,
             (Requester::Operator { uid, .. }, Caller::Local(peer)) => *uid == peer.uid,

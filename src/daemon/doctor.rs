@@ -114,7 +114,10 @@ fn fs_finding(what: &str, path: &Path) -> Finding {
         Err(e) => Finding::new(
             Level::Warn,
             "independence.filesystem",
-            format!("{what} {}: cannot tell its filesystem: {e}", probe.display()),
+            format!(
+                "{what} {}: cannot tell its filesystem: {e}",
+                probe.display()
+            ),
         ),
     }
 }

@@ -23,12 +23,17 @@ async fn answer(
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         if let Ok(v) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
-            response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, v);
         }
         response
     };
     if request.uri().path() != "/metrics" {
-        return Ok(reply(StatusCode::NOT_FOUND, "only /metrics is served\n".into()));
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            "only /metrics is served\n".into(),
+        ));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into()));
@@ -45,7 +50,10 @@ async fn answer(
         }
         Err(e) => {
             tracing::error!("metrics task: {e}");
-            reply(StatusCode::INTERNAL_SERVER_ERROR, "metrics task failed\n".into())
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics task failed\n".into(),
+            )
         }
     })
 }
