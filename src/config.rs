@@ -511,7 +511,17 @@ allowed_aaguids = []
 [revocation]
 # The OpenSSH KRL of revoked break-glass certificates; point sshd's RevokedKeys here.
 krl_path = "{krl}"
+
+# Prometheus text metrics (requests, votes, grants, revocations, audit head, drill age) on a
+# loopback address; anything else is refused. Off unless set.
+# [metrics]
+# listen = "127.0.0.1:9847"
+
+[drill]
+# `latchkeyd doctor` warns when a scope's last passed drill (`latchkey drill`) is older.
+max_age_days = {drill_days}
 "#,
+            drill_days = crate::constants::DEFAULT_DRILL_MAX_AGE_DAYS,
             krl = data_dir.join(crate::constants::DEFAULT_KRL_FILE).display(),
             rp_id = DEFAULT_RP_ID,
             origin = DEFAULT_ORIGIN,
@@ -562,6 +572,22 @@ mod tests {
     #[test]
     fn missing_version_is_refused() {
         assert!(parse("dev_mode = true\n").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_only_on_loopback() {
+        let err = parse("version = 1\n[metrics]\nlisten = \"0.0.0.0:9847\"\n").unwrap_err();
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+        let ok = parse("version = 1\n[metrics]\nlisten = \"[::1]:9847\"\n").unwrap();
+        assert_eq!(ok.metrics, Some("[::1]:9847".parse().unwrap()));
+        assert_eq!(parse("version = 1\n").unwrap().metrics, None);
+    }
+
+    #[test]
+    fn drill_age_defaults_to_thirty_days_and_cannot_be_zero() {
+        let config = parse("version = 1\n").unwrap();
+        assert_eq!(config.drill_max_age, Duration::from_secs(30 * 86_400));
+        assert!(parse("version = 1\n[drill]\nmax_age_days = 0\n").is_err());
     }
 
     #[test]
