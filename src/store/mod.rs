@@ -276,6 +276,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// writes nothing.
     fn commit(&self, txn: &Txn) -> Result<(), StoreError>;
 
+    /// Applies the transaction atomically (visible to readers at once) but durably only after
+    /// the next [`Store::flush`]; a crash before it loses this and every later transaction,
+    /// never an earlier one. Returns [`StoreError::Conflict`] and writes nothing on a failed
+    /// precondition. Group commit builds on it: many applies, one flush.
+    fn apply(&self, txn: &Txn) -> Result<(), StoreError>;
+
     /// Forces everything written so far to stable storage.
     fn flush(&self) -> Result<(), StoreError>;
 }

@@ -118,6 +118,11 @@ impl Store for SledStore {
     }
 
     fn commit(&self, txn: &Txn) -> Result<(), StoreError> {
+        self.apply(txn)?;
+        self.flush()
+    }
+
+    fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
         let keyspaces = txn.keyspaces();
         if keyspaces.is_empty() {
             return Ok(());
@@ -165,7 +170,7 @@ impl Store for SledStore {
             Ok(())
         });
         match result {
-            Ok(()) => self.flush(),
+            Ok(()) => Ok(()),
             Err(TransactionError::Abort(why)) => Err(StoreError::Conflict(why)),
             Err(TransactionError::Storage(e)) => Err(backend(&self.path, e)),
         }
