@@ -565,6 +565,26 @@ async fn cycles(profile: &Profile) {
         .unwrap();
     let krl_delays = Arc::new(std::sync::Mutex::new(Vec::new()));
     let delays = krl_delays.clone();
+    // One follower of the audit log tells each worker when its grant is revoked (no polling).
+    type Waiters = std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>;
+    let waiters: Arc<std::sync::Mutex<Waiters>> = Arc::default();
+    let mut follow = pb::audit_service_client::AuditServiceClient::new(local.clone())
+        .follow_records(pb::FollowRecordsRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let dispatch = waiters.clone();
+    let follower = tokio::spawn(async move {
+        while let Ok(Some(item)) = follow.message().await {
+            let record = item.record.unwrap();
+            if record.event == "grant.revoked"
+                && let Some(id) = record.subject.strip_prefix("grant/")
+                && let Some(tx) = dispatch.lock().unwrap().remove(id)
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
     let figures = measure(profile, move |i| {
         let worker = i / 1_000_000;
         let approvers = [
@@ -578,6 +598,7 @@ async fn cycles(profile: &Profile) {
         let local = local.clone();
         let ssh_public = ssh_public.clone();
         let delays = delays.clone();
+        let waiters = waiters.clone();
         async move {
             let mut access_tls = pb::access_service_client::AccessServiceClient::new(tls.clone());
             let created = access_tls
@@ -633,34 +654,35 @@ async fn cycles(profile: &Profile) {
                 .unwrap();
             let credential = credential.unwrap();
             assert!(!credential.bearer_token.is_empty() && !credential.ssh_certificate.is_empty());
+            let (revoked_tx, revoked) = tokio::sync::oneshot::channel();
+            waiters
+                .lock()
+                .unwrap()
+                .insert(credential.grant_id.clone(), revoked_tx);
             access_tls
                 .relinquish(pb::RelinquishRequest {
                     grant_id: credential.grant_id.clone(),
                 })
                 .await
                 .unwrap();
-            loop {
-                let g = access_tls
-                    .show_grant(pb::ShowGrantRequest {
-                        id: credential.grant_id.clone(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .grant
-                    .unwrap();
-                if g.state() == pb::GrantState::Revoked {
-                    let started = ms_of(g.revocation_started_at.as_ref());
-                    let krl = g.sinks.iter().find(|s| s.sink == "krl").unwrap();
-                    delays
-                        .lock()
-                        .unwrap()
-                        .push(ms_of(krl.confirmed_at.as_ref()) - started);
-                    break;
-                }
-                // Polling the grant: confirmation is the daemon's, in its next scheduler round.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            // The daemon's `grant.revoked` record: every sink confirmed.
+            revoked.await.unwrap();
+            let g = access_tls
+                .show_grant(pb::ShowGrantRequest {
+                    id: credential.grant_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .grant
+                .unwrap();
+            assert_eq!(g.state(), pb::GrantState::Revoked);
+            let started = ms_of(g.revocation_started_at.as_ref());
+            let krl = g.sinks.iter().find(|s| s.sink == "krl").unwrap();
+            delays
+                .lock()
+                .unwrap()
+                .push(ms_of(krl.confirmed_at.as_ref()) - started);
         }
     })
     .await;
@@ -671,6 +693,7 @@ async fn cycles(profile: &Profile) {
         figures.p99_us,
         figures.throughput / 500.0
     );
+    follower.abort();
     let mut d = krl_delays.lock().unwrap().clone();
     d.sort_unstable();
     println!(
