@@ -237,6 +237,17 @@ struct Head {
     last_checkpoint: u64,
 }
 
+/// A change applied with its records, not yet durable (see [`AuditLog::apply_events`]).
+#[derive(Debug)]
+#[must_use = "settle it with AuditLog::settle_all, or later records are never published"]
+pub struct Applied {
+    seq: u64,
+    /// The change's records, then any checkpoint written after them.
+    records: Vec<AuditRecord>,
+    /// How many of `records` describe the change.
+    described: usize,
+}
+
 /// Records made durable but not yet published, so the live tail stays in sequence order.
 #[derive(Debug)]
 struct Published {
@@ -388,6 +399,27 @@ impl AuditLog {
         txn: Txn,
         events: Vec<Event>,
     ) -> Result<Vec<AuditRecord>, AuditError> {
+        let applied = self.apply_events(txn, events)?;
+        let records = applied.records[..applied.described].to_vec();
+        self.settle_all(vec![applied])?;
+        Ok(records)
+    }
+
+    /// Makes applied changes durable (one flush for all) and publishes their records. Every
+    /// [`Applied`] must be settled, or later records wait unpublished.
+    pub fn settle_all(&self, applied: Vec<Applied>) -> Result<(), AuditError> {
+        let Some(seq) = applied.iter().map(|a| a.seq).max() else {
+            return Ok(());
+        };
+        let records: Vec<AuditRecord> = applied.into_iter().flat_map(|a| a.records).collect();
+        self.settle(seq, &records)
+    }
+
+    /// Like [`AuditLog::commit_events`] but not yet durable: the change and its records are
+    /// applied (visible to readers of the store); pass the result to [`AuditLog::settle_all`],
+    /// which makes it durable and publishes its records. For a writer with many changes in a
+    /// row (the revocation scheduler): one flush for all of them.
+    pub fn apply_events(&self, txn: Txn, events: Vec<Event>) -> Result<Applied, AuditError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         self.refuse_if_poisoned()?;
         let now = self.clock.now();
@@ -417,17 +449,19 @@ impl AuditLog {
         self.store.apply(&txn)?;
         head.seq = seq;
         head.hash = prev;
-        let mut written = records.clone();
+        let described = records.len();
+        let mut records = records;
         if head.seq - head.last_checkpoint >= self.policy.every_records {
             match self.checkpoint_locked(&mut head) {
-                Ok(cp) => written.push(cp),
+                Ok(cp) => records.push(cp),
                 Err(e) => tracing::error!("writing audit checkpoint: {e}"),
             }
         }
-        let seq = head.seq;
-        drop(head);
-        self.settle(seq, &written)?;
-        Ok(records)
+        Ok(Applied {
+            seq: head.seq,
+            records,
+            described,
+        })
     }
 
     /// Writes a checkpoint now if any record is not yet covered by one. Returns it, if written.
