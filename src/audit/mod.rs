@@ -450,7 +450,6 @@ impl AuditLog {
         head.seq = seq;
         head.hash = prev;
         let described = records.len();
-        let mut records = records;
         if head.seq - head.last_checkpoint >= self.policy.every_records {
             match self.checkpoint_locked(&mut head) {
                 Ok(cp) => records.push(cp),
