@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo bench --bench load            # the figures in BENCHMARKS.md (a few minutes)
 //! cargo bench --bench load -- --smoke # seconds; `cargo test --all-targets` (CI) runs this too
-//! cargo bench --bench load -- approvals   # one figure: introspection, approvals, lateness, restart
+//! cargo bench --bench load -- approvals   # one figure: introspection, approvals, cycles, lateness, restart
 //! ```
 //!
 //! Reference for introspection: the daemon's own `grpc.health.v1.Health/Check`, a bare tonic
@@ -463,6 +463,249 @@ async fn approvals(profile: &Profile) {
     drop(daemon);
 }
 
+fn ms_of(t: Option<&prost_types::Timestamp>) -> i64 {
+    let t = t.unwrap();
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+/// Full break-glass cycles, durable: a workload requests (bearer + SSH), two operators approve
+/// with soft keys, the workload collects the credential, relinquishes it, and the cycle ends
+/// when the daemon reports the grant revoked with every sink confirmed. Also the KRL publication
+/// delay of these early revocations (revocation start → KRL sink confirmed, daemon timestamps).
+async fn cycles(profile: &Profile) {
+    use latchkey::client::access;
+    use pb::propose_change_request::Change as C;
+    let (dir, data, cert, key) = prepare(0, 0);
+    let config = dir.path().join("latchkeyd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("version = 1\n", "version = 1\ndev_mode = true\n", 1),
+    )
+    .unwrap();
+    let daemon = start(dir);
+    let local = latchkey::client::connect_unix(&daemon.socket)
+        .await
+        .unwrap();
+    // Two approvers per worker: one key never signs two ceremonies at once.
+    let mut keys = Vec::new();
+    for i in 0..profile.concurrency * 2 {
+        let mut k = MemKey(
+            webauthn_authenticator_rs::softtoken::SoftToken::new(true)
+                .unwrap()
+                .0,
+        );
+        latchkey::client::enroll(
+            local.clone(),
+            &format!("op{i}"),
+            vec!["dba".into()],
+            &mut k,
+            None,
+            "",
+        )
+        .await
+        .unwrap();
+        keys.push(Arc::new(std::sync::Mutex::new(k)));
+    }
+    let mut trust = pb::trust_service_client::TrustServiceClient::new(local.clone());
+    let secs = |s| prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    };
+    for change in [
+        C::PutScope(pb::Scope {
+            name: "cycle".into(),
+            owner: "bench".into(),
+            runbook: "load tool".into(),
+            bearer: true,
+            ssh: Some(pb::SshSpec {
+                principals: vec!["bench".into()],
+                permit_port_forwarding: false,
+            }),
+            default_ttl: Some(secs(300)),
+            max_ttl: Some(secs(3600)),
+            policy: Some(pb::ApprovalPolicy {
+                quorum: 2,
+                approver_role: "dba".into(),
+                pending_timeout: Some(secs(600)),
+                denials_to_reject: 1,
+                ..Default::default()
+            }),
+            requester_workloads: vec!["bench".into()],
+            ..Default::default()
+        }),
+        C::PutWorkload(pb::PutWorkload {
+            name: "bench".into(),
+            owner: "bench".into(),
+            certificate_pem: std::fs::read_to_string(&cert).unwrap(),
+            scopes: vec!["cycle".into()],
+            introspect: true,
+        }),
+    ] {
+        trust
+            .propose_change(pb::ProposeChangeRequest {
+                note: "bench".into(),
+                change: Some(change),
+            })
+            .await
+            .unwrap();
+    }
+    let server_cert = latchkey::client::read_certificate(&data.join("tls-cert.pem")).unwrap();
+    let tls = latchkey::client::connect_tls(
+        daemon.tls,
+        server_cert,
+        latchkey::client::ClientIdentity::from_pem_files(&cert, &key).unwrap(),
+    )
+    .await
+    .unwrap();
+    let seed = [5u8; 32];
+    let ssh_public = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed))
+        .public_key()
+        .to_openssh()
+        .unwrap();
+    let krl_delays = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let delays = krl_delays.clone();
+    // One follower of the audit log tells each worker when its grant is revoked (no polling).
+    type Waiters = std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>;
+    let waiters: Arc<std::sync::Mutex<Waiters>> = Arc::default();
+    let mut follow = pb::audit_service_client::AuditServiceClient::new(local.clone())
+        .follow_records(pb::FollowRecordsRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let dispatch = waiters.clone();
+    let follower = tokio::spawn(async move {
+        while let Ok(Some(item)) = follow.message().await {
+            let record = item.record.unwrap();
+            if record.event == "grant.revoked"
+                && let Some(id) = record.subject.strip_prefix("grant/")
+                && let Some(tx) = dispatch.lock().unwrap().remove(id)
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let figures = measure(profile, move |i| {
+        let worker = i / 1_000_000;
+        let approvers = [
+            (format!("op{}", worker * 2), keys[worker * 2].clone()),
+            (
+                format!("op{}", worker * 2 + 1),
+                keys[worker * 2 + 1].clone(),
+            ),
+        ];
+        let tls = tls.clone();
+        let local = local.clone();
+        let ssh_public = ssh_public.clone();
+        let delays = delays.clone();
+        let waiters = waiters.clone();
+        async move {
+            let mut access_tls = pb::access_service_client::AccessServiceClient::new(tls.clone());
+            let created = access_tls
+                .create_request(pb::CreateRequestRequest {
+                    draft: Some(pb::RequestDraft {
+                        scope: "cycle".into(),
+                        reason: "load tool: one full break-glass cycle".into(),
+                        ttl: Some(secs(300)),
+                        ticket: String::new(),
+                        ssh_public_key: ssh_public,
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .request
+                .unwrap();
+            let target = pb::VoteTarget {
+                target: Some(pb::vote_target::Target::RequestId(created.id.clone())),
+            };
+            let mut voting = pb::access_service_client::AccessServiceClient::new(local.clone());
+            for (name, key) in &approvers {
+                // What the CLI's `access::vote` does, minus showing the text to a person.
+                let begun = voting
+                    .begin_vote(pb::BeginVoteRequest {
+                        target: Some(target.clone()),
+                        operator: name.clone(),
+                        decision: pb::Decision::Approve.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let credential_json = {
+                    use latchkey::client::keys::Authenticator as _;
+                    key.lock()
+                        .unwrap()
+                        .respond(None, &begun.request_options_json, &begun.piv_challenge)
+                        .unwrap()
+                };
+                voting
+                    .cast_vote(pb::CastVoteRequest {
+                        target: Some(target.clone()),
+                        decision: pb::Decision::Approve.into(),
+                        ceremony_id: begun.ceremony_id,
+                        credential_json,
+                    })
+                    .await
+                    .unwrap();
+            }
+            let (_, credential) = access::wait(tls.clone(), &created.id, |_| {})
+                .await
+                .unwrap();
+            let credential = credential.unwrap();
+            assert!(!credential.bearer_token.is_empty() && !credential.ssh_certificate.is_empty());
+            let (revoked_tx, revoked) = tokio::sync::oneshot::channel();
+            waiters
+                .lock()
+                .unwrap()
+                .insert(credential.grant_id.clone(), revoked_tx);
+            access_tls
+                .relinquish(pb::RelinquishRequest {
+                    grant_id: credential.grant_id.clone(),
+                })
+                .await
+                .unwrap();
+            // The daemon's `grant.revoked` record: every sink confirmed.
+            revoked.await.unwrap();
+            let g = access_tls
+                .show_grant(pb::ShowGrantRequest {
+                    id: credential.grant_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .grant
+                .unwrap();
+            assert_eq!(g.state(), pb::GrantState::Revoked);
+            let started = ms_of(g.revocation_started_at.as_ref());
+            let krl = g.sinks.iter().find(|s| s.sink == "krl").unwrap();
+            delays
+                .lock()
+                .unwrap()
+                .push(ms_of(krl.confirmed_at.as_ref()) - started);
+        }
+    })
+    .await;
+    println!(
+        "| full cycles (request, 2 approvals, bearer+ssh, revoked confirmed; durable) | tls+unix | - | {:.1}/s | {:.0} µs | {:.0} µs | target 500/s | {:.3} |",
+        figures.throughput,
+        figures.p50_us,
+        figures.p99_us,
+        figures.throughput / 500.0
+    );
+    follower.abort();
+    let mut d = krl_delays.lock().unwrap().clone();
+    d.sort_unstable();
+    println!(
+        "| KRL publication delay (early revocation → KRL confirmed) | - | {} revocations | p50 {} ms | | p99 {} ms | max {} ms | |",
+        d.len(),
+        d[d.len() / 2],
+        d[d.len() * 99 / 100],
+        d[d.len() - 1]
+    );
+    drop(daemon);
+}
+
 fn raw_p256_verifications(duration: Duration) -> f64 {
     use p256::ecdsa::signature::{Signer as _, Verifier as _};
     let key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
@@ -607,6 +850,9 @@ fn main() {
     CONCURRENCY.store(profile.concurrency, std::sync::atomic::Ordering::Relaxed);
     if wanted("approvals") {
         runtime.block_on(approvals(&profile));
+    }
+    if wanted("cycles") {
+        runtime.block_on(cycles(&profile));
     }
     if wanted("lateness") {
         let (n, lead, window) = if smoke {

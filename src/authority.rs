@@ -102,6 +102,8 @@ pub struct Settings<'a> {
     pub piv: &'a crate::config::PivConfig,
     /// Local users that may introspect tokens.
     pub introspect_uids: Vec<u32>,
+    /// How old a scope's last passed drill may be before `doctor` warns.
+    pub drill_max_age: std::time::Duration,
 }
 
 /// The authority over one trust store.
@@ -127,6 +129,8 @@ pub struct Authority {
     piv: PivSettings,
     /// Local users that may introspect tokens.
     pub(crate) introspect_uids: Vec<u32>,
+    /// How old a scope's last passed drill may be before `doctor` warns.
+    drill_max_age: std::time::Duration,
 }
 
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
@@ -181,6 +185,7 @@ impl Authority {
             krl_path,
             piv: piv_config,
             introspect_uids,
+            drill_max_age,
         } = settings;
         let piv = piv_settings(piv_config, dev_mode)?;
         let mut extra_cas = Vec::new();
@@ -203,6 +208,7 @@ impl Authority {
         let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
         let index = TokenIndex::load(store.as_ref())?;
         Ok(Self {
+            drill_max_age,
             introspect_uids,
             piv,
             krl_path,
@@ -239,6 +245,16 @@ impl Authority {
         spki_sha256: &[u8; 32],
     ) -> Result<Option<WorkloadId>, StoreError> {
         Ok(workload::by_pin(self.store.as_ref(), spki_sha256)?.map(|w| w.id()))
+    }
+
+    /// Whether software authenticators are trusted.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_mode
+    }
+
+    /// How old a scope's last passed drill may be before `doctor` warns.
+    pub fn drill_max_age(&self) -> std::time::Duration {
+        self.drill_max_age
     }
 
     /// The authority's clock, now.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::constants::{
     CONFIG_VERSION, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECKPOINT_EVERY_RECORDS,
-    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DATA_DIR, DEFAULT_ORIGIN, DEFAULT_RP_ID,
-    DEFAULT_SOCKET_PATH,
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DATA_DIR, DEFAULT_DRILL_MAX_AGE_DAYS, DEFAULT_ORIGIN,
+    DEFAULT_RP_ID, DEFAULT_SOCKET_PATH,
 };
 
 /// Errors reading the config file.
@@ -81,6 +81,22 @@ struct RawConfig {
     revocation: RawRevocation,
     #[serde(default)]
     piv: RawPiv,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    drill: RawDrill,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    max_age_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +205,10 @@ pub struct Config {
     pub revocation: RevocationConfig,
     /// PIV keys.
     pub piv: PivConfig,
+    /// The optional Prometheus listener (loopback only).
+    pub metrics: Option<SocketAddr>,
+    /// How old a scope's last successful drill may be before `doctor` warns.
+    pub drill_max_age: Duration,
 }
 
 /// PIV keys: the policy enrolled keys must meet and extra trust material.
@@ -389,6 +409,24 @@ impl Config {
                 krl_path.display()
             )));
         }
+        let metrics = match raw.metrics.listen {
+            None => None,
+            Some(listen) => {
+                let addr: SocketAddr = listen
+                    .parse()
+                    .map_err(|e| invalid(format!("metrics.listen {listen:?}: {e}")))?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(format!(
+                        "metrics.listen {addr} is not a loopback address: metrics are unauthenticated and stay on this host"
+                    )));
+                }
+                Some(addr)
+            }
+        };
+        let drill_days = raw.drill.max_age_days.unwrap_or(DEFAULT_DRILL_MAX_AGE_DAYS);
+        if drill_days == 0 {
+            return Err(invalid("drill.max_age_days must be at least 1".to_owned()));
+        }
         if !raw.piv.dev_roots.is_empty() && !raw.dev_mode {
             return Err(invalid(
                 "piv.dev_roots trusts software PIV keys and is refused outside dev_mode".to_owned(),
@@ -402,6 +440,8 @@ impl Config {
                 dev_roots: raw.piv.dev_roots,
             },
             revocation: RevocationConfig { krl_path },
+            metrics,
+            drill_max_age: Duration::from_secs(drill_days.saturating_mul(86_400)),
             fido2,
             audit: AuditConfig {
                 checkpoint_every_records: records,
@@ -471,7 +511,17 @@ allowed_aaguids = []
 [revocation]
 # The OpenSSH KRL of revoked break-glass certificates; point sshd's RevokedKeys here.
 krl_path = "{krl}"
+
+# Prometheus text metrics (requests, votes, grants, revocations, audit head, drill age) on a
+# loopback address; anything else is refused. Off unless set.
+# [metrics]
+# listen = "127.0.0.1:9847"
+
+[drill]
+# `latchkeyd doctor` warns when a scope's last passed drill (`latchkey drill`) is older.
+max_age_days = {drill_days}
 "#,
+            drill_days = crate::constants::DEFAULT_DRILL_MAX_AGE_DAYS,
             krl = data_dir.join(crate::constants::DEFAULT_KRL_FILE).display(),
             rp_id = DEFAULT_RP_ID,
             origin = DEFAULT_ORIGIN,
@@ -522,6 +572,22 @@ mod tests {
     #[test]
     fn missing_version_is_refused() {
         assert!(parse("dev_mode = true\n").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_only_on_loopback() {
+        let err = parse("version = 1\n[metrics]\nlisten = \"0.0.0.0:9847\"\n").unwrap_err();
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+        let ok = parse("version = 1\n[metrics]\nlisten = \"[::1]:9847\"\n").unwrap();
+        assert_eq!(ok.metrics, Some("[::1]:9847".parse().unwrap()));
+        assert_eq!(parse("version = 1\n").unwrap().metrics, None);
+    }
+
+    #[test]
+    fn drill_age_defaults_to_thirty_days_and_cannot_be_zero() {
+        let config = parse("version = 1\n").unwrap();
+        assert_eq!(config.drill_max_age, Duration::from_secs(30 * 86_400));
+        assert!(parse("version = 1\n[drill]\nmax_age_days = 0\n").is_err());
     }
 
     #[test]

@@ -108,3 +108,9 @@ pub const REVOCATION_BATCH: usize = 512;
 pub const SCHEDULER_MAX_SLEEP: Duration = Duration::from_millis(500);
 /// Default KRL file name in the data directory.
 pub const DEFAULT_KRL_FILE: &str = "revoked-keys.krl";
+/// `doctor` warns when a scope's last successful drill is older than this many days.
+pub const DEFAULT_DRILL_MAX_AGE_DAYS: u64 = 30;
+/// Longest detail text of one drill step.
+pub const MAX_DRILL_DETAIL_LEN: usize = 500;
+/// Most steps one drill may report.
+pub const MAX_DRILL_STEPS: usize = 16;

@@ -401,6 +401,9 @@ impl Authority {
             None
         };
         let mut outcome = DriveOutcome::default();
+        // Each grant's update is its own transaction; they are applied after the loop and made
+        // durable by one flush for the whole round (group commit).
+        let mut writes: Vec<(Txn, Vec<Event>)> = Vec::new();
         for (mut grant, raw) in grants {
             let Some(mut revocation) = grant.revocation.take() else {
                 continue;
@@ -484,13 +487,35 @@ impl Authority {
             if complete {
                 txn.delete(Keyspace::RevocationsPending, id.as_bytes());
             }
-            if names.is_empty() {
-                self.store.commit(&txn)?;
+            writes.push((txn, names));
+        }
+        let mut applied = Vec::new();
+        let mut plain = false;
+        let mut failed = None;
+        for (txn, names) in writes {
+            let result = if names.is_empty() {
+                plain = true;
+                self.store.apply(&txn).map_err(WorkflowError::from)
             } else {
-                self.audit.commit_events(txn, names)?;
+                self.audit
+                    .apply_events(txn, names)
+                    .map(|a| applied.push(a))
+                    .map_err(WorkflowError::from)
+            };
+            if let Err(e) = result {
+                failed = Some(e);
+                break;
             }
         }
-        Ok(outcome)
+        // What was applied is made durable and published even if a later write failed.
+        self.audit.settle_all(applied)?;
+        if plain {
+            self.store.flush()?;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(outcome),
+        }
     }
 
     /// Completes the revocation if every sink confirmed, or flags it past its deadline.

@@ -665,7 +665,7 @@ impl Authority {
         })
     }
 
-    fn load_request(&self, id: &str) -> Result<(Request, Vec<u8>), WorkflowError> {
+    pub(crate) fn load_request(&self, id: &str) -> Result<(Request, Vec<u8>), WorkflowError> {
         let raw = self
             .store
             .get(Keyspace::Requests, id.as_bytes())?
@@ -718,7 +718,11 @@ impl Authority {
         }
     }
 
-    fn require_requester(&self, caller: &Caller, request: &Request) -> Result<(), WorkflowError> {
+    pub(crate) fn require_requester(
+        &self,
+        caller: &Caller,
+        request: &Request,
+    ) -> Result<(), WorkflowError> {
         let mine = match (&request.requester, caller) {
             (Requester::Workload { name }, Caller::Workload(w)) => *name == w.name,
             (Requester::Operator { uid, .. }, Caller::Local(peer)) => *uid == peer.uid,

@@ -237,15 +237,43 @@ struct Head {
     last_checkpoint: u64,
 }
 
+/// A change applied with its records, not yet durable (see [`AuditLog::apply_events`]).
+#[derive(Debug)]
+#[must_use = "settle it with AuditLog::settle_all, or later records are never published"]
+pub struct Applied {
+    seq: u64,
+    /// The change's records, then any checkpoint written after them.
+    records: Vec<AuditRecord>,
+    /// How many of `records` describe the change.
+    described: usize,
+}
+
+/// Records made durable but not yet published, so the live tail stays in sequence order.
+#[derive(Debug)]
+struct Published {
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, AuditRecord>,
+}
+
 /// The audit log of one store. All appends go through one lock, so the log has one writer
 /// per process; across processes (a shared backend) the `require_absent` on the next sequence
 /// number turns a race into a conflict rather than a fork.
+///
+/// Group commit: a change and its records are applied under the lock, then made durable by a
+/// flush outside it, which covers every change applied meanwhile; a caller hears of success,
+/// and followers see the records, only after the flush that covers them. A failed flush
+/// poisons the log: memory may be ahead of the disk, so every later change is refused until
+/// the daemon restarts.
 pub struct AuditLog {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     signer: ed25519_dalek::SigningKey,
     policy: CheckpointPolicy,
     head: Mutex<Head>,
+    /// Highest sequence number known durable; held while flushing (one flusher at a time).
+    durable: Mutex<u64>,
+    published: Mutex<Published>,
+    poisoned: std::sync::atomic::AtomicBool,
     tail: tokio::sync::broadcast::Sender<AuditRecord>,
 }
 
@@ -272,24 +300,96 @@ impl AuditLog {
             clock,
             signer,
             policy,
+            durable: Mutex::new(head.seq),
+            published: Mutex::new(Published {
+                next: head.seq + 1,
+                waiting: std::collections::BTreeMap::new(),
+            }),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             head: Mutex::new(head),
             tail,
         })
+    }
+
+    fn refuse_if_poisoned(&self) -> Result<(), AuditError> {
+        if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AuditError::Store(StoreError::Backend(
+                "an earlier flush of the store failed; restart latchkeyd".to_owned(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes every record up to `seq` durable: returns at once if a flush already covered it,
+    /// else flushes everything applied so far (one flush for all waiting writers).
+    fn make_durable(&self, seq: u64) -> Result<(), AuditError> {
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        if *durable >= seq {
+            return Ok(());
+        }
+        self.refuse_if_poisoned()?;
+        // Everything up to the head is applied; the flush below covers it all.
+        let target = self.head.lock().unwrap_or_else(|p| p.into_inner()).seq;
+        if let Err(e) = self.store.flush() {
+            self.poisoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::error!("flushing the store failed; refusing further changes: {e}");
+            return Err(e.into());
+        }
+        *durable = target;
+        Ok(())
+    }
+
+    /// Publishes durable records (log events, live tail) in sequence order.
+    fn publish(&self, records: &[AuditRecord]) {
+        let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        for r in records {
+            p.waiting.insert(r.seq, r.clone());
+        }
+        loop {
+            let next = p.next;
+            let Some(record) = p.waiting.remove(&next) else {
+                break;
+            };
+            emit(&record);
+            // Nobody following the log is fine.
+            let _ = self.tail.send(record);
+            p.next += 1;
+        }
+    }
+
+    /// Makes `records` (and everything before them) durable, then publishes them.
+    fn settle(&self, seq: u64, records: &[AuditRecord]) -> Result<(), AuditError> {
+        self.make_durable(seq)?;
+        self.publish(records);
+        Ok(())
+    }
+
+    /// Sequence number of the newest durable record.
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Commits `txn` together with the record of `event`, atomically: both or neither. Writes a
     /// checkpoint afterwards when the policy says so (a failed checkpoint is logged, not fatal:
     /// the change and its record are already durable).
     pub fn commit(&self, txn: Txn, event: Event) -> Result<AuditRecord, AuditError> {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        let now = self.clock.now();
-        let record = self.append_locked(&mut head, txn, event, now, None)?;
-        if head.seq - head.last_checkpoint >= self.policy.every_records
-            && let Err(e) = self.checkpoint_locked(&mut head)
-        {
-            tracing::error!("writing audit checkpoint: {e}");
-        }
-        Ok(record)
+        let mut written = Vec::with_capacity(2);
+        let seq = {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            self.refuse_if_poisoned()?;
+            let now = self.clock.now();
+            written.push(self.append_locked(&mut head, txn, event, now, None)?);
+            if head.seq - head.last_checkpoint >= self.policy.every_records {
+                match self.checkpoint_locked(&mut head) {
+                    Ok(cp) => written.push(cp),
+                    Err(e) => tracing::error!("writing audit checkpoint: {e}"),
+                }
+            }
+            head.seq
+        };
+        self.settle(seq, &written)?;
+        Ok(written.swap_remove(0))
     }
 
     /// Like [`AuditLog::commit`], for a change that several records describe (e.g. the
@@ -299,7 +399,29 @@ impl AuditLog {
         txn: Txn,
         events: Vec<Event>,
     ) -> Result<Vec<AuditRecord>, AuditError> {
+        let applied = self.apply_events(txn, events)?;
+        let records = applied.records[..applied.described].to_vec();
+        self.settle_all(vec![applied])?;
+        Ok(records)
+    }
+
+    /// Makes applied changes durable (one flush for all) and publishes their records. Every
+    /// [`Applied`] must be settled, or later records wait unpublished.
+    pub fn settle_all(&self, applied: Vec<Applied>) -> Result<(), AuditError> {
+        let Some(seq) = applied.iter().map(|a| a.seq).max() else {
+            return Ok(());
+        };
+        let records: Vec<AuditRecord> = applied.into_iter().flat_map(|a| a.records).collect();
+        self.settle(seq, &records)
+    }
+
+    /// Like [`AuditLog::commit_events`] but not yet durable: the change and its records are
+    /// applied (visible to readers of the store); pass the result to [`AuditLog::settle_all`],
+    /// which makes it durable and publishes its records. For a writer with many changes in a
+    /// row (the revocation scheduler): one flush for all of them.
+    pub fn apply_events(&self, txn: Txn, events: Vec<Event>) -> Result<Applied, AuditError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        self.refuse_if_poisoned()?;
         let now = self.clock.now();
         let mut txn = txn;
         let mut records = Vec::with_capacity(events.len());
@@ -324,28 +446,36 @@ impl AuditLog {
             prev = record.hash.clone();
             records.push(record);
         }
-        self.store.commit(&txn)?;
+        self.store.apply(&txn)?;
         head.seq = seq;
         head.hash = prev;
-        for record in &records {
-            emit(record);
-            let _ = self.tail.send(record.clone());
+        let described = records.len();
+        if head.seq - head.last_checkpoint >= self.policy.every_records {
+            match self.checkpoint_locked(&mut head) {
+                Ok(cp) => records.push(cp),
+                Err(e) => tracing::error!("writing audit checkpoint: {e}"),
+            }
         }
-        if head.seq - head.last_checkpoint >= self.policy.every_records
-            && let Err(e) = self.checkpoint_locked(&mut head)
-        {
-            tracing::error!("writing audit checkpoint: {e}");
-        }
-        Ok(records)
+        Ok(Applied {
+            seq: head.seq,
+            records,
+            described,
+        })
     }
 
     /// Writes a checkpoint now if any record is not yet covered by one. Returns it, if written.
     pub fn checkpoint(&self) -> Result<Option<AuditRecord>, AuditError> {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        if head.seq == head.last_checkpoint {
-            return Ok(None);
-        }
-        self.checkpoint_locked(&mut head).map(Some)
+        let (record, seq) = {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            self.refuse_if_poisoned()?;
+            if head.seq == head.last_checkpoint {
+                return Ok(None);
+            }
+            let record = self.checkpoint_locked(&mut head)?;
+            (record, head.seq)
+        };
+        self.settle(seq, std::slice::from_ref(&record))?;
+        Ok(Some(record))
     }
 
     fn checkpoint_locked(&self, head: &mut Head) -> Result<AuditRecord, AuditError> {
@@ -402,18 +532,18 @@ impl AuditLog {
         record.hash = record.compute_hash();
         txn.require_absent(Keyspace::Audit, seq_key(record.seq))
             .put(seq_key(record.seq), &record)?;
-        self.store.commit(&txn)?;
+        self.store.apply(&txn)?;
         head.seq = record.seq;
         head.hash = record.hash.clone();
-        emit(&record);
-        // Nobody following the log is fine.
-        let _ = self.tail.send(record.clone());
         Ok(record)
     }
 
-    /// Records with `from <= seq`, at most `limit`.
+    /// Durable records with `from <= seq`, at most `limit`.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
-        read_range(self.store.as_ref(), from, limit)
+        let durable = self.durable_seq();
+        let mut records = read_range(self.store.as_ref(), from, limit)?;
+        records.retain(|r| r.seq <= durable);
+        Ok(records)
     }
 
     /// Checkpoint records with `from <= seq`, at most `limit`.
@@ -658,6 +788,12 @@ mod tests {
         fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
             self.0.last(ks)
         }
+        fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
+            self.0.count(ks)
+        }
+        fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
+            self.commit(txn)
+        }
         fn commit(&self, txn: &Txn) -> Result<(), StoreError> {
             // Only a transaction that carries its audit record may even be attempted.
             assert!(
@@ -670,6 +806,104 @@ mod tests {
         fn flush(&self) -> Result<(), StoreError> {
             Err(StoreError::Backend("no space left on device".to_owned()))
         }
+    }
+
+    /// A store whose writes apply but whose flushes fail: the disk went away under sled.
+    #[derive(Debug)]
+    struct UnflushableStore(Arc<dyn Store>);
+
+    impl Store for UnflushableStore {
+        fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(ks, key)
+        }
+        fn scan_from(
+            &self,
+            ks: Keyspace,
+            start: &[u8],
+            limit: usize,
+        ) -> Result<Vec<Entry>, StoreError> {
+            self.0.scan_from(ks, start, limit)
+        }
+        fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
+            self.0.last(ks)
+        }
+        fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
+            self.0.count(ks)
+        }
+        fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
+            self.0.apply(txn)
+        }
+        fn commit(&self, txn: &Txn) -> Result<(), StoreError> {
+            self.0.apply(txn)?;
+            self.flush()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Err(StoreError::Backend("I/O error".to_owned()))
+        }
+    }
+
+    #[test]
+    fn concurrent_commits_are_durable_and_published_in_sequence_order() {
+        let (_dir, _store, log) = test_log();
+        let log = Arc::new(log);
+        let mut tail = log.subscribe();
+        let writers: Vec<_> = (0..8u32)
+            .map(|w| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let (txn, event) = note(w * 100 + i);
+                        let record = log.commit(txn, event).unwrap();
+                        // Success is reported only once the record is durable.
+                        assert!(log.durable_seq() >= record.seq);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let head = log.head_seq();
+        assert_eq!(log.durable_seq(), head);
+        let mut seen = Vec::new();
+        while let Ok(r) = tail.try_recv() {
+            seen.push(r.seq);
+        }
+        assert_eq!(
+            seen,
+            (1..=head).collect::<Vec<_>>(),
+            "in order, none missing"
+        );
+        assert!(head >= 200, "200 notes and their checkpoints");
+    }
+
+    #[test]
+    fn a_failed_flush_refuses_every_later_change() {
+        let (_dir, store, log) = test_log();
+        drop(log);
+        let unflushable: Arc<dyn Store> = Arc::new(UnflushableStore(store));
+        let log = AuditLog::open(
+            unflushable,
+            Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
+                0,
+            ))),
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            CheckpointPolicy { every_records: 100 },
+        )
+        .unwrap();
+        let mut tail = log.subscribe();
+        let (txn, event) = note(1);
+        let err = log.commit(txn, event).unwrap_err();
+        assert!(err.to_string().contains("I/O error"), "{err}");
+        let (txn, event) = note(2);
+        let err = log.commit(txn, event).unwrap_err();
+        assert!(err.to_string().contains("restart latchkeyd"), "{err}");
+        assert!(tail.try_recv().is_err(), "nothing undurable was published");
+        assert_eq!(log.durable_seq(), 0);
+        assert!(
+            log.read(1, 10).unwrap().is_empty(),
+            "readers see only durable records"
+        );
     }
 
     #[test]

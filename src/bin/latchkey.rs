@@ -126,6 +126,12 @@ enum Command {
     /// Trust-store changes: list, show, approve, deny.
     #[command(subcommand)]
     Change(cli::ChangeCommand),
+    /// Run the whole break-glass path against a scope (request, approvals, mint, introspect,
+    /// SSH login, revoke, confirmation) and have the daemon record the result. Exit 0 if the
+    /// drill passed.
+    Drill(latchkey::client::drill::DrillArgs),
+    /// Each scope's latest drill and latest passed drill.
+    Drills,
 }
 
 #[derive(Subcommand)]
@@ -556,6 +562,12 @@ async fn run(cli: Cli) -> Result<ExitCode, client::ClientError> {
         Command::Relinquish { id } => cli::relinquish(channel, out, id).await?,
         Command::Scope(command) => cli::scope(channel, out, command).await?,
         Command::Change(command) => cli::change(channel, out, command).await?,
+        Command::Drill(args) => {
+            if !latchkey::client::drill::drill(channel, out, args).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Drills => latchkey::client::drill::list(channel, out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use latchkey::constants::{
     DEFAULT_ADMIN_ROLE, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH, DEFAULT_TRUST_STORE_QUORUM,
 };
 use latchkey::daemon;
+use latchkey::doctor::Level;
 use latchkey::trust::TrustStorePolicy;
 use latchkey::workload::Workload;
 
@@ -53,6 +54,19 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Check independence and hygiene (config, permissions, filesystems, name service, trust
+    /// store, drills, revocations). Prints PASS/WARN/FAIL lines; exits 1 if anything fails.
+    Doctor {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// One JSON object per finding instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Bootstrap only: pin a workload's TLS client certificate while genesis is open.
     /// Run with the daemon stopped. After genesis, admit workloads through a quorum-approved change.
     AdmitWorkload {
@@ -79,12 +93,46 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Doctor {
+        config,
+        json,
+        strict,
+    } = &cli.command
+    {
+        return doctor(config, *json, *strict);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("latchkeyd: error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor(config: &std::path::Path, json: bool, strict: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("latchkeyd: error: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = runtime.block_on(daemon::doctor::run(
+        config,
+        &daemon::doctor::HostFiles::default(),
+    ));
+    if json {
+        for f in &findings {
+            println!("{}", serde_json::to_string(f).unwrap_or_default());
+        }
+    } else {
+        print!("{}", daemon::doctor::render(&findings));
+    }
+    match latchkey::doctor::worst(&findings) {
+        Level::Fail => ExitCode::FAILURE,
+        Level::Warn if strict => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
     }
 }
 
@@ -129,6 +177,8 @@ fn run(command: Command) -> Result<(), String> {
                 .block_on(daemon::serve_until(&config, std::future::pending()))
                 .map_err(|e| e.to_string())
         }
+        // Handled in `main` (it has its own exit status).
+        Command::Doctor { .. } => Ok(()),
         Command::AdmitWorkload {
             data_dir,
             name,

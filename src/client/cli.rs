@@ -272,12 +272,14 @@ pub struct Out {
     pub json: bool,
 }
 
-fn say(text: &str) {
+/// Prints a line to stdout (a closed pipe is not an error).
+pub fn say(text: &str) {
     use std::io::Write as _;
     let _closed_pipe = writeln!(std::io::stdout().lock(), "{text}");
 }
 
-fn ts(t: Option<&prost_types::Timestamp>) -> String {
+/// An RFC 3339 time (empty when absent).
+pub fn ts(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| std::time::SystemTime::try_from(*t).ok())
         .map_or_else(String::new, |t| {
             humantime::format_rfc3339_seconds(t).to_string()

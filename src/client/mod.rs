@@ -19,6 +19,7 @@ use crate::pb;
 
 pub mod access;
 pub mod cli;
+pub mod drill;
 pub mod keys;
 pub mod piv;
 

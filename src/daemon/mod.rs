@@ -1,6 +1,8 @@
 //! Wiring: config, keys, store, listeners, background tasks, signals, systemd notification.
 
+pub mod doctor;
 pub mod listen;
+pub mod metrics;
 pub mod tls;
 
 use std::future::Future;
@@ -185,6 +187,7 @@ fn offline_audit_log(
 pub struct Running {
     addresses: Vec<String>,
     tls_addr: Option<std::net::SocketAddr>,
+    metrics_addr: Option<std::net::SocketAddr>,
     socket_file: Option<PathBuf>,
     authority: Arc<Authority>,
     health: tonic_health::server::HealthReporter,
@@ -206,6 +209,11 @@ impl Running {
     /// The TLS listener's bound address (useful with port 0).
     pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
         self.tls_addr
+    }
+
+    /// The metrics listener's bound address (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting, lets in-flight calls finish (up to a grace period), flushes the store
@@ -242,9 +250,11 @@ impl Running {
     }
 }
 
-/// Opens the store and keys, binds the listeners and starts serving.
-pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
-    fsperm::restrict_umask();
+/// Checks permissions, loads the keys and opens the store (taking its lock).
+pub fn open_authority(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<Authority>, Arc<DaemonKeys>), DaemonError> {
     fsperm::check_private(&config.data_dir)?;
     let keys = Arc::new(DaemonKeys::load(&config.data_dir)?);
     let store_path = config.data_dir.join(STORE_DIR);
@@ -263,8 +273,16 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
             krl_path: config.revocation.krl_path.clone(),
             piv: &config.piv,
             introspect_uids: config.unix.introspect_uids.clone(),
+            drill_max_age: config.drill_max_age,
         },
     )?);
+    Ok((authority, keys))
+}
+
+/// Opens the store and keys, binds the listeners and starts serving.
+pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
+    fsperm::restrict_umask();
+    let (authority, keys) = open_authority(config, clock)?;
     // Everything that expired while the daemon was down is revoked before any listener
     // accepts a call (in batches, one transaction each).
     let expired = authority.revoke_expired()?;
@@ -280,7 +298,29 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
     let api = Api::new(authority.clone(), stop.subscribe());
 
     let bound = listen::bind(config)?;
-    let addresses = bound.addresses();
+    let mut addresses = bound.addresses();
+    let metrics_listener = match config.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Listen {
+                    what: format!("metrics {addr}"),
+                    source: e,
+                })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| DaemonError::Listen {
+            what: "metrics".to_owned(),
+            source: e,
+        })?),
+        None => None,
+    };
+    if let Some(addr) = metrics_addr {
+        addresses.push(format!("metrics:http://{addr}/metrics"));
+    }
     let tls_addr = bound.tls_addr();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -345,6 +385,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
 
+    if let Some(listener) = metrics_listener {
+        servers.spawn(metrics::serve(listener, authority.clone(), stopped(&stop)));
+    }
     servers.spawn(revocation_scheduler(authority.clone(), stopped(&stop)));
     servers.spawn(checkpoint_timer(
         authority.clone(),
@@ -365,6 +408,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
     Ok(Running {
         addresses,
         tls_addr,
+        metrics_addr,
         socket_file,
         authority,
         health,

@@ -14,6 +14,7 @@ use super::{status, to_status};
 use crate::authority::Authority;
 use crate::caller::Caller;
 use crate::clock::Timestamp;
+use crate::drill::{DrillRecord, DrillStep, StepOutcome};
 use crate::error::ErrorKind;
 use crate::grant::{Grant, GrantState};
 use crate::pb;
@@ -543,6 +544,48 @@ impl pb::access_service_server::AccessService for AccessApi {
         }))
     }
 
+    async fn record_drill(
+        &self,
+        request: Request<pb::RecordDrillRequest>,
+    ) -> Result<Response<pb::RecordDrillResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let steps = r
+            .steps
+            .iter()
+            .map(drill_step_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        let authority = self.authority.clone();
+        let record = blocking(move || {
+            authority
+                .record_drill(&caller, &r.request_id, steps)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::RecordDrillResponse {
+            drill: Some(drill_to_pb(&record)),
+        }))
+    }
+
+    async fn list_drills(
+        &self,
+        request: Request<pb::ListDrillsRequest>,
+    ) -> Result<Response<pb::ListDrillsResponse>, Status> {
+        caller_of(&request)?;
+        let authority = self.authority.clone();
+        let drills = blocking(move || authority.drills().map_err(|e| to_status(&e))).await?;
+        Ok(Response::new(pb::ListDrillsResponse {
+            scopes: drills
+                .iter()
+                .map(|h| pb::ScopeDrills {
+                    scope: h.scope.clone(),
+                    last: Some(drill_to_pb(&h.last)),
+                    last_passed: h.last_passed.as_ref().map(drill_to_pb),
+                })
+                .collect(),
+        }))
+    }
+
     type WatchRevocationsStream =
         Pin<Box<dyn tokio_stream::Stream<Item = RevocationItem> + Send + 'static>>;
 
@@ -686,5 +729,70 @@ pub fn grant_to_pb(grant: &Grant, now: Timestamp) -> pb::GrantInfo {
                     .collect()
             })
             .unwrap_or_default(),
+    }
+}
+
+fn drill_step_from_pb(s: &pb::DrillStep) -> Result<DrillStep, Status> {
+    let outcome = match s.outcome() {
+        pb::DrillStepOutcome::Passed => StepOutcome::Passed,
+        pb::DrillStepOutcome::Failed => StepOutcome::Failed,
+        pb::DrillStepOutcome::Skipped => StepOutcome::Skipped,
+        pb::DrillStepOutcome::Unspecified => {
+            return Err(status(
+                ErrorKind::InvalidInput,
+                "drill.malformed",
+                &format!("step {:?} has no outcome", s.name),
+            ));
+        }
+    };
+    let millis = match &s.took {
+        Some(d) if d.seconds >= 0 && d.nanos >= 0 => u64::try_from(d.seconds)
+            .unwrap_or(0)
+            .saturating_mul(1000)
+            .saturating_add(u64::try_from(d.nanos / 1_000_000).unwrap_or(0)),
+        Some(_) => {
+            return Err(status(
+                ErrorKind::InvalidInput,
+                "drill.malformed",
+                &format!("step {:?} took a negative time", s.name),
+            ));
+        }
+        None => 0,
+    };
+    Ok(DrillStep {
+        name: s.name.clone(),
+        outcome,
+        millis,
+        detail: s.detail.clone(),
+    })
+}
+
+/// A drill step on the wire.
+pub fn drill_step_to_pb(s: &DrillStep) -> pb::DrillStep {
+    let outcome = match s.outcome {
+        StepOutcome::Passed => pb::DrillStepOutcome::Passed,
+        StepOutcome::Failed => pb::DrillStepOutcome::Failed,
+        StepOutcome::Skipped => pb::DrillStepOutcome::Skipped,
+    };
+    pb::DrillStep {
+        name: s.name.clone(),
+        outcome: outcome.into(),
+        took: Some(prost_types::Duration {
+            seconds: i64::try_from(s.millis / 1000).unwrap_or(i64::MAX),
+            nanos: i32::try_from((s.millis % 1000) * 1_000_000).unwrap_or(0),
+        }),
+        detail: s.detail.clone(),
+    }
+}
+
+fn drill_to_pb(d: &DrillRecord) -> pb::DrillRecord {
+    pb::DrillRecord {
+        scope: d.scope.clone(),
+        request_id: d.request_id.clone(),
+        grant_id: d.grant_id.clone().unwrap_or_default(),
+        by: d.by.clone(),
+        recorded_at: Some(timestamp(d.recorded_at)),
+        passed: d.passed,
+        steps: d.steps.iter().map(drill_step_to_pb).collect(),
     }
 }

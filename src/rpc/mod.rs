@@ -6,6 +6,7 @@ mod audit;
 pub mod identity;
 mod operator;
 mod system;
+pub use system::finding_from_pb;
 mod trust;
 mod workload;
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
-pub use access::{AccessApi, request_to_pb};
+pub use access::{AccessApi, drill_step_to_pb, request_to_pb};
 pub use audit::{AuditApi, record_to_pb};
 pub use operator::OperatorApi;
 pub use system::SystemApi;

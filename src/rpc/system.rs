@@ -9,6 +9,7 @@ use super::to_status;
 use crate::authority::Authority;
 use crate::caller::Caller;
 use crate::clock::Timestamp;
+use crate::doctor::{Finding, Level};
 use crate::pb;
 use crate::trust::Genesis;
 
@@ -75,4 +76,52 @@ impl pb::system_service_server::SystemService for SystemApi {
             audit_public_key: self.authority.audit_public_key(),
         }))
     }
+
+    async fn diagnose(
+        &self,
+        request: Request<pb::DiagnoseRequest>,
+    ) -> Result<Response<pb::DiagnoseResponse>, Status> {
+        let caller = caller_of(&request)?;
+        if !matches!(caller, Caller::Local(_)) {
+            return Err(super::status(
+                crate::error::ErrorKind::PermissionDenied,
+                "doctor.local_only",
+                "diagnosis is for the bastion's local socket",
+            ));
+        }
+        let authority = self.authority.clone();
+        let findings = super::access::blocking(move || {
+            authority
+                .diagnose(authority.drill_max_age())
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::DiagnoseResponse {
+            findings: findings.iter().map(finding_to_pb).collect(),
+        }))
+    }
+}
+
+/// A finding on the wire.
+pub fn finding_to_pb(f: &Finding) -> pb::Finding {
+    let level = match f.level {
+        Level::Pass => pb::FindingLevel::Pass,
+        Level::Warn => pb::FindingLevel::Warn,
+        Level::Fail => pb::FindingLevel::Fail,
+    };
+    pb::Finding {
+        level: level.into(),
+        check: f.check.clone(),
+        detail: f.detail.clone(),
+    }
+}
+
+/// A finding from the wire (an unknown level counts as a failure).
+pub fn finding_from_pb(f: &pb::Finding) -> Finding {
+    let level = match f.level() {
+        pb::FindingLevel::Pass => Level::Pass,
+        pb::FindingLevel::Warn => Level::Warn,
+        pb::FindingLevel::Fail | pb::FindingLevel::Unspecified => Level::Fail,
+    };
+    Finding::new(level, &f.check, f.detail.clone())
 }

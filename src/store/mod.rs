@@ -91,6 +91,9 @@ pub enum Keyspace {
     /// Serials of revoked certificates not yet expired (u64 BE → valid-before, i64 BE ms):
     /// what the KRL lists.
     KrlSerials,
+    /// Drill results: `scope/NAME` → the scope's drill history, `request/ID` → scope name
+    /// (each request is recorded as a drill at most once).
+    Drills,
 }
 
 impl Keyspace {
@@ -113,6 +116,7 @@ impl Keyspace {
         Keyspace::GrantExpiry,
         Keyspace::RevocationsPending,
         Keyspace::KrlSerials,
+        Keyspace::Drills,
     ];
 
     /// Stable on-disk name.
@@ -135,6 +139,7 @@ impl Keyspace {
             Keyspace::GrantExpiry => "grant_expiry",
             Keyspace::RevocationsPending => "revocations_pending",
             Keyspace::KrlSerials => "krl_serials",
+            Keyspace::Drills => "drills",
         }
     }
 }
@@ -264,9 +269,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The entry with the greatest key in `ks`, if any.
     fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError>;
 
+    /// How many keys `ks` holds (values are not read).
+    fn count(&self, ks: Keyspace) -> Result<u64, StoreError>;
+
     /// Applies the transaction atomically and durably, or returns [`StoreError::Conflict`] and
     /// writes nothing.
     fn commit(&self, txn: &Txn) -> Result<(), StoreError>;
+
+    /// Applies the transaction atomically (visible to readers at once) but durably only after
+    /// the next [`Store::flush`]; a crash before it loses this and every later transaction,
+    /// never an earlier one. Returns [`StoreError::Conflict`] and writes nothing on a failed
+    /// precondition. Group commit builds on it: many applies, one flush.
+    fn apply(&self, txn: &Txn) -> Result<(), StoreError>;
 
     /// Forces everything written so far to stable storage.
     fn flush(&self) -> Result<(), StoreError>;

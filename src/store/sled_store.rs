@@ -100,6 +100,15 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for item in self.tree(ks)?.iter().keys() {
+            item.map_err(|e| backend(&self.path, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
         Ok(self
             .tree(ks)?
@@ -109,6 +118,11 @@ impl Store for SledStore {
     }
 
     fn commit(&self, txn: &Txn) -> Result<(), StoreError> {
+        self.apply(txn)?;
+        self.flush()
+    }
+
+    fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
         let keyspaces = txn.keyspaces();
         if keyspaces.is_empty() {
             return Ok(());
@@ -156,7 +170,7 @@ impl Store for SledStore {
             Ok(())
         });
         match result {
-            Ok(()) => self.flush(),
+            Ok(()) => Ok(()),
             Err(TransactionError::Abort(why)) => Err(StoreError::Conflict(why)),
             Err(TransactionError::Storage(e)) => Err(backend(&self.path, e)),
         }

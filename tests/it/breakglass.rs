@@ -127,6 +127,8 @@ impl Bg {
             dir.socket.display()
         );
         let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        // The same config on disk, for commands that read it (`latchkeyd doctor`).
+        std::fs::write(&dir.config, &text).unwrap();
         // Start at the real time: a real sshd checks minted certificates against it.
         let clock = ManualClock::new(latchkey::clock::SystemClock.now());
         let running = daemon::start(&config, Arc::new(clock.clone()))

@@ -8,6 +8,7 @@ mod audit;
 mod breakglass;
 mod fido2;
 mod lifecycle;
+mod operations;
 mod piv;
 mod revocation;
 mod serving;

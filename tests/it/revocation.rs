@@ -19,7 +19,7 @@ use crate::support::DaemonDir;
 
 /// Waits (on the audit log's live stream, no polling) for the first record from `from` on
 /// that `matches`.
-async fn await_record(
+pub async fn await_record(
     bg: &Bg,
     from: u64,
     matches: impl Fn(&pb::AuditRecord) -> bool,
@@ -105,7 +105,7 @@ pub async fn issue(w: &mut World, ssh_public_key: Option<&Path>, ttl: i64) -> pb
 }
 
 /// An executable shell script in `dir`.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -20,7 +20,7 @@ pub enum LoginOutcome {
 /// A running sshd; killed on drop.
 pub struct Sshd {
     child: Child,
-    port: u16,
+    pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }

@@ -1,0 +1,263 @@
+//! Prometheus text metrics: a snapshot read from the store through the authority, and its
+//! rendering in the text exposition format (version 0.0.4). The daemon serves it on an
+//! optional loopback listener.
+
+use std::fmt::Write as _;
+
+use crate::authority::Authority;
+use crate::clock::Timestamp;
+use crate::constants::TRUST_STORE_SCOPE;
+use crate::policy::Decision;
+use crate::request::Request;
+use crate::store::{self, Keyspace};
+use crate::workflow::WorkflowError;
+
+/// Request states, in the order they are exported.
+const REQUEST_STATES: &[&str] = &["pending", "issued", "denied", "cancelled", "expired"];
+
+/// What the metrics endpoint reports, read in one pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// When it was taken.
+    pub at: Timestamp,
+    /// Requests per state name (every state present, zeros included).
+    pub requests: Vec<(&'static str, u64)>,
+    /// Approving votes recorded on requests.
+    pub approvals: u64,
+    /// Denying votes recorded on requests.
+    pub denials: u64,
+    /// Grants not yet revoked (including those past expiry that the scheduler is about to
+    /// revoke).
+    pub grants_active: u64,
+    /// Revocations with sinks still to confirm, within their deadline.
+    pub revoking: u64,
+    /// Revocations past their deadline: the alarm.
+    pub unconfirmed: u64,
+    /// Revocations confirmed.
+    pub revoked: u64,
+    /// Sequence number of the newest audit record.
+    pub audit_head: u64,
+    /// Per scope (the trust-store scope excepted): time of the last passed drill.
+    pub drills: Vec<(String, Option<Timestamp>)>,
+    /// Software authenticators are trusted.
+    pub dev_mode: bool,
+}
+
+impl Authority {
+    /// Reads the numbers the metrics endpoint exports.
+    pub fn metrics_snapshot(&self) -> Result<Snapshot, WorkflowError> {
+        let now = self.clock.now();
+        let mut requests: Vec<(&'static str, u64)> =
+            REQUEST_STATES.iter().map(|s| (*s, 0)).collect();
+        let (mut approvals, mut denials) = (0u64, 0u64);
+        for (_, raw) in self.store.scan_from(Keyspace::Requests, b"", usize::MAX)? {
+            let request: Request = store::decode(&raw)?;
+            let state = request.state_at(now).name();
+            if let Some(slot) = requests.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 += 1;
+            }
+            for vote in &request.votes {
+                match vote.decision {
+                    Decision::Approve => approvals += 1,
+                    Decision::Deny => denials += 1,
+                }
+            }
+        }
+        let counts = self.revocation_counts()?;
+        let grants_active = self.store.count(Keyspace::GrantExpiry)?;
+        let total = self.store.count(Keyspace::Grants)?;
+        let revoked = total
+            .saturating_sub(grants_active)
+            .saturating_sub(counts.revoking)
+            .saturating_sub(counts.unconfirmed);
+        let history = self.drills()?;
+        let drills = self
+            .scopes()?
+            .into_iter()
+            .filter(|s| s.name != TRUST_STORE_SCOPE)
+            .map(|s| {
+                let last = history
+                    .iter()
+                    .find(|h| h.scope == s.name)
+                    .and_then(|h| h.last_passed.as_ref())
+                    .map(|r| r.recorded_at);
+                (s.name, last)
+            })
+            .collect();
+        Ok(Snapshot {
+            at: now,
+            requests,
+            approvals,
+            denials,
+            grants_active,
+            revoking: counts.revoking,
+            unconfirmed: counts.unconfirmed,
+            revoked,
+            audit_head: self.audit.head_seq(),
+            drills,
+            dev_mode: self.dev_mode(),
+        })
+    }
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders the snapshot in the Prometheus text format.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "latchkey_requests",
+        "gauge",
+        "Break-glass requests by state.",
+    );
+    for (state, n) in &s.requests {
+        let _ = writeln!(out, "latchkey_requests{{state=\"{state}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "latchkey_votes_total",
+        "counter",
+        "Votes recorded on requests, by decision.",
+    );
+    let _ = writeln!(
+        out,
+        "latchkey_votes_total{{decision=\"approve\"}} {}",
+        s.approvals
+    );
+    let _ = writeln!(
+        out,
+        "latchkey_votes_total{{decision=\"deny\"}} {}",
+        s.denials
+    );
+    header(
+        &mut out,
+        "latchkey_grants_active",
+        "gauge",
+        "Grants issued and not yet revoked.",
+    );
+    let _ = writeln!(out, "latchkey_grants_active {}", s.grants_active);
+    header(
+        &mut out,
+        "latchkey_revocations",
+        "gauge",
+        "Revocations by state: revoking (sinks pending), unconfirmed (past the deadline: alarm), revoked (confirmed).",
+    );
+    let _ = writeln!(
+        out,
+        "latchkey_revocations{{state=\"revoking\"}} {}",
+        s.revoking
+    );
+    let _ = writeln!(
+        out,
+        "latchkey_revocations{{state=\"unconfirmed\"}} {}",
+        s.unconfirmed
+    );
+    let _ = writeln!(
+        out,
+        "latchkey_revocations{{state=\"revoked\"}} {}",
+        s.revoked
+    );
+    header(
+        &mut out,
+        "latchkey_revocation_unconfirmed_alarm",
+        "gauge",
+        "1 while any revocation is past its deadline without confirmation.",
+    );
+    let _ = writeln!(
+        out,
+        "latchkey_revocation_unconfirmed_alarm {}",
+        u8::from(s.unconfirmed > 0)
+    );
+    header(
+        &mut out,
+        "latchkey_audit_head_sequence",
+        "gauge",
+        "Sequence number of the newest audit record.",
+    );
+    let _ = writeln!(out, "latchkey_audit_head_sequence {}", s.audit_head);
+    header(
+        &mut out,
+        "latchkey_drill_seconds_since_success",
+        "gauge",
+        "Seconds since the scope's last passed drill (+Inf: never).",
+    );
+    for (scope, last) in &s.drills {
+        let value = match last {
+            Some(t) => ((s.at.unix_millis() - t.unix_millis()).max(0) / 1000).to_string(),
+            None => "+Inf".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "latchkey_drill_seconds_since_success{{scope=\"{}\"}} {value}",
+            label(scope)
+        );
+    }
+    header(
+        &mut out,
+        "latchkey_dev_mode",
+        "gauge",
+        "1 when software authenticators are trusted (never on a bastion).",
+    );
+    let _ = writeln!(out, "latchkey_dev_mode {}", u8::from(s.dev_mode));
+    out
+}
+
+/// Why the metrics could not be read (served as HTTP 500).
+pub fn unavailable(e: &WorkflowError) -> String {
+    format!("metrics unavailable: {e}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            at: Timestamp::from_unix_millis(100_000),
+            requests: REQUEST_STATES.iter().map(|s| (*s, 1)).collect(),
+            approvals: 4,
+            denials: 1,
+            grants_active: 2,
+            revoking: 0,
+            unconfirmed: 1,
+            revoked: 3,
+            audit_head: 42,
+            drills: vec![
+                ("db-root".into(), Some(Timestamp::from_unix_millis(40_000))),
+                ("odd\"scope".into(), None),
+            ],
+            dev_mode: false,
+        }
+    }
+
+    #[test]
+    fn rendering_follows_the_text_format() {
+        let text = render(&snapshot());
+        assert!(text.contains("latchkey_requests{state=\"pending\"} 1\n"));
+        assert!(text.contains("latchkey_votes_total{decision=\"approve\"} 4\n"));
+        assert!(text.contains("latchkey_revocations{state=\"unconfirmed\"} 1\n"));
+        assert!(text.contains("latchkey_revocation_unconfirmed_alarm 1\n"));
+        assert!(text.contains("latchkey_audit_head_sequence 42\n"));
+        assert!(text.contains("latchkey_drill_seconds_since_success{scope=\"db-root\"} 60\n"));
+        assert!(
+            text.contains("latchkey_drill_seconds_since_success{scope=\"odd\\\"scope\"} +Inf\n")
+        );
+        // Every sample line belongs to a declared metric.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+}
