@@ -102,8 +102,10 @@ pub const DEFAULT_REVOCATION_DEADLINE: Duration = Duration::from_secs(300);
 pub const SINK_RETRY_INITIAL: Duration = Duration::from_secs(1);
 /// ...doubling up to this.
 pub const SINK_RETRY_MAX: Duration = Duration::from_secs(300);
-/// Grants revoked per transaction when many expire at once (one fsync per batch).
+/// Grants revoked per transaction when many expire at once.
 pub const REVOCATION_BATCH: usize = 512;
+/// Batches of expired grants applied before one flush makes them durable.
+pub const REVOCATION_BATCHES_PER_FLUSH: usize = 8;
 /// The revocation scheduler looks at the clock at least this often.
 pub const SCHEDULER_MAX_SLEEP: Duration = Duration::from_millis(500);
 /// Default KRL file name in the data directory.

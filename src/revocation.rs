@@ -4,16 +4,19 @@
 //! status. Past its deadline an unconfirmed revocation is `revocation_unconfirmed`: retried,
 //! audited, counted; never dropped, never shown as revoked before it is.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::audit::{Actor, Event};
+use crate::audit::{Actor, Applied, Event};
 use crate::authority::Authority;
 use crate::caller::Caller;
 use crate::clock::Timestamp;
-use crate::constants::{REVOCATION_BATCH, SINK_RETRY_INITIAL, SINK_RETRY_MAX};
+use crate::constants::{
+    REVOCATION_BATCH, REVOCATION_BATCHES_PER_FLUSH, SINK_RETRY_INITIAL, SINK_RETRY_MAX,
+};
 use crate::grant::{Grant, GrantState, Revocation, Sink, SinkStatus, expiry_key, parse_expiry_key};
 use crate::krl;
 use crate::operator::OperatorError;
@@ -159,11 +162,11 @@ impl Authority {
         &self,
         (mut grant, raw): (Grant, Vec<u8>),
         (reason, actor): (String, Actor),
+        spec: &RevocationSpec,
         now: Timestamp,
         txn: &mut Txn,
         events: &mut Vec<Event>,
     ) -> Result<Grant, WorkflowError> {
-        let spec = self.scope_revocation(&grant.scope)?;
         let mut sinks = vec![confirmed(
             Sink::Internal,
             now,
@@ -245,10 +248,21 @@ impl Authority {
     }
 
     /// Revokes every active grant whose expiry has passed, oldest first, in batches of one
-    /// transaction each (never the whole queue in memory). Returns how many.
+    /// transaction each (never the whole queue in memory). Up to [`REVOCATION_BATCHES_PER_FLUSH`]
+    /// batches are applied, then made durable by one flush. Returns how many.
     pub fn revoke_expired(&self) -> Result<usize, WorkflowError> {
+        let mut applied = Vec::new();
+        let result = self.revoke_expired_into(&mut applied);
+        // What was applied is made durable and published even if a later batch failed.
+        self.audit.settle_all(applied)?;
+        result
+    }
+
+    fn revoke_expired_into(&self, applied: &mut Vec<Applied>) -> Result<usize, WorkflowError> {
         let mut total = 0;
         let mut conflicts = 0;
+        // Scopes' revocation settings, read once per call rather than once per grant.
+        let mut specs: HashMap<String, RevocationSpec> = HashMap::new();
         loop {
             let now = self.clock.now();
             let page = self
@@ -283,16 +297,24 @@ impl Authority {
                     tokens.push(hash.clone());
                 }
                 requests.push(grant.request_id.clone());
+                let spec = match specs.get(&grant.scope) {
+                    Some(spec) => spec,
+                    None => {
+                        let spec = self.scope_revocation(&grant.scope)?;
+                        specs.entry(grant.scope.clone()).or_insert(spec)
+                    }
+                };
                 self.start_revocation(
                     (grant, raw),
                     ("expired".to_owned(), Actor::Daemon),
+                    spec,
                     now,
                     &mut txn,
                     &mut events,
                 )?;
             }
-            match self.audit.commit_events(txn, events) {
-                Ok(_) => {}
+            match self.audit.apply_events(txn, events) {
+                Ok(batch) => applied.push(batch),
                 Err(e) => {
                     let e = WorkflowError::from(e);
                     // An early revocation of one of these grants committed first: re-read.
@@ -310,6 +332,9 @@ impl Authority {
             total += due.len();
             if due.len() < page.len() {
                 return Ok(total);
+            }
+            if applied.len() >= REVOCATION_BATCHES_PER_FLUSH {
+                self.audit.settle_all(std::mem::take(applied))?;
             }
         }
     }
@@ -848,7 +873,10 @@ impl Authority {
         }
         let original = grant.clone();
         let result = self
-            .start_revocation((grant, raw), (reason, actor), now, txn, events)
+            .scope_revocation(&grant.scope)
+            .and_then(|spec| {
+                self.start_revocation((grant, raw), (reason, actor), &spec, now, txn, events)
+            })
             .and_then(|updated| {
                 self.audit
                     .commit_events(std::mem::take(txn), std::mem::take(events))?;

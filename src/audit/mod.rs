@@ -341,10 +341,10 @@ impl AuditLog {
     }
 
     /// Publishes durable records (log events, live tail) in sequence order.
-    fn publish(&self, records: &[AuditRecord]) {
+    fn publish(&self, records: Vec<AuditRecord>) {
         let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
         for r in records {
-            p.waiting.insert(r.seq, r.clone());
+            p.waiting.insert(r.seq, r);
         }
         loop {
             let next = p.next;
@@ -359,7 +359,7 @@ impl AuditLog {
     }
 
     /// Makes `records` (and everything before them) durable, then publishes them.
-    fn settle(&self, seq: u64, records: &[AuditRecord]) -> Result<(), AuditError> {
+    fn settle(&self, seq: u64, records: Vec<AuditRecord>) -> Result<(), AuditError> {
         self.make_durable(seq)?;
         self.publish(records);
         Ok(())
@@ -388,8 +388,9 @@ impl AuditLog {
             }
             head.seq
         };
-        self.settle(seq, &written)?;
-        Ok(written.swap_remove(0))
+        let record = written[0].clone();
+        self.settle(seq, written)?;
+        Ok(record)
     }
 
     /// Like [`AuditLog::commit`], for a change that several records describe (e.g. the
@@ -412,7 +413,7 @@ impl AuditLog {
             return Ok(());
         };
         let records: Vec<AuditRecord> = applied.into_iter().flat_map(|a| a.records).collect();
-        self.settle(seq, &records)
+        self.settle(seq, records)
     }
 
     /// Like [`AuditLog::commit_events`] but not yet durable: the change and its records are
@@ -474,7 +475,7 @@ impl AuditLog {
             let record = self.checkpoint_locked(&mut head)?;
             (record, head.seq)
         };
-        self.settle(seq, std::slice::from_ref(&record))?;
+        self.settle(seq, vec![record.clone()])?;
         Ok(Some(record))
     }
 
