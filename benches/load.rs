@@ -807,10 +807,11 @@ fn raw_p256_verifications(duration: Duration) -> f64 {
 async fn lateness(n: usize, lead: Duration, window: Duration) {
     let (dir, data, _, _) = prepare(0, 0);
     let base = SystemClock.now().plus(lead);
-    let step = window.as_millis() as i64 / n as i64;
-    seed_with(&data, n, |i| {
-        Timestamp::from_unix_millis(base.unix_millis() + step * i as i64)
-    });
+    // Grant i expires i/n of the way through the window (several per millisecond when n is
+    // larger than the window in ms: no integer step that rounds to zero).
+    let window_ms = window.as_millis() as i64;
+    let expiry_of = move |i: usize| base.unix_millis() + window_ms * i as i64 / n as i64;
+    seed_with(&data, n, |i| Timestamp::from_unix_millis(expiry_of(i)));
     let daemon = start(dir);
     assert!(
         SystemClock.now() < base,
@@ -850,7 +851,7 @@ async fn lateness(n: usize, lead: Duration, window: Duration) {
                 .unwrap();
             let t = r.time.unwrap();
             let at = t.seconds * 1000 + i64::from(t.nanos) / 1_000_000;
-            late.push(at - (base.unix_millis() + step * i));
+            late.push(at - expiry_of(i as usize));
         }
     }
     assert_eq!(late.len(), n, "every grant revoked");
