@@ -50,6 +50,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(crate::constants::STORE_CACHE_BYTES)
             .open()
             .map_err(|e| backend(path, e))?;
         let mut trees = HashMap::new();
