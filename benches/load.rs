@@ -6,6 +6,7 @@
 //! cargo bench --bench load            # the figures in BENCHMARKS.md (a few minutes)
 //! cargo bench --bench load -- --smoke # seconds; `cargo test --all-targets` (CI) runs this too
 //! cargo bench --bench load -- approvals   # one figure: introspection, approvals, cycles, lateness, restart
+//! cargo bench --bench load -- restart --restart-grants=1000000   # figure 5 at its full size
 //! ```
 //!
 //! Reference for introspection: the daemon's own `grpc.health.v1.Health/Check`, a bare tonic
@@ -939,5 +940,11 @@ fn main() {
     if !wanted("restart") {
         return;
     }
-    restart(profile.restart_grants);
+    // `--restart-grants=N` overrides the profile's size (the issue's figure is 1,000,000).
+    let grants = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--restart-grants="))
+        .map(|n| n.parse().expect("--restart-grants=N takes a number"))
+        .unwrap_or(profile.restart_grants);
+    restart(grants);
 }
