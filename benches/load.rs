@@ -385,17 +385,22 @@ impl latchkey::client::keys::Authenticator for MemKey {
     }
 }
 
-/// Approvals end to end (begin, soft-key signature, verify and durable audit record) against
-/// raw P-256 verifications of the same crate in this process.
-async fn approvals(profile: &Profile) {
-    let (dir, _, _, _) = prepare(0, 0);
-    let config = dir.path().join("latchkeyd.toml");
+/// Turns on dev mode (soft FIDO2 keys accepted) in the config `prepare` wrote.
+fn dev_mode(dir: &Path) {
+    let config = dir.join("latchkeyd.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
         text.replacen("version = 1\n", "version = 1\ndev_mode = true\n", 1),
     )
     .unwrap();
+}
+
+/// Approvals end to end (begin, soft-key signature, verify and durable audit record) against
+/// raw P-256 verifications of the same crate in this process.
+async fn approvals(profile: &Profile) {
+    let (dir, _, _, _) = prepare(0, 0);
+    dev_mode(dir.path());
     let daemon = start(dir);
     let mut keys = Vec::new();
     for i in 0..profile.concurrency {
@@ -489,13 +494,7 @@ async fn cycles(profile: &Profile) {
     use latchkey::client::access;
     use pb::propose_change_request::Change as C;
     let (dir, data, cert, key) = prepare(0, 0);
-    let config = dir.path().join("latchkeyd.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen("version = 1\n", "version = 1\ndev_mode = true\n", 1),
-    )
-    .unwrap();
+    dev_mode(dir.path());
     let daemon = start(dir);
     let local = latchkey::client::connect_unix(&daemon.socket)
         .await
