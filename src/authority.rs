@@ -206,7 +206,7 @@ impl Authority {
         trust::read_meta(store.as_ref())?;
         let signer = crate::audit::signing_key(&keys.audit).ok_or(AuthorityError::AuditKey)?;
         let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
-        let index = TokenIndex::load(store.as_ref())?;
+        let index = TokenIndex::load(store.as_ref(), clock.now())?;
         Ok(Self {
             drill_max_age,
             introspect_uids,

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::clock::Timestamp;
 use crate::request::Requester;
-use crate::store::{self, Keyspace, Record, Store, StoreError};
+use crate::store::{Keyspace, Record, Store, StoreError};
 
 /// An issued SSH certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +195,19 @@ pub struct Introspection {
     pub expires_at: Timestamp,
 }
 
+/// The fields of a stored [`Grant`] the token index reads.
+#[derive(Deserialize)]
+struct IndexedGrant<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    scope: std::borrow::Cow<'a, str>,
+    expires_at: Timestamp,
+    #[serde(borrow)]
+    bearer_sha256: Option<std::borrow::Cow<'a, str>>,
+    state: GrantState,
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     grant_id: String,
@@ -209,9 +222,11 @@ pub struct TokenIndex {
 }
 
 impl TokenIndex {
-    /// Loads every active grant's token from the store.
-    pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
-        let index = Self::default();
+    /// Loads the token of every grant still active at `now` from the store. Grants already
+    /// expired are left out: introspection answers inactive for them either way, and they are
+    /// about to be revoked.
+    pub fn load(store: &dyn Store, now: Timestamp) -> Result<Self, StoreError> {
+        let mut entries = HashMap::new();
         let mut from = Vec::new();
         loop {
             let page = store.scan_from(Keyspace::Grants, &from, 1024)?;
@@ -219,12 +234,33 @@ impl TokenIndex {
             let mut next = last.clone();
             next.push(0);
             for (_, value) in &page {
-                let grant: Grant = store::decode(value)?;
-                index.insert(&grant);
+                // Only the fields the index needs: the certificate, requester and revocation
+                // are skipped, not built (this runs over every grant ever issued).
+                let grant: IndexedGrant<'_> =
+                    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+                        keyspace: Keyspace::Grants.name(),
+                        detail: e.to_string(),
+                    })?;
+                if grant.state != GrantState::Active || grant.expires_at <= now {
+                    continue;
+                }
+                let Some(hash) = grant.bearer_sha256.as_deref().and_then(decode_hash) else {
+                    continue;
+                };
+                entries.insert(
+                    hash,
+                    Entry {
+                        grant_id: grant.id.into_owned(),
+                        scope: grant.scope.into_owned(),
+                        expires_at: grant.expires_at,
+                    },
+                );
             }
             from = next;
         }
-        Ok(index)
+        Ok(Self {
+            entries: RwLock::new(entries),
+        })
     }
 
     /// Adds a grant's token (after the mint committed).

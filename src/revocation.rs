@@ -115,6 +115,30 @@ fn sink_summary(r: &Revocation) -> serde_json::Value {
     )
 }
 
+/// The audit event of a revocation just started on `grant`: `grant.revoked` if it completed at
+/// once, else `grant.revoking`.
+fn revocation_event(grant: &Grant, spec: &RevocationSpec, actor: Actor) -> Event {
+    let revocation = grant.revocation.as_ref();
+    Event {
+        event: if grant.state == GrantState::Revoked {
+            "grant.revoked"
+        } else {
+            "grant.revoking"
+        },
+        actor,
+        subject: format!("grant/{}", grant.id),
+        details: serde_json::json!({
+            "reason": revocation.map(|r| r.reason.as_str()),
+            "scope": grant.scope,
+            "ssh_serial": grant.ssh.as_ref().map(|s| s.serial),
+            "consumers": spec.consumers,
+            "deadline": revocation.map(|r| r.deadline),
+            "sinks": revocation.map(sink_summary),
+        }),
+        evidence: None,
+    }
+}
+
 /// Runs a hook with its environment, killing it at the timeout. `Ok` means exit status 0.
 pub async fn run_hook(job: &HookJob) -> Result<(), String> {
     let Some((program, args)) = job.command.split_first() else {
@@ -157,15 +181,14 @@ impl Authority {
     }
 
     /// Starts revoking `grant` (stored as `raw`) into `txn`: the sinks it needs, the queue
-    /// entries, the audit event. Returns the updated grant.
+    /// entries. Returns the updated grant; [`revocation_event`] is its audit event.
     fn start_revocation(
         &self,
         (mut grant, raw): (Grant, Vec<u8>),
-        (reason, actor): (String, Actor),
+        reason: String,
         spec: &RevocationSpec,
         now: Timestamp,
         txn: &mut Txn,
-        events: &mut Vec<Event>,
     ) -> Result<Grant, WorkflowError> {
         let mut sinks = vec![confirmed(
             Sink::Internal,
@@ -200,7 +223,7 @@ impl Authority {
             sinks.push(pending(Sink::Hook, now));
         }
         let mut revocation = Revocation {
-            reason: reason.clone(),
+            reason,
             started_at: now,
             deadline: now.plus(Duration::from_secs(spec.confirm_within_secs)),
             completed_at: None,
@@ -209,29 +232,13 @@ impl Authority {
         let id = grant.id.clone();
         txn.require_equals(Keyspace::Grants, id.as_bytes(), raw)
             .delete(Keyspace::GrantExpiry, expiry_key(grant.expires_at, &id));
-        let event = if revocation.complete() {
+        if revocation.complete() {
             revocation.completed_at = Some(now);
             grant.state = GrantState::Revoked;
-            "grant.revoked"
         } else {
             grant.state = GrantState::Revoking;
             txn.put_raw(Keyspace::RevocationsPending, id.as_bytes(), b"".to_vec());
-            "grant.revoking"
-        };
-        events.push(Event {
-            event,
-            actor,
-            subject: format!("grant/{id}"),
-            details: serde_json::json!({
-                "reason": reason,
-                "scope": grant.scope,
-                "ssh_serial": grant.ssh.as_ref().map(|s| s.serial),
-                "consumers": spec.consumers,
-                "deadline": revocation.deadline,
-                "sinks": sink_summary(&revocation),
-            }),
-            evidence: None,
-        });
+        }
         grant.revocation = Some(revocation);
         txn.put(id.as_bytes(), &grant)?;
         Ok(grant)
@@ -263,11 +270,14 @@ impl Authority {
         let mut conflicts = 0;
         // Scopes' revocation settings, read once per call rather than once per grant.
         let mut specs: HashMap<String, RevocationSpec> = HashMap::new();
+        // Each page starts after the last key of the one before: the queue's head is deleted as
+        // it goes, and a scan from the start would walk sled's emptied leaves again each time.
+        let mut from = Vec::new();
         loop {
             let now = self.clock.now();
             let page = self
                 .store
-                .scan_from(Keyspace::GrantExpiry, b"", REVOCATION_BATCH)?;
+                .scan_from(Keyspace::GrantExpiry, &from, REVOCATION_BATCH)?;
             let due: Vec<(Vec<u8>, String)> = page
                 .iter()
                 .filter_map(|(k, _)| {
@@ -280,6 +290,7 @@ impl Authority {
             }
             let mut txn = Txn::new();
             let mut events = Vec::new();
+            let mut expired = Vec::new();
             let mut tokens = Vec::new();
             let mut requests = Vec::new();
             for (key, id) in &due {
@@ -304,14 +315,31 @@ impl Authority {
                         specs.entry(grant.scope.clone()).or_insert(spec)
                     }
                 };
-                self.start_revocation(
-                    (grant, raw),
-                    ("expired".to_owned(), Actor::Daemon),
-                    spec,
-                    now,
-                    &mut txn,
-                    &mut events,
-                )?;
+                let updated =
+                    self.start_revocation((grant, raw), "expired".to_owned(), spec, now, &mut txn)?;
+                if updated.state == GrantState::Revoked {
+                    // Complete at once (nothing outside latchkey to confirm): one record for
+                    // the batch, not one per grant.
+                    expired.push(serde_json::json!({
+                        "grant": updated.id,
+                        "scope": updated.scope,
+                        "ssh_serial": updated.ssh.as_ref().map(|s| s.serial),
+                    }));
+                } else {
+                    events.push(revocation_event(&updated, spec, Actor::Daemon));
+                }
+            }
+            if !expired.is_empty() {
+                events.push(Event {
+                    event: "grants.expired",
+                    actor: Actor::Daemon,
+                    subject: "grants".to_owned(),
+                    details: serde_json::json!({
+                        "reason": "expired",
+                        "grants": expired,
+                    }),
+                    evidence: None,
+                });
             }
             match self.audit.apply_events(txn, events) {
                 Ok(batch) => applied.push(batch),
@@ -332,6 +360,10 @@ impl Authority {
             total += due.len();
             if due.len() < page.len() {
                 return Ok(total);
+            }
+            if let Some((last, _)) = due.last() {
+                from = last.clone();
+                from.push(0);
             }
             if applied.len() >= REVOCATION_BATCHES_PER_FLUSH {
                 self.audit.settle_all(std::mem::take(applied))?;
@@ -875,7 +907,9 @@ impl Authority {
         let result = self
             .scope_revocation(&grant.scope)
             .and_then(|spec| {
-                self.start_revocation((grant, raw), (reason, actor), &spec, now, txn, events)
+                let updated = self.start_revocation((grant, raw), reason, &spec, now, txn)?;
+                events.push(revocation_event(&updated, &spec, actor));
+                Ok(updated)
             })
             .and_then(|updated| {
                 self.audit

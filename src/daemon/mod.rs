@@ -258,7 +258,13 @@ pub fn open_authority(
     fsperm::check_private(&config.data_dir)?;
     let keys = Arc::new(DaemonKeys::load(&config.data_dir)?);
     let store_path = config.data_dir.join(STORE_DIR);
+    let opening = std::time::Instant::now();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    tracing::info!(
+        elapsed_ms = opening.elapsed().as_millis() as u64,
+        "store opened"
+    );
+    let loading = std::time::Instant::now();
     let authority = Arc::new(Authority::new(
         store,
         &store_path,
@@ -276,6 +282,10 @@ pub fn open_authority(
             drill_max_age: config.drill_max_age,
         },
     )?);
+    tracing::info!(
+        elapsed_ms = loading.elapsed().as_millis() as u64,
+        "trust store, audit head and token index loaded"
+    );
     Ok((authority, keys))
 }
 
@@ -285,10 +295,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
     let (authority, keys) = open_authority(config, clock)?;
     // Everything that expired while the daemon was down is revoked before any listener
     // accepts a call (in batches, one transaction each).
+    let revoking = std::time::Instant::now();
     let expired = authority.revoke_expired()?;
     if expired > 0 {
         tracing::info!(
             expired,
+            elapsed_ms = revoking.elapsed().as_millis() as u64,
             "revoked grants that expired while latchkeyd was down"
         );
     }
