@@ -14,6 +14,11 @@ use latchkey::doctor::Level;
 use latchkey::trust::TrustStorePolicy;
 use latchkey::workload::Workload;
 
+/// sled allocates and frees page-cache nodes on every read and write: with glibc's malloc that
+/// was over a quarter of the daemon's CPU at a 1M-grant restart (BENCHMARKS.md, figure 5).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// latchkeyd: independent break-glass authority daemon.
 #[derive(Parser)]
 #[command(version, about)]
