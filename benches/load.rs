@@ -47,7 +47,8 @@ struct Profile {
 
 struct Daemon {
     child: Child,
-    dir: tempfile::TempDir,
+    /// The daemon's store and socket, deleted when the daemon is dropped (after it is killed).
+    _dir: tempfile::TempDir,
     socket: PathBuf,
     tls: std::net::SocketAddr,
     ready_after: Duration,
@@ -254,7 +255,7 @@ fn start(dir: tempfile::TempDir) -> Daemon {
     let socket = dir.path().join("latchkeyd.sock");
     Daemon {
         child,
-        dir,
+        _dir: dir,
         socket,
         tls,
         ready_after,
