@@ -260,10 +260,7 @@ pub fn open_authority(
     let store_path = config.data_dir.join(STORE_DIR);
     let opening = std::time::Instant::now();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
-    tracing::info!(
-        elapsed_ms = opening.elapsed().as_millis() as u64,
-        "store opened"
-    );
+    let opened_ms = opening.elapsed().as_millis() as u64;
     let loading = std::time::Instant::now();
     let authority = Arc::new(Authority::new(
         store,
@@ -282,9 +279,11 @@ pub fn open_authority(
             drill_max_age: config.drill_max_age,
         },
     )?);
+    // Logged once it all worked: a refused store gets its one error line and nothing else.
     tracing::info!(
-        elapsed_ms = loading.elapsed().as_millis() as u64,
-        "trust store, audit head and token index loaded"
+        store_open_ms = opened_ms,
+        load_ms = loading.elapsed().as_millis() as u64,
+        "store opened; trust store, audit head and token index loaded"
     );
     Ok((authority, keys))
 }
