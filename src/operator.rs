@@ -448,11 +448,27 @@ pub fn show(
 ) -> Result<(Operator, Vec<Authenticator>), OperatorError> {
     let operator: Operator = store::read(store, name.as_bytes())?
         .ok_or_else(|| OperatorError::UnknownOperator(name.to_owned()))?;
-    let keys = authenticators(store)?
-        .into_iter()
-        .filter(|a| a.operator == name)
-        .collect();
+    let mut keys = Vec::new();
+    for (_, value) in store.scan_from(Keyspace::Authenticators, b"", usize::MAX)? {
+        // Read the owner first: decoding a key's WebAuthn material is the expensive part, and
+        // every vote opens a ceremony here (a fifth of the daemon's CPU in the cycles figure
+        // when every key was decoded; BENCHMARKS.md, figure 3).
+        let owner: Owner<'_> = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+            keyspace: Keyspace::Authenticators.name(),
+            detail: e.to_string(),
+        })?;
+        if owner.operator == name {
+            keys.push(store::decode::<Authenticator>(&value)?);
+        }
+    }
     Ok((operator, keys))
+}
+
+/// The owner of a stored [`Authenticator`], read without its key material.
+#[derive(Deserialize)]
+struct Owner<'a> {
+    #[serde(borrow)]
+    operator: std::borrow::Cow<'a, str>,
 }
 
 /// The operator's domain service.
