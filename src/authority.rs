@@ -109,6 +109,8 @@ pub struct Settings<'a> {
 /// The authority over one trust store.
 #[derive(Debug)]
 pub struct Authority {
+    /// Dropped with the authority (and so after the store): see [`Authority::on_release`].
+    released: tokio::sync::watch::Sender<()>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) keys: Arc<DaemonKeys>,
@@ -208,6 +210,7 @@ impl Authority {
         let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
         let index = TokenIndex::load(store.as_ref(), clock.now())?;
         Ok(Self {
+            released: tokio::sync::watch::Sender::new(()),
             drill_max_age,
             introspect_uids,
             piv,
@@ -224,6 +227,12 @@ impl Authority {
             schema_version,
             dev_mode,
         })
+    }
+
+    /// Resolves (with an error, as the sender is gone) once this authority is dropped: its
+    /// store's lock is released when the last holder lets go, e.g. the last in-flight call.
+    pub fn on_release(&self) -> tokio::sync::watch::Receiver<()> {
+        self.released.subscribe()
     }
 
     /// Versions, genesis state and key fingerprints.

@@ -108,6 +108,11 @@ pub const SINK_RETRY_MAX: Duration = Duration::from_secs(300);
 pub const REVOCATION_BATCH: usize = 512;
 /// Batches of expired grants applied before one flush makes them durable.
 pub const REVOCATION_BATCHES_PER_FLUSH: usize = 8;
+/// Batches of expired grants one scheduler round revokes before it drives the other
+/// revocations' sinks (the next round follows at once while more are due).
+pub const REVOCATION_ROUND_BATCHES: usize = 4 * REVOCATION_BATCHES_PER_FLUSH;
+/// Expiry-queue entries read per page by the start-up revocation's scan.
+pub const REVOCATION_SCAN_PAGE: usize = 4096;
 /// The revocation scheduler looks at the clock at least this often.
 pub const SCHEDULER_MAX_SLEEP: Duration = Duration::from_millis(500);
 /// Default KRL file name in the data directory.

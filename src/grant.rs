@@ -1,7 +1,8 @@
 //! Grants (issued credentials) and the in-memory introspection index.
 //!
 //! The index maps the SHA-256 of a bearer token to what introspection answers, so the hot path
-//! is one hash and one map lookup. It is filled from the store at start and updated after every
+//! is one hash and one map lookup. It is filled from the expiry queue at start (each entry
+//! carries its grant's token hash and scope: see [`ExpiryEntry`]) and updated after every
 //! committed mint or revocation; expiry needs no update because every answer compares the
 //! grant's expiry with the clock at that instant.
 
@@ -177,6 +178,66 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(Timestamp, String)> {
     ))
 }
 
+/// The value of a grant's entry in [`Keyspace::GrantExpiry`]: what the token index and the
+/// start-up revocation need, so neither reads the grant itself. Entries written before this
+/// existed are empty; [`ExpiryEntry::decode`] answers `None` for them and readers fall back to
+/// the grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiryEntry {
+    /// SHA-256 of the bearer token, if one was minted.
+    pub token: Option<[u8; 32]>,
+    /// The grant's scope.
+    pub scope: String,
+}
+
+/// Format byte of [`ExpiryEntry`]'s encoding.
+const EXPIRY_ENTRY_V1: u8 = 1;
+
+impl ExpiryEntry {
+    /// The entry of `grant`.
+    pub fn of(grant: &Grant) -> Self {
+        Self {
+            token: grant.bearer_sha256.as_deref().and_then(decode_hash),
+            scope: grant.scope.clone(),
+        }
+    }
+
+    /// Format byte, token flag, the token hash if present, then the scope (UTF-8).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + 32 + self.scope.len());
+        out.push(EXPIRY_ENTRY_V1);
+        match &self.token {
+            Some(hash) => {
+                out.push(1);
+                out.extend_from_slice(hash);
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(self.scope.as_bytes());
+        out
+    }
+
+    /// `None` for an empty (older) or unreadable value: read the grant instead.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&[format, flag], rest) = bytes.split_first_chunk::<2>()?;
+        if format != EXPIRY_ENTRY_V1 {
+            return None;
+        }
+        let (token, scope) = match flag {
+            0 => (None, rest),
+            1 => {
+                let (hash, scope) = rest.split_first_chunk::<32>()?;
+                (Some(*hash), scope)
+            }
+            _ => return None,
+        };
+        Some(Self {
+            token,
+            scope: String::from_utf8(scope.to_vec()).ok()?,
+        })
+    }
+}
+
 /// SHA-256 of a bearer token.
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -199,10 +260,7 @@ pub struct Introspection {
 #[derive(Deserialize)]
 struct IndexedGrant<'a> {
     #[serde(borrow)]
-    id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
     scope: std::borrow::Cow<'a, str>,
-    expires_at: Timestamp,
     #[serde(borrow)]
     bearer_sha256: Option<std::borrow::Cow<'a, str>>,
     state: GrantState,
@@ -222,37 +280,46 @@ pub struct TokenIndex {
 }
 
 impl TokenIndex {
-    /// Loads the token of every grant still active at `now` from the store. Grants already
-    /// expired are left out: introspection answers inactive for them either way, and they are
-    /// about to be revoked.
+    /// Loads the token of every grant still active at `now` from the expiry queue (which holds
+    /// exactly the active grants, each entry with its token hash and scope): grants already
+    /// expired are left out — introspection answers inactive for them either way, and they are
+    /// about to be revoked. Entries written before the queue held them read the grant.
     pub fn load(store: &dyn Store, now: Timestamp) -> Result<Self, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            keyspace: Keyspace::GrantExpiry.name(),
+            detail,
+        };
         let mut entries = HashMap::new();
-        let mut from = Vec::new();
+        // The first key of a grant still active at `now` (active means `now < expires_at`).
+        let mut from = expiry_key(now.plus(std::time::Duration::from_millis(1)), "");
         loop {
-            let page = store.scan_from(Keyspace::Grants, &from, 1024)?;
+            let page = store.scan_from(Keyspace::GrantExpiry, &from, 1024)?;
             let Some((last, _)) = page.last() else { break };
             let mut next = last.clone();
             next.push(0);
-            for (_, value) in &page {
-                // Only the fields the index needs: the certificate, requester and revocation
-                // are skipped, not built (this runs over every grant ever issued).
-                let grant: IndexedGrant<'_> =
-                    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
-                        keyspace: Keyspace::Grants.name(),
-                        detail: e.to_string(),
-                    })?;
-                if grant.state != GrantState::Active || grant.expires_at <= now {
-                    continue;
-                }
-                let Some(hash) = grant.bearer_sha256.as_deref().and_then(decode_hash) else {
+            for (key, value) in &page {
+                let (expires_at, id) = parse_expiry_key(key)
+                    .ok_or_else(|| corrupt(format!("expiry key {}", hex::encode(key))))?;
+                let entry = match ExpiryEntry::decode(value) {
+                    Some(entry) => entry,
+                    None => match entry_from_grant(store, &id)? {
+                        Some(entry) => entry,
+                        None => continue,
+                    },
+                };
+                let ExpiryEntry {
+                    token: Some(hash),
+                    scope,
+                } = entry
+                else {
                     continue;
                 };
                 entries.insert(
                     hash,
                     Entry {
-                        grant_id: grant.id.into_owned(),
-                        scope: grant.scope.into_owned(),
-                        expires_at: grant.expires_at,
+                        grant_id: id,
+                        scope,
+                        expires_at,
                     },
                 );
             }
@@ -323,6 +390,27 @@ impl TokenIndex {
     }
 }
 
+/// The expiry entry of an active grant, read from the grant itself (for entries written
+/// before they held it). `None` if the grant is gone or no longer active.
+fn entry_from_grant(store: &dyn Store, id: &str) -> Result<Option<ExpiryEntry>, StoreError> {
+    let Some(raw) = store.get(Keyspace::Grants, id.as_bytes())? else {
+        return Ok(None);
+    };
+    // Only the fields the index needs: the certificate, requester and revocation are skipped.
+    let grant: IndexedGrant<'_> =
+        serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+            keyspace: Keyspace::Grants.name(),
+            detail: e.to_string(),
+        })?;
+    if grant.state != GrantState::Active {
+        return Ok(None);
+    }
+    Ok(Some(ExpiryEntry {
+        token: grant.bearer_sha256.as_deref().and_then(decode_hash),
+        scope: grant.scope.into_owned(),
+    }))
+}
+
 fn decode_hash(hex_hash: &str) -> Option<[u8; 32]> {
     hex::decode(hex_hash).ok()?.try_into().ok()
 }
@@ -364,6 +452,88 @@ mod tests {
             !index
                 .introspect(&token, Timestamp::from_unix_millis(1000))
                 .active
+        );
+    }
+
+    #[test]
+    fn an_expiry_entry_reads_back_what_was_written_and_nothing_else() {
+        let (g, _) = grant(1000);
+        let entry = ExpiryEntry::of(&g);
+        assert_eq!(ExpiryEntry::decode(&entry.encode()), Some(entry.clone()));
+        let no_token = ExpiryEntry {
+            token: None,
+            scope: "ssh-only".into(),
+        };
+        assert_eq!(ExpiryEntry::decode(&no_token.encode()), Some(no_token));
+        // Older (empty), unknown formats, bad flags, short hashes, non-UTF-8 scopes: read the
+        // grant instead.
+        let mut short = entry.encode();
+        short.truncate(20);
+        for bad in [
+            Vec::new(),
+            vec![9, 0],
+            vec![1, 7],
+            short,
+            vec![1, 0, 0xff, 0xfe],
+        ] {
+            assert_eq!(ExpiryEntry::decode(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_index_loads_active_grants_from_queue_entries_old_and_new() {
+        use crate::store::{SledStore, Store as _, Txn};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("store")).unwrap();
+        let mut txn = Txn::new();
+        let mut tokens = Vec::new();
+        // g-new: current entry; g-old: empty entry (read from the grant); g-gone: empty entry
+        // of a grant no longer active; g-past: expired at `now`.
+        for (id, expires_ms, state, entry_written) in [
+            ("g-new", 5000, GrantState::Active, true),
+            ("g-old", 5000, GrantState::Active, false),
+            ("g-gone", 5000, GrantState::Revoking, false),
+            ("g-past", 1000, GrantState::Active, true),
+        ] {
+            let token = format!("lkbg_{id}");
+            let g = Grant {
+                id: id.into(),
+                scope: format!("scope-of-{id}"),
+                bearer_sha256: Some(hex::encode(token_hash(&token))),
+                state,
+                ..grant(expires_ms).0
+            };
+            let value = if entry_written {
+                ExpiryEntry::of(&g).encode()
+            } else {
+                Vec::new()
+            };
+            txn.put(id.as_bytes(), &g).unwrap().put_raw(
+                Keyspace::GrantExpiry,
+                expiry_key(g.expires_at, id),
+                value,
+            );
+            tokens.push(token);
+        }
+        store.commit(&txn).unwrap();
+        let now = Timestamp::from_unix_millis(1000);
+        let index = TokenIndex::load(&store, now).unwrap();
+        assert_eq!(index.len(), 2);
+        let answers: Vec<(bool, String, String)> = tokens
+            .iter()
+            .map(|t| {
+                let a = index.introspect(t, now);
+                (a.active, a.grant_id, a.scope)
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                (true, "g-new".into(), "scope-of-g-new".into()),
+                (true, "g-old".into(), "scope-of-g-old".into()),
+                (false, String::new(), String::new()),
+                (false, String::new(), String::new()),
+            ]
         );
     }
 

@@ -1093,7 +1093,7 @@ impl Authority {
             .put_raw(
                 Keyspace::GrantExpiry,
                 crate::grant::expiry_key(expires_at, &id),
-                b"".to_vec(),
+                crate::grant::ExpiryEntry::of(&grant).encode(),
             );
         if let Some(hash) = &bearer_sha256 {
             txn.require_absent(Keyspace::GrantTokens, hash.as_bytes())

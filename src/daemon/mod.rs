@@ -240,6 +240,17 @@ impl Running {
             self.servers.abort_all();
         }
         self.authority.flush()?;
+        // The store stays open (and locked) until the last holder of the authority lets go —
+        // a call's task finishing after its connection closed. Wait for it, so whoever opens
+        // the store next (a restart in the same process) finds it free.
+        let mut released = self.authority.on_release();
+        drop(self.authority);
+        if tokio::time::timeout(SHUTDOWN_GRACE, released.changed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "the store is still held after shutdown");
+        }
         if let Some(path) = &self.socket_file
             && let Err(e) = std::fs::remove_file(path)
         {
@@ -293,12 +304,15 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, Da
     fsperm::restrict_umask();
     let (authority, keys) = open_authority(config, clock)?;
     // Everything that expired while the daemon was down is revoked before any listener
-    // accepts a call (in batches, one transaction each).
+    // accepts a call: one by one where a sink outside latchkey must confirm, by one audit
+    // record for the rest (the scheduler rewrites those grants once serving).
     let revoking = std::time::Instant::now();
-    let expired = authority.revoke_expired()?;
-    if expired > 0 {
+    let expired = authority.revoke_expired_at_start()?;
+    if expired != crate::revocation::StartRevocations::default() {
         tracing::info!(
-            expired,
+            expired = expired.revoked + expired.deferred,
+            revoked_one_by_one = expired.revoked,
+            rewritten_after_start = expired.deferred,
             elapsed_ms = revoking.elapsed().as_millis() as u64,
             "revoked grants that expired while latchkeyd was down"
         );

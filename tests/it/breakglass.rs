@@ -142,6 +142,32 @@ impl Bg {
         }
     }
 
+    /// Stops the daemon and starts it again on the same store, config and clock (whatever
+    /// the test did to the store or the clock in between is what it finds).
+    pub async fn restart(&mut self, between: impl FnOnce(&DaemonDir)) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.unwrap();
+        }
+        between(&self.dir);
+        let text = std::fs::read_to_string(&self.dir.config).unwrap();
+        let config = Config::parse(&text, &self.dir.config).unwrap();
+        // sled releases its file lock from its own I/O threads a moment after the last handle
+        // is dropped (a new process never meets this): retry while the lock is still taken.
+        for _ in 0..500 {
+            match daemon::start(&config, Arc::new(self.clock.clone())).await {
+                Ok(running) => {
+                    self.running = Some(running);
+                    return;
+                }
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("restart: {e}"),
+            }
+        }
+        panic!("the store's lock was not released within 5 s");
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }

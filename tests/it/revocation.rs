@@ -428,12 +428,27 @@ async fn a_workload_cannot_relinquish_a_grant_it_does_not_hold() {
     w.bg.stop().await;
 }
 
-/// Writes `expired` grants that expired a minute ago and `live` ones that expire in an hour
-/// straight into a stopped daemon's store, with their `grant.issued` records (as a restored
-/// backup would hold them).
-fn seed_grants(data: &Path, expired: usize, live: usize) {
+/// How seeded grants' expiry-queue entries are written.
+#[derive(Clone, Copy, PartialEq)]
+enum QueueEntries {
+    /// With the grant's token hash and scope, as latchkey writes them now.
+    Current,
+    /// Empty, as versions before the entries held them wrote them.
+    Empty,
+}
+
+/// Writes `expired` grants of `scope` that expired a minute before `now` and `live` ones that
+/// expire an hour after it, straight into a stopped daemon's store, with their `grant.issued`
+/// records (as a restored backup would hold them). Ids are `{prefix}-NNNNNN`.
+fn seed_grants(
+    data: &Path,
+    now: Timestamp,
+    (prefix, scope): (&str, &str),
+    (expired, live): (usize, usize),
+    entries: QueueEntries,
+) {
     use latchkey::audit::{Actor, AuditLog, CheckpointPolicy, Event};
-    use latchkey::grant::{Grant, GrantState, expiry_key, token_hash};
+    use latchkey::grant::{ExpiryEntry, Grant, GrantState, expiry_key, token_hash};
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
     let keys = latchkey::keys::DaemonKeys::load(data).unwrap();
     let audit = AuditLog::open(
@@ -445,23 +460,22 @@ fn seed_grants(data: &Path, expired: usize, live: usize) {
         },
     )
     .unwrap();
-    let now = SystemClock.now();
     let ids: Vec<usize> = (0..expired + live).collect();
     for chunk in ids.chunks(500) {
         let mut txn = Txn::new();
         let mut events = Vec::new();
         for &i in chunk {
-            let id = format!("seeded-{i:06}");
+            let id = format!("{prefix}-{i:06}");
             let expires_at = if i < expired {
                 Timestamp::from_unix_millis(now.unix_millis() - 60_000)
             } else {
                 now.plus(Duration::from_secs(3600))
             };
-            let hash = hex::encode(token_hash(&format!("lkbg_seeded-{i}")));
+            let hash = hex::encode(token_hash(&format!("lkbg_{prefix}-{i}")));
             let grant = Grant {
                 id: id.clone(),
-                request_id: format!("seeded-request-{i}"),
-                scope: "db-root".into(),
+                request_id: format!("{prefix}-request-{i}"),
+                scope: scope.into(),
                 requester: latchkey::request::Requester::Workload {
                     name: "vault-db".into(),
                 },
@@ -472,19 +486,19 @@ fn seed_grants(data: &Path, expired: usize, live: usize) {
                 state: GrantState::Active,
                 revocation: None,
             };
+            let entry = match entries {
+                QueueEntries::Current => ExpiryEntry::of(&grant).encode(),
+                QueueEntries::Empty => Vec::new(),
+            };
             txn.put(id.as_bytes(), &grant)
                 .unwrap()
-                .put_raw(
-                    Keyspace::GrantExpiry,
-                    expiry_key(expires_at, &id),
-                    b"".to_vec(),
-                )
+                .put_raw(Keyspace::GrantExpiry, expiry_key(expires_at, &id), entry)
                 .put_raw(Keyspace::GrantTokens, hash.as_bytes(), id.as_bytes());
             events.push(Event {
                 event: "grant.issued",
                 actor: Actor::Daemon,
                 subject: format!("grant/{id}"),
-                details: serde_json::json!({ "scope": "db-root", "expires_at": expires_at }),
+                details: serde_json::json!({ "scope": scope, "expires_at": expires_at }),
                 evidence: None,
             });
         }
@@ -493,15 +507,34 @@ fn seed_grants(data: &Path, expired: usize, live: usize) {
     store.flush().unwrap();
 }
 
+/// The grants listed by `grants.expired` records, in the order listed.
+fn listed_as_expired(records: &[pb::AuditRecord]) -> Vec<String> {
+    let mut listed = Vec::new();
+    for record in records.iter().filter(|r| r.event == "grants.expired") {
+        let record: serde_json::Value = serde_json::from_str(&record.json).unwrap();
+        assert_eq!(record["details"]["reason"], "expired");
+        for grant in record["details"]["grants"].as_array().unwrap() {
+            listed.push(grant["grant"].as_str().unwrap().to_owned());
+        }
+    }
+    listed
+}
+
 #[tokio::test]
 async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_served() {
     let dir = DaemonDir::init();
     dir.write_config("");
-    seed_grants(&dir.data, 10_000, 100);
+    seed_grants(
+        &dir.data,
+        SystemClock.now(),
+        ("seeded", "db-root"),
+        (10_000, 100),
+        QueueEntries::Current,
+    );
     let daemon = dir.start();
 
     // The very first call writes a record (a scope, applied at once during genesis): it must
-    // come after all 10,000 revocations.
+    // come after the record that revoked all 10,000.
     let first =
         latchkey::pb::trust_service_client::TrustServiceClient::new(daemon.unix_channel().await)
             .propose_change(pb::ProposeChangeRequest {
@@ -519,29 +552,61 @@ async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_
         .find(|r| r.event == "change.proposed" && r.subject == format!("change/{}", first.id))
         .unwrap()
         .seq;
-    // Revocations that complete at once are audited in batches: one `grants.expired` record
-    // per transaction, listing its grants.
-    assert!(!records.iter().any(|r| r.event == "grant.revoked"));
-    let batches: Vec<&pb::AuditRecord> = records
+    // Nothing outside latchkey confirms these (no consumer, no hook): one record revokes
+    // them all before serving, and the grants are rewritten after.
+    let at_start: Vec<&pb::AuditRecord> = records
         .iter()
-        .filter(|r| r.event == "grants.expired")
+        .filter(|r| r.event == "grants.expired_while_down")
         .collect();
-    assert!(batches.iter().all(|r| r.seq < first_seq));
-    let mut revoked = Vec::new();
-    for batch in &batches {
-        let record: serde_json::Value = serde_json::from_str(&batch.json).unwrap();
-        assert_eq!(record["details"]["reason"], "expired");
-        for grant in record["details"]["grants"].as_array().unwrap() {
-            revoked.push(grant["grant"].as_str().unwrap().to_owned());
-        }
+    assert_eq!(at_start.len(), 1);
+    assert!(at_start[0].seq < first_seq);
+    let record: serde_json::Value = serde_json::from_str(&at_start[0].json).unwrap();
+    assert_eq!(record["details"]["reason"], "expired");
+    assert_eq!(record["details"]["grants"], 10_000);
+    for id in ["seeded-000000", "seeded-009999"] {
+        let shown = AccessServiceClient::new(daemon.unix_channel().await)
+            .show_grant(pb::ShowGrantRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        assert!(
+            matches!(
+                shown.state(),
+                pb::GrantState::Revoking | pb::GrantState::Revoked
+            ),
+            "{id}: {:?}",
+            shown.state()
+        );
     }
+
+    // The scheduler rewrites each grant, in `grants.expired` batches; wait for the last one
+    // on the audit stream.
+    let mut stream = AuditServiceClient::new(daemon.unix_channel().await)
+        .follow_records(pb::FollowRecordsRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut listed = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while listed < 10_000 {
+            let record = stream.message().await.unwrap().unwrap().record.unwrap();
+            listed += listed_as_expired(std::slice::from_ref(&record)).len();
+            seen.push(record);
+        }
+    })
+    .await
+    .expect("every expired grant rewritten within a minute of real time");
+    let mut revoked = listed_as_expired(&seen);
     revoked.sort();
     let expected: Vec<String> = (0..10_000).map(|i| format!("seeded-{i:06}")).collect();
     assert_eq!(
         revoked, expected,
         "each expired grant is listed exactly once"
     );
-    assert!(batches.len() < 100, "{} batches", batches.len());
+    assert!(!seen.iter().any(|r| r.event == "grant.revoked"));
     for id in ["seeded-000000", "seeded-004321", "seeded-009999"] {
         let shown = AccessServiceClient::new(daemon.unix_channel().await)
             .show_grant(pb::ShowGrantRequest { id: id.into() })
@@ -568,6 +633,94 @@ async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_
         "{}",
         daemon.log_text()
     );
+}
+
+#[tokio::test]
+async fn after_downtime_grants_a_consumer_must_confirm_and_older_queue_entries_are_revoked_one_by_one_before_serving()
+ {
+    let mut scope = db_root(600);
+    scope.revocation_consumers = vec!["vault-plugin".into()];
+    let mut w = world_with(scope).await;
+    let credential = issue(&mut w, None, 60).await;
+    let grant = credential.grant_id.clone();
+
+    // Down for two minutes; meanwhile a restored backup adds grants whose queue entries were
+    // written by an older latchkey (empty: no scope to tell whether a consumer must confirm).
+    let clock = w.bg.clock.clone();
+    w.bg.restart(|dir| {
+        clock.advance(Duration::from_secs(120));
+        seed_grants(
+            &dir.data,
+            clock.now(),
+            ("older", "elsewhere"),
+            (30, 5),
+            QueueEntries::Empty,
+        )
+    })
+    .await;
+
+    // Before any call: the consumer's grant is revoking, its consumer not yet told; the
+    // older entries are revoked, audited in a batch; nothing was left for after the start.
+    let records = all_records(w.bg.local().await).await;
+    let subject = format!("grant/{grant}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event == "grant.revoking" && r.subject == subject)
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.event == "grants.expired_while_down")
+    );
+    let mut older = listed_as_expired(&records);
+    older.sort();
+    let expected: Vec<String> = (0..30).map(|i| format!("older-{i:06}")).collect();
+    assert_eq!(older, expected);
+    let shown = show(&w.bg, &grant).await;
+    assert_eq!(shown.state(), pb::GrantState::Revoking);
+    assert_eq!(shown.revocation_reason, "expired");
+    assert_eq!(
+        show(&w.bg, "older-000000").await.state(),
+        pb::GrantState::Revoked
+    );
+    assert_eq!(
+        show(&w.bg, "older-000030").await.state(),
+        pb::GrantState::Active
+    );
+
+    // The live older grants' tokens were indexed from their grants: introspection knows them.
+    let plugin = w.bg.tls(&w.plugin).await;
+    let live = AccessServiceClient::new(plugin.clone())
+        .introspect(pb::IntrospectRequest {
+            token: "lkbg_older-30".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(live.active);
+    assert_eq!(live.grant_id, "older-000030");
+
+    // The consumer is told once it connects, and its acknowledgement completes it.
+    let mut stream = AccessServiceClient::new(plugin.clone())
+        .watch_revocations(pb::WatchRevocationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let told = stream.message().await.unwrap().unwrap().grant.unwrap();
+    assert_eq!(told.id, grant);
+    AccessServiceClient::new(plugin)
+        .acknowledge_revocation(pb::AcknowledgeRevocationRequest {
+            grant_id: grant.clone(),
+        })
+        .await
+        .unwrap();
+    await_record(&w.bg, 1, |r| {
+        r.event == "grant.revoked" && r.subject == subject
+    })
+    .await;
+    assert_eq!(show(&w.bg, &grant).await.state(), pb::GrantState::Revoked);
+    w.bg.stop().await;
 }
 
 #[tokio::test]
