@@ -958,7 +958,7 @@ async fn lateness_once(n: usize, lead: Duration, window: Duration) -> [f64; 3] {
 async fn restart(grants: usize, runs: usize) {
     let expired = grants / 2;
     let mut times = Vec::new();
-    let mut memory = Vec::new();
+    let (mut memory, mut memory_after) = (Vec::new(), Vec::new());
     let mut rewrites = Vec::new();
     for _ in 0..runs {
         let (dir, _, _, _) = prepare(grants - expired, expired);
@@ -969,8 +969,13 @@ async fn restart(grants: usize, runs: usize) {
         let channel = latchkey::client::connect_unix(&daemon.socket)
             .await
             .unwrap();
+        // The seeded store holds more than `grants` records (one `grant.issued` per grant
+        // after init's): the records from there on include everything since the restart,
+        // without streaming the million before.
         let mut stream = pb::audit_service_client::AuditServiceClient::new(channel)
-            .follow_records(pb::FollowRecordsRequest { from_seq: 1 })
+            .follow_records(pb::FollowRecordsRequest {
+                from_seq: grants as u64,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -991,7 +996,7 @@ async fn restart(grants: usize, runs: usize) {
         assert_eq!(listed, expired, "each expired grant rewritten once");
         assert_eq!(at_start, expired, "all revoked by the record before READY");
         rewrites.push(ready.elapsed().as_secs_f64());
-        memory.push(daemon.rss_mib());
+        memory_after.push(daemon.rss_mib());
     }
     let worst = times.iter().copied().fold(0.0, f64::max);
     let each: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
@@ -1007,11 +1012,13 @@ async fn restart(grants: usize, runs: usize) {
         median(rewrites.clone()),
         each.join(", ")
     );
-    println!(
-        "| resident memory after restart (at READY and after the rewrites) | - | {grants} | {:.1} MiB | | max {:.1} MiB | | |",
-        median(memory.clone()),
-        memory.iter().copied().fold(0.0, f64::max)
-    );
+    for (when, values) in [("at READY", memory), ("after the rewrites", memory_after)] {
+        println!(
+            "| resident memory after restart, {when} | - | {grants} | {:.1} MiB | | max {:.1} MiB | | |",
+            median(values.clone()),
+            values.iter().copied().fold(0.0, f64::max)
+        );
+    }
 }
 
 fn main() {
