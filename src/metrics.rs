@@ -3,10 +3,12 @@
 //! optional loopback listener.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use crate::authority::Authority;
 use crate::clock::Timestamp;
 use crate::constants::TRUST_STORE_SCOPE;
+use crate::grant;
 use crate::policy::Decision;
 use crate::request::Request;
 use crate::store::{self, Keyspace};
@@ -26,10 +28,10 @@ pub struct Snapshot {
     pub approvals: u64,
     /// Denying votes recorded on requests.
     pub denials: u64,
-    /// Grants not yet revoked (including those past expiry that the scheduler is about to
-    /// revoke).
+    /// Grants issued and not yet expired or revoked.
     pub grants_active: u64,
-    /// Revocations with sinks still to confirm, within their deadline.
+    /// Revocations with sinks still to confirm, within their deadline, and expired grants the
+    /// scheduler has yet to rewrite.
     pub revoking: u64,
     /// Revocations past their deadline: the alarm.
     pub unconfirmed: u64,
@@ -63,8 +65,15 @@ impl Authority {
                 }
             }
         }
-        let counts = self.revocation_counts()?;
-        let grants_active = self.store.count(Keyspace::GrantExpiry)?;
+        let mut counts = self.revocation_counts()?;
+        // Queue entries at or past their expiry are grants the scheduler has yet to rewrite
+        // (for up to seconds after a restart with a backlog): revoking, as `ShowGrant` says.
+        let due = self.store.count_below(
+            Keyspace::GrantExpiry,
+            &grant::expiry_key(now.plus(Duration::from_millis(1)), ""),
+        )?;
+        counts.revoking += due;
+        let grants_active = self.store.count(Keyspace::GrantExpiry)?.saturating_sub(due);
         let total = self.store.count(Keyspace::Grants)?;
         let revoked = total
             .saturating_sub(grants_active)

@@ -919,10 +919,14 @@ impl Authority {
             .get(Keyspace::Grants, grant_id.as_bytes())?
             .ok_or_else(|| WorkflowError::UnknownGrant(grant_id.to_owned()))?;
         let grant: Grant = store::decode(&raw)?;
-        if grant.state != GrantState::Active {
+        // An expired grant is revoking from its expiry on, even before the scheduler (or,
+        // after a restart, the background rewrite) has written that down: it is the expiry's
+        // to revoke, not an operator's or its holder's.
+        let state = effective_state(&grant, self.clock.now());
+        if state != GrantState::Active {
             return Err(WorkflowError::GrantNotActive {
                 id: grant_id.to_owned(),
-                state: grant.state.name(),
+                state: state.name(),
             });
         }
         Ok((grant, raw))

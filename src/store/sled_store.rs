@@ -110,6 +110,15 @@ impl Store for SledStore {
         Ok(n)
     }
 
+    fn count_below(&self, ks: Keyspace, end: &[u8]) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for item in self.tree(ks)?.range(..end).keys() {
+            item.map_err(|e| backend(&self.path, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
         Ok(self
             .tree(ks)?

@@ -428,6 +428,40 @@ async fn a_workload_cannot_relinquish_a_grant_it_does_not_hold() {
     w.bg.stop().await;
 }
 
+#[tokio::test]
+async fn a_grant_past_its_expiry_is_neither_counted_active_nor_given_up_before_the_scheduler_revokes_it()
+ {
+    let mut w = world_with(db_root(600)).await;
+    let credential = issue(&mut w, None, 600).await;
+    let grant = credential.grant_id.clone();
+    let from = w.bg.running().authority().audit().head_seq() + 1;
+    // Past its expiry on the daemon's clock; the scheduler notices within its next round.
+    w.bg.clock.advance(Duration::from_secs(601));
+
+    // Whether or not that round has run yet, the grant is no longer active: not in the
+    // metrics, and not the holder's to relinquish (it is the expiry's to revoke).
+    let metrics = w.bg.running().authority().metrics_snapshot().unwrap();
+    assert_eq!(metrics.grants_active, 0);
+    assert_eq!(metrics.revoking + metrics.revoked, 1, "{metrics:?}");
+    let err = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .relinquish(pb::RelinquishRequest {
+            grant_id: grant.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "grant.not_active");
+
+    // The scheduler revokes it for its expiry, not as relinquished.
+    let expired = await_record(&w.bg, from, |r| r.event == "grants.expired").await;
+    assert_eq!(listed_as_expired(&[expired]), vec![grant.clone()]);
+    let shown = show(&w.bg, &grant).await;
+    assert_eq!(shown.state(), pb::GrantState::Revoked);
+    assert_eq!(shown.revocation_reason, "expired");
+    let metrics = w.bg.running().authority().metrics_snapshot().unwrap();
+    assert_eq!((metrics.grants_active, metrics.revoked), (0, 1));
+    w.bg.stop().await;
+}
+
 /// How seeded grants' expiry-queue entries are written.
 #[derive(Clone, Copy, PartialEq)]
 enum QueueEntries {
