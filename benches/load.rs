@@ -334,7 +334,7 @@ async fn introspection(profile: &Profile, live: usize) {
             .unwrap(),
         };
         let echo_channel = channel.clone();
-        let echo = measure(profile, move |_| {
+        let echo_call = move |_| {
             let mut client =
                 tonic_health::pb::health_client::HealthClient::new(echo_channel.clone());
             async move {
@@ -345,10 +345,9 @@ async fn introspection(profile: &Profile, live: usize) {
                     .await
                     .unwrap();
             }
-        })
-        .await;
+        };
         let intro_channel = channel.clone();
-        let intro = measure(profile, move |i| {
+        let intro_call = move |i| {
             let mut client =
                 pb::access_service_client::AccessServiceClient::new(intro_channel.clone());
             async move {
@@ -361,16 +360,64 @@ async fn introspection(profile: &Profile, live: usize) {
                     .into_inner();
                 assert!(answer.active);
             }
-        })
-        .await;
+        };
+        let echo = measure(profile, echo_call.clone()).await;
+        let intro = measure(profile, intro_call.clone()).await;
+        let row = |callers: String, intro: &Figures, echo: &Figures| {
+            println!(
+                "| introspection | {transport}, {callers} | {live} | {:.0}/s | {:.0} µs | {:.0} µs | echo {:.0}/s, p99 {:.0} µs | {:.2} |",
+                intro.throughput,
+                intro.p50_us,
+                intro.p99_us,
+                echo.throughput,
+                echo.p99_us,
+                intro.throughput / echo.throughput
+            );
+        };
+        row(format!("{} callers", profile.concurrency), &intro, &echo);
+
+        // Saturation is reached well before 32 callers: past the knee, more callers only
+        // queue. Find the fewest callers whose introspection rate is within 10% of the best
+        // (one short run each), and measure echo and introspection there.
+        let mut rates = vec![(profile.concurrency, intro.throughput)];
+        let mut callers = 1;
+        while callers < profile.concurrency {
+            let probe = Profile {
+                runs: 1,
+                duration: (profile.duration / 2).max(Duration::from_millis(200)),
+                concurrency: callers,
+                sizes: Vec::new(),
+                ..*profile
+            };
+            rates.push((
+                callers,
+                measure(&probe, intro_call.clone()).await.throughput,
+            ));
+            callers *= 2;
+        }
+        let best = rates.iter().map(|r| r.1).fold(0.0, f64::max);
+        let knee = rates
+            .iter()
+            .filter(|r| r.1 >= 0.9 * best)
+            .map(|r| r.0)
+            .min()
+            .unwrap_or(profile.concurrency);
+        let at_knee = Profile {
+            concurrency: knee,
+            sizes: Vec::new(),
+            ..*profile
+        };
+        let echo = measure(&at_knee, echo_call).await;
+        let intro = measure(&at_knee, intro_call).await;
+        rates.sort_by_key(|r| r.0);
+        let sweep = rates
+            .iter()
+            .map(|(c, t)| format!("{c}: {t:.0}/s"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        row(format!("{knee} callers (saturation)"), &intro, &echo);
         println!(
-            "| introspection | {transport} | {live} | {:.0}/s | {:.0} µs | {:.0} µs | echo {:.0}/s, p99 {:.0} µs | {:.2} |",
-            intro.throughput,
-            intro.p50_us,
-            intro.p99_us,
-            echo.throughput,
-            echo.p99_us,
-            intro.throughput / echo.throughput
+            "  saturation sweep, {transport}, {live} grants (introspections/s by callers): {sweep}"
         );
     }
     drop(daemon);
