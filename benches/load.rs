@@ -316,6 +316,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One introspection call, which must find the token active.
+async fn introspect_live(channel: Channel, token: String) {
+    let answer = pb::access_service_client::AccessServiceClient::new(channel)
+        .introspect(pb::IntrospectRequest { token })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.active);
+}
+
 async fn introspection(profile: &Profile, live: usize) {
     let (dir, data, cert, key) = prepare(live, 0);
     let daemon = start(dir);
@@ -347,20 +357,7 @@ async fn introspection(profile: &Profile, live: usize) {
             }
         };
         let intro_channel = channel.clone();
-        let intro_call = move |i| {
-            let mut client =
-                pb::access_service_client::AccessServiceClient::new(intro_channel.clone());
-            async move {
-                let answer = client
-                    .introspect(pb::IntrospectRequest {
-                        token: token(i % live),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert!(answer.active);
-            }
-        };
+        let intro_call = move |i| introspect_live(intro_channel.clone(), token(i % live));
         let echo = measure(profile, echo_call.clone()).await;
         let intro = measure(profile, intro_call.clone()).await;
         let row = |callers: String, intro: &Figures, echo: &Figures| {
@@ -440,17 +437,7 @@ async fn memory(profile: &Profile, live: usize) {
             ..*profile
         };
         measure(&one_run, move |i| {
-            let mut client = pb::access_service_client::AccessServiceClient::new(channel.clone());
-            async move {
-                let answer = client
-                    .introspect(pb::IntrospectRequest {
-                        token: token(i % live),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert!(answer.active);
-            }
+            introspect_live(channel.clone(), token(i % live))
         })
         .await;
         serving.push(daemon.rss_mib());

@@ -62,7 +62,12 @@ async fn all_records(channel: tonic::transport::Channel) -> Vec<pb::AuditRecord>
 }
 
 async fn show(bg: &Bg, id: &str) -> pb::GrantInfo {
-    AccessServiceClient::new(bg.local().await)
+    show_via(bg.local().await, id).await
+}
+
+/// `ShowGrant` over `channel`.
+async fn show_via(channel: tonic::transport::Channel, id: &str) -> pb::GrantInfo {
+    AccessServiceClient::new(channel)
         .show_grant(pb::ShowGrantRequest { id: id.into() })
         .await
         .unwrap()
@@ -598,13 +603,7 @@ async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_
     assert_eq!(record["details"]["reason"], "expired");
     assert_eq!(record["details"]["grants"], 10_000);
     for id in ["seeded-000000", "seeded-009999"] {
-        let shown = AccessServiceClient::new(daemon.unix_channel().await)
-            .show_grant(pb::ShowGrantRequest { id: id.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let shown = show_via(daemon.unix_channel().await, id).await;
         assert!(
             matches!(
                 shown.state(),
@@ -642,13 +641,7 @@ async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_
     );
     assert!(!seen.iter().any(|r| r.event == "grant.revoked"));
     for id in ["seeded-000000", "seeded-004321", "seeded-009999"] {
-        let shown = AccessServiceClient::new(daemon.unix_channel().await)
-            .show_grant(pb::ShowGrantRequest { id: id.into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .grant
-            .unwrap();
+        let shown = show_via(daemon.unix_channel().await, id).await;
         assert_eq!(shown.state(), pb::GrantState::Revoked, "{id}");
         assert_eq!(shown.revocation_reason, "expired", "{id}");
     }
