@@ -792,6 +792,9 @@ mod tests {
         fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
             self.0.count(ks)
         }
+        fn count_below(&self, ks: Keyspace, end: &[u8]) -> Result<u64, StoreError> {
+            self.0.count_below(ks, end)
+        }
         fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
             self.commit(txn)
         }
@@ -830,6 +833,9 @@ mod tests {
         }
         fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
             self.0.count(ks)
+        }
+        fn count_below(&self, ks: Keyspace, end: &[u8]) -> Result<u64, StoreError> {
+            self.0.count_below(ks, end)
         }
         fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
             self.0.apply(txn)
