@@ -1,13 +1,34 @@
 //! The embedded default backend: one sled database, one tree per keyspace.
+//!
+//! Transactions do not use sled's own (`Transactional`, `apply_batch`): in sled 0.34 each of
+//! those writes the log to disk twice, synchronously, while holding a process-wide lock that
+//! every later sled read then has to take as well, so one slow disk write stalls every reader.
+//! Instead:
+//! - **Atomic to readers:** a transaction checks its preconditions and applies its writes
+//!   holding [`SledStore`]'s own lock alone; point reads and bounded scans share it. The writes
+//!   are single-key sled inserts that only touch memory; [`Store::flush`] writes them out.
+//! - **Atomic across a crash:** before its first write a transaction records all its writes
+//!   under one key of an internal `journal` tree, and removes that record after its last.
+//!   sled recovers a contiguous prefix of its log, so after a crash either the journal record
+//!   is gone (the transaction landed whole, or not at all) or it is there and the writes after
+//!   it may be cut short; [`SledStore::open`] then applies the recorded writes again (each is
+//!   a plain set or remove, so repeating one is harmless) before anything reads the store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-use sled::Transactional as _;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use super::{Compare, Entry, Keyspace, Store, StoreError, Txn, Write};
 use crate::fsperm;
+
+/// Name of the internal tree holding the transaction in flight.
+const JOURNAL_TREE: &str = "journal";
+/// The journal's one key.
+const JOURNAL_KEY: &[u8] = b"in_flight";
+/// Journal entry tags.
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
 
 /// Trust store on sled.
 #[derive(Debug)]
@@ -15,6 +36,13 @@ pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     trees: HashMap<Keyspace, sled::Tree>,
+    journal: sled::Tree,
+    /// Shared by reads, held alone while a transaction checks and applies: a reader sees all of
+    /// a transaction or none of it, and transactions apply one at a time.
+    visibility: RwLock<()>,
+    /// Set when a transaction failed half-way through its writes: memory may then hold part
+    /// of it, so every later call is refused until a restart replays the journal.
+    broken: AtomicBool,
 }
 
 impl SledStore {
@@ -58,11 +86,99 @@ impl SledStore {
             let tree = db.open_tree(ks.name()).map_err(|e| backend(path, e))?;
             trees.insert(*ks, tree);
         }
-        Ok(Self {
+        let journal = db.open_tree(JOURNAL_TREE).map_err(|e| backend(path, e))?;
+        let store = Self {
             path: path.to_path_buf(),
             db,
             trees,
-        })
+            journal,
+            visibility: RwLock::new(()),
+            broken: AtomicBool::new(false),
+        };
+        store.finish_interrupted()?;
+        Ok(store)
+    }
+
+    /// Completes a transaction a crash cut short (see the module doc), and makes it durable.
+    fn finish_interrupted(&self) -> Result<(), StoreError> {
+        let Some(recorded) = self
+            .journal
+            .get(JOURNAL_KEY)
+            .map_err(|e| backend(&self.path, e))?
+        else {
+            return Ok(());
+        };
+        let writes = decode_journal(&recorded)?;
+        tracing::warn!(
+            writes = writes.len(),
+            "completing a transaction that a crash interrupted"
+        );
+        self.write_all(&writes)?;
+        self.journal
+            .remove(JOURNAL_KEY)
+            .map_err(|e| backend(&self.path, e))?;
+        self.flush_log()
+    }
+
+    fn write_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        for write in writes {
+            match write {
+                Write::Put(ks, key, value) => {
+                    self.tree(*ks)?
+                        .insert(key.as_slice(), value.as_slice())
+                        .map_err(|e| backend(&self.path, e))?;
+                }
+                Write::Delete(ks, key) => {
+                    self.tree(*ks)?
+                        .remove(key.as_slice())
+                        .map_err(|e| backend(&self.path, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_log(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| backend(&self.path, e))
+    }
+
+    fn usable(&self) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(StoreError::Backend(format!(
+                "{}: an earlier write failed half-way; restart latchkeyd to complete it from the journal",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn shared(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>, StoreError> {
+        let guard = self
+            .visibility
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.usable()?;
+        Ok(guard)
+    }
+
+    /// Records the transaction in the journal and applies its writes, the first `limit` only
+    /// (tests cut a transaction short as a crash would).
+    fn journal_and_write(&self, txn: &Txn, limit: usize) -> Result<(), StoreError> {
+        self.journal
+            .insert(JOURNAL_KEY, encode_journal(txn.writes()))
+            .map_err(|e| backend(&self.path, e))?;
+        let writes = txn.writes();
+        self.write_all(&writes[..limit.min(writes.len())])?;
+        if limit < writes.len() {
+            return Ok(());
+        }
+        self.journal
+            .remove(JOURNAL_KEY)
+            .map_err(|e| backend(&self.path, e))?;
+        Ok(())
     }
 
     fn tree(&self, ks: Keyspace) -> Result<&sled::Tree, StoreError> {
@@ -78,8 +194,9 @@ fn backend(path: &Path, e: sled::Error) -> StoreError {
 
 impl Store for SledStore {
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree(ks)?
+        let tree = self.tree(ks)?;
+        let _shared = self.shared()?;
+        Ok(tree
             .get(key)
             .map_err(|e| backend(&self.path, e))?
             .map(|v| v.to_vec()))
@@ -91,8 +208,9 @@ impl Store for SledStore {
         start: &[u8],
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        self.tree(ks)?
-            .range(start..)
+        let tree = self.tree(ks)?;
+        let _shared = self.shared()?;
+        tree.range(start..)
             .take(limit)
             .map(|item| {
                 item.map(|(k, v)| (k.to_vec(), v.to_vec()))
@@ -101,7 +219,10 @@ impl Store for SledStore {
             .collect()
     }
 
+    /// Not a snapshot: transactions may apply during the count (it is unbounded, and only
+    /// metrics and listings use it).
     fn count(&self, ks: Keyspace) -> Result<u64, StoreError> {
+        self.usable()?;
         let mut n = 0u64;
         for item in self.tree(ks)?.iter().keys() {
             item.map_err(|e| backend(&self.path, e))?;
@@ -110,7 +231,9 @@ impl Store for SledStore {
         Ok(n)
     }
 
+    /// Not a snapshot, as [`SledStore::count`].
     fn count_below(&self, ks: Keyspace, end: &[u8]) -> Result<u64, StoreError> {
+        self.usable()?;
         let mut n = 0u64;
         for item in self.tree(ks)?.range(..end).keys() {
             item.map_err(|e| backend(&self.path, e))?;
@@ -120,8 +243,9 @@ impl Store for SledStore {
     }
 
     fn last(&self, ks: Keyspace) -> Result<Option<Entry>, StoreError> {
-        Ok(self
-            .tree(ks)?
+        let tree = self.tree(ks)?;
+        let _shared = self.shared()?;
+        Ok(tree
             .last()
             .map_err(|e| backend(&self.path, e))?
             .map(|(k, v)| (k.to_vec(), v.to_vec())))
@@ -133,63 +257,213 @@ impl Store for SledStore {
     }
 
     fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
-        let keyspaces = txn.keyspaces();
-        if keyspaces.is_empty() {
+        if txn.writes().is_empty() && txn.compares().is_empty() {
             return Ok(());
         }
-        let trees: Vec<&sled::Tree> = keyspaces
-            .iter()
-            .map(|ks| self.tree(*ks))
-            .collect::<Result<_, _>>()?;
-        let index = |ks: &Keyspace| keyspaces.binary_search(ks).unwrap_or(0);
-
-        let result = trees.as_slice().transaction(|views| {
-            for compare in txn.compares() {
-                match compare {
-                    Compare::Absent(ks, key) => {
-                        if views[index(ks)].get(key)?.is_some() {
-                            return Err(ConflictableTransactionError::Abort(format!(
-                                "{}/{} already exists",
-                                ks.name(),
-                                String::from_utf8_lossy(key)
-                            )));
-                        }
-                    }
-                    Compare::Equals(ks, key, expected) => {
-                        let current = views[index(ks)].get(key)?;
-                        if current.as_deref() != Some(expected.as_slice()) {
-                            return Err(ConflictableTransactionError::Abort(format!(
-                                "{}/{} changed concurrently",
-                                ks.name(),
-                                String::from_utf8_lossy(key)
-                            )));
-                        }
-                    }
-                }
-            }
-            for write in txn.writes() {
-                match write {
-                    Write::Put(ks, key, value) => {
-                        views[index(ks)].insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Write::Delete(ks, key) => {
-                        views[index(ks)].remove(key.as_slice())?;
-                    }
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(why)) => Err(StoreError::Conflict(why)),
-            Err(TransactionError::Storage(e)) => Err(backend(&self.path, e)),
+        // Resolve every keyspace first, so a missing one fails before anything is written.
+        for ks in txn.keyspaces() {
+            self.tree(ks)?;
         }
+        let _alone = self
+            .visibility
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.usable()?;
+        for compare in txn.compares() {
+            match compare {
+                Compare::Absent(ks, key) => {
+                    let found = self
+                        .tree(*ks)?
+                        .contains_key(key)
+                        .map_err(|e| backend(&self.path, e))?;
+                    if found {
+                        return Err(StoreError::Conflict(format!(
+                            "{}/{} already exists",
+                            ks.name(),
+                            String::from_utf8_lossy(key)
+                        )));
+                    }
+                }
+                Compare::Equals(ks, key, expected) => {
+                    let current = self
+                        .tree(*ks)?
+                        .get(key)
+                        .map_err(|e| backend(&self.path, e))?;
+                    if current.as_deref() != Some(expected.as_slice()) {
+                        return Err(StoreError::Conflict(format!(
+                            "{}/{} changed concurrently",
+                            ks.name(),
+                            String::from_utf8_lossy(key)
+                        )));
+                    }
+                }
+            }
+        }
+        if txn.writes().is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.journal_and_write(txn, usize::MAX) {
+            self.broken.store(true, Ordering::Release);
+            tracing::error!("a store write failed half-way; refusing further use: {e}");
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| backend(&self.path, e))
+        self.usable()?;
+        self.flush_log()
+    }
+}
+
+/// The journal record of a transaction's writes: per write, a tag, the keyspace name, the key
+/// and (puts) the value, each length-prefixed.
+fn encode_journal(writes: &[Write]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        // A key or value over 4 GiB cannot reach sled; the length fits.
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut out = Vec::new();
+    for write in writes {
+        match write {
+            Write::Put(ks, key, value) => {
+                out.push(PUT);
+                field(&mut out, ks.name().as_bytes());
+                field(&mut out, key);
+                field(&mut out, value);
+            }
+            Write::Delete(ks, key) => {
+                out.push(DELETE);
+                field(&mut out, ks.name().as_bytes());
+                field(&mut out, key);
+            }
+        }
+    }
+    out
+}
+
+fn decode_journal(mut bytes: &[u8]) -> Result<Vec<Write>, StoreError> {
+    fn corrupt(detail: &str) -> StoreError {
+        StoreError::Corrupt {
+            keyspace: JOURNAL_TREE,
+            detail: detail.to_owned(),
+        }
+    }
+    fn field<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("truncated length"))?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| corrupt("length"))?;
+        if rest.len() < len {
+            return Err(corrupt("truncated field"));
+        }
+        let (value, rest) = rest.split_at(len);
+        *bytes = rest;
+        Ok(value)
+    }
+    let mut writes = Vec::new();
+    while let Some((&tag, rest)) = bytes.split_first() {
+        bytes = rest;
+        let name = field(&mut bytes)?;
+        let ks = Keyspace::ALL
+            .iter()
+            .copied()
+            .find(|ks| ks.name().as_bytes() == name)
+            .ok_or_else(|| corrupt("unknown keyspace"))?;
+        let key = field(&mut bytes)?.to_vec();
+        writes.push(match tag {
+            PUT => Write::Put(ks, key, field(&mut bytes)?.to_vec()),
+            DELETE => Write::Delete(ks, key),
+            _ => return Err(corrupt("unknown write tag")),
+        });
+    }
+    Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copies the store's files as they are on disk now: what a crash would leave behind.
+    fn crash_image(from: &Path, to: &Path) {
+        fsperm::create_private_dir(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                crash_image(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_transaction_cut_short_by_a_crash_is_completed_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = SledStore::create(&path).unwrap();
+        let mut before = Txn::new();
+        before.put_raw(Keyspace::Meta, "old", "x");
+        store.commit(&before).unwrap();
+
+        let mut txn = Txn::new();
+        txn.put_raw(Keyspace::Workloads, "a", "1")
+            .put_raw(Keyspace::WorkloadPins, "p", "a")
+            .delete(Keyspace::Meta, "old");
+        store.journal_and_write(&txn, 1).unwrap();
+        store.flush().unwrap();
+        let image = dir.path().join("image");
+        crash_image(&path, &image);
+        // The crash came after the first write: the rest is missing on disk.
+        assert_eq!(store.get(Keyspace::WorkloadPins, b"p").unwrap(), None);
+
+        let reopened = SledStore::open(&image).unwrap();
+        assert_eq!(
+            reopened.get(Keyspace::Workloads, b"a").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            reopened.get(Keyspace::WorkloadPins, b"p").unwrap(),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(reopened.get(Keyspace::Meta, b"old").unwrap(), None);
+        assert_eq!(reopened.journal.get(JOURNAL_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn a_finished_transaction_leaves_nothing_in_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("store")).unwrap();
+        let mut txn = Txn::new();
+        txn.put_raw(Keyspace::Workloads, "a", "1");
+        store.commit(&txn).unwrap();
+        assert_eq!(store.journal.get(JOURNAL_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn journal_records_round_trip_and_damaged_ones_are_refused() {
+        let writes = vec![
+            Write::Put(Keyspace::Grants, b"g".to_vec(), b"{}".to_vec()),
+            Write::Delete(Keyspace::GrantExpiry, vec![0, 1, 2]),
+            Write::Put(Keyspace::Meta, Vec::new(), Vec::new()),
+        ];
+        let recorded = encode_journal(&writes);
+        assert_eq!(decode_journal(&recorded).unwrap(), writes);
+        for cut in 1..recorded.len() {
+            let err = decode_journal(&recorded[..cut]);
+            // A cut on a write boundary is a shorter valid record; anywhere else is refused.
+            match err {
+                Ok(prefix) => assert!(writes.starts_with(&prefix), "cut at {cut}"),
+                Err(e) => assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
+            }
+        }
+        let mut unknown = recorded.clone();
+        unknown[0] = 9;
+        assert!(matches!(
+            decode_journal(&unknown),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }
