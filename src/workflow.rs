@@ -803,22 +803,37 @@ impl Authority {
 
     // ----- votes ---------------------------------------------------------------------------
 
+    /// Reads a vote's target once: everything a vote checks and writes comes from this read,
+    /// and its stored bytes guard the final write (compare-and-set), so a vote that raced
+    /// another conflicts and is retried instead of counting against a stale copy.
+    fn load_target(&self, target: &VoteTarget) -> Result<Loaded, WorkflowError> {
+        Ok(match target {
+            VoteTarget::Request(id) => {
+                let (request, raw) = self.load_request(id)?;
+                Loaded::Request(request, raw)
+            }
+            VoteTarget::Change(id) => {
+                let (change, raw) = self.load_change(id)?;
+                Loaded::Change(change, raw)
+            }
+        })
+    }
+
     /// The digest a vote's assertion must be bound to, and the policy that applies.
     fn vote_subject(
         &self,
         target: &VoteTarget,
+        loaded: &Loaded,
         decision: Decision,
     ) -> Result<([u8; 32], ApprovalPolicy), WorkflowError> {
-        let (digest, policy) = match target {
-            VoteTarget::Request(id) => {
-                let (r, _) = self.load_request(id)?;
-                self.require_pending_request(&r)?;
-                (r.digest(), r.policy)
+        let (digest, policy) = match loaded {
+            Loaded::Request(r, _) => {
+                self.require_pending_request(r)?;
+                (r.digest(), r.policy.clone())
             }
-            VoteTarget::Change(id) => {
-                let (c, _) = self.load_change(id)?;
-                self.require_pending_change(&c)?;
-                (c.digest(), c.policy)
+            Loaded::Change(c, _) => {
+                self.require_pending_change(c)?;
+                (c.digest(), c.policy.clone())
             }
         };
         Ok((
@@ -827,15 +842,14 @@ impl Authority {
         ))
     }
 
-    fn ballot_check(&self, target: &VoteTarget, operator: &str) -> Result<(), WorkflowError> {
+    fn ballot_check(&self, loaded: &Loaded, operator: &str) -> Result<(), WorkflowError> {
         let op = self.operator_record(operator)?;
         let voter = Voter {
             operator,
             roles: &op.roles,
         };
-        match target {
-            VoteTarget::Request(id) => {
-                let (r, _) = self.load_request(id)?;
+        match loaded {
+            Loaded::Request(r, _) => {
                 let ballot = Ballot {
                     requester: r.requester.operator(),
                     subjects: &[],
@@ -843,8 +857,7 @@ impl Authority {
                 };
                 policy::check_voter(&r.policy, &ballot, &voter)?;
             }
-            VoteTarget::Change(id) => {
-                let (c, _) = self.load_change(id)?;
+            Loaded::Change(c, _) => {
                 let subjects = c.kind.subjects();
                 let ballot = Ballot {
                     requester: None,
@@ -869,8 +882,9 @@ impl Authority {
         if !matches!(caller, Caller::Local(_)) {
             return Err(WorkflowError::WorkloadCannotVote);
         }
-        let (digest, policy) = self.vote_subject(target, decision)?;
-        self.ballot_check(target, operator)?;
+        let loaded = self.load_target(target)?;
+        let (digest, policy) = self.vote_subject(target, &loaded, decision)?;
+        self.ballot_check(&loaded, operator)?;
         let opened = self.operators().begin_assertion(
             operator,
             &digest,
@@ -909,9 +923,10 @@ impl Authority {
         ceremony_id: &str,
         credential_json: &str,
     ) -> Result<VoteResult, WorkflowError> {
-        let (digest, _) = self.vote_subject(target, decision)?;
+        let loaded = self.load_target(target)?;
+        let (digest, _) = self.vote_subject(target, &loaded, decision)?;
         let voter = self.operators().ceremony_operator(ceremony_id)?;
-        self.ballot_check(target, &voter)?;
+        self.ballot_check(&loaded, &voter)?;
         let event_name = match (target, decision) {
             (VoteTarget::Request(_), Decision::Approve) => "request.approved",
             (VoteTarget::Request(_), Decision::Deny) => "request.denied",
@@ -932,20 +947,22 @@ impl Authority {
             user_verified: prepared.verified.user_verified,
             at: self.clock.now(),
         };
-        match target {
-            VoteTarget::Request(id) => self.count_request_vote(id, vote, prepared),
-            VoteTarget::Change(id) => self.count_change_vote(id, vote, prepared),
+        match loaded {
+            Loaded::Request(request, raw) => self.count_request_vote(request, raw, vote, prepared),
+            Loaded::Change(change, raw) => self.count_change_vote(change, raw, vote, prepared),
         }
     }
 
     fn count_request_vote(
         &self,
-        id: &str,
+        mut request: Request,
+        raw: Vec<u8>,
         vote: Vote,
         prepared: operator::PreparedAssertion,
     ) -> Result<VoteResult, WorkflowError> {
         let now = self.clock.now();
-        let (mut request, raw) = self.load_request(id)?;
+        let id = request.id().to_owned();
+        let id = id.as_str();
         self.require_pending_request(&request)?;
         let mut event =
             key_meets_policy(&request.policy, &vote, prepared.event.clone(), &prepared)?;
@@ -1360,12 +1377,14 @@ impl Authority {
 
     fn count_change_vote(
         &self,
-        id: &str,
+        mut change: Change,
+        raw: Vec<u8>,
         vote: Vote,
         prepared: operator::PreparedAssertion,
     ) -> Result<VoteResult, WorkflowError> {
         let now = self.clock.now();
-        let (mut change, raw) = self.load_change(id)?;
+        let id = change.id.clone();
+        let id = id.as_str();
         self.require_pending_change(&change)?;
         let mut event = key_meets_policy(&change.policy, &vote, prepared.event.clone(), &prepared)?;
         if let Some(map) = event.details.as_object_mut() {
@@ -1749,4 +1768,10 @@ impl Authority {
             })
             .collect())
     }
+}
+
+/// A vote's target as read once per vote, with its stored bytes.
+enum Loaded {
+    Request(Request, Vec<u8>),
+    Change(Change, Vec<u8>),
 }
