@@ -26,6 +26,8 @@ use crate::fsperm;
 const JOURNAL_TREE: &str = "journal";
 /// The journal's one key.
 const JOURNAL_KEY: &[u8] = b"in_flight";
+/// Entries a scan reads per hold of the store's lock.
+const SCAN_PAGE: usize = 512;
 /// Journal entry tags.
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
@@ -202,6 +204,9 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
+    /// Reads in pages of [`SCAN_PAGE`] entries, taking the store's lock per page: each page
+    /// sees whole transactions, and a long scan never holds commits out for its whole length
+    /// (a transaction may land between two pages: a long scan is not a snapshot).
     fn scan_from(
         &self,
         ks: Keyspace,
@@ -209,14 +214,31 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let tree = self.tree(ks)?;
-        let _shared = self.shared()?;
-        tree.range(start..)
-            .take(limit)
-            .map(|item| {
-                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(|e| backend(&self.path, e))
-            })
-            .collect()
+        let mut out: Vec<Entry> = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        while out.len() < limit {
+            let page = (limit - out.len()).min(SCAN_PAGE);
+            let before = out.len();
+            {
+                let _shared = self.shared()?;
+                let range = match &after {
+                    None => tree.range(start..),
+                    Some(last) => tree.range::<&[u8], _>((
+                        std::ops::Bound::Excluded(last.as_slice()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                };
+                for item in range.take(page) {
+                    let (k, v) = item.map_err(|e| backend(&self.path, e))?;
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            if out.len() - before < page {
+                break;
+            }
+            after = out.last().map(|(k, _)| k.clone());
+        }
+        Ok(out)
     }
 
     /// Not a snapshot: transactions may apply during the count (it is unbounded, and only
@@ -430,6 +452,34 @@ mod tests {
         );
         assert_eq!(reopened.get(Keyspace::Meta, b"old").unwrap(), None);
         assert_eq!(reopened.journal.get(JOURNAL_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn a_scan_longer_than_a_page_returns_every_entry_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::create(&dir.path().join("store")).unwrap();
+        let mut txn = Txn::new();
+        let page = u32::try_from(SCAN_PAGE).unwrap();
+        let n = page * 2 + 7;
+        for i in 0..n {
+            txn.put_raw(Keyspace::Requests, i.to_be_bytes(), i.to_be_bytes());
+        }
+        store.commit(&txn).unwrap();
+        let keys = |start: u32, limit: usize| -> Vec<u32> {
+            store
+                .scan_from(Keyspace::Requests, &start.to_be_bytes(), limit)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| {
+                    assert_eq!(k, v);
+                    u32::from_be_bytes(k.try_into().unwrap())
+                })
+                .collect()
+        };
+        assert_eq!(keys(0, usize::MAX), (0..n).collect::<Vec<_>>());
+        assert_eq!(keys(5, SCAN_PAGE + 1), (5..6 + page).collect::<Vec<_>>());
+        assert_eq!(keys(n - 3, usize::MAX), vec![n - 3, n - 2, n - 1]);
+        assert_eq!(keys(0, SCAN_PAGE), (0..page).collect::<Vec<_>>());
     }
 
     #[test]
