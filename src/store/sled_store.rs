@@ -5,8 +5,9 @@
 //! every later sled read then has to take as well, so one slow disk write stalls every reader.
 //! Instead:
 //! - **Atomic to readers:** a transaction checks its preconditions and applies its writes
-//!   holding [`SledStore`]'s own lock alone; point reads and bounded scans share it. The writes
-//!   are single-key sled inserts that only touch memory; [`Store::flush`] writes them out.
+//!   holding [`SledStore`]'s own lock alone; point reads and scans (a page at a time) share
+//!   it. The writes are single-key sled inserts that only touch memory; [`Store::flush`]
+//!   writes them out.
 //! - **Atomic across a crash:** before its first write a transaction records all its writes
 //!   under one key of an internal `journal` tree, and removes that record after its last.
 //!   sled recovers a contiguous prefix of its log, so after a crash either the journal record
