@@ -9,6 +9,7 @@ use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
 use crate::caller::{Caller, WorkloadId};
 use crate::clock::{Clock, Timestamp};
 use crate::config::Fido2Config;
+use crate::constants::STORE_SCHEMA_VERSION;
 use crate::error::{Coded, ErrorKind};
 use crate::fido2::{Fido2, Fido2Error};
 use crate::grant::TokenIndex;
@@ -16,7 +17,7 @@ use crate::keys::{DaemonKeys, Fingerprints};
 use crate::operator::{
     self, Authenticator, Opened, Operator, OperatorError, Operators, PivSettings, VerifiedAssertion,
 };
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Keyspace, Store, StoreError, Txn};
 use crate::trust::{self, Genesis, TrustError};
 use crate::workflow::Delivery;
 use crate::workload::{self, Workload, WorkloadError};
@@ -171,6 +172,34 @@ fn piv_settings(
     })
 }
 
+/// Brings a store of an older schema up to this build's, in one durable transaction.
+fn upgrade_schema(store: &dyn Store, found: u32) -> Result<u32, StoreError> {
+    if found >= STORE_SCHEMA_VERSION {
+        return Ok(found);
+    }
+    let mut txn = Txn::new();
+    txn.require_equals(
+        Keyspace::Meta,
+        store::SCHEMA_VERSION_KEY,
+        store::schema_version_bytes(found),
+    )
+    .put_raw(
+        Keyspace::Meta,
+        store::SCHEMA_VERSION_KEY,
+        store::schema_version_bytes(STORE_SCHEMA_VERSION),
+    );
+    // Schema 1 → 2: the index of keys by operator.
+    let indexed = crate::operator::index_every_key(store, &mut txn)?;
+    store.commit(&txn)?;
+    tracing::info!(
+        from = found,
+        to = STORE_SCHEMA_VERSION,
+        indexed_keys = indexed,
+        "trust store schema upgraded"
+    );
+    Ok(STORE_SCHEMA_VERSION)
+}
+
 impl Authority {
     /// Wraps an opened store, refusing a schema this build cannot serve.
     pub fn new(
@@ -203,7 +232,10 @@ impl Authority {
             &fido2_policy.allowed_aaguids,
             dev_mode,
         )?;
-        let schema_version = store::check_schema(store.as_ref(), location)?;
+        let schema_version = upgrade_schema(
+            store.as_ref(),
+            store::check_schema(store.as_ref(), location)?,
+        )?;
         // Fail now, not on the first call, if the metadata is unreadable.
         trust::read_meta(store.as_ref())?;
         let signer = crate::audit::signing_key(&keys.audit).ok_or(AuthorityError::AuditKey)?;

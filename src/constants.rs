@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-/// Trust-store schema this build reads and writes.
-pub const STORE_SCHEMA_VERSION: u32 = 1;
+/// Trust-store schema this build reads and writes. Version 2 added the index of keys by
+/// operator (`operator_keys`); a version-1 store is upgraded when the daemon opens it.
+pub const STORE_SCHEMA_VERSION: u32 = 2;
 
 /// Config file format this build understands (`version = 1`).
 pub const CONFIG_VERSION: u32 = 1;

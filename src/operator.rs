@@ -448,27 +448,80 @@ pub fn show(
 ) -> Result<(Operator, Vec<Authenticator>), OperatorError> {
     let operator: Operator = store::read(store, name.as_bytes())?
         .ok_or_else(|| OperatorError::UnknownOperator(name.to_owned()))?;
-    let mut keys = Vec::new();
-    for (_, value) in store.scan_from(Keyspace::Authenticators, b"", usize::MAX)? {
-        // Read the owner first: decoding a key's WebAuthn material is the expensive part, and
-        // every vote opens a ceremony here (a fifth of the daemon's CPU in the cycles figure
-        // when every key was decoded; BENCHMARKS.md, figure 3).
-        let owner: Owner<'_> = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-            keyspace: Keyspace::Authenticators.name(),
-            detail: e.to_string(),
-        })?;
-        if owner.operator == name {
-            keys.push(store::decode::<Authenticator>(&value)?);
-        }
-    }
-    Ok((operator, keys))
+    Ok((operator, keys_of(store, name)?))
 }
 
-/// The owner of a stored [`Authenticator`], read without its key material.
-#[derive(Deserialize)]
-struct Owner<'a> {
-    #[serde(borrow)]
-    operator: std::borrow::Cow<'a, str>,
+/// The authenticators enrolled to `name` (any state), through the index of keys by operator:
+/// every vote opens a ceremony here, so it reads the operator's keys only.
+pub fn keys_of(store: &dyn Store, name: &str) -> Result<Vec<Authenticator>, OperatorError> {
+    let prefix = key_index_entry(name, "");
+    let mut keys = Vec::new();
+    for (entry, _) in store::scan_prefix(store, Keyspace::OperatorKeys, &prefix)? {
+        let credential_id = &entry[prefix.len()..];
+        let key: Authenticator =
+            store::read(store, credential_id)?.ok_or_else(|| StoreError::Corrupt {
+                keyspace: Keyspace::OperatorKeys.name(),
+                detail: format!(
+                    "{} names a key that is not stored",
+                    String::from_utf8_lossy(&entry)
+                ),
+            })?;
+        if key.operator != name {
+            return Err(StoreError::Corrupt {
+                keyspace: Keyspace::OperatorKeys.name(),
+                detail: format!(
+                    "{} names a key of operator {}",
+                    String::from_utf8_lossy(&entry),
+                    key.operator
+                ),
+            }
+            .into());
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// The [`Keyspace::OperatorKeys`] entry of one key. Operator names cannot hold `/`
+/// ([`check_name`]), so one operator's entries never run into another's.
+pub fn key_index_entry(operator: &str, credential_id: &str) -> Vec<u8> {
+    format!("{operator}/{credential_id}").into_bytes()
+}
+
+/// Adds to `txn` the writes that enrol `key`: the key itself, absent before, and its index
+/// entry.
+pub fn enrol_key(txn: &mut Txn, key: &Authenticator) -> Result<(), OperatorError> {
+    txn.require_absent(Keyspace::Authenticators, key.credential_id.as_bytes())
+        .put(key.credential_id.as_bytes(), key)?
+        .put_raw(
+            Keyspace::OperatorKeys,
+            key_index_entry(&key.operator, &key.credential_id),
+            Vec::new(),
+        );
+    Ok(())
+}
+
+/// Schema 1 → 2: indexes every stored key by its operator, in `txn`.
+pub fn index_every_key(store: &dyn Store, txn: &mut Txn) -> Result<usize, StoreError> {
+    let stored = store.scan_from(Keyspace::Authenticators, b"", usize::MAX)?;
+    for (credential_id, raw) in &stored {
+        let key: Authenticator = store::decode(raw)?;
+        let entry = key_index_entry(&key.operator, &key.credential_id);
+        if key.credential_id.as_bytes() != credential_id.as_slice() {
+            return Err(StoreError::Corrupt {
+                keyspace: Keyspace::Authenticators.name(),
+                detail: format!(
+                    "key {} is stored as {}",
+                    key.credential_id,
+                    String::from_utf8_lossy(credential_id)
+                ),
+            });
+        }
+        txn.require_equals(Keyspace::Authenticators, credential_id.clone(), raw.clone())
+            .require_absent(Keyspace::OperatorKeys, entry.clone())
+            .put_raw(Keyspace::OperatorKeys, entry, Vec::new());
+    }
+    Ok(stored.len())
 }
 
 /// The operator's domain service.
@@ -663,12 +716,8 @@ impl Operators<'_> {
             });
         }
         txn.require_equals(Keyspace::Meta, META_KEY, meta_bytes)
-            .require_absent(
-                Keyspace::Authenticators,
-                authenticator.credential_id.as_bytes(),
-            )
-            .put(operator.name.as_bytes(), &operator)?
-            .put(authenticator.credential_id.as_bytes(), &authenticator)?;
+            .put(operator.name.as_bytes(), &operator)?;
+        enrol_key(&mut txn, &authenticator)?;
         let mut events = vec![Event {
             event: crate::audit::verify::ENROLLED_EVENT,
             actor: actor.clone(),

@@ -1486,10 +1486,6 @@ impl Authority {
                 {
                     return Err(OperatorError::CredentialTaken(existing.operator).into());
                 }
-                txn.require_absent(
-                    Keyspace::Authenticators,
-                    authenticator.credential_id.as_bytes(),
-                );
                 let roles = match (read_operator(operator), new_operator_roles) {
                     (Ok((op, raw)), _) => {
                         txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw);
@@ -1513,7 +1509,7 @@ impl Authority {
                 };
                 let mut key = (**authenticator).clone();
                 key.enrolled_at = now;
-                txn.put(key.credential_id.as_bytes(), &key)?;
+                operator::enrol_key(txn, &key)?;
                 events.push(daemon_event(
                     crate::audit::verify::ENROLLED_EVENT,
                     format!("operator/{operator}"),
@@ -1567,10 +1563,8 @@ impl Authority {
                 let (_, raw) = read_operator(operator)?;
                 txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
                     .delete(Keyspace::Operators, operator.as_bytes());
-                for key in operator::authenticators(store)? {
-                    if key.operator != *operator
-                        || matches!(key.state, AuthenticatorState::Removed { .. })
-                    {
+                for key in operator::keys_of(store, operator)? {
+                    if matches!(key.state, AuthenticatorState::Removed { .. }) {
                         continue;
                     }
                     let raw = store::encode(&key)?;

@@ -70,6 +70,9 @@ pub enum Keyspace {
     Operators,
     /// Authenticators by credential id (base64url).
     Authenticators,
+    /// Index of [`Keyspace::Authenticators`] by owner: `OPERATOR/CREDENTIAL_ID` → empty
+    /// (schema 2 on).
+    OperatorKeys,
     /// Pending challenges (enrollment and assertion ceremonies) by id.
     Ceremonies,
     /// Scopes by name.
@@ -106,6 +109,7 @@ impl Keyspace {
         Keyspace::AuditCheckpoints,
         Keyspace::Operators,
         Keyspace::Authenticators,
+        Keyspace::OperatorKeys,
         Keyspace::Ceremonies,
         Keyspace::Scopes,
         Keyspace::Requests,
@@ -129,6 +133,7 @@ impl Keyspace {
             Keyspace::AuditCheckpoints => "audit_checkpoints",
             Keyspace::Operators => "operators",
             Keyspace::Authenticators => "authenticators",
+            Keyspace::OperatorKeys => "operator_keys",
             Keyspace::Ceremonies => "ceremonies",
             Keyspace::Scopes => "scopes",
             Keyspace::Requests => "requests",
@@ -313,6 +318,36 @@ pub fn read<R: Record>(store: &dyn Store, key: &[u8]) -> Result<Option<R>, Store
         .transpose()
 }
 
+/// Every entry of `ks` whose key starts with `prefix`, in key order (read a page at a time,
+/// stopping at the first key past the prefix).
+pub fn scan_prefix(
+    store: &dyn Store,
+    ks: Keyspace,
+    prefix: &[u8],
+) -> Result<Vec<Entry>, StoreError> {
+    const PAGE: usize = 64;
+    let mut found = Vec::new();
+    let mut start = prefix.to_vec();
+    loop {
+        let page = store.scan_from(ks, &start, PAGE)?;
+        let full = page.len() == PAGE;
+        for (key, value) in page {
+            if !key.starts_with(prefix) {
+                return Ok(found);
+            }
+            found.push((key, value));
+        }
+        match found.last() {
+            // Resume just past the last key: the smallest key greater than it.
+            Some((last, _)) if full => {
+                start = last.clone();
+                start.push(0);
+            }
+            _ => return Ok(found),
+        }
+    }
+}
+
 /// Key of the schema version in [`Keyspace::Meta`] (big-endian u32).
 pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
@@ -429,6 +464,34 @@ mod tests {
         assert_eq!(
             store.last(Keyspace::Workloads).unwrap().unwrap().0,
             b"d".to_vec()
+        );
+    }
+
+    #[test]
+    fn a_prefix_scan_returns_exactly_the_keys_under_the_prefix_across_pages() {
+        let (_dir, store) = open_temp();
+        let mut txn = Txn::new();
+        // Neighbours on both sides, one that only shares a shorter prefix, and more keys under
+        // the prefix than one page holds.
+        for k in ["alic/x", "alice", "alice0/x", "alicf/x", "b"] {
+            txn.put_raw(Keyspace::OperatorKeys, k, "");
+        }
+        let under: Vec<String> = (0..150).map(|i| format!("alice/{i:03}")).collect();
+        for k in &under {
+            txn.put_raw(Keyspace::OperatorKeys, k.as_str(), k.as_str());
+        }
+        store.commit(&txn).unwrap();
+        let found = scan_prefix(&store, Keyspace::OperatorKeys, b"alice/").unwrap();
+        let keys: Vec<String> = found
+            .iter()
+            .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+            .collect();
+        assert_eq!(keys, under);
+        assert!(found.iter().all(|(k, v)| k == v), "values travel with keys");
+        assert!(
+            scan_prefix(&store, Keyspace::OperatorKeys, b"carol/")
+                .unwrap()
+                .is_empty()
         );
     }
 

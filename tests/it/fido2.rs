@@ -10,6 +10,7 @@ use latchkey::daemon::{self, Running};
 use latchkey::pb;
 use latchkey::pb::operator_service_client::OperatorServiceClient;
 use latchkey::rpc::ERROR_CODE_METADATA;
+use latchkey::store::{self, Keyspace, SledStore, Store as _, Txn};
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use webauthn_authenticator_rs::WebauthnAuthenticator as _;
@@ -22,6 +23,7 @@ const ORIGIN: &str = "https://latchkey.local";
 
 struct Harness {
     dir: DaemonDir,
+    config: Config,
     clock: ManualClock,
     running: Option<Running>,
 }
@@ -45,9 +47,26 @@ impl Harness {
             .unwrap();
         Self {
             dir,
+            config,
             clock,
             running: Some(running),
         }
+    }
+
+    /// Stops the daemon, lets `offline` work on its stopped store, and starts it again.
+    async fn restart_after(&mut self, offline: impl FnOnce(&SledStore)) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.unwrap();
+        }
+        {
+            let store = SledStore::open(&self.dir.data.join("store")).unwrap();
+            offline(&store);
+        }
+        self.running = Some(
+            daemon::start(&self.config, Arc::new(self.clock.clone()))
+                .await
+                .unwrap(),
+        );
     }
 
     async fn client(&self) -> OperatorServiceClient<Channel> {
@@ -263,6 +282,64 @@ async fn one_physical_key_belongs_to_one_operator() {
     // nothing was recorded by starting it.
     assert_eq!(h.audit_head().await, head, "nothing recorded");
     assert_eq!(h.show("alice").await.authenticators.len(), 1);
+    h.stop().await;
+}
+
+fn index_entries(store: &SledStore) -> Vec<String> {
+    store::scan_prefix(store, Keyspace::OperatorKeys, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_schema_1_store_is_upgraded_at_start_and_its_operators_still_sign() {
+    let mut h = Harness::start(true, false).await;
+    let (mut alice, _bob) = genesis(&h).await;
+    let alice_key = h.show("alice").await.authenticators[0]
+        .credential_id
+        .clone();
+    let bob_key = h.show("bob").await.authenticators[0].credential_id.clone();
+    let mut expected = vec![format!("alice/{alice_key}"), format!("bob/{bob_key}")];
+    expected.sort();
+
+    // Turn the store into what a schema-1 build left: no index of keys by operator.
+    h.restart_after(|store| {
+        assert_eq!(index_entries(store), expected, "enrolment indexes each key");
+        let mut txn = Txn::new();
+        for entry in index_entries(store) {
+            txn.delete(Keyspace::OperatorKeys, entry.into_bytes());
+        }
+        txn.put_raw(
+            Keyspace::Meta,
+            store::SCHEMA_VERSION_KEY,
+            store::schema_version_bytes(1),
+        );
+        store.commit(&txn).unwrap();
+    })
+    .await;
+
+    let shown = h.show("alice").await;
+    assert_eq!(shown.authenticators.len(), 1);
+    assert_eq!(shown.authenticators[0].credential_id, alice_key);
+    let d = digest("approve request r1");
+    let (id, options) = h.begin("alice", d).await;
+    let verified = h.finish(&id, d, sign(&mut alice, options)).await.unwrap();
+    assert_eq!(verified.operator, "alice");
+
+    h.restart_after(|store| {
+        assert_eq!(
+            index_entries(store),
+            expected,
+            "the upgrade indexed every key"
+        );
+        assert_eq!(
+            store::check_schema(store, std::path::Path::new("store")).unwrap(),
+            latchkey::constants::STORE_SCHEMA_VERSION
+        );
+    })
+    .await;
     h.stop().await;
 }
 
