@@ -126,6 +126,9 @@ pub struct Authority {
     pub(crate) deliveries: Mutex<HashMap<String, Delivery>>,
     /// Where the SSH KRL is written.
     pub(crate) krl_path: PathBuf,
+    /// What `krl_serials` holds (serial → valid-before, ms), read whole at the first
+    /// publication and then kept by the scheduler: `None` until then.
+    pub(crate) krl_listed: Mutex<Option<std::collections::BTreeMap<u64, i64>>>,
     /// Wakes the revocation scheduler.
     pub(crate) revocation_wake: tokio::sync::Notify,
     /// PIV trust and enrollment policy.
@@ -248,6 +251,7 @@ impl Authority {
             piv,
             krl_path,
             revocation_wake: tokio::sync::Notify::new(),
+            krl_listed: Mutex::new(None),
             index,
             deliveries: Mutex::new(HashMap::new()),
             store,

@@ -486,28 +486,42 @@ impl Authority {
 
     /// Writes the KRL from the revoked, not yet expired serials (pruning expired ones), reads
     /// it back, and returns the serials it holds.
-    fn publish_krl(&self, now: Timestamp) -> Result<Vec<u64>, WorkflowError> {
-        let entries = self
-            .store
-            .scan_from(Keyspace::KrlSerials, b"", usize::MAX)?;
-        let mut serials = Vec::with_capacity(entries.len());
-        let mut prune = Txn::new();
-        for (key, value) in &entries {
-            let serial =
-                u64::from_be_bytes(key.as_slice().try_into().map_err(|_| StoreError::Corrupt {
-                    keyspace: "krl_serials",
-                    detail: "serial length".into(),
-                })?);
-            let valid_before = i64::from_be_bytes(value.as_slice().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    keyspace: "krl_serials",
-                    detail: "time length".into(),
+    ///
+    /// `krl_serials` is read whole once; after that the KRL is kept from `revoking`, the
+    /// serials of the grants still waiting for the KRL: `krl_serials` gains an entry only in
+    /// the transaction that starts such a grant's revocation, and the grant waits (in
+    /// `revocations_pending`) until a publication read its serial back.
+    fn publish_krl(
+        &self,
+        now: Timestamp,
+        revoking: &[(u64, i64)],
+    ) -> Result<Vec<u64>, WorkflowError> {
+        let mut listed = self
+            .krl_listed
+            .lock()
+            .map_err(|_| WorkflowError::Sink("KRL state poisoned by a panic".into()))?;
+        let listed =
+            match &mut *listed {
+                Some(listed) => {
+                    // An expired one was pruned from `krl_serials` already, or is now.
+                    listed.extend(revoking.iter().copied().filter(|(_, valid_before)| {
+                        Timestamp::from_unix_millis(*valid_before) > now
+                    }));
+                    listed
                 }
-            })?);
+                None => listed.insert(self.stored_krl_serials()?),
+            };
+        let mut prune = Txn::new();
+        let mut serials = Vec::with_capacity(listed.len());
+        for (&serial, &valid_before) in listed.iter() {
             if Timestamp::from_unix_millis(valid_before) <= now {
                 prune
-                    .require_equals(Keyspace::KrlSerials, key.clone(), value.clone())
-                    .delete(Keyspace::KrlSerials, key.clone());
+                    .require_equals(
+                        Keyspace::KrlSerials,
+                        serial.to_be_bytes(),
+                        valid_before.to_be_bytes(),
+                    )
+                    .delete(Keyspace::KrlSerials, serial.to_be_bytes());
             } else {
                 serials.push(serial);
             }
@@ -519,13 +533,41 @@ impl Authority {
             .map_err(|e| WorkflowError::Sink(e.to_string()))?;
         if !prune.writes().is_empty() {
             self.store.commit(&prune)?;
+            listed.retain(|_, valid_before| Timestamp::from_unix_millis(*valid_before) > now);
         }
         krl::read_serials(&self.krl_path, &blob).map_err(|e| WorkflowError::Sink(e.to_string()))
     }
 
+    /// Every entry of `krl_serials`: serial → valid-before (ms).
+    fn stored_krl_serials(&self) -> Result<std::collections::BTreeMap<u64, i64>, WorkflowError> {
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            keyspace: Keyspace::KrlSerials.name(),
+            detail: detail.into(),
+        };
+        let mut listed = std::collections::BTreeMap::new();
+        for (key, value) in self
+            .store
+            .scan_from(Keyspace::KrlSerials, b"", usize::MAX)?
+        {
+            let serial = u64::from_be_bytes(
+                key.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("serial length"))?,
+            );
+            let valid_before = i64::from_be_bytes(
+                value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("time length"))?,
+            );
+            listed.insert(serial, valid_before);
+        }
+        Ok(listed)
+    }
+
     /// Writes the KRL now (at start, so sshd's `RevokedKeys` file always exists).
     pub fn publish_krl_now(&self) -> Result<usize, WorkflowError> {
-        Ok(self.publish_krl(self.clock.now())?.len())
+        Ok(self.publish_krl(self.clock.now(), &[])?.len())
     }
 
     fn ca_key_blob(&self) -> Result<Vec<u8>, WorkflowError> {
@@ -566,7 +608,22 @@ impl Authority {
             })
         });
         let published = if krl_due {
-            Some(self.publish_krl(now))
+            let revoking: Vec<(u64, i64)> = grants
+                .iter()
+                .filter(|(g, _)| {
+                    g.revocation.as_ref().is_some_and(|r| {
+                        r.sinks
+                            .iter()
+                            .any(|s| s.sink == Sink::Krl && s.confirmed_at.is_none())
+                    })
+                })
+                .filter_map(|(g, _)| {
+                    g.ssh
+                        .as_ref()
+                        .map(|ssh| (ssh.serial, g.expires_at.unix_millis()))
+                })
+                .collect();
+            Some(self.publish_krl(now, &revoking))
         } else {
             None
         };

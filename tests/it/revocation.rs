@@ -242,39 +242,13 @@ async fn an_early_revocation_reaches_a_real_sshd_through_the_krl_long_before_exp
     assert_eq!(sshd.login("root", &private, &cert), LoginOutcome::Accepted);
 
     // Any operator may revoke with a key touch; no quorum.
-    let reason = "responder's laptop was stolen";
-    let begun = AccessServiceClient::new(w.bg.local().await)
-        .begin_revoke(pb::BeginRevokeRequest {
-            grant_id: credential.grant_id.clone(),
-            operator: "erin".into(),
-            reason: reason.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let signed = w.bg.sign(
-        "erin",
-        0,
-        serde_json::from_str(&begun.request_options_json).unwrap(),
-    );
-    let revoking = AccessServiceClient::new(w.bg.local().await)
-        .revoke(pb::RevokeRequest {
-            grant_id: credential.grant_id.clone(),
-            reason: reason.into(),
-            ceremony_id: begun.ceremony_id,
-            credential_json: signed,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grant
-        .unwrap();
-    assert_ne!(revoking.state(), pb::GrantState::Active);
-    let subject = format!("grant/{}", credential.grant_id);
-    await_record(&w.bg, 1, |r| {
-        r.event == "grant.revoked" && r.subject == subject
-    })
+    let revoking = revoke_early(
+        &mut w,
+        &credential.grant_id,
+        "responder's laptop was stolen",
+    )
     .await;
+    assert_ne!(revoking.state(), pb::GrantState::Active);
 
     match sshd.login("root", &private, &cert) {
         LoginOutcome::Refused(stderr) => assert!(stderr.contains("Permission denied"), "{stderr}"),
@@ -303,6 +277,100 @@ async fn an_early_revocation_reaches_a_real_sshd_through_the_krl_long_before_exp
                 std::time::SystemTime::try_from(shown.expires_at.unwrap()).unwrap()
             )
     );
+    w.bg.stop().await;
+}
+
+/// erin revokes `grant_id` with a key touch; returns once the revocation is complete.
+async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
+    let begun = AccessServiceClient::new(w.bg.local().await)
+        .begin_revoke(pb::BeginRevokeRequest {
+            grant_id: grant_id.into(),
+            operator: "erin".into(),
+            reason: reason.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let signed = w.bg.sign(
+        "erin",
+        0,
+        serde_json::from_str(&begun.request_options_json).unwrap(),
+    );
+    let revoking = AccessServiceClient::new(w.bg.local().await)
+        .revoke(pb::RevokeRequest {
+            grant_id: grant_id.into(),
+            reason: reason.into(),
+            ceremony_id: begun.ceremony_id,
+            credential_json: signed,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    let subject = format!("grant/{grant_id}");
+    await_record(&w.bg, 1, |r| {
+        r.event == "grant.revoked" && r.subject == subject
+    })
+    .await;
+    revoking
+}
+
+/// What `ssh-keygen -Q` says of `cert` against `krl`: whether the KRL revokes it.
+fn krl_revokes(krl: &Path, cert: &Path) -> bool {
+    let query = std::process::Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(krl)
+        .arg(cert)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&query.stdout);
+    assert!(
+        said.contains(": ok") || said.contains("REVOKED"),
+        "ssh-keygen -Q: {said}"
+    );
+    said.contains("REVOKED")
+}
+
+#[tokio::test]
+async fn each_early_revocation_stays_in_the_krl_across_restarts_until_its_certificate_expires() {
+    let mut scope = db_root(600);
+    scope.ssh = ssh_root();
+    let mut w = world_with(scope).await;
+    let home = w.bg.dir.dir.path().to_owned();
+    let mut certs = Vec::new();
+    for (name, ttl) in [("short", 600), ("long", 3600)] {
+        let (_, public) = user_key(&home, name);
+        let credential = issue(&mut w, Some(&public), ttl).await;
+        let cert = home.join(format!("{name}-cert.pub"));
+        std::fs::write(&cert, &credential.ssh_certificate).unwrap();
+        certs.push((credential.grant_id, cert));
+    }
+    let krl = w.bg.running().authority().krl_path().to_owned();
+    assert!(!krl_revokes(&krl, &certs[0].1) && !krl_revokes(&krl, &certs[1].1));
+
+    // Each publication lists every revoked serial so far, not only the newest.
+    revoke_early(&mut w, &certs[0].0, "first").await;
+    assert!(krl_revokes(&krl, &certs[0].1));
+    revoke_early(&mut w, &certs[1].0, "second").await;
+    assert!(krl_revokes(&krl, &certs[0].1) && krl_revokes(&krl, &certs[1].1));
+
+    // A restart rewrites the KRL from the store.
+    std::fs::remove_file(&krl).unwrap();
+    w.bg.restart(|_| {}).await;
+    assert!(krl_revokes(&krl, &certs[0].1) && krl_revokes(&krl, &certs[1].1));
+
+    // Past the short certificate's valid-before, the next publication drops it (sshd refuses
+    // it as expired) and keeps the long one.
+    w.bg.clock.advance(Duration::from_secs(601));
+    let (_, public) = user_key(&home, "third");
+    let third = issue(&mut w, Some(&public), 3600).await;
+    let third_cert = home.join("third-cert.pub");
+    std::fs::write(&third_cert, &third.ssh_certificate).unwrap();
+    revoke_early(&mut w, &third.grant_id, "third").await;
+    assert!(!krl_revokes(&krl, &certs[0].1), "expired serial pruned");
+    assert!(krl_revokes(&krl, &certs[1].1) && krl_revokes(&krl, &third_cert));
     w.bg.stop().await;
 }
 
