@@ -220,6 +220,32 @@ impl Record for Authenticator {
     const KEYSPACE: Keyspace = Keyspace::Authenticators;
 }
 
+/// Who holds a stored key and its state, read without decoding the key material (the costly
+/// part of an [`Authenticator`]).
+#[derive(Debug, Deserialize)]
+pub struct KeyStanding {
+    /// Owner.
+    pub operator: String,
+    /// Active, suspended or removed.
+    pub state: AuthenticatorState,
+}
+
+/// The standing of the stored key `credential_id`, if there is one.
+pub fn key_standing(
+    store: &dyn Store,
+    credential_id: &str,
+) -> Result<Option<KeyStanding>, StoreError> {
+    store
+        .get(Keyspace::Authenticators, credential_id.as_bytes())?
+        .map(|raw| {
+            serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+                keyspace: Keyspace::Authenticators.name(),
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
 impl Authenticator {
     /// The FIDO2 credential, if this is a FIDO2 key.
     pub fn fido2(&self) -> Option<&SecurityKey> {

@@ -452,10 +452,10 @@ impl Authority {
     /// the role. A suspended or removed key, or a removed operator, counts for nothing.
     fn vote_counts(&self, vote: &Vote, role: &str) -> bool {
         let store = self.store.as_ref();
-        let key_active = store::read::<Authenticator>(store, vote.credential_id.as_bytes())
+        let key_active = operator::key_standing(store, &vote.credential_id)
             .ok()
             .flatten()
-            .is_some_and(|a| a.state == AuthenticatorState::Active && a.operator == vote.operator);
+            .is_some_and(|k| k.state == AuthenticatorState::Active && k.operator == vote.operator);
         let has_role = store::read::<Operator>(store, vote.operator.as_bytes())
             .ok()
             .flatten()
