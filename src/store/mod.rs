@@ -325,12 +325,15 @@ pub fn scan_prefix(
     ks: Keyspace,
     prefix: &[u8],
 ) -> Result<Vec<Entry>, StoreError> {
-    const PAGE: usize = 64;
+    // Small first: a prefix usually holds a few keys (an operator's), and a page reads that
+    // many entries past them.
+    let mut size = 4;
     let mut found = Vec::new();
     let mut start = prefix.to_vec();
     loop {
-        let page = store.scan_from(ks, &start, PAGE)?;
-        let full = page.len() == PAGE;
+        let page = store.scan_from(ks, &start, size)?;
+        let full = page.len() == size;
+        size = (size * 2).min(256);
         for (key, value) in page {
             if !key.starts_with(prefix) {
                 return Ok(found);
