@@ -61,6 +61,18 @@ impl Drop for Daemon {
     }
 }
 
+/// CPU time (user + system, every thread, living or exited) of process `pid` so far, in
+/// seconds. `/proc/PID/stat` counts in USER_HZ, which Linux fixes at 100 on every architecture
+/// the project builds for.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at field 3, `state`.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
 impl Daemon {
     fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -702,6 +714,7 @@ async fn cycles(profile: &Profile) {
             }
         }
     });
+    let cpu_before = (cpu_seconds(daemon.child.id()), cpu_seconds(std::process::id()));
     let figures = measure(profile, move |i| {
         let worker = i / 1_000_000;
         let approvers = [
@@ -810,9 +823,20 @@ async fn cycles(profile: &Profile) {
         figures.p99_us,
         figures.throughput / 500.0
     );
+    let (daemon_cpu, tool_cpu) = (
+        cpu_seconds(daemon.child.id()) - cpu_before.0,
+        cpu_seconds(std::process::id()) - cpu_before.1,
+    );
     follower.abort();
     let mut d = krl_delays.lock().unwrap().clone();
     d.sort_unstable();
+    // Every cycle started ends (and records its KRL delay) before its run returns.
+    println!(
+        "| daemon CPU per cycle (user + system, over every run) | - | {} cycles | {:.2} ms | | | load tool {:.2} ms per cycle | |",
+        d.len(),
+        daemon_cpu * 1000.0 / d.len() as f64,
+        tool_cpu * 1000.0 / d.len() as f64
+    );
     println!(
         "| KRL publication delay (early revocation → KRL confirmed) | - | {} revocations | p50 {} ms | | p99 {} ms | max {} ms | |",
         d.len(),
