@@ -714,7 +714,10 @@ async fn cycles(profile: &Profile) {
             }
         }
     });
-    let cpu_before = (cpu_seconds(daemon.child.id()), cpu_seconds(std::process::id()));
+    let cpu_before = (
+        cpu_seconds(daemon.child.id()),
+        cpu_seconds(std::process::id()),
+    );
     let figures = measure(profile, move |i| {
         let worker = i / 1_000_000;
         let approvers = [
