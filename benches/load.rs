@@ -201,6 +201,7 @@ fn seed_with(data: &Path, n: usize, expiry: impl Fn(usize) -> Timestamp) {
                 ssh: None,
                 state: GrantState::Active,
                 revocation: None,
+                sealed_bearer: None,
             };
             txn.put(id.as_bytes(), &grant)
                 .unwrap()
@@ -734,6 +735,8 @@ async fn cycles(profile: &Profile) {
         let waiters = waiters.clone();
         async move {
             let mut access_tls = pb::access_service_client::AccessServiceClient::new(tls.clone());
+            // The workload's own delivery key: the token comes back sealed to it.
+            let delivery_key = latchkey::delivery::DeliveryKey::generate();
             let created = access_tls
                 .create_request(pb::CreateRequestRequest {
                     draft: Some(pb::RequestDraft {
@@ -742,6 +745,7 @@ async fn cycles(profile: &Profile) {
                         ttl: Some(secs(300)),
                         ticket: String::new(),
                         ssh_public_key: ssh_public,
+                        delivery_public_key: delivery_key.public_key().to_vec(),
                     }),
                     ..Default::default()
                 })
@@ -782,7 +786,7 @@ async fn cycles(profile: &Profile) {
                     .await
                     .unwrap();
             }
-            let (_, credential) = access::wait(tls.clone(), &created.id, |_| {})
+            let (_, credential) = access::wait(tls.clone(), &created.id, Some(&delivery_key), |_| {})
                 .await
                 .unwrap();
             let credential = credential.unwrap();

@@ -1,7 +1,6 @@
 //! The break-glass authority: the domain core that every transport calls. It holds the store,
 //! the clock and the daemon's keys, and knows nothing of gRPC or of which backend stores data.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +18,6 @@ use crate::operator::{
 };
 use crate::store::{self, Keyspace, Store, StoreError, Txn};
 use crate::trust::{self, Genesis, TrustError};
-use crate::workflow::Delivery;
 use crate::workload::{self, Workload, WorkloadError};
 
 /// Errors of the authority's own operations.
@@ -122,8 +120,6 @@ pub struct Authority {
     dev_mode: bool,
     /// Bearer-token hashes of active grants, for introspection.
     pub(crate) index: TokenIndex,
-    /// Credentials minted and not yet collected by their requesters, by request id.
-    pub(crate) deliveries: Mutex<HashMap<String, Delivery>>,
     /// Where the SSH KRL is written.
     pub(crate) krl_path: PathBuf,
     /// What `krl_serials` holds (serial → valid-before, ms), read whole at the first
@@ -253,7 +249,6 @@ impl Authority {
             revocation_wake: tokio::sync::Notify::new(),
             krl_listed: Mutex::new(None),
             index,
-            deliveries: Mutex::new(HashMap::new()),
             store,
             clock,
             keys,

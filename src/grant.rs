@@ -145,6 +145,10 @@ pub struct Grant {
     /// The revocation, once started.
     #[serde(default)]
     pub revocation: Option<Revocation>,
+    /// The bearer token sealed to the requester's delivery key, kept for collection while
+    /// the grant is active and dropped when its revocation starts. Never the plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_bearer: Option<crate::delivery::SealedToken>,
 }
 
 impl Record for Grant {
@@ -435,6 +439,7 @@ mod tests {
                 ssh: None,
                 state: GrantState::Active,
                 revocation: None,
+            sealed_bearer: None,
             },
             token,
         )

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod constants;
 pub mod daemon;
+pub mod delivery;
 pub mod doctor;
 pub mod drill;
 pub mod error;

@@ -226,15 +226,20 @@ pub enum Outcome {
 }
 
 /// Counts the votes that still count (`counts` says whether a voter's key and role are still
-/// good: a suspended or removed key counts for nothing) and decides.
-pub fn tally(
+/// good: a suspended or removed key counts for nothing) and decides. Counting is fallible: if
+/// `counts` cannot tell for any vote, the error is returned and nothing is decided, so an
+/// unreadable denial can never let the tally reach approved.
+pub fn tally<E>(
     policy: &ApprovalPolicy,
     votes: &[Vote],
-    counts: impl Fn(&Vote) -> bool,
-) -> (u32, u32, Outcome) {
+    mut counts: impl FnMut(&Vote) -> Result<bool, E>,
+) -> Result<(u32, u32, Outcome), E> {
     let mut approvals = std::collections::BTreeSet::new();
     let mut denials = std::collections::BTreeSet::new();
-    for vote in votes.iter().filter(|v| counts(v)) {
+    for vote in votes {
+        if !counts(vote)? {
+            continue;
+        }
         match vote.decision {
             Decision::Approve => approvals.insert(vote.operator.as_str()),
             Decision::Deny => denials.insert(vote.operator.as_str()),
@@ -249,7 +254,7 @@ pub fn tally(
     } else {
         Outcome::Pending
     };
-    (approvals, denials, outcome)
+    Ok((approvals, denials, outcome))
 }
 
 #[cfg(test)]
@@ -335,7 +340,7 @@ mod tests {
             credential_id: "carol-second-key".into(),
             ..vote("carol", Decision::Approve)
         });
-        assert_eq!(tally(&policy(), &twice, |_| true).2, Outcome::Pending);
+        assert_eq!(tally::<()>(&policy(), &twice, |_| Ok(true)).unwrap().2, Outcome::Pending);
     }
 
     #[test]
@@ -355,11 +360,11 @@ mod tests {
     fn quorum_is_reached_by_distinct_operators_whose_votes_still_count() {
         let votes = vec![vote("a", Decision::Approve), vote("b", Decision::Approve)];
         assert_eq!(
-            tally(&policy(), &votes, |_| true),
+            tally::<()>(&policy(), &votes, |_| Ok(true)).unwrap(),
             (2, 0, Outcome::Approved)
         );
         assert_eq!(
-            tally(&policy(), &votes, |v| v.operator != "b"),
+            tally::<()>(&policy(), &votes, |v| Ok(v.operator != "b")).unwrap(),
             (1, 0, Outcome::Pending)
         );
     }
@@ -367,12 +372,30 @@ mod tests {
     #[test]
     fn a_denial_ends_it_before_quorum() {
         let votes = vec![vote("a", Decision::Approve), vote("b", Decision::Deny)];
-        assert_eq!(tally(&policy(), &votes, |_| true).2, Outcome::Denied);
+        assert_eq!(tally::<()>(&policy(), &votes, |_| Ok(true)).unwrap().2, Outcome::Denied);
         let lenient = ApprovalPolicy {
             denials_to_reject: 2,
             ..policy()
         };
-        assert_eq!(tally(&lenient, &votes, |_| true).2, Outcome::Pending);
+        assert_eq!(tally::<()>(&lenient, &votes, |_| Ok(true)).unwrap().2, Outcome::Pending);
+    }
+
+    #[test]
+    fn a_vote_that_cannot_be_read_fails_the_tally_instead_of_not_counting() {
+        // Before: an unreadable denial counted for nothing and the approvals reached quorum.
+        let votes = vec![
+            vote("a", Decision::Approve),
+            vote("b", Decision::Approve),
+            vote("c", Decision::Deny),
+        ];
+        let counted = tally(&policy(), &votes, |v| {
+            if v.operator == "c" {
+                Err("store read failed")
+            } else {
+                Ok(true)
+            }
+        });
+        assert_eq!(counted, Err("store read failed"));
     }
 
     #[test]

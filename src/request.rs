@@ -112,6 +112,8 @@ pub struct Draft {
     pub ticket: String,
     /// OpenSSH public key to certify, for SSH scopes.
     pub ssh_public_key: String,
+    /// X25519 public key the bearer token is sealed to ([`crate::delivery`]); empty if none.
+    pub delivery_public_key: Vec<u8>,
 }
 
 impl Draft {
@@ -146,15 +148,24 @@ impl Draft {
 
     /// The digest an operator-requester's key signs to submit this draft.
     pub fn digest(&self, requester: &str) -> [u8; 32] {
-        let text = serde_json::json!({
+        let mut fields = serde_json::json!({
             "requester": requester,
             "scope": self.scope,
             "reason": self.reason,
             "ttl_secs": self.ttl_secs,
             "ticket": self.ticket,
             "ssh_public_key": self.ssh_public_key,
-        })
-        .to_string();
+        });
+        // Only when present, so drafts without one keep the digest they always had.
+        if !self.delivery_public_key.is_empty()
+            && let Some(map) = fields.as_object_mut()
+        {
+            map.insert(
+                "delivery_public_key".into(),
+                hex::encode(&self.delivery_public_key).into(),
+            );
+        }
+        let text = fields.to_string();
         let mut h = Sha256::new();
         h.update(b"latchkey.request-draft.v1\n");
         h.update(text.as_bytes());
@@ -185,6 +196,10 @@ pub struct Canonical {
     pub ticket: String,
     /// Public key to certify.
     pub ssh_public_key: String,
+    /// The X25519 key the bearer token is sealed to, hex (absent in requests without one, so
+    /// their canonical text and digest are what they always were).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub delivery_public_key: String,
     /// When made.
     pub created_at: Timestamp,
     /// Pending until.
@@ -322,6 +337,7 @@ mod tests {
             ttl_secs: Some(600),
             ticket: "INC-1".into(),
             ssh_public_key: String::new(),
+            delivery_public_key: Vec::new(),
         }
     }
 
@@ -371,5 +387,10 @@ mod tests {
             ..draft()
         };
         assert_ne!(base, other.digest("alice"));
+        let keyed = Draft {
+            delivery_public_key: vec![9; 32],
+            ..draft()
+        };
+        assert_ne!(base, keyed.digest("alice"));
     }
 }

@@ -252,6 +252,8 @@ impl Authority {
             txn.put_raw(Keyspace::RevocationsPending, id.as_bytes(), b"".to_vec());
         }
         grant.revocation = Some(revocation);
+        // Nobody may collect a credential that is being revoked.
+        grant.sealed_bearer = None;
         txn.put(id.as_bytes(), &grant)?;
         Ok(grant)
     }
@@ -396,7 +398,6 @@ impl Authority {
             for hash in tokens {
                 self.index.remove(&hash);
             }
-            self.forget_deliveries(&requests);
             return Ok(requests.len());
         }
     }
@@ -1092,7 +1093,6 @@ impl Authority {
             });
         match result {
             Ok(updated) => {
-                self.forget_deliveries(std::slice::from_ref(&updated.request_id));
                 self.revocation_wake.notify_one();
                 Ok(updated)
             }
@@ -1131,18 +1131,7 @@ impl Authority {
         all.retain(|g| state.is_none_or(|s| effective_state(g, now) == s));
         all.sort_by_key(|g| std::cmp::Reverse(g.issued_at));
         all.truncate(crate::constants::MAX_LIST);
-        Ok(all)
-    }
-
-    /// A revoked grant's credential is never delivered after all.
-    fn forget_deliveries(&self, request_ids: &[String]) {
-        let mut deliveries = self
-            .deliveries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for id in request_ids {
-            deliveries.remove(id);
-        }
+        self.settled(all)
     }
 
     /// Wakes the scheduler (a grant was minted or revoked).

@@ -101,10 +101,23 @@ pub enum WorkflowError {
     /// The change cannot apply to the trust store as it is; the message says why.
     #[error("change refused: {0}")]
     ChangeInvalid(String),
-    /// The credential was delivered already (bearer tokens are shown once) or was lost in a
-    /// daemon restart before delivery. Revoke the grant and request again if needed.
-    #[error("the credential of request {0} is no longer available: bearer tokens are shown once")]
+    /// The request's grant is no longer active (revoked or expired), so its credential is not
+    /// handed out any more. Request again if access is still needed.
+    #[error("the credential of request {0} is no longer available: its grant is not active")]
     CredentialGone(String),
+    /// The scope mints a bearer token and the draft names no delivery key to seal it to. Send
+    /// a fresh X25519 public key in `delivery_public_key` (the CLI does).
+    #[error(
+        "scope {0} mints a bearer token: the request needs a delivery_public_key (32-byte X25519) to seal it to"
+    )]
+    DeliveryKeyRequired(String),
+    /// The delivery key is unusable, or sealing to it failed.
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
+    /// A vote could not be counted because a record it depends on could not be read. Nothing
+    /// changed; retry, and alert an operator if it persists.
+    #[error("the vote could not be counted: {0}")]
+    CountFailed(String),
     /// A vote rule refused it.
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -175,6 +188,9 @@ impl Coded for WorkflowError {
             WorkflowError::NoteTooLong => "change.note_too_long",
             WorkflowError::ChangeInvalid(_) => "change.invalid",
             WorkflowError::CredentialGone(_) => "grant.credential_gone",
+            WorkflowError::DeliveryKeyRequired(_) => "request.delivery_key_required",
+            WorkflowError::Delivery(e) => e.code(),
+            WorkflowError::CountFailed(_) => "approval.count_failed",
             WorkflowError::Sink(_) => "revocation.sink_failed",
             WorkflowError::NotConsumer(_) => "revocation.not_consumer",
             WorkflowError::GrantNotActive { .. } => "grant.not_active",
@@ -206,7 +222,11 @@ impl Coded for WorkflowError {
             | WorkflowError::NotHolder(_)
             | WorkflowError::LocalOnly => ErrorKind::PermissionDenied,
             WorkflowError::Sink(_) => ErrorKind::Unavailable,
-            WorkflowError::RevokeReason => ErrorKind::InvalidInput,
+            WorkflowError::RevokeReason | WorkflowError::DeliveryKeyRequired(_) => {
+                ErrorKind::InvalidInput
+            }
+            WorkflowError::Delivery(e) => e.kind(),
+            WorkflowError::CountFailed(_) => ErrorKind::Unavailable,
             WorkflowError::GrantNotActive { .. } => ErrorKind::FailedPrecondition,
             WorkflowError::AssertionRequired
             | WorkflowError::ProofingNoteRequired
@@ -244,16 +264,17 @@ impl WorkflowError {
     }
 }
 
-/// A credential waiting for its requester (bearer tokens exist only here until delivered).
+/// A credential as its requester collects it: read from the durable grant. The bearer token
+/// is only ever sealed to the request's delivery key ([`crate::delivery`]).
 #[derive(Clone, Debug)]
 pub struct Delivery {
     /// Grant.
     pub grant_id: String,
     /// Scope.
     pub scope: String,
-    /// The bearer token, if minted.
-    pub bearer_token: Option<String>,
-    /// The SSH certificate, if minted.
+    /// The bearer token sealed to the requester's delivery key, if one was minted.
+    pub sealed_bearer: Option<crate::delivery::SealedToken>,
+    /// The SSH certificate, if minted (not a secret: useless without its private key).
     pub ssh_certificate: Option<String>,
     /// Expiry.
     pub expires_at: Timestamp,
@@ -401,6 +422,21 @@ fn key_meets_policy(
     Ok(event)
 }
 
+/// The delivery key a request names, to seal its bearer token to.
+fn delivery_key(request: &Request) -> Result<[u8; 32], WorkflowError> {
+    let hex_key = &request.canonical.delivery_public_key;
+    if hex_key.is_empty() {
+        // A request made before delivery keys existed; its requester must ask again.
+        return Err(WorkflowError::DeliveryKeyRequired(
+            request.canonical.scope.clone(),
+        ));
+    }
+    let bytes = hex::decode(hex_key).map_err(|_| {
+        WorkflowError::Delivery(crate::delivery::DeliveryError::BadPublicKey(hex_key.len() / 2))
+    })?;
+    Ok(crate::delivery::check_public_key(&bytes)?)
+}
+
 fn new_id() -> Result<String, WorkflowError> {
     let mut id = [0u8; 12];
     getrandom::fill(&mut id).map_err(|e| MintError::Randomness(e.to_string()))?;
@@ -449,23 +485,76 @@ impl Authority {
     }
 
     /// Whether a recorded vote still counts: its key is active and its operator still holds
-    /// the role. A suspended or removed key, or a removed operator, counts for nothing.
-    fn vote_counts(&self, vote: &Vote, role: &str) -> bool {
+    /// the role. A suspended or removed key, or a removed operator, counts for nothing. A
+    /// record that cannot be read or decoded is an error, never "does not count". With
+    /// `guard`, the records read are compared-and-set in that transaction, so the decision
+    /// commits only if none of them changed meanwhile.
+    fn vote_counts(
+        &self,
+        vote: &Vote,
+        role: &str,
+        guard: Option<&mut Txn>,
+    ) -> Result<bool, WorkflowError> {
         let store = self.store.as_ref();
-        let key_active = operator::key_standing(store, &vote.credential_id)
-            .ok()
-            .flatten()
-            .is_some_and(|k| k.state == AuthenticatorState::Active && k.operator == vote.operator);
-        let has_role = store::read::<Operator>(store, vote.operator.as_bytes())
-            .ok()
-            .flatten()
-            .is_some_and(|o| o.roles.iter().any(|r| r == role));
-        key_active && has_role
+        let count_failed = |what: &str, e: &dyn std::fmt::Display| {
+            WorkflowError::CountFailed(format!("{what} of {}'s vote: {e}", vote.operator))
+        };
+        let key_raw = store
+            .get(Keyspace::Authenticators, vote.credential_id.as_bytes())
+            .map_err(|e| count_failed("reading the key", &e))?;
+        let key_active = match &key_raw {
+            Some(raw) => {
+                let standing: operator::KeyStanding = serde_json::from_slice(raw)
+                    .map_err(|e| count_failed("decoding the key", &e))?;
+                standing.state == AuthenticatorState::Active && standing.operator == vote.operator
+            }
+            None => false,
+        };
+        let operator_raw = store
+            .get(Keyspace::Operators, vote.operator.as_bytes())
+            .map_err(|e| count_failed("reading the operator", &e))?;
+        let has_role = match &operator_raw {
+            Some(raw) => store::decode::<Operator>(raw)
+                .map_err(|e| count_failed("decoding the operator", &e))?
+                .roles
+                .iter()
+                .any(|r| r == role),
+            None => false,
+        };
+        if let Some(txn) = guard {
+            for (ks, key, raw) in [
+                (Keyspace::Authenticators, vote.credential_id.as_bytes(), key_raw),
+                (Keyspace::Operators, vote.operator.as_bytes(), operator_raw),
+            ] {
+                match raw {
+                    Some(raw) => txn.require_equals(ks, key, raw),
+                    None => txn.require_absent(ks, key),
+                };
+            }
+        }
+        Ok(key_active && has_role)
     }
 
-    fn tally(&self, policy: &ApprovalPolicy, votes: &[Vote]) -> (u32, u32, Outcome) {
+    /// The tally of `votes` now (for showing).
+    fn tally(
+        &self,
+        policy: &ApprovalPolicy,
+        votes: &[Vote],
+    ) -> Result<(u32, u32, Outcome), WorkflowError> {
         policy::tally(policy, votes, |v| {
-            self.vote_counts(v, &policy.approver_role)
+            self.vote_counts(v, &policy.approver_role, None)
+        })
+    }
+
+    /// The tally that decides: every record it read is guarded in `txn`.
+    fn tally_guarded(
+        &self,
+        policy: &ApprovalPolicy,
+        votes: &[Vote],
+        txn: &mut Txn,
+    ) -> Result<(u32, u32, Outcome), WorkflowError> {
+        policy::tally(policy, votes, |v| {
+            self.vote_counts(v, &policy.approver_role, Some(&mut *txn))
         })
     }
 
@@ -517,6 +606,13 @@ impl Authority {
                 .into());
             }
             (None, true) => {}
+        }
+        if draft.delivery_public_key.is_empty() {
+            if scope.bearer {
+                return Err(WorkflowError::DeliveryKeyRequired(scope.name));
+            }
+        } else {
+            crate::delivery::check_public_key(&draft.delivery_public_key)?;
         }
         Ok((scope, ttl))
     }
@@ -604,6 +700,7 @@ impl Authority {
             ttl_secs: ttl,
             ticket: draft.ticket.clone(),
             ssh_public_key: draft.ssh_public_key.trim().to_owned(),
+            delivery_public_key: hex::encode(&draft.delivery_public_key),
             created_at: now,
             pending_until: now.plus(std::time::Duration::from_secs(
                 scope.policy.pending_timeout_secs,
@@ -627,6 +724,7 @@ impl Authority {
             "ttl_secs": ttl,
             "ticket": draft.ticket,
             "digest": hex::encode(request.digest()),
+            "request_digest": hex::encode(request.digest()),
             "pending_until": request.canonical.pending_until,
         });
         let (mut txn, event) = match prepared {
@@ -636,7 +734,13 @@ impl Authority {
                 if let (Some(map), Some(extra)) =
                     (event.details.as_object_mut(), details.as_object())
                 {
-                    map.extend(extra.clone());
+                    // `digest` stays the one the requester's key signed (the draft's).
+                    map.extend(
+                        extra
+                            .iter()
+                            .filter(|(k, _)| k.as_str() != "digest")
+                            .map(|(k, v)| (k.clone(), v.clone())),
+                    );
                 }
                 (p.txn, event)
             }
@@ -673,19 +777,27 @@ impl Authority {
         Ok((store::decode(&raw)?, raw))
     }
 
-    fn view(&self, request: Request) -> RequestView {
-        let (approvals, denials, _) = self.tally(&request.policy, &request.votes);
-        RequestView {
+    fn view(&self, request: Request) -> Result<RequestView, WorkflowError> {
+        let (approvals, denials, _) = self.tally(&request.policy, &request.votes)?;
+        Ok(RequestView {
             state: request.state_at(self.clock.now()),
             request,
             approvals,
             denials,
-        }
+        })
+    }
+
+    /// Hands out what a read saw only once it is durable: group commit applies a change
+    /// before its flush, and a client must never be told of a state a crash could undo.
+    pub(crate) fn settled<T>(&self, value: T) -> Result<T, WorkflowError> {
+        self.audit.await_durable()?;
+        Ok(value)
     }
 
     /// One request.
     pub fn request(&self, id: &str) -> Result<RequestView, WorkflowError> {
-        Ok(self.view(self.load_request(id)?.0))
+        let view = self.view(self.load_request(id)?.0)?;
+        self.settled(view)
     }
 
     /// Requests (optionally only those in `state`, by name), newest first.
@@ -693,6 +805,8 @@ impl Authority {
         let mut all: Vec<RequestView> = scan_all::<Request>(self.store.as_ref())?
             .into_iter()
             .map(|r| self.view(r))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
             .filter(|v| state.is_none_or(|s| v.state.name() == s))
             .collect();
         all.sort_by(|a, b| {
@@ -702,7 +816,7 @@ impl Authority {
                 .cmp(&a.request.canonical.created_at)
         });
         all.truncate(MAX_LIST);
-        Ok(all)
+        self.settled(all)
     }
 
     fn require_pending_request(&self, request: &Request) -> Result<(), WorkflowError> {
@@ -759,33 +873,45 @@ impl Authority {
                 evidence: None,
             },
         )?;
-        Ok(self.view(request))
+        self.view(request)
     }
 
     /// The request, if `caller` is its requester (for watching).
     pub fn watch_request(&self, caller: &Caller, id: &str) -> Result<RequestView, WorkflowError> {
         let (request, _) = self.load_request(id)?;
         self.require_requester(caller, &request)?;
-        Ok(self.view(request))
+        let view = self.view(request)?;
+        self.settled(view)
     }
 
-    /// Hands the requester its credential, once.
+    /// The requester's credential, from the durable grant of its issued request: the SSH
+    /// certificate and the bearer token sealed to the request's delivery key. Collected as
+    /// often as asked while the grant is active; gone once it is revoked or expired.
     pub fn collect_credential(&self, caller: &Caller, id: &str) -> Result<Delivery, WorkflowError> {
         let (request, _) = self.load_request(id)?;
         self.require_requester(caller, &request)?;
-        let mut deliveries = self
-            .deliveries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        deliveries
-            .remove(id)
-            .ok_or_else(|| WorkflowError::CredentialGone(id.to_owned()))
+        let RequestState::Issued { grant_id, .. } = &request.state else {
+            return Err(WorkflowError::CredentialGone(id.to_owned()));
+        };
+        let grant = self.grant(grant_id)?;
+        if !grant.active_at(self.clock.now()) {
+            return Err(WorkflowError::CredentialGone(id.to_owned()));
+        }
+        // Only what is durable leaves the daemon (group commit applies before it flushes).
+        self.settled(Delivery {
+            grant_id: grant.id,
+            scope: grant.scope,
+            sealed_bearer: grant.sealed_bearer,
+            ssh_certificate: grant.ssh.map(|s| s.certificate),
+            expires_at: grant.expires_at,
+        })
     }
 
     /// A grant.
     pub fn grant(&self, id: &str) -> Result<Grant, WorkflowError> {
-        store::read::<Grant>(self.store.as_ref(), id.as_bytes())?
-            .ok_or_else(|| WorkflowError::UnknownGrant(id.to_owned()))
+        let grant = store::read::<Grant>(self.store.as_ref(), id.as_bytes())?
+            .ok_or_else(|| WorkflowError::UnknownGrant(id.to_owned()))?;
+        self.settled(grant)
     }
 
     /// Introspects a bearer token (workloads admitted with `introspect` only).
@@ -973,8 +1099,9 @@ impl Authority {
             );
         }
         request.votes.push(vote);
-        let (approvals, denials, outcome) = self.tally(&request.policy, &request.votes);
         let mut txn = prepared.txn;
+        let (approvals, denials, outcome) =
+            self.tally_guarded(&request.policy, &request.votes, &mut txn)?;
         txn.require_equals(Keyspace::Requests, id.as_bytes(), raw);
         let mut events = vec![event];
         let mut minted = None;
@@ -991,7 +1118,7 @@ impl Authority {
                 });
             }
             Outcome::Approved => {
-                let (grant, delivery) = self.mint(&request, now, &mut txn)?;
+                let grant = self.mint(&request, now, &mut txn)?;
                 request.state = RequestState::Issued {
                     grant_id: grant.id.clone(),
                     at: now,
@@ -1012,35 +1139,17 @@ impl Authority {
                     }),
                     evidence: None,
                 });
-                minted = Some((grant, delivery));
+                minted = Some(grant);
             }
         }
         txn.put(id.as_bytes(), &request)?;
-        // The credential is ready before the commit: a watcher woken by the commit's audit
-        // record finds it at once. Nobody can collect it before the request reads `issued`.
-        if let Some((grant, delivery)) = &minted {
+        // The grant (with its sealed token) commits with the vote; it reaches the token index
+        // and any watcher only once durable.
+        let records = self.audit.commit_events(txn, events)?;
+        if let Some(grant) = &minted {
             self.index.insert(grant);
-            self.deliveries
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(id.to_owned(), delivery.clone());
         }
-        let records = match self.audit.commit_events(txn, events) {
-            Ok(records) => records,
-            Err(e) => {
-                if let Some((grant, _)) = &minted {
-                    if let Some(hash) = &grant.bearer_sha256 {
-                        self.index.remove(hash);
-                    }
-                    self.deliveries
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(id);
-                }
-                return Err(e.into());
-            }
-        };
-        let grant_id = minted.map(|(grant, _)| {
+        let grant_id = minted.map(|grant| {
             self.revocation_wake.notify_one();
             grant.id
         });
@@ -1054,13 +1163,14 @@ impl Authority {
         })
     }
 
-    /// Mints the grant of an approved request into `txn`.
+    /// Mints the grant of an approved request into `txn`. The bearer token is sealed to the
+    /// request's delivery key and dropped: only its hash and the sealed box are stored.
     fn mint(
         &self,
         request: &Request,
         now: Timestamp,
         txn: &mut Txn,
-    ) -> Result<(Grant, Delivery), WorkflowError> {
+    ) -> Result<Grant, WorkflowError> {
         let scope = self.scope(&request.canonical.scope)?;
         let id = new_id()?;
         let expires_at = now.plus(std::time::Duration::from_secs(request.canonical.ttl_secs));
@@ -1070,6 +1180,14 @@ impl Authority {
             None
         };
         let bearer_sha256 = bearer_token.as_deref().map(|t| hex::encode(token_hash(t)));
+        let sealed_bearer = match &bearer_token {
+            Some(token) => Some(crate::delivery::seal(
+                &delivery_key(request)?,
+                &id,
+                token,
+            )?),
+            None => None,
+        };
         let ssh = match &scope.ssh {
             Some(spec) => {
                 let serial = mint::serial()?;
@@ -1104,6 +1222,7 @@ impl Authority {
             ssh: ssh.clone(),
             state: GrantState::Active,
             revocation: None,
+            sealed_bearer,
         };
         txn.require_absent(Keyspace::Grants, id.as_bytes())
             .put(id.as_bytes(), &grant)?
@@ -1124,14 +1243,7 @@ impl Authority {
                 id.as_bytes(),
             );
         }
-        let delivery = Delivery {
-            grant_id: id,
-            scope: scope.name,
-            bearer_token,
-            ssh_certificate: ssh.map(|s| s.certificate),
-            expires_at,
-        };
-        Ok((grant, delivery))
+        Ok(grant)
     }
 
     // ----- changes -------------------------------------------------------------------------
@@ -1155,19 +1267,20 @@ impl Authority {
         }
     }
 
-    fn change_view(&self, change: Change) -> ChangeView {
-        let (approvals, denials, _) = self.tally(&change.policy, &change.votes);
-        ChangeView {
+    fn change_view(&self, change: Change) -> Result<ChangeView, WorkflowError> {
+        let (approvals, denials, _) = self.tally(&change.policy, &change.votes)?;
+        Ok(ChangeView {
             state: change.state_at(self.clock.now()),
             change,
             approvals,
             denials,
-        }
+        })
     }
 
     /// One change.
     pub fn change(&self, id: &str) -> Result<ChangeView, WorkflowError> {
-        Ok(self.change_view(self.load_change(id)?.0))
+        let view = self.change_view(self.load_change(id)?.0)?;
+        self.settled(view)
     }
 
     /// Changes (optionally only in `state`), newest first.
@@ -1175,11 +1288,13 @@ impl Authority {
         let mut all: Vec<ChangeView> = scan_all::<Change>(self.store.as_ref())?
             .into_iter()
             .map(|c| self.change_view(c))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
             .filter(|v| state.is_none_or(|s| v.state.name() == s))
             .collect();
         all.sort_by_key(|c| std::cmp::Reverse(c.change.created_at));
         all.truncate(MAX_LIST);
-        Ok(all)
+        self.settled(all)
     }
 
     fn check_note(note: &str) -> Result<(), WorkflowError> {
@@ -1327,7 +1442,7 @@ impl Authority {
         txn.require_absent(Keyspace::Changes, id.as_bytes())
             .put(id.as_bytes(), &change)?;
         self.audit.commit_events(txn, events)?;
-        Ok(self.change_view(change))
+        self.change_view(change)
     }
 
     /// Finishes a key registration: enrolled at once during genesis; afterwards recorded as a
@@ -1391,8 +1506,9 @@ impl Authority {
             map.insert("change_digest".into(), hex::encode(change.digest()).into());
         }
         change.votes.push(vote);
-        let (approvals, denials, outcome) = self.tally(&change.policy, &change.votes);
         let mut txn = prepared.txn;
+        let (approvals, denials, outcome) =
+            self.tally_guarded(&change.policy, &change.votes, &mut txn)?;
         txn.require_equals(Keyspace::Changes, id.as_bytes(), raw);
         let mut events = vec![event];
         match outcome {
@@ -1536,6 +1652,13 @@ impl Authority {
                 key.state = AuthenticatorState::Removed { at: now };
                 txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), raw)
                     .put(credential_id.as_bytes(), &key)?;
+                self.check_trust_quorum_after(
+                    After {
+                        removed_key: Some(credential_id),
+                        ..After::default()
+                    },
+                    txn,
+                )?;
                 events.push(daemon_event(
                     crate::audit::verify::REMOVED_EVENT,
                     format!("operator/{operator}"),
@@ -1578,7 +1701,13 @@ impl Authority {
                         serde_json::json!({ "credential_id": key.credential_id }),
                     ));
                 }
-                self.check_trust_quorum_after(operator, None, txn)?;
+                self.check_trust_quorum_after(
+                    After {
+                        operator: Some(operator),
+                        ..After::default()
+                    },
+                    txn,
+                )?;
             }
             ChangeKind::SetOperatorRoles { operator, roles } => {
                 for role in roles {
@@ -1588,7 +1717,14 @@ impl Authority {
                 op.roles = roles.clone();
                 txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
                     .put(operator.as_bytes(), &op)?;
-                self.check_trust_quorum_after(operator, Some(roles), txn)?;
+                self.check_trust_quorum_after(
+                    After {
+                        operator: Some(operator),
+                        roles: Some(roles),
+                        removed_key: None,
+                    },
+                    txn,
+                )?;
             }
             ChangeKind::PutScope { scope } => {
                 scope.validate()?;
@@ -1646,7 +1782,8 @@ impl Authority {
                     return Err(invalid("quorum must be between 1 and 32".into()));
                 }
                 operator::check_name("role", &policy.approver_role)?;
-                let eligible = self.eligible_approvers(&policy.approver_role, None, None)?;
+                let eligible =
+                    self.eligible_approvers(&policy.approver_role, After::default(), txn)?;
                 if eligible < policy.quorum {
                     return Err(invalid(format!(
                         "only {eligible} operators with an active key hold role {}: a quorum of {} could never be met",
@@ -1662,48 +1799,62 @@ impl Authority {
         Ok(())
     }
 
-    /// Operators holding `role` with an active key, as if `changed` had `roles` (None: removed).
+    /// How many operators could approve with `role` once a change is applied: each needs an
+    /// active key (not `after.removed_key`) and the role (`after.roles` for `after.operator`;
+    /// none if that operator is removed). Every record the count rests on (active keys, counted
+    /// operators) is compared-and-set in `guard`, so two changes that each pass alone cannot
+    /// both commit when together they would lock the trust store out (write skew).
     fn eligible_approvers(
         &self,
         role: &str,
-        changed: Option<&str>,
-        roles: Option<&[String]>,
+        after: After<'_>,
+        guard: &mut Txn,
     ) -> Result<u32, WorkflowError> {
         let store = self.store.as_ref();
         let mut with_key: HashMap<String, bool> = HashMap::new();
-        for key in operator::authenticators(store)? {
-            if key.state == AuthenticatorState::Active {
-                with_key.insert(key.operator, true);
+        for (id, raw) in store.scan_from(Keyspace::Authenticators, b"", usize::MAX)? {
+            let standing: operator::KeyStanding =
+                serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+                    keyspace: Keyspace::Authenticators.name(),
+                    detail: e.to_string(),
+                })?;
+            if standing.state != AuthenticatorState::Active
+                || after.removed_key == Some(String::from_utf8_lossy(&id).as_ref())
+            {
+                continue;
             }
+            with_key.insert(standing.operator, true);
+            guard.require_equals(Keyspace::Authenticators, id, raw);
         }
         let mut count = 0u32;
-        for op in scan_all::<Operator>(store)? {
+        for (name, raw) in store.scan_from(Keyspace::Operators, b"", usize::MAX)? {
+            let op: Operator = store::decode(&raw)?;
             if !with_key.contains_key(&op.name) {
                 continue;
             }
-            let holds = if changed == Some(op.name.as_str()) {
-                roles.is_some_and(|r| r.iter().any(|x| x == role))
+            let holds = if after.operator == Some(op.name.as_str()) {
+                after.roles.is_some_and(|r| r.iter().any(|x| x == role))
             } else {
                 op.roles.iter().any(|x| x == role)
             };
             if holds {
                 count += 1;
+                guard.require_equals(Keyspace::Operators, name, raw);
             }
         }
         Ok(count)
     }
 
-    /// Refuses a change that would leave the trust store unable to reach its own quorum.
-    fn check_trust_quorum_after(
-        &self,
-        operator: &str,
-        roles: Option<&[String]>,
-        _txn: &mut Txn,
-    ) -> Result<(), WorkflowError> {
-        let (meta, _) = trust::read_meta(self.store.as_ref())?;
-        let eligible =
-            self.eligible_approvers(&meta.policy.approver_role, Some(operator), roles)?;
-        if eligible < meta.policy.quorum && meta.genesis != Genesis::Open {
+    /// Refuses a change that would leave the trust store unable to reach its own quorum. The
+    /// records the decision rests on (metadata, keys, operators) are guarded in `txn`.
+    fn check_trust_quorum_after(&self, after: After<'_>, txn: &mut Txn) -> Result<(), WorkflowError> {
+        let (meta, meta_raw) = trust::read_meta(self.store.as_ref())?;
+        if meta.genesis == Genesis::Open {
+            return Ok(());
+        }
+        txn.require_equals(Keyspace::Meta, META_KEY, meta_raw);
+        let eligible = self.eligible_approvers(&meta.policy.approver_role, after, txn)?;
+        if eligible < meta.policy.quorum {
             return Err(WorkflowError::ChangeInvalid(format!(
                 "after this change only {eligible} operators could approve trust-store changes (quorum {}): the trust store would lock itself out",
                 meta.policy.quorum
@@ -1716,7 +1867,8 @@ impl Authority {
 
     /// All scopes.
     pub fn scopes(&self) -> Result<Vec<Scope>, WorkflowError> {
-        Ok(scan_all(self.store.as_ref())?)
+        let scopes = scan_all(self.store.as_ref())?;
+        self.settled(scopes)
     }
 
     /// One scope.
@@ -1738,19 +1890,21 @@ impl Authority {
                 revocation: crate::scope::RevocationSpec::default(),
             });
         }
-        self.scope(name)
+        let scope = self.scope(name)?;
+        self.settled(scope)
     }
 
     /// All workloads.
     pub fn workloads(&self) -> Result<Vec<Workload>, WorkflowError> {
-        Ok(workload::list(self.store.as_ref())?)
+        let workloads = workload::list(self.store.as_ref())?;
+        self.settled(workloads)
     }
 
     /// All operators with their keys.
     pub fn operators_list(&self) -> Result<Vec<(Operator, Vec<Authenticator>)>, WorkflowError> {
         let store = self.store.as_ref();
         let keys = operator::authenticators(store)?;
-        Ok(scan_all::<Operator>(store)?
+        let operators = scan_all::<Operator>(store)?
             .into_iter()
             .map(|op| {
                 let mine = keys
@@ -1760,8 +1914,20 @@ impl Authority {
                     .collect();
                 (op, mine)
             })
-            .collect())
+            .collect::<Vec<_>>();
+        self.settled(operators)
     }
+}
+
+/// A trust-store change as the lock-out guard imagines it applied.
+#[derive(Clone, Copy, Debug, Default)]
+struct After<'a> {
+    /// The operator whose roles change (or who is removed: `roles` None).
+    operator: Option<&'a str>,
+    /// That operator's roles afterwards.
+    roles: Option<&'a [String]>,
+    /// A key removed by the change.
+    removed_key: Option<&'a str>,
 }
 
 /// A vote's target as read once per vote, with its stored bytes.

@@ -365,6 +365,15 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Waits until everything applied so far is durable (flushing if no flush covers it yet).
+    /// A read that will act on what it saw, or show it to a client, calls this after reading:
+    /// group commit makes a change visible in the store before its flush, and a crash in that
+    /// window loses it. Fails if a flush failed (the log is poisoned until restart).
+    pub fn await_durable(&self) -> Result<(), AuditError> {
+        let applied = self.head_seq();
+        self.make_durable(applied)
+    }
+
     /// Sequence number of the newest durable record.
     pub fn durable_seq(&self) -> u64 {
         *self.durable.lock().unwrap_or_else(|p| p.into_inner())
@@ -477,6 +486,33 @@ impl AuditLog {
         };
         self.settle(seq, vec![record.clone()])?;
         Ok(Some(record))
+    }
+
+    /// Like [`AuditLog::checkpoint`], and also returns the sequence number of the newest
+    /// checkpoint record once durable (the one written, or the last record if it already is
+    /// one; 0 for a log without checkpoints). An export that ends there verifies to its end.
+    pub fn checkpoint_through(&self) -> Result<(Option<AuditRecord>, u64), AuditError> {
+        let covered = {
+            let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            self.refuse_if_poisoned()?;
+            (head.seq == head.last_checkpoint).then_some(head.last_checkpoint)
+        };
+        if let Some(seq) = covered {
+            self.make_durable(seq)?;
+            return Ok((None, seq));
+        }
+        let written = self.checkpoint()?;
+        let seq = written
+            .as_ref()
+            .map_or_else(|| self.last_checkpoint_seq(), |r| r.seq);
+        Ok((written, seq))
+    }
+
+    fn last_checkpoint_seq(&self) -> u64 {
+        self.head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_checkpoint
     }
 
     fn checkpoint_locked(&self, head: &mut Head) -> Result<AuditRecord, AuditError> {

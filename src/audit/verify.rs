@@ -168,6 +168,132 @@ fn verify_evidence(keys: &HashMap<String, EnrolledKey>, evidence: &Evidence) -> 
     }
 }
 
+/// What the log said so far that later evidence is checked against.
+#[derive(Default)]
+struct Bindings {
+    /// Credential id → the operator it was enrolled for.
+    owners: HashMap<String, String>,
+    /// `request/ID` or `change/ID` → the digest its creation record names.
+    digests: HashMap<String, [u8; 32]>,
+}
+
+fn detail<'a>(record: &'a AuditRecord, name: &str) -> Option<&'a str> {
+    record.details.get(name).and_then(|v| v.as_str())
+}
+
+fn detail_hash(record: &AuditRecord, name: &str) -> Result<[u8; 32], String> {
+    detail(record, name)
+        .and_then(decode_hash)
+        .ok_or_else(|| format!("details.{name} is missing or not a hex SHA-256"))
+}
+
+impl Bindings {
+    /// Remembers what creation and enrollment records bind later evidence to.
+    fn learn(&mut self, record: &AuditRecord) {
+        match record.event.as_str() {
+            ENROLLED_EVENT => {
+                if let (Some(id), Some(operator)) = (
+                    detail(record, "credential_id"),
+                    detail(record, "operator").map(str::to_owned).or_else(|| {
+                        record.subject.strip_prefix("operator/").map(str::to_owned)
+                    }),
+                ) {
+                    self.owners.insert(id.to_owned(), operator);
+                }
+            }
+            // Newer records keep the request's digest apart from the (draft) digest the
+            // requester signed; older ones have only `digest`.
+            "request.created" => {
+                let digest = detail(record, "request_digest")
+                    .or_else(|| detail(record, "digest"))
+                    .and_then(decode_hash);
+                if let Some(digest) = digest {
+                    self.digests.insert(record.subject.clone(), digest);
+                }
+            }
+            "change.proposed" => {
+                if let Some(digest) = detail(record, "digest").and_then(decode_hash) {
+                    self.digests.insert(record.subject.clone(), digest);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks that `evidence` belongs to `record`: the key is the one the record names and was
+    /// enrolled for the record's operator, and the signed challenge is the one derived from
+    /// what this record is about (its target's digest and the decision, or its own digest)
+    /// and its nonce. Returns an error naming the mismatch.
+    fn check(&self, record: &AuditRecord, evidence: &Evidence) -> Result<(), String> {
+        let (key_id, challenge) = match evidence {
+            Evidence::Webauthn {
+                credential_id,
+                challenge,
+                ..
+            } => (credential_id, challenge),
+            Evidence::Piv {
+                key_id, challenge, ..
+            } => (key_id, challenge),
+        };
+        if detail(record, "credential_id") != Some(key_id.as_str()) {
+            return Err(format!(
+                "the evidence's key {key_id} is not the key this record names"
+            ));
+        }
+        let super::Actor::Operator { name } = &record.actor else {
+            return Err("evidence on a record whose actor is not an operator".to_owned());
+        };
+        if let Some(owner) = self.owners.get(key_id)
+            && owner != name
+        {
+            return Err(format!(
+                "key {key_id} was enrolled for {owner}, not for the record's operator {name}"
+            ));
+        }
+        let signed = detail_hash(record, "digest")?;
+        let decision = match record.event.as_str() {
+            "request.approved" | "change.approved" => Some(crate::policy::Decision::Approve),
+            "request.denied" | "change.denied" => Some(crate::policy::Decision::Deny),
+            _ => None,
+        };
+        if let Some(decision) = decision {
+            let target = self.digests.get(&record.subject).ok_or_else(|| {
+                format!("a vote on {} before its creation record", record.subject)
+            })?;
+            let expected = crate::request::vote_digest(&record.subject, decision, target);
+            if signed != expected {
+                return Err(format!(
+                    "the signed digest is not the vote digest of {} ({})",
+                    record.subject,
+                    decision.as_str()
+                ));
+            }
+        } else if record.event == "grant.revoke_requested" {
+            let grant = record.subject.strip_prefix("grant/").unwrap_or_default();
+            let reason = detail(record, "reason").unwrap_or_default();
+            if signed != crate::revocation::revoke_digest(grant, reason) {
+                return Err(format!(
+                    "the signed digest is not the revocation digest of {}",
+                    record.subject
+                ));
+            }
+        } else if record.event == "request.created" && detail(record, "request_digest").is_none()
+        {
+            // Older records overwrote the signed (draft) digest: nothing to derive from.
+            return Ok(());
+        }
+        let nonce = detail_hash(record, "nonce")?;
+        let expected = crate::fido2::bound_challenge(&signed, &nonce);
+        if b64("challenge", challenge)? != expected {
+            return Err(
+                "the evidence's challenge is not derived from this record's digest and nonce"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Verifies an export line by line. Fails at the first record that is malformed, out of
 /// sequence, unlinked, altered, badly signed or backed by evidence the enrolled key did not sign.
 pub fn verify(
@@ -177,6 +303,7 @@ pub fn verify(
     let mut expected_seq = 1u64;
     let mut prev_hash = ZERO_HASH.to_owned();
     let mut keys: HashMap<String, EnrolledKey> = HashMap::new();
+    let mut bindings = Bindings::default();
     let mut last_checkpoint = None;
     let mut evidence_verified = 0;
 
@@ -253,9 +380,13 @@ pub fn verify(
             }
             _ => {}
         }
+        bindings.learn(&record);
         if let Some(evidence) = &record.evidence {
             verify_evidence(&keys, evidence)
                 .map_err(|why| bad(format!("forged or invalid approval evidence: {why}")))?;
+            bindings
+                .check(&record, evidence)
+                .map_err(|why| bad(format!("evidence not bound to this record: {why}")))?;
             evidence_verified += 1;
         }
         prev_hash = record.hash;

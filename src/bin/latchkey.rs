@@ -86,6 +86,10 @@ enum Command {
         /// The public key the request named, so the certificate is written next to it.
         #[arg(long)]
         ssh_public_key: Option<PathBuf>,
+        /// The delivery key file the request was made with (default: the one `latchkey
+        /// request` kept for this request id).
+        #[arg(long)]
+        delivery_key: Option<PathBuf>,
     },
     /// Is a bearer token active? (Workloads allowed to introspect, over --tls.) Exit 0 if
     /// active, 1 if not. `-` reads the token from standard input.
@@ -543,8 +547,13 @@ async fn run(cli: Cli) -> Result<ExitCode, client::ClientError> {
             cli::vote(channel, out, target, Decision::Deny, args).await?;
         }
         Command::Cancel { id } => cli::cancel(channel, out, id).await?,
-        Command::Wait { id, ssh_public_key } => {
-            cli::deliver(channel, out, &id, ssh_public_key.as_deref()).await?;
+        Command::Wait {
+            id,
+            ssh_public_key,
+            delivery_key,
+        } => {
+            let key = cli::delivery_key_for(&id, delivery_key.as_deref())?;
+            cli::deliver(channel, out, &id, ssh_public_key.as_deref(), key.as_ref()).await?;
         }
         Command::Introspect { token } => {
             if !cli::introspect(channel, out, token).await? {

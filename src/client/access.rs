@@ -5,6 +5,7 @@ use tonic::transport::Channel;
 
 use super::ClientError;
 use super::keys::Authenticator;
+use crate::delivery::{DeliveryKey, SealedToken};
 use crate::pb;
 use crate::pb::access_service_client::AccessServiceClient;
 use crate::pb::trust_service_client::TrustServiceClient;
@@ -167,13 +168,58 @@ pub async fn request(
         .ok_or_else(|| ClientError::Protocol("no request in the answer".into()))
 }
 
+/// A collected credential, the bearer token opened with the request's delivery key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collected {
+    /// The grant.
+    pub grant_id: String,
+    /// The bearer token; empty if the scope mints none.
+    pub bearer_token: String,
+    /// The OpenSSH certificate; empty if the scope mints none.
+    pub ssh_certificate: String,
+    /// Expiry.
+    pub expires_at: Option<prost_types::Timestamp>,
+    /// Scope.
+    pub scope: String,
+}
+
+/// Opens a delivered credential with the request's delivery key.
+pub fn open_credential(
+    credential: pb::Credential,
+    key: Option<&DeliveryKey>,
+) -> Result<Collected, ClientError> {
+    let bearer_token = match (&credential.sealed_bearer_token, key) {
+        (None, _) => String::new(),
+        (Some(sealed), Some(key)) => key
+            .open(
+                &SealedToken::from_bytes(&sealed.encapsulated_key, &sealed.ciphertext),
+                &credential.grant_id,
+            )
+            .map_err(|e| ClientError::Protocol(e.to_string()))?,
+        (Some(_), None) => {
+            return Err(ClientError::Protocol(
+                "the credential holds a sealed bearer token but no delivery key was given".into(),
+            ));
+        }
+    };
+    Ok(Collected {
+        grant_id: credential.grant_id,
+        bearer_token,
+        ssh_certificate: credential.ssh_certificate,
+        expires_at: credential.expires_at,
+        scope: credential.scope,
+    })
+}
+
 /// Waits for the request to end, calling `progress` with every update; returns the final
-/// request and the credential if one was issued.
+/// request and, if one was issued, the credential opened with `key` (the private half of the
+/// request's delivery key).
 pub async fn wait(
     channel: Channel,
     id: &str,
+    key: Option<&DeliveryKey>,
     mut progress: impl FnMut(&pb::RequestInfo),
-) -> Result<(pb::RequestInfo, Option<pb::Credential>), ClientError> {
+) -> Result<(pb::RequestInfo, Option<Collected>), ClientError> {
     let mut stream = AccessServiceClient::new(channel)
         .watch_request(pb::WatchRequestRequest { id: id.to_owned() })
         .await?
@@ -183,11 +229,11 @@ pub async fn wait(
         if let Some(request) = &item.request {
             progress(request);
         }
-        if item.credential.is_some() {
+        if let Some(credential) = item.credential {
             let request = item
                 .request
                 .ok_or_else(|| ClientError::Protocol("credential without request".into()))?;
-            return Ok((request, item.credential));
+            return Ok((request, Some(open_credential(credential, key)?)));
         }
         last = item.request;
     }

@@ -9,6 +9,7 @@ use tonic::transport::Channel;
 use super::ClientError;
 use super::access::{self, Target};
 use super::keys::{Authenticator, SoftTokenKey, UsbKey};
+use crate::delivery::DeliveryKey;
 use crate::pb;
 use crate::pb::access_service_client::AccessServiceClient;
 use crate::pb::trust_service_client::TrustServiceClient;
@@ -90,6 +91,55 @@ pub struct RequestArgs {
     /// Print the request id and return instead of waiting for approval.
     #[arg(long)]
     pub no_wait: bool,
+    /// The delivery key file (X25519 secret, hex, mode 0600): read if it exists, else made.
+    /// The bearer token is sealed to its public half. Default: a fresh key kept in
+    /// `$XDG_STATE_HOME/latchkey/delivery/REQUEST.key` (or `~/.local/state/...`), where
+    /// `latchkey wait REQUEST` finds it.
+    #[arg(long)]
+    pub delivery_key: Option<PathBuf>,
+}
+
+/// Where the delivery key of request `id` is kept by default, if a state directory is known.
+pub fn default_delivery_key_path(id: &str) -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("latchkey/delivery").join(format!("{id}.key")))
+}
+
+/// The delivery key to collect request `id` with: `explicit`, else the default file.
+pub fn delivery_key_for(
+    id: &str,
+    explicit: Option<&Path>,
+) -> Result<Option<DeliveryKey>, ClientError> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => match default_delivery_key_path(id) {
+            Some(path) if path.exists() => path,
+            _ => return Ok(None),
+        },
+    };
+    DeliveryKey::read_file(&path)
+        .map(Some)
+        .map_err(|e| file_error(&path, e))
+}
+
+/// Keeps a fresh request's delivery key where `latchkey wait` looks for it.
+fn keep_delivery_key(id: &str, key: &DeliveryKey) -> Option<PathBuf> {
+    let path = default_delivery_key_path(id)?;
+    let dir = path.parent()?;
+    if let Err(e) = crate::fsperm::create_private_dir(dir).map_err(|e| e.to_string()) {
+        eprintln!("warning: could not keep the delivery key in {}: {e}", dir.display());
+        return None;
+    }
+    match key.write_file(&path) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("warning: could not keep the delivery key: {e}");
+            None
+        }
+    }
 }
 
 /// `latchkey requests`.
@@ -424,6 +474,17 @@ pub async fn request(channel: Channel, out: Out, args: RequestArgs) -> Result<()
         Some(path) => std::fs::read_to_string(path).map_err(|e| file_error(path, e))?,
         None => String::new(),
     };
+    let delivery_key = match &args.delivery_key {
+        Some(path) if path.exists() => {
+            DeliveryKey::read_file(path).map_err(|e| file_error(path, e))?
+        }
+        Some(path) => {
+            let key = DeliveryKey::generate();
+            key.write_file(path).map_err(|e| file_error(path, e))?;
+            key
+        }
+        None => DeliveryKey::generate(),
+    };
     let draft = pb::RequestDraft {
         scope: args.scope.clone(),
         reason: args.reason.clone(),
@@ -433,6 +494,7 @@ pub async fn request(channel: Channel, out: Out, args: RequestArgs) -> Result<()
         }),
         ticket: args.ticket.clone(),
         ssh_public_key,
+        delivery_public_key: delivery_key.public_key().to_vec(),
     };
     let created = match &args.operator {
         Some(name) => {
@@ -447,6 +509,9 @@ pub async fn request(channel: Channel, out: Out, args: RequestArgs) -> Result<()
         }
         None => access::request(channel.clone(), draft, None).await?,
     };
+    if args.delivery_key.is_none() {
+        keep_delivery_key(&created.id, &delivery_key);
+    }
     if args.no_wait {
         if out.json {
             say(&request_json(&created).to_string());
@@ -463,18 +528,27 @@ pub async fn request(channel: Channel, out: Out, args: RequestArgs) -> Result<()
         created.approver_role,
         ts(created.pending_until.as_ref())
     );
-    deliver(channel, out, &created.id, args.ssh_public_key.as_deref()).await
+    deliver(
+        channel,
+        out,
+        &created.id,
+        args.ssh_public_key.as_deref(),
+        Some(&delivery_key),
+    )
+    .await
 }
 
-/// Waits on a request and prints (and writes) the credential.
+/// Waits on a request and prints (and writes) the credential, its bearer token opened with
+/// `delivery_key`.
 pub async fn deliver(
     channel: Channel,
     out: Out,
     id: &str,
     ssh_public_key: Option<&Path>,
+    delivery_key: Option<&DeliveryKey>,
 ) -> Result<(), ClientError> {
     let mut seen = 0usize;
-    let (request, credential) = access::wait(channel, id, |r| {
+    let (request, credential) = access::wait(channel, id, delivery_key, |r| {
         for v in r.votes.iter().skip(seen) {
             eprintln!(
                 "  {} {} ({} of {})",
@@ -520,7 +594,7 @@ pub async fn deliver(
         .to_string());
     } else {
         eprintln!(
-            "issued grant {} for {} until {} (shown once)",
+            "issued grant {} for {} until {}",
             credential.grant_id,
             credential.scope,
             ts(credential.expires_at.as_ref())

@@ -244,6 +244,7 @@ pub async fn drill(channel: Channel, out: Out, args: DrillArgs) -> Result<bool, 
 
     // request
     let started = Instant::now();
+    let delivery_key = crate::delivery::DeliveryKey::generate();
     let draft = pb::RequestDraft {
         scope: args.scope.clone(),
         reason: format!(
@@ -256,6 +257,7 @@ pub async fn drill(channel: Channel, out: Out, args: DrillArgs) -> Result<bool, 
         }),
         ticket: "drill".to_owned(),
         ssh_public_key: ssh_key.as_ref().map(|(_, p)| p.clone()).unwrap_or_default(),
+        delivery_public_key: delivery_key.public_key().to_vec(),
     };
     let mut key = args.key.open()?;
     if !out.json {
@@ -323,7 +325,7 @@ pub async fn drill(channel: Channel, out: Out, args: DrillArgs) -> Result<bool, 
             created.quorum
         );
     }
-    let waited = tokio::time::timeout(args.timeout, access::wait(channel.clone(), &id, |_| {}))
+    let waited = tokio::time::timeout(args.timeout, access::wait(channel.clone(), &id, Some(&delivery_key), |_| {}))
         .await
         .map_err(|_| {
             format!(

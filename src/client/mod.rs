@@ -302,12 +302,19 @@ pub async fn export_audit(
     out: &mut dyn std::io::Write,
 ) -> Result<u64, ClientError> {
     let mut client = pb::audit_service_client::AuditServiceClient::new(channel);
-    client
+    let covered = client
         .write_checkpoint(pb::WriteCheckpointRequest {})
-        .await?;
+        .await?
+        .into_inner();
+    // End at the checkpoint asked for: records written after it are not covered yet.
+    let end = if covered.checkpoint_seq > 0 {
+        covered.checkpoint_seq
+    } else {
+        covered.head_seq
+    };
     let mut next = 1;
     let mut written = 0;
-    loop {
+    while next <= end {
         let page = client
             .read_records(pb::ReadRecordsRequest {
                 from_seq: next,
@@ -316,14 +323,15 @@ pub async fn export_audit(
             .await?
             .into_inner();
         if page.records.is_empty() {
-            return Ok(written);
+            break;
         }
-        for record in page.records {
+        for record in page.records.into_iter().take_while(|r| r.seq <= end) {
             write_line(out, &record.json)?;
             next = record.seq + 1;
             written += 1;
         }
     }
+    Ok(written)
 }
 
 /// Writes one line; the reader going away (a closed pipe) ends the output without an error.

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::identity::caller_of;
 use super::system::timestamp;
-use super::{status, to_status};
+use super::{blocking, status, to_status};
 use crate::authority::Authority;
 use crate::caller::Caller;
 use crate::clock::Timestamp;
@@ -40,14 +40,6 @@ impl AccessApi {
     }
 }
 
-/// Runs blocking store work (fsync) off the async workers.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| status(ErrorKind::Internal, "rpc.task_failed", &e.to_string()))?
-}
 
 fn draft(d: Option<pb::RequestDraft>) -> Result<Draft, Status> {
     let d = d.ok_or_else(|| {
@@ -74,6 +66,7 @@ fn draft(d: Option<pb::RequestDraft>) -> Result<Draft, Status> {
         ttl_secs,
         ticket: d.ticket,
         ssh_public_key: d.ssh_public_key,
+        delivery_public_key: d.delivery_public_key,
     })
 }
 
@@ -167,14 +160,25 @@ pub fn request_to_pb(view: &RequestView) -> pb::RequestInfo {
     }
 }
 
-fn credential_to_pb(d: Delivery) -> pb::Credential {
-    pb::Credential {
+fn credential_to_pb(d: Delivery) -> Result<pb::Credential, Status> {
+    let sealed_bearer_token = match d.sealed_bearer {
+        Some(sealed) => Some(pb::SealedToken {
+            encapsulated_key: sealed
+                .encapsulated_key_bytes()
+                .map_err(|e| to_status(&e))?,
+            ciphertext: sealed.ciphertext_bytes().map_err(|e| to_status(&e))?,
+        }),
+        None => None,
+    };
+    #[allow(deprecated)] // the plaintext field stays in the proto, always empty
+    Ok(pb::Credential {
         grant_id: d.grant_id,
-        bearer_token: d.bearer_token.unwrap_or_default(),
+        bearer_token: String::new(),
         ssh_certificate: d.ssh_certificate.unwrap_or_default(),
         expires_at: Some(timestamp(d.expires_at)),
         scope: d.scope,
-    }
+        sealed_bearer_token,
+    })
 }
 
 type WatchItem = Result<pb::WatchRequestResponse, Status>;
@@ -191,27 +195,35 @@ async fn watch_loop(
     let subject = format!("request/{id}");
     let mut last: Option<(pb::RequestState, usize)> = None;
     loop {
-        let view = match authority.watch_request(&caller, &id) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = tx.send(Err(to_status(&e))).await;
+        let read = {
+            let (authority, caller, id) = (authority.clone(), caller.clone(), id.clone());
+            // Store reads (and the wait for durability) run off the async workers.
+            blocking(move || {
+                let view = authority
+                    .watch_request(&caller, &id)
+                    .map_err(|e| to_status(&e))?;
+                let credential = if matches!(view.state, RequestState::Issued { .. }) {
+                    let delivery = authority
+                        .collect_credential(&caller, &id)
+                        .map_err(|e| to_status(&e))?;
+                    Some(credential_to_pb(delivery)?)
+                } else {
+                    None
+                };
+                Ok((view, credential))
+            })
+            .await
+        };
+        let (view, credential) = match read {
+            Ok(read) => read,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
                 return;
             }
         };
         let now_state = (state_to_pb(&view.state), view.request.votes.len());
         if last != Some(now_state) {
             last = Some(now_state);
-            let credential = if matches!(view.state, RequestState::Issued { .. }) {
-                match authority.collect_credential(&caller, &id) {
-                    Ok(d) => Some(credential_to_pb(d)),
-                    Err(e) => {
-                        let _ = tx.send(Err(to_status(&e))).await;
-                        return;
-                    }
-                }
-            } else {
-                None
-            };
             let item = pb::WatchRequestResponse {
                 request: Some(request_to_pb(&view)),
                 credential,
@@ -320,10 +332,9 @@ impl pb::access_service_server::AccessService for AccessApi {
         request: Request<pb::ShowRequestRequest>,
     ) -> Result<Response<pb::ShowRequestResponse>, Status> {
         caller_of(&request)?;
-        let view = self
-            .authority
-            .request(&request.into_inner().id)
-            .map_err(|e| to_status(&e))?;
+        let id = request.into_inner().id;
+        let authority = self.authority.clone();
+        let view = blocking(move || authority.request(&id).map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ShowRequestResponse {
             request: Some(request_to_pb(&view)),
         }))
@@ -411,9 +422,15 @@ impl pb::access_service_server::AccessService for AccessApi {
         let id = request.into_inner().id;
         // Subscribe before the first read, so nothing committed in between is missed.
         let records = self.authority.audit().subscribe();
-        self.authority
-            .watch_request(&caller, &id)
-            .map_err(|e| to_status(&e))?;
+        {
+            let (authority, caller, id) = (self.authority.clone(), caller.clone(), id.clone());
+            blocking(move || {
+                authority
+                    .watch_request(&caller, &id)
+                    .map_err(|e| to_status(&e))
+            })
+            .await?;
+        }
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(watch_loop(
             self.authority.clone(),
@@ -452,10 +469,9 @@ impl pb::access_service_server::AccessService for AccessApi {
         request: Request<pb::ShowGrantRequest>,
     ) -> Result<Response<pb::ShowGrantResponse>, Status> {
         caller_of(&request)?;
-        let grant = self
-            .authority
-            .grant(&request.into_inner().id)
-            .map_err(|e| to_status(&e))?;
+        let id = request.into_inner().id;
+        let authority = self.authority.clone();
+        let grant = blocking(move || authority.grant(&id).map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ShowGrantResponse {
             grant: Some(grant_to_pb(&grant, self.authority.now())),
         }))
@@ -596,9 +612,15 @@ impl pb::access_service_server::AccessService for AccessApi {
         let caller = caller_of(&request)?;
         // Subscribe before the backlog, so a revocation starting in between is not missed.
         let records = self.authority.audit().subscribe();
-        self.authority
-            .revocations_for(&caller)
-            .map_err(|e| to_status(&e))?;
+        {
+            let (authority, caller) = (self.authority.clone(), caller.clone());
+            blocking(move || {
+                authority
+                    .revocations_for(&caller)
+                    .map_err(|e| to_status(&e))
+            })
+            .await?;
+        }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(revocation_loop(
             self.authority.clone(),

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::identity::caller_of;
 use super::system::timestamp;
-use super::{status, to_status};
+use super::{blocking, status, to_status};
 use crate::audit::AuditRecord;
 use crate::authority::Authority;
 use crate::caller::Caller;
@@ -68,15 +68,23 @@ type FollowItem = Result<pb::FollowRecordsResponse, Status>;
 
 /// Sends stored records from `*next` on until the store has no more. False if the client left.
 async fn send_backlog(
-    authority: &Authority,
+    authority: &Arc<Authority>,
     next: &mut u64,
     tx: &mpsc::Sender<FollowItem>,
 ) -> bool {
     loop {
-        let page = match authority.audit().read(*next, MAX_AUDIT_PAGE) {
+        let (reader, from) = (authority.clone(), *next);
+        let read = blocking(move || {
+            reader
+                .audit()
+                .read(from, MAX_AUDIT_PAGE)
+                .map_err(|e| to_status(&e))
+        })
+        .await;
+        let page = match read {
             Ok(page) => page,
-            Err(e) => {
-                let _ = tx.send(Err(to_status(&e))).await;
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
                 return false;
             }
         };
@@ -103,11 +111,14 @@ impl pb::audit_service_server::AuditService for AuditApi {
     ) -> Result<Response<pb::ReadRecordsResponse>, Status> {
         require_local(&request)?;
         let req = request.into_inner();
-        let records = self
-            .authority
-            .audit()
-            .read(req.from_seq.max(1), page_size(req.limit))
-            .map_err(|e| to_status(&e))?;
+        let authority = self.authority.clone();
+        let records = blocking(move || {
+            authority
+                .audit()
+                .read(req.from_seq.max(1), page_size(req.limit))
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
         Ok(Response::new(pb::ReadRecordsResponse {
             records: records.iter().map(record_to_pb).collect(),
             head_seq: self.authority.audit().head_seq(),
@@ -164,11 +175,14 @@ impl pb::audit_service_server::AuditService for AuditApi {
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         require_local(&request)?;
         let req = request.into_inner();
-        let checkpoints = self
-            .authority
-            .audit()
-            .checkpoints(req.from_seq.max(1), page_size(req.limit))
-            .map_err(|e| to_status(&e))?;
+        let authority = self.authority.clone();
+        let checkpoints = blocking(move || {
+            authority
+                .audit()
+                .checkpoints(req.from_seq.max(1), page_size(req.limit))
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
         Ok(Response::new(pb::ListCheckpointsResponse {
             checkpoints: checkpoints.iter().map(record_to_pb).collect(),
         }))
@@ -180,13 +194,17 @@ impl pb::audit_service_server::AuditService for AuditApi {
     ) -> Result<Response<pb::WriteCheckpointResponse>, Status> {
         require_local(&request)?;
         let authority = self.authority.clone();
-        let written = tokio::task::spawn_blocking(move || authority.audit().checkpoint())
-            .await
-            .map_err(|e| status(ErrorKind::Internal, "audit.task_failed", &e.to_string()))?
-            .map_err(|e| to_status(&e))?;
+        let (written, checkpoint_seq) = blocking(move || {
+            authority
+                .audit()
+                .checkpoint_through()
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
         Ok(Response::new(pb::WriteCheckpointResponse {
             checkpoint: written.as_ref().map(record_to_pb),
             head_seq: self.authority.audit().head_seq(),
+            checkpoint_seq,
         }))
     }
 }

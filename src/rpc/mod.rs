@@ -57,6 +57,16 @@ pub fn to_status<E: Coded>(err: &E) -> Status {
 }
 
 /// Builds a status from parts (for errors raised in this layer).
+/// Runs store work (reads that may wait for a flush, writes that fsync) on the blocking pool,
+/// so a slow disk never stalls the async workers that serve every other connection.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| status(ErrorKind::Internal, "rpc.task_failed", &e.to_string()))?
+}
+
 pub fn status(kind: ErrorKind, code: &'static str, message: &str) -> Status {
     let mut status = Status::new(grpc_code(kind), format!("{code}: {message}"));
     status

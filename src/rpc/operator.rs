@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::blocking;
 use super::identity::caller_of;
 use super::{status, to_status};
 use crate::authority::Authority;
@@ -35,14 +36,6 @@ fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
     })
 }
 
-/// Runs blocking store work (fsync) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| status(ErrorKind::Internal, "rpc.task_failed", &e.to_string()))?
-}
 
 #[tonic::async_trait]
 impl pb::operator_service_server::OperatorService for OperatorApi {

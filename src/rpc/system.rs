@@ -55,7 +55,8 @@ impl pb::system_service_server::SystemService for SystemApi {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let caller = caller_of(&request)?;
-        let report = self.authority.status().map_err(|e| to_status(&e))?;
+        let authority = self.authority.clone();
+        let report = super::blocking(move || authority.status().map_err(|e| to_status(&e))).await?;
         let genesis = match report.genesis {
             Genesis::Open => pb::GenesisState::Open,
             Genesis::Closed { .. } => pb::GenesisState::Closed,
@@ -90,7 +91,7 @@ impl pb::system_service_server::SystemService for SystemApi {
             ));
         }
         let authority = self.authority.clone();
-        let findings = super::access::blocking(move || {
+        let findings = super::blocking(move || {
             authority
                 .diagnose(authority.drill_max_age())
                 .map_err(|e| to_status(&e))

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::access::blocking;
+use super::blocking;
 use super::identity::caller_of;
 use super::system::timestamp;
 use super::{status, to_status};
@@ -309,10 +309,9 @@ impl pb::trust_service_server::TrustService for TrustApi {
         request: Request<pb::ShowChangeRequest>,
     ) -> Result<Response<pb::ShowChangeResponse>, Status> {
         caller_of(&request)?;
-        let view = self
-            .authority
-            .change(&request.into_inner().id)
-            .map_err(|e| to_status(&e))?;
+        let id = request.into_inner().id;
+        let authority = self.authority.clone();
+        let view = blocking(move || authority.change(&id).map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ShowChangeResponse {
             change: Some(change_to_pb(&view)),
         }))
@@ -323,7 +322,8 @@ impl pb::trust_service_server::TrustService for TrustApi {
         request: Request<pb::ListScopesRequest>,
     ) -> Result<Response<pb::ListScopesResponse>, Status> {
         caller_of(&request)?;
-        let scopes = self.authority.scopes().map_err(|e| to_status(&e))?;
+        let authority = self.authority.clone();
+        let scopes = blocking(move || authority.scopes().map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ListScopesResponse {
             scopes: scopes
                 .iter()
@@ -340,10 +340,10 @@ impl pb::trust_service_server::TrustService for TrustApi {
         request: Request<pb::ShowScopeRequest>,
     ) -> Result<Response<pb::ShowScopeResponse>, Status> {
         caller_of(&request)?;
-        let scope = self
-            .authority
-            .scope_named(&request.into_inner().name)
-            .map_err(|e| to_status(&e))?;
+        let name = request.into_inner().name;
+        let authority = self.authority.clone();
+        let scope =
+            blocking(move || authority.scope_named(&name).map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ShowScopeResponse {
             scope: Some(pb::ScopeInfo {
                 scope: Some(scope_to_pb(&scope)),
@@ -357,7 +357,8 @@ impl pb::trust_service_server::TrustService for TrustApi {
         request: Request<pb::ListWorkloadsRequest>,
     ) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
         caller_of(&request)?;
-        let workloads = self.authority.workloads().map_err(|e| to_status(&e))?;
+        let authority = self.authority.clone();
+        let workloads = blocking(move || authority.workloads().map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ListWorkloadsResponse {
             workloads: workloads.iter().map(workload_to_pb).collect(),
         }))
@@ -368,7 +369,9 @@ impl pb::trust_service_server::TrustService for TrustApi {
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
         caller_of(&request)?;
-        let operators = self.authority.operators_list().map_err(|e| to_status(&e))?;
+        let authority = self.authority.clone();
+        let operators =
+            blocking(move || authority.operators_list().map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ListOperatorsResponse {
             operators: operators
                 .into_iter()
