@@ -786,9 +786,10 @@ async fn cycles(profile: &Profile) {
                     .await
                     .unwrap();
             }
-            let (_, credential) = access::wait(tls.clone(), &created.id, Some(&delivery_key), |_| {})
-                .await
-                .unwrap();
+            let (_, credential) =
+                access::wait(tls.clone(), &created.id, Some(&delivery_key), |_| {})
+                    .await
+                    .unwrap();
             let credential = credential.unwrap();
             assert!(!credential.bearer_token.is_empty() && !credential.ssh_certificate.is_empty());
             let (revoked_tx, revoked) = tokio::sync::oneshot::channel();

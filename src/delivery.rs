@@ -216,11 +216,10 @@ impl DeliveryKey {
     /// Writes the secret to a new private file (0600), refusing to overwrite one.
     pub fn write_file(&self, path: &std::path::Path) -> Result<(), DeliveryError> {
         let text = format!("{}\n", hex::encode(self.secret_bytes()));
-        crate::fsperm::write_private_file(path, text.as_bytes())
-            .map_err(|e| DeliveryError::File {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })
+        crate::fsperm::write_private_file(path, text.as_bytes()).map_err(|e| DeliveryError::File {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
     }
 }
 

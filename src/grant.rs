@@ -439,7 +439,7 @@ mod tests {
                 ssh: None,
                 state: GrantState::Active,
                 revocation: None,
-            sealed_bearer: None,
+                sealed_bearer: None,
             },
             token,
         )

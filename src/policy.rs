@@ -340,7 +340,10 @@ mod tests {
             credential_id: "carol-second-key".into(),
             ..vote("carol", Decision::Approve)
         });
-        assert_eq!(tally::<()>(&policy(), &twice, |_| Ok(true)).unwrap().2, Outcome::Pending);
+        assert_eq!(
+            tally::<()>(&policy(), &twice, |_| Ok(true)).unwrap().2,
+            Outcome::Pending
+        );
     }
 
     #[test]
@@ -372,12 +375,18 @@ mod tests {
     #[test]
     fn a_denial_ends_it_before_quorum() {
         let votes = vec![vote("a", Decision::Approve), vote("b", Decision::Deny)];
-        assert_eq!(tally::<()>(&policy(), &votes, |_| Ok(true)).unwrap().2, Outcome::Denied);
+        assert_eq!(
+            tally::<()>(&policy(), &votes, |_| Ok(true)).unwrap().2,
+            Outcome::Denied
+        );
         let lenient = ApprovalPolicy {
             denials_to_reject: 2,
             ..policy()
         };
-        assert_eq!(tally::<()>(&lenient, &votes, |_| Ok(true)).unwrap().2, Outcome::Pending);
+        assert_eq!(
+            tally::<()>(&lenient, &votes, |_| Ok(true)).unwrap().2,
+            Outcome::Pending
+        );
     }
 
     #[test]

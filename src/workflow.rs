@@ -432,7 +432,9 @@ fn delivery_key(request: &Request) -> Result<[u8; 32], WorkflowError> {
         ));
     }
     let bytes = hex::decode(hex_key).map_err(|_| {
-        WorkflowError::Delivery(crate::delivery::DeliveryError::BadPublicKey(hex_key.len() / 2))
+        WorkflowError::Delivery(crate::delivery::DeliveryError::BadPublicKey(
+            hex_key.len() / 2,
+        ))
     })?;
     Ok(crate::delivery::check_public_key(&bytes)?)
 }
@@ -523,7 +525,11 @@ impl Authority {
         };
         if let Some(txn) = guard {
             for (ks, key, raw) in [
-                (Keyspace::Authenticators, vote.credential_id.as_bytes(), key_raw),
+                (
+                    Keyspace::Authenticators,
+                    vote.credential_id.as_bytes(),
+                    key_raw,
+                ),
                 (Keyspace::Operators, vote.operator.as_bytes(), operator_raw),
             ] {
                 match raw {
@@ -1181,11 +1187,7 @@ impl Authority {
         };
         let bearer_sha256 = bearer_token.as_deref().map(|t| hex::encode(token_hash(t)));
         let sealed_bearer = match &bearer_token {
-            Some(token) => Some(crate::delivery::seal(
-                &delivery_key(request)?,
-                &id,
-                token,
-            )?),
+            Some(token) => Some(crate::delivery::seal(&delivery_key(request)?, &id, token)?),
             None => None,
         };
         let ssh = match &scope.ssh {
@@ -1847,7 +1849,11 @@ impl Authority {
 
     /// Refuses a change that would leave the trust store unable to reach its own quorum. The
     /// records the decision rests on (metadata, keys, operators) are guarded in `txn`.
-    fn check_trust_quorum_after(&self, after: After<'_>, txn: &mut Txn) -> Result<(), WorkflowError> {
+    fn check_trust_quorum_after(
+        &self,
+        after: After<'_>,
+        txn: &mut Txn,
+    ) -> Result<(), WorkflowError> {
         let (meta, meta_raw) = trust::read_meta(self.store.as_ref())?;
         if meta.genesis == Genesis::Open {
             return Ok(());

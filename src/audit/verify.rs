@@ -194,9 +194,9 @@ impl Bindings {
             ENROLLED_EVENT => {
                 if let (Some(id), Some(operator)) = (
                     detail(record, "credential_id"),
-                    detail(record, "operator").map(str::to_owned).or_else(|| {
-                        record.subject.strip_prefix("operator/").map(str::to_owned)
-                    }),
+                    detail(record, "operator")
+                        .map(str::to_owned)
+                        .or_else(|| record.subject.strip_prefix("operator/").map(str::to_owned)),
                 ) {
                     self.owners.insert(id.to_owned(), operator);
                 }
@@ -277,8 +277,7 @@ impl Bindings {
                     record.subject
                 ));
             }
-        } else if record.event == "request.created" && detail(record, "request_digest").is_none()
-        {
+        } else if record.event == "request.created" && detail(record, "request_digest").is_none() {
             // Older records overwrote the signed (draft) digest: nothing to derive from.
             return Ok(());
         }

@@ -130,7 +130,10 @@ fn keep_delivery_key(id: &str, key: &DeliveryKey) -> Option<PathBuf> {
     let path = default_delivery_key_path(id)?;
     let dir = path.parent()?;
     if let Err(e) = crate::fsperm::create_private_dir(dir).map_err(|e| e.to_string()) {
-        eprintln!("warning: could not keep the delivery key in {}: {e}", dir.display());
+        eprintln!(
+            "warning: could not keep the delivery key in {}: {e}",
+            dir.display()
+        );
         return None;
     }
     match key.write_file(&path) {

@@ -325,14 +325,17 @@ pub async fn drill(channel: Channel, out: Out, args: DrillArgs) -> Result<bool, 
             created.quorum
         );
     }
-    let waited = tokio::time::timeout(args.timeout, access::wait(channel.clone(), &id, Some(&delivery_key), |_| {}))
-        .await
-        .map_err(|_| {
-            format!(
-                "no quorum within {}",
-                humantime::format_duration(args.timeout)
-            )
-        });
+    let waited = tokio::time::timeout(
+        args.timeout,
+        access::wait(channel.clone(), &id, Some(&delivery_key), |_| {}),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "no quorum within {}",
+            humantime::format_duration(args.timeout)
+        )
+    });
     let credential = match waited {
         Ok(Ok((_, Some(credential)))) => credential,
         Ok(Ok((request, None))) => {

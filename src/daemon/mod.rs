@@ -261,16 +261,31 @@ impl Running {
     }
 }
 
+/// Wraps the opened store before the authority uses it: a seam for fault-injection tests (a
+/// held or failing flush) that the real disk cannot be made to produce on demand.
+pub type StoreLayer = Arc<dyn Fn(Arc<dyn Store>) -> Arc<dyn Store> + Send + Sync>;
+
 /// Checks permissions, loads the keys and opens the store (taking its lock).
 pub fn open_authority(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<(Arc<Authority>, Arc<DaemonKeys>), DaemonError> {
+    open_layered_authority(config, clock, None)
+}
+
+fn open_layered_authority(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    layer: Option<&StoreLayer>,
+) -> Result<(Arc<Authority>, Arc<DaemonKeys>), DaemonError> {
     fsperm::check_private(&config.data_dir)?;
     let keys = Arc::new(DaemonKeys::load(&config.data_dir)?);
     let store_path = config.data_dir.join(STORE_DIR);
     let opening = std::time::Instant::now();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    let mut store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    if let Some(layer) = layer {
+        store = layer(store);
+    }
     let opened_ms = opening.elapsed().as_millis() as u64;
     let loading = std::time::Instant::now();
     let authority = Arc::new(Authority::new(
@@ -301,8 +316,17 @@ pub fn open_authority(
 
 /// Opens the store and keys, binds the listeners and starts serving.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
+    start_layered(config, clock, None).await
+}
+
+/// [`start`], with the store wrapped by `layer` (fault-injection tests only).
+pub async fn start_layered(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    layer: Option<StoreLayer>,
+) -> Result<Running, DaemonError> {
     fsperm::restrict_umask();
-    let (authority, keys) = open_authority(config, clock)?;
+    let (authority, keys) = open_layered_authority(config, clock, layer.as_ref())?;
     // Everything that expired while the daemon was down is revoked before any listener
     // accepts a call: one by one where a sink outside latchkey must confirm, by one audit
     // record for the rest (the scheduler rewrites those grants once serving).

@@ -40,7 +40,6 @@ impl AccessApi {
     }
 }
 
-
 fn draft(d: Option<pb::RequestDraft>) -> Result<Draft, Status> {
     let d = d.ok_or_else(|| {
         status(
@@ -163,9 +162,7 @@ pub fn request_to_pb(view: &RequestView) -> pb::RequestInfo {
 fn credential_to_pb(d: Delivery) -> Result<pb::Credential, Status> {
     let sealed_bearer_token = match d.sealed_bearer {
         Some(sealed) => Some(pb::SealedToken {
-            encapsulated_key: sealed
-                .encapsulated_key_bytes()
-                .map_err(|e| to_status(&e))?,
+            encapsulated_key: sealed.encapsulated_key_bytes().map_err(|e| to_status(&e))?,
             ciphertext: sealed.ciphertext_bytes().map_err(|e| to_status(&e))?,
         }),
         None => None,

@@ -36,7 +36,6 @@ fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
     })
 }
 
-
 #[tonic::async_trait]
 impl pb::operator_service_server::OperatorService for OperatorApi {
     async fn begin_enrollment(

@@ -253,16 +253,51 @@ impl EvidenceLog {
             },
         )
         .unwrap();
-        Self {
+        let this = Self {
             _dir: dir,
             log,
             operator_key,
             audit_key,
-        }
+        };
+        this.create_request("r1");
+        this
     }
 
+    /// A workload's `request.created` record for `request/ID`; returns its digest.
+    fn create_request(&self, id: &str) -> [u8; 32] {
+        let digest: [u8; 32] = Sha256::digest(format!("request {id}")).into();
+        self.log
+            .commit(
+                Txn::new(),
+                Event {
+                    event: "request.created",
+                    actor: Actor::Workload {
+                        name: "vault-db".into(),
+                    },
+                    subject: format!("request/{id}"),
+                    details: serde_json::json!({
+                        "reason": "primary down",
+                        "digest": hex::encode(digest),
+                        "request_digest": hex::encode(digest),
+                    }),
+                    evidence: None,
+                },
+            )
+            .unwrap();
+        digest
+    }
+
+    /// alice's approval of `request/r1`, bound as the daemon binds it: the vote digest over
+    /// the request's digest, and the challenge derived from it and a nonce.
     fn approve(&self, signing_key: &p256::ecdsa::SigningKey) {
-        let challenge = Sha256::digest(b"request digest || server nonce").to_vec();
+        let request_digest: [u8; 32] = Sha256::digest("request r1").into();
+        let digest = latchkey::request::vote_digest(
+            "request/r1",
+            latchkey::policy::Decision::Approve,
+            &request_digest,
+        );
+        let nonce = [5u8; 32];
+        let challenge = latchkey::fido2::bound_challenge(&digest, &nonce).to_vec();
         let client_data = serde_json::json!({
             "type": "webauthn.get",
             "challenge": B64URL.encode(&challenge),
@@ -284,7 +319,12 @@ impl EvidenceLog {
                         name: "alice".into(),
                     },
                     subject: "request/r1".into(),
-                    details: serde_json::json!({}),
+                    details: serde_json::json!({
+                        "digest": hex::encode(digest),
+                        "nonce": hex::encode(nonce),
+                        "credential_id": "cred-alice",
+                        "request_digest": hex::encode(request_digest),
+                    }),
                     evidence: Some(Evidence::Webauthn {
                         credential_id: "cred-alice".into(),
                         challenge: B64.encode(&challenge),
@@ -317,6 +357,55 @@ fn an_approval_signed_by_the_enrolled_key_is_re_verified_offline() {
     let report = verify_text(&to_text(&log.export()), &log.audit_key).unwrap();
     assert_eq!(report.evidence_verified, 1);
     assert_eq!(report.unverified_tail, None);
+}
+
+#[test]
+fn evidence_copied_into_another_requests_approval_is_refused_with_that_records_sequence() {
+    let log = EvidenceLog::new();
+    log.create_request("r2");
+    log.approve(&log.operator_key);
+    let mut records = log.export();
+    // The attacker copies alice's approval of r1 into an approval of r2, recomputes the
+    // chain, and ends the export before any checkpoint.
+    let mut forged = records.last().unwrap().clone();
+    forged.seq += 1;
+    forged.subject = "request/r2".into();
+    forged.prev_hash = records.last().unwrap().hash.clone();
+    forged.hash = forged.compute_hash();
+    records.push(forged.clone());
+    let err = verify_text(&to_text(&records), &log.audit_key).unwrap_err();
+    assert_eq!(err.seq, forged.seq);
+    assert!(err.reason.contains("not bound to this record"), "{err}");
+
+    // Also its `request_digest` and `digest` rewritten to r2's: the challenge gives it away.
+    let r2: [u8; 32] = Sha256::digest("request r2").into();
+    let vote =
+        latchkey::request::vote_digest("request/r2", latchkey::policy::Decision::Approve, &r2);
+    let mut forged = records[records.len() - 2].clone();
+    forged.seq += 1;
+    forged.subject = "request/r2".into();
+    forged.details["digest"] = hex::encode(vote).into();
+    forged.details["request_digest"] = hex::encode(r2).into();
+    forged.prev_hash = records[records.len() - 2].hash.clone();
+    forged.hash = forged.compute_hash();
+    records.pop();
+    records.push(forged.clone());
+    let err = verify_text(&to_text(&records), &log.audit_key).unwrap_err();
+    assert_eq!(err.seq, forged.seq);
+    assert!(err.reason.contains("challenge"), "{err}");
+
+    // And as another operator: the key was enrolled for alice.
+    let mut forged = records[records.len() - 2].clone();
+    forged.seq += 1;
+    forged.actor = Actor::Operator {
+        name: "mallory".into(),
+    };
+    forged.prev_hash = records[records.len() - 2].hash.clone();
+    forged.hash = forged.compute_hash();
+    records.pop();
+    records.push(forged.clone());
+    let err = verify_text(&to_text(&records), &log.audit_key).unwrap_err();
+    assert!(err.reason.contains("enrolled for alice"), "{err}");
 }
 
 #[test]
@@ -377,8 +466,8 @@ fn rewriting_history_under_a_checkpoint_breaks_its_signature() {
     log.approve(&log.operator_key);
     log.log.checkpoint().unwrap();
     let mut records = log.export();
-    // Change the approval's subject and recompute every hash and link after it.
-    records[1].subject = "request/r2".into();
+    // Change the request's reason and recompute every hash and link after it.
+    records[1].details["reason"] = "nothing happened".into();
     for i in 1..records.len() {
         if i > 1 {
             records[i].prev_hash = records[i - 1].hash.clone();

@@ -61,6 +61,8 @@ impl Authenticator for MemKey {
 }
 
 pub struct Bg {
+    /// Wraps the store on every start (fault-injection tests).
+    pub layer: Option<daemon::StoreLayer>,
     pub dir: DaemonDir,
     pub clock: ManualClock,
     pub running: Option<Running>,
@@ -121,6 +123,15 @@ impl Bg {
 
     /// Starts on `dir` with `extra` appended to the config (e.g. a `[piv]` table).
     pub async fn start_with(dir: DaemonDir, extra: &str) -> Self {
+        Self::start_layered(dir, extra, None).await
+    }
+
+    /// Starts with the store wrapped by `layer`, here and on every restart.
+    pub async fn start_layered(
+        dir: DaemonDir,
+        extra: &str,
+        layer: Option<daemon::StoreLayer>,
+    ) -> Self {
         let text = format!(
             "version = 1\ndata_dir = \"{}\"\ndev_mode = true\n[unix]\npath = \"{}\"\n[tls]\nlisten = \"127.0.0.1:0\"\n[fido2]\nrequire_user_verification = false\n{extra}\n",
             dir.data.display(),
@@ -131,10 +142,11 @@ impl Bg {
         std::fs::write(&dir.config, &text).unwrap();
         // Start at the real time: a real sshd checks minted certificates against it.
         let clock = ManualClock::new(latchkey::clock::SystemClock.now());
-        let running = daemon::start(&config, Arc::new(clock.clone()))
+        let running = daemon::start_layered(&config, Arc::new(clock.clone()), layer.clone())
             .await
             .unwrap();
         Self {
+            layer,
             dir,
             clock,
             running: Some(running),
@@ -154,7 +166,9 @@ impl Bg {
         // sled releases its file lock from its own I/O threads a moment after the last handle
         // is dropped (a new process never meets this): retry while the lock is still taken.
         for _ in 0..500 {
-            match daemon::start(&config, Arc::new(self.clock.clone())).await {
+            match daemon::start_layered(&config, Arc::new(self.clock.clone()), self.layer.clone())
+                .await
+            {
                 Ok(running) => {
                     self.running = Some(running);
                     return;
@@ -342,8 +356,13 @@ pub async fn world(pending_timeout: i64, ssh: Option<pb::SshSpec>) -> World {
 
 /// The world with `scope` in place of the plain `db-root`.
 pub async fn world_with(scope: pb::Scope) -> World {
+    world_layered(scope, None).await
+}
+
+/// The world with its store wrapped by `layer`.
+pub async fn world_layered(scope: pb::Scope, layer: Option<daemon::StoreLayer>) -> World {
     use pb::propose_change_request::Change as C;
-    let mut bg = Bg::start().await;
+    let mut bg = Bg::start_layered(DaemonDir::init(), "", layer).await;
     for (name, role) in [
         ("carol", "dba-oncall"),
         ("dave", "dba-oncall"),
@@ -424,7 +443,7 @@ pub fn draft(ttl: Option<i64>) -> pb::RequestDraft {
     }
 }
 
-async fn workload_request(w: &World, ttl: Option<i64>) -> pb::RequestInfo {
+pub async fn workload_request(w: &World, ttl: Option<i64>) -> pb::RequestInfo {
     AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
         .create_request(pb::CreateRequestRequest {
             draft: Some(draft(ttl)),
@@ -437,7 +456,7 @@ async fn workload_request(w: &World, ttl: Option<i64>) -> pb::RequestInfo {
         .unwrap()
 }
 
-async fn introspect(w: &World, token: &str) -> pb::IntrospectResponse {
+pub async fn introspect(w: &World, token: &str) -> pb::IntrospectResponse {
     AccessServiceClient::new(w.bg.tls(&w.plugin).await)
         .introspect(pb::IntrospectRequest {
             token: token.into(),
@@ -462,7 +481,13 @@ async fn a_workload_gets_a_bearer_token_after_two_approvals_and_introspection_sa
     let id = created.id.clone();
     let waiter = tokio::spawn(async move {
         let mut updates = Vec::new();
-        let result = access::wait(channel, &id, Some(&crate::breakglass::delivery_key()), |r| updates.push((r.state(), r.approvals))).await;
+        let result = access::wait(
+            channel,
+            &id,
+            Some(&crate::breakglass::delivery_key()),
+            |r| updates.push((r.state(), r.approvals)),
+        )
+        .await;
         (result, updates)
     });
 
@@ -874,7 +899,15 @@ async fn a_token_turns_inactive_at_the_instant_of_its_expiry() {
     let created = workload_request(&w, Some(600)).await;
     let channel = w.bg.tls(&w.vault_db).await;
     let id = created.id.clone();
-    let waiter = tokio::spawn(async move { access::wait(channel, &id, Some(&crate::breakglass::delivery_key()), |_| {}).await });
+    let waiter = tokio::spawn(async move {
+        access::wait(
+            channel,
+            &id,
+            Some(&crate::breakglass::delivery_key()),
+            |_| {},
+        )
+        .await
+    });
     for op in ["carol", "dave"] {
         w.bg.vote(
             Target::Request(created.id.clone()),

@@ -6,6 +6,7 @@
 
 mod audit;
 mod breakglass;
+mod delivery;
 mod fido2;
 mod lifecycle;
 mod operations;

@@ -55,6 +55,7 @@ async fn dev_daemon(extra: &str) -> Bg {
         .await
         .unwrap();
     Bg {
+        layer: None,
         dir,
         clock,
         running: Some(running),

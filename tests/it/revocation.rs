@@ -77,11 +77,7 @@ async fn show_via(channel: tonic::transport::Channel, id: &str) -> pb::GrantInfo
 }
 
 /// vault-db asks, carol and dave approve; returns the grant id and the credential.
-pub async fn issue(
-    w: &mut World,
-    ssh_public_key: Option<&Path>,
-    ttl: i64,
-) -> access::Collected {
+pub async fn issue(w: &mut World, ssh_public_key: Option<&Path>, ttl: i64) -> access::Collected {
     let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
         .create_request(pb::CreateRequestRequest {
             draft: Some(pb::RequestDraft {
@@ -99,7 +95,15 @@ pub async fn issue(
         .unwrap();
     let channel = w.bg.tls(&w.vault_db).await;
     let id = created.id.clone();
-    let waiter = tokio::spawn(async move { access::wait(channel, &id, Some(&crate::breakglass::delivery_key()), |_| {}).await });
+    let waiter = tokio::spawn(async move {
+        access::wait(
+            channel,
+            &id,
+            Some(&crate::breakglass::delivery_key()),
+            |_| {},
+        )
+        .await
+    });
     for op in ["carol", "dave"] {
         w.bg.vote(
             Target::Request(created.id.clone()),
@@ -848,7 +852,14 @@ async fn a_credential_revoked_before_its_requester_collected_it_is_never_deliver
         .relinquish(pb::RelinquishRequest { grant_id: grant })
         .await
         .unwrap();
-    match access::wait(w.bg.tls(&w.vault_db).await, &created.id, Some(&crate::breakglass::delivery_key()), |_| {}).await {
+    match access::wait(
+        w.bg.tls(&w.vault_db).await,
+        &created.id,
+        Some(&crate::breakglass::delivery_key()),
+        |_| {},
+    )
+    .await
+    {
         Err(latchkey::client::ClientError::Refused(s)) => {
             assert_eq!(code(&s), "grant.credential_gone");
         }
