@@ -8,6 +8,7 @@ mod audit;
 mod breakglass;
 mod delivery;
 mod fido2;
+mod hardening;
 mod lifecycle;
 mod operations;
 mod piv;
