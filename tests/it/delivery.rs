@@ -79,10 +79,31 @@ fn cast(
 
 #[tokio::test]
 async fn three_votes_racing_on_a_two_of_three_request_deliver_the_one_grant_minted() {
-    let mut w = world(600, None).await;
+    let mut w = world(
+        600,
+        Some(pb::SshSpec {
+            principals: vec!["root".into()],
+            permit_port_forwarding: false,
+        }),
+    )
+    .await;
     add_third_approver(&mut w).await;
+    let (_, ssh_public) = crate::sshd::user_key(w.bg.dir.dir.path(), "responder");
+    let ssh_public = std::fs::read_to_string(ssh_public).unwrap();
     for round in 0..12 {
-        let created = workload_request(&w, None).await;
+        let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+            .create_request(pb::CreateRequestRequest {
+                draft: Some(pb::RequestDraft {
+                    ssh_public_key: ssh_public.clone(),
+                    ..crate::breakglass::draft(None)
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .request
+            .unwrap();
         let votes = signed_votes(&mut w, &created.id, &["carol", "dave", "gina"]).await;
         // Half the rounds watch before the votes, half after.
         let early = if round % 2 == 0 {
@@ -130,6 +151,18 @@ async fn three_votes_racing_on_a_two_of_three_request_deliver_the_one_grant_mint
         let answer = introspect(&w, &credential.bearer_token).await;
         assert!(answer.active, "round {round}");
         assert_eq!(answer.grant_id, minted[0], "round {round}");
+        let grant = AccessServiceClient::new(w.bg.local().await)
+            .show_grant(pb::ShowGrantRequest {
+                id: minted[0].clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        let certificate = ssh_key::Certificate::from_openssh(&credential.ssh_certificate).unwrap();
+        assert_eq!(certificate.serial(), grant.ssh_serial, "round {round}");
+        assert_eq!(certificate.key_id(), minted[0], "round {round}");
     }
     w.bg.stop().await;
 }
