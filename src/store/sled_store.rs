@@ -148,10 +148,16 @@ impl SledStore {
             .map_err(|e| backend(&self.path, e))
     }
 
+    /// Refuses every call once the store is broken: a write failed half-way, a flush failed
+    /// (memory may be ahead of the disk), or a panic poisoned the lock mid-transaction. Only
+    /// a restart (which replays the journal) makes it usable again.
     fn usable(&self) -> Result<(), StoreError> {
+        if self.visibility.is_poisoned() && !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::error!("a panic interrupted a store transaction; refusing further use");
+        }
         if self.broken.load(Ordering::Acquire) {
             return Err(StoreError::Backend(format!(
-                "{}: an earlier write failed half-way; restart latchkeyd to complete it from the journal",
+                "{}: an earlier write or flush failed, or a panic interrupted a transaction; restart latchkeyd to complete it from the journal",
                 self.path.display()
             )));
         }
@@ -335,7 +341,12 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.usable()?;
-        self.flush_log()
+        let flushed = self.flush_log();
+        if let Err(e) = &flushed {
+            self.broken.store(true, Ordering::Release);
+            tracing::error!("flushing the store failed; refusing further use: {e}");
+        }
+        flushed
     }
 }
 
@@ -491,6 +502,54 @@ mod tests {
         txn.put_raw(Keyspace::Workloads, "a", "1");
         store.commit(&txn).unwrap();
         assert_eq!(store.journal.get(JOURNAL_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn a_panic_inside_a_transaction_breaks_the_store_until_it_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = std::sync::Arc::new(SledStore::create(&path).unwrap());
+        let mut first = Txn::new();
+        first.put_raw(Keyspace::Workloads, "a", "1");
+        store.commit(&first).unwrap();
+        // A panic while the transaction lock is held, as one inside `apply` would be.
+        let panicking = store.clone();
+        let joined = std::thread::spawn(move || {
+            let _alone = panicking.visibility.write().unwrap();
+            panic!("injected panic mid-transaction");
+        })
+        .join();
+        assert!(joined.is_err());
+        let mut second = Txn::new();
+        second.put_raw(Keyspace::Workloads, "b", "2");
+        assert!(matches!(store.commit(&second), Err(StoreError::Backend(_))));
+        assert!(matches!(
+            store.get(Keyspace::Workloads, b"a"),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(store.flush(), Err(StoreError::Backend(_))));
+        drop(store);
+        let reopened = reopen(&path);
+        assert_eq!(
+            reopened.get(Keyspace::Workloads, b"a").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(reopened.get(Keyspace::Workloads, b"b").unwrap(), None);
+    }
+
+    /// Opens a store whose last handle was just dropped (sled releases its file lock from
+    /// its own threads a moment later).
+    fn reopen(path: &std::path::Path) -> SledStore {
+        for _ in 0..500 {
+            match SledStore::open(path) {
+                Ok(store) => return store,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the store's lock was not released within 5 s");
     }
 
     #[test]
