@@ -302,6 +302,16 @@ pub struct TlsConfig {
 
 impl Config {
     /// Reads and validates `path`.
+    /// [`Config::load`] for the daemon that will serve it: also refuses a config file that
+    /// group or others may write (they could point the daemon at keys or hooks of theirs).
+    pub fn load_for_serving(path: &Path) -> Result<Self, ConfigError> {
+        crate::fsperm::check_not_writable_by_others(path).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::load(path)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

@@ -23,6 +23,28 @@ pub enum FsPermError {
         /// The mode it should have.
         want: u32,
     },
+    /// A secret belongs to another user, who could replace it. Give it to the daemon's user.
+    #[error(
+        "{path} is owned by uid {owner}, not by the daemon's uid {expected}; run `chown {expected} {path}` and check who could have replaced it"
+    )]
+    WrongOwner {
+        /// The offending path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The uid it should belong to.
+        expected: u32,
+    },
+    /// A file the daemon trusts (its config) can be changed by other users. Tighten it.
+    #[error(
+        "{path} has mode {mode:04o}, which lets other users change it; run `chmod go-w {path}` and check what they could have changed"
+    )]
+    WritableByOthers {
+        /// The offending path.
+        path: PathBuf,
+        /// Its current permission bits.
+        mode: u32,
+    },
     /// The file is not where it should be or cannot be read. Check the path and the data dir.
     #[error("{path}: {source}")]
     Io {
@@ -69,10 +91,40 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), FsPermErro
     file.sync_all().map_err(io(path))
 }
 
-/// Reads a file that must not be accessible to group or others.
+/// Reads a file that must not be accessible to group or others, owned by this process's user
+/// (or root).
 pub fn read_private_file(path: &Path) -> Result<Vec<u8>, FsPermError> {
     check_private(path)?;
+    check_owner(path)?;
     fs::read(path).map_err(io(path))
+}
+
+/// Refuses a file owned by anyone but this process's user or root: another user could swap a
+/// secret they own for one of their choosing.
+pub fn check_owner(path: &Path) -> Result<(), FsPermError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = fs::metadata(path).map_err(io(path))?.uid();
+    let expected = nix::unistd::geteuid().as_raw();
+    if owner != expected && owner != 0 {
+        return Err(FsPermError::WrongOwner {
+            path: path.to_path_buf(),
+            owner,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a file that group or others may write (the daemon's config).
+pub fn check_not_writable_by_others(path: &Path) -> Result<(), FsPermError> {
+    let mode = fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(FsPermError::WritableByOthers {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a file or directory that group or others can access.

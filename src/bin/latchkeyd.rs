@@ -175,7 +175,7 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Serve { config } => {
-            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
             latchkey::logging::init(config.log_format, &config.log_filter);
             let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
             runtime

@@ -57,6 +57,58 @@ impl Bound {
 
 /// Takes systemd's sockets if there are any, otherwise binds what the config names.
 pub fn bind(config: &Config) -> Result<Bound, DaemonError> {
+    let bound = bind_listeners(config)?;
+    if let Some((listener, _)) = &bound.unix
+        && let Ok(addr) = listener.local_addr()
+        && let Some(path) = addr.as_pathname()
+    {
+        for uid in unreachable_allowed_uids(path, &config.unix.allow_uids) {
+            tracing::warn!(
+                socket = %path.display(),
+                uid,
+                "uid {uid} is in [unix] allow_uids but the socket's mode does not let it connect: add that user to the socket's group (the first of allow_groups; `latchkey` for the packaged unit)"
+            );
+        }
+    }
+    Ok(bound)
+}
+
+/// The allow-listed uids that the socket file's owner, group and mode keep out: SO_PEERCRED
+/// is checked only after a caller could open the socket.
+pub fn unreachable_allowed_uids(path: &Path, allow_uids: &[u32]) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let mode = meta.mode();
+    if mode & 0o006 == 0o006 {
+        return Vec::new();
+    }
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(meta.gid()))
+        .ok()
+        .flatten();
+    allow_uids
+        .iter()
+        .copied()
+        .filter(|&uid| {
+            if uid == 0 || (uid == meta.uid() && mode & 0o600 == 0o600) {
+                return false;
+            }
+            let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten();
+            let in_group = match (&user, &group) {
+                (Some(user), Some(group)) => {
+                    user.gid.as_raw() == meta.gid() || group.mem.contains(&user.name)
+                }
+                _ => false,
+            };
+            !(in_group && mode & 0o060 == 0o060)
+        })
+        .collect()
+}
+
+fn bind_listeners(config: &Config) -> Result<Bound, DaemonError> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0 {
         return activated(&mut fds);
@@ -222,4 +274,25 @@ pub fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allow_listed_uid_outside_the_sockets_group_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let owner = nix::unistd::geteuid().as_raw();
+        // nobody (65534) is neither the owner nor, on any sane host, in the owner's group.
+        assert_eq!(
+            unreachable_allowed_uids(&path, &[owner, 65534]),
+            vec![65534]
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(unreachable_allowed_uids(&path, &[65534]).is_empty());
+    }
 }

@@ -91,6 +91,39 @@ fn a_world_readable_key_file_stops_startup() {
 }
 
 #[test]
+fn a_config_that_others_may_write_stops_startup() {
+    let dir = DaemonDir::init();
+    for mode in [0o666, 0o664] {
+        std::fs::set_permissions(&dir.config, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = dir.serve_expecting_failure();
+        let stderr = one_line_stderr(&out);
+        assert!(
+            stderr.contains(&dir.config.display().to_string()),
+            "{stderr}"
+        );
+        assert!(stderr.contains("chmod go-w"), "{stderr}");
+    }
+    assert!(!dir.socket.exists());
+}
+
+#[test]
+fn a_key_file_owned_by_another_user_stops_startup() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test gives a key to another uid: run the suite as root (scripts/test does)"
+    );
+    let dir = DaemonDir::init();
+    let key = dir.data.join("ssh-user-ca");
+    // 0600 and readable by root, but another user could have swapped it.
+    nix::unistd::chown(&key, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let out = dir.serve_expecting_failure();
+    let stderr = one_line_stderr(&out);
+    assert!(stderr.contains(&key.display().to_string()), "{stderr}");
+    assert!(stderr.contains("owned by uid 65534"), "{stderr}");
+    assert!(!dir.socket.exists());
+}
+
+#[test]
 fn a_group_readable_data_dir_stops_startup() {
     let dir = DaemonDir::init();
     std::fs::set_permissions(&dir.data, std::fs::Permissions::from_mode(0o750)).unwrap();
