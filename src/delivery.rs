@@ -34,7 +34,11 @@ pub enum DeliveryError {
     /// The delivery public key is not 32 bytes of X25519. Send the raw public key.
     #[error("the delivery public key must be {DELIVERY_KEY_LEN} bytes of X25519, got {0} bytes")]
     BadPublicKey(usize),
-    /// Sealing failed (e.g. a low-order public key). Make a fresh key pair and request again.
+    /// The delivery public key is a low-order X25519 point nothing can be sealed to. Send a
+    /// key made by a real key generator.
+    #[error("the delivery public key is a low-order X25519 point; generate a real key pair")]
+    LowOrderPublicKey,
+    /// Sealing failed. Make a fresh key pair and request again.
     #[error("sealing the credential to the delivery key failed: {0}")]
     Seal(String),
     /// The box does not open with this key (another key, or altered). Use the key the request
@@ -54,7 +58,9 @@ pub enum DeliveryError {
 impl Coded for DeliveryError {
     fn code(&self) -> &'static str {
         match self {
-            DeliveryError::BadPublicKey(_) => "delivery.bad_public_key",
+            DeliveryError::BadPublicKey(_) | DeliveryError::LowOrderPublicKey => {
+                "delivery.bad_public_key"
+            }
             DeliveryError::Seal(_) => "delivery.seal_failed",
             DeliveryError::Open(_) => "delivery.open_failed",
             DeliveryError::File { .. } => "delivery.key_file",
@@ -63,7 +69,9 @@ impl Coded for DeliveryError {
 
     fn kind(&self) -> ErrorKind {
         match self {
-            DeliveryError::BadPublicKey(_) | DeliveryError::Seal(_) => ErrorKind::InvalidInput,
+            DeliveryError::BadPublicKey(_)
+            | DeliveryError::LowOrderPublicKey
+            | DeliveryError::Seal(_) => ErrorKind::InvalidInput,
             DeliveryError::Open(_) | DeliveryError::File { .. } => ErrorKind::FailedPrecondition,
         }
     }
@@ -105,8 +113,9 @@ pub fn check_public_key(bytes: &[u8]) -> Result<[u8; DELIVERY_KEY_LEN], Delivery
     let key: [u8; DELIVERY_KEY_LEN] = bytes
         .try_into()
         .map_err(|_| DeliveryError::BadPublicKey(bytes.len()))?;
-    <Kem as hpke::Kem>::PublicKey::from_bytes(&key)
-        .map_err(|_| DeliveryError::BadPublicKey(bytes.len()))?;
+    // Parsing accepts any 32 bytes; a low-order point fails only at encapsulation. Try it
+    // now, so such a key is refused with the request instead of failing the deciding vote.
+    seal(&key, "", "").map_err(|_| DeliveryError::LowOrderPublicKey)?;
     Ok(key)
 }
 
@@ -258,6 +267,15 @@ mod tests {
             Err(DeliveryError::BadPublicKey(31))
         ));
         assert!(check_public_key(&DeliveryKey::generate().public_key()).is_ok());
+        // Low-order points parse as keys but nothing can be sealed to them.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for low in [[0u8; 32], one] {
+            assert!(matches!(
+                check_public_key(&low),
+                Err(DeliveryError::LowOrderPublicKey)
+            ));
+        }
     }
 
     #[test]

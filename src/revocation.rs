@@ -945,7 +945,7 @@ impl Authority {
                 out.push(grant);
             }
         }
-        Ok(out)
+        self.settled(out)
     }
 
     /// Starts an early revocation by an operator: returns assertion options bound to the grant

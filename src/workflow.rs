@@ -732,6 +732,11 @@ impl Authority {
             "digest": hex::encode(request.digest()),
             "request_digest": hex::encode(request.digest()),
             "pending_until": request.canonical.pending_until,
+            // The draft as signed, so `audit verify` can recompute the digest the
+            // requester's key signed.
+            "draft_ttl_secs": draft.ttl_secs,
+            "ssh_public_key": draft.ssh_public_key,
+            "delivery_public_key": hex::encode(&draft.delivery_public_key),
         });
         let (mut txn, event) = match prepared {
             Some(p) => {

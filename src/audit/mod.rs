@@ -505,6 +505,8 @@ impl AuditLog {
         let seq = written
             .as_ref()
             .map_or_else(|| self.last_checkpoint_seq(), |r| r.seq);
+        // Another writer may have added the checkpoint meanwhile: wait until it is durable.
+        self.make_durable(seq)?;
         Ok((written, seq))
     }
 
@@ -585,7 +587,10 @@ impl AuditLog {
 
     /// Checkpoint records with `from <= seq`, at most `limit`.
     pub fn checkpoints(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
-        read_checkpoints(self.store.as_ref(), from, limit)
+        let durable = self.durable_seq();
+        let mut checkpoints = read_checkpoints(self.store.as_ref(), from, limit)?;
+        checkpoints.retain(|r| r.seq <= durable);
+        Ok(checkpoints)
     }
 
     /// Every record appended from now on.

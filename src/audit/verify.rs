@@ -175,6 +175,8 @@ struct Bindings {
     owners: HashMap<String, String>,
     /// `request/ID` or `change/ID` → the digest its creation record names.
     digests: HashMap<String, [u8; 32]>,
+    /// Server nonces already used by evidence: each ceremony backs one record.
+    nonces: std::collections::HashSet<String>,
 }
 
 fn detail<'a>(record: &'a AuditRecord, name: &str) -> Option<&'a str> {
@@ -224,7 +226,7 @@ impl Bindings {
     /// enrolled for the record's operator, and the signed challenge is the one derived from
     /// what this record is about (its target's digest and the decision, or its own digest)
     /// and its nonce. Returns an error naming the mismatch.
-    fn check(&self, record: &AuditRecord, evidence: &Evidence) -> Result<(), String> {
+    fn check(&mut self, record: &AuditRecord, evidence: &Evidence) -> Result<(), String> {
         let (key_id, challenge) = match evidence {
             Evidence::Webauthn {
                 credential_id,
@@ -277,9 +279,21 @@ impl Bindings {
                     record.subject
                 ));
             }
-        } else if record.event == "request.created" && detail(record, "request_digest").is_none() {
-            // Older records overwrote the signed (draft) digest: nothing to derive from.
-            return Ok(());
+        } else if record.event == "request.created" {
+            if detail(record, "request_digest").is_none() {
+                // Older records overwrote the signed (draft) digest: nothing to derive from.
+                return Ok(());
+            }
+            if signed != draft_digest(record, name)? {
+                return Err(
+                    "the signed digest is not the digest of the draft this record describes"
+                        .to_owned(),
+                );
+            }
+        } else if let Some(hex_digest) = record.subject.strip_prefix("digest/")
+            && decode_hash(hex_digest) != Some(signed)
+        {
+            return Err("the signed digest is not the one the record's subject names".to_owned());
         }
         let nonce = detail_hash(record, "nonce")?;
         let expected = crate::fido2::bound_challenge(&signed, &nonce);
@@ -289,8 +303,40 @@ impl Bindings {
                     .to_owned(),
             );
         }
+        // One ceremony, one record: the same evidence cannot back a second one.
+        if !self.nonces.insert(hex::encode(nonce)) {
+            return Err("the evidence's nonce already backs an earlier record".to_owned());
+        }
         Ok(())
     }
+}
+
+/// The digest an operator's key signed to submit the draft a `request.created` record
+/// describes (see [`crate::request::Draft::digest`]).
+fn draft_digest(record: &AuditRecord, requester: &str) -> Result<[u8; 32], String> {
+    let text = |name: &str| {
+        detail(record, name)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("details.{name} is missing"))
+    };
+    let ttl_secs = match record.details.get("draft_ttl_secs") {
+        Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| "details.draft_ttl_secs is not a number".to_owned())?,
+        ),
+        None => return Err("details.draft_ttl_secs is missing".to_owned()),
+    };
+    let draft = crate::request::Draft {
+        scope: text("scope")?,
+        reason: text("reason")?,
+        ttl_secs,
+        ticket: text("ticket")?,
+        ssh_public_key: text("ssh_public_key")?,
+        delivery_public_key: hex::decode(text("delivery_public_key")?)
+            .map_err(|e| format!("details.delivery_public_key: {e}"))?,
+    };
+    Ok(draft.digest(requester))
 }
 
 /// Verifies an export line by line. Fails at the first record that is malformed, out of

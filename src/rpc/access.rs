@@ -586,7 +586,16 @@ impl pb::access_service_server::AccessService for AccessApi {
     ) -> Result<Response<pb::ListDrillsResponse>, Status> {
         caller_of(&request)?;
         let authority = self.authority.clone();
-        let drills = blocking(move || authority.drills().map_err(|e| to_status(&e))).await?;
+        let drills = blocking(move || {
+            let drills = authority.drills().map_err(|e| to_status(&e))?;
+            // Shown only once durable, like every read a client sees.
+            authority
+                .audit()
+                .await_durable()
+                .map_err(|e| to_status(&e))?;
+            Ok(drills)
+        })
+        .await?;
         Ok(Response::new(pb::ListDrillsResponse {
             scopes: drills
                 .iter()
@@ -660,10 +669,19 @@ async fn revocation_loop(
 ) {
     let mut sent = std::collections::HashSet::new();
     loop {
-        let waiting = match authority.revocations_for(&caller) {
+        let read = {
+            let (authority, caller) = (authority.clone(), caller.clone());
+            blocking(move || {
+                authority
+                    .revocations_for(&caller)
+                    .map_err(|e| to_status(&e))
+            })
+            .await
+        };
+        let waiting = match read {
             Ok(w) => w,
-            Err(e) => {
-                let _ = tx.send(Err(to_status(&e))).await;
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
                 return;
             }
         };

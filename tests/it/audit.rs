@@ -297,19 +297,6 @@ impl EvidenceLog {
             &request_digest,
         );
         let nonce = [5u8; 32];
-        let challenge = latchkey::fido2::bound_challenge(&digest, &nonce).to_vec();
-        let client_data = serde_json::json!({
-            "type": "webauthn.get",
-            "challenge": B64URL.encode(&challenge),
-            "origin": "https://latchkey.invalid",
-        })
-        .to_string();
-        let mut auth_data = Sha256::digest(b"latchkey.invalid").to_vec();
-        auth_data.push(0x05); // user present + user verified
-        auth_data.extend_from_slice(&7u32.to_be_bytes());
-        let mut message = auth_data.clone();
-        message.extend_from_slice(&Sha256::digest(client_data.as_bytes()));
-        let signature: p256::ecdsa::Signature = signing_key.sign(&message);
         self.log
             .commit(
                 Txn::new(),
@@ -325,13 +312,47 @@ impl EvidenceLog {
                         "credential_id": "cred-alice",
                         "request_digest": hex::encode(request_digest),
                     }),
-                    evidence: Some(Evidence::Webauthn {
-                        credential_id: "cred-alice".into(),
-                        challenge: B64.encode(&challenge),
-                        authenticator_data: B64.encode(&auth_data),
-                        client_data_json: B64.encode(client_data.as_bytes()),
-                        signature: B64.encode(signature.to_der().as_bytes()),
+                    evidence: Some(webauthn_evidence(signing_key, &digest, &nonce)),
+                },
+            )
+            .unwrap();
+    }
+
+    /// alice's own request `request/ID` for `scope`, signed as the CLI signs a draft.
+    fn request_by_alice(&self, id: &str, scope: &str) {
+        let draft = latchkey::request::Draft {
+            scope: scope.into(),
+            reason: "primary down, failing over".into(),
+            ttl_secs: Some(600),
+            ticket: "INC-1".into(),
+            ssh_public_key: String::new(),
+            delivery_public_key: vec![9; 32],
+        };
+        let digest = draft.digest("alice");
+        let mut nonce = [0u8; 32];
+        nonce[..id.len()].copy_from_slice(id.as_bytes());
+        self.log
+            .commit(
+                Txn::new(),
+                Event {
+                    event: "request.created",
+                    actor: Actor::Operator {
+                        name: "alice".into(),
+                    },
+                    subject: format!("request/{id}"),
+                    details: serde_json::json!({
+                        "digest": hex::encode(digest),
+                        "nonce": hex::encode(nonce),
+                        "credential_id": "cred-alice",
+                        "scope": scope,
+                        "reason": draft.reason,
+                        "ticket": draft.ticket,
+                        "request_digest": hex::encode(Sha256::digest(id)),
+                        "draft_ttl_secs": draft.ttl_secs,
+                        "ssh_public_key": draft.ssh_public_key,
+                        "delivery_public_key": hex::encode(&draft.delivery_public_key),
                     }),
+                    evidence: Some(webauthn_evidence(&self.operator_key, &digest, &nonce)),
                 },
             )
             .unwrap();
@@ -339,6 +360,34 @@ impl EvidenceLog {
 
     fn export(&self) -> Vec<AuditRecord> {
         self.log.read(1, 1000).unwrap()
+    }
+}
+
+/// A WebAuthn assertion by `signing_key` over the challenge bound to `digest` and `nonce`.
+fn webauthn_evidence(
+    signing_key: &p256::ecdsa::SigningKey,
+    digest: &[u8; 32],
+    nonce: &[u8; 32],
+) -> Evidence {
+    let challenge = latchkey::fido2::bound_challenge(digest, nonce).to_vec();
+    let client_data = serde_json::json!({
+        "type": "webauthn.get",
+        "challenge": B64URL.encode(&challenge),
+        "origin": "https://latchkey.invalid",
+    })
+    .to_string();
+    let mut auth_data = Sha256::digest(b"latchkey.invalid").to_vec();
+    auth_data.push(0x05); // user present + user verified
+    auth_data.extend_from_slice(&7u32.to_be_bytes());
+    let mut message = auth_data.clone();
+    message.extend_from_slice(&Sha256::digest(client_data.as_bytes()));
+    let signature: p256::ecdsa::Signature = signing_key.sign(&message);
+    Evidence::Webauthn {
+        credential_id: "cred-alice".into(),
+        challenge: B64.encode(&challenge),
+        authenticator_data: B64.encode(&auth_data),
+        client_data_json: B64.encode(client_data.as_bytes()),
+        signature: B64.encode(signature.to_der().as_bytes()),
     }
 }
 
@@ -406,6 +455,42 @@ fn evidence_copied_into_another_requests_approval_is_refused_with_that_records_s
     records.push(forged.clone());
     let err = verify_text(&to_text(&records), &log.audit_key).unwrap_err();
     assert!(err.reason.contains("enrolled for alice"), "{err}");
+}
+
+#[test]
+fn a_requests_signed_draft_cannot_back_another_request_and_a_nonce_backs_one_record() {
+    let log = EvidenceLog::new();
+    log.request_by_alice("r7", "db-root");
+    let records = log.export();
+    assert_eq!(
+        verify_text(&to_text(&records), &log.audit_key)
+            .unwrap()
+            .evidence_verified,
+        1
+    );
+    let append = |records: &[AuditRecord], mut forged: AuditRecord| {
+        let mut out = records.to_vec();
+        let last = out.last().unwrap();
+        forged.seq = last.seq + 1;
+        forged.prev_hash = last.hash.clone();
+        forged.hash = forged.compute_hash();
+        out.push(forged);
+        out
+    };
+    // alice's signed draft for db-root, copied into a request for another scope.
+    let mut other = records.last().unwrap().clone();
+    other.subject = "request/r8".into();
+    other.details["scope"] = "prod-root".into();
+    let forged = append(&records, other);
+    let err = verify_text(&to_text(&forged), &log.audit_key).unwrap_err();
+    assert_eq!(err.seq, forged.last().unwrap().seq);
+    assert!(err.reason.contains("draft"), "{err}");
+    // The same evidence again, for the same draft under a new request id.
+    let mut again = records.last().unwrap().clone();
+    again.subject = "request/r8".into();
+    let forged = append(&records, again);
+    let err = verify_text(&to_text(&forged), &log.audit_key).unwrap_err();
+    assert!(err.reason.contains("nonce already backs"), "{err}");
 }
 
 #[test]
