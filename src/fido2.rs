@@ -182,6 +182,51 @@ pub fn pem_fingerprint(pem: &[u8]) -> Result<String, String> {
     Ok(hex::encode(Sha256::digest(der.as_ref())))
 }
 
+/// Refuses an attestation CA that webauthn-rs would never chain to: every certificate in the
+/// file needs a keyUsage extension with keyCertSign (without it, every enrollment fails with
+/// "not trusted", far from the cause).
+fn check_attestation_ca(pem: &[u8]) -> Result<(), Fido2Error> {
+    use der::Decode as _;
+    use der::oid::AssociatedOid as _;
+    use x509_cert::ext::pkix::KeyUsage;
+    let certs = crate::piv::parse_bundle("[fido2] attestation_cas", pem)
+        .map_err(|e| Fido2Error::Config(format!("attestation CA: {e}")))?;
+    if certs.is_empty() {
+        return Err(Fido2Error::Config(
+            "attestation CA: the file holds no PEM certificate".to_owned(),
+        ));
+    }
+    for cert in &certs {
+        let subject = cert.tbs_certificate().subject().to_string();
+        let usage = cert
+            .tbs_certificate()
+            .extensions()
+            .into_iter()
+            .flatten()
+            .find(|e| e.extn_id == KeyUsage::OID)
+            .map(|e| KeyUsage::from_der(e.extn_value.as_bytes()));
+        match usage {
+            Some(Ok(usage)) if usage.key_cert_sign() => {}
+            Some(Ok(_)) => {
+                return Err(Fido2Error::Config(format!(
+                    "attestation CA {subject}: its keyUsage lacks keyCertSign, so no attestation can chain to it; use the vendor's CA certificate"
+                )));
+            }
+            Some(Err(e)) => {
+                return Err(Fido2Error::Config(format!(
+                    "attestation CA {subject}: unreadable keyUsage: {e}"
+                )));
+            }
+            None => {
+                return Err(Fido2Error::Config(format!(
+                    "attestation CA {subject}: it has no keyUsage extension, so webauthn-rs will not chain attestations to it; use a CA certificate with keyUsage keyCertSign"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Fido2 {
     /// A relying party for `rp_id` at `origin`. Registration requires attestation chaining to the
     /// bundled Yubico FIDO root or one of `extra_ca_pems` — unless `dev_mode`, where software
@@ -210,6 +255,7 @@ impl Fido2 {
             let mut list = AttestationCaList::try_from(YUBICO_FIDO_ROOT_PEM)
                 .map_err(|e| Fido2Error::Config(format!("bundled Yubico FIDO root: {e:?}")))?;
             for pem in extra_ca_pems {
+                check_attestation_ca(pem)?;
                 let extra = AttestationCaList::try_from(pem.as_slice())
                     .map_err(|e| Fido2Error::Config(format!("attestation CA: {e:?}")))?;
                 list.union(&extra);
@@ -402,4 +448,31 @@ fn spki_of(credential: &Credential) -> Result<(&'static str, Vec<u8>), Fido2Erro
 /// Encodes bytes the way credential ids are shown and stored.
 pub fn credential_id_text(id: &[u8]) -> String {
     B64URL.encode(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem(key_usages: Vec<rcgen::KeyUsagePurpose>) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = key_usages;
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem().into_bytes()
+    }
+
+    #[test]
+    fn an_attestation_ca_without_key_cert_sign_is_refused_at_start() {
+        let without = ca_pem(vec![]);
+        let err = Fido2::new("localhost", "https://localhost", &[without], &[], false)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("keyUsage"), "{err}");
+        let signing_only = ca_pem(vec![rcgen::KeyUsagePurpose::DigitalSignature]);
+        assert!(check_attestation_ca(&signing_only).is_err());
+        let good = ca_pem(vec![rcgen::KeyUsagePurpose::KeyCertSign]);
+        assert!(check_attestation_ca(&good).is_ok());
+        assert!(Fido2::new("localhost", "https://localhost", &[good], &[], false).is_ok());
+    }
 }

@@ -691,6 +691,15 @@ impl Operators<'_> {
         let registered = if is_piv_response(response_json) {
             self.register_piv(response_json, piv_challenge, &ceremony.operator)?
         } else {
+            // A key enrolled already: say so, instead of webauthn-rs's refusal of an excluded
+            // credential (which reads as a wrong algorithm).
+            if let Some(id) = serde_json::from_str::<serde_json::Value>(response_json)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+                && let Some(existing) = store::read::<Authenticator>(self.store, id.as_bytes())?
+            {
+                return Err(OperatorError::CredentialTaken(existing.operator));
+            }
             let r = self.fido2.finish_registration(response_json, state)?;
             Registered {
                 credential_id: r.credential_id,

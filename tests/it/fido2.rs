@@ -278,8 +278,28 @@ async fn one_physical_key_belongs_to_one_operator() {
         .collect();
     assert_eq!(excluded, vec![alice.credential_id.clone()]);
     // A real key holding an excluded credential refuses to register (CTAP2 excludeList).
-    // The soft token does not implement the exclude list, so the ceremony is not completed here;
-    // nothing was recorded by starting it.
+    // The soft token does not implement the exclude list; a client that sends alice's
+    // credential id anyway is told whose it is, not "a credential alg that was not allowed".
+    let mut response = serde_json::to_value(
+        shared
+            .do_registration(Url::parse(ORIGIN).unwrap(), options)
+            .unwrap(),
+    )
+    .unwrap();
+    response["id"] = alice.credential_id.clone().into();
+    response["rawId"] = alice.credential_id.clone().into();
+    let err = h
+        .client()
+        .await
+        .finish_enrollment(pb::FinishEnrollmentRequest {
+            ceremony_id: begun.ceremony_id,
+            credential_json: response.to_string(),
+            note: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "operator.credential_taken");
+    assert!(err.message().contains("alice"), "{err:?}");
     assert_eq!(h.audit_head().await, head, "nothing recorded");
     assert_eq!(h.show("alice").await.authenticators.len(), 1);
     h.stop().await;
