@@ -78,6 +78,7 @@ impl SledStore {
         // sled creates snapshot and blob files as it runs, with the process umask: make them
         // private from the start so a later permission check does not find a loose file.
         fsperm::restrict_umask();
+        remove_unfinished_snapshots(path)?;
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
@@ -195,6 +196,29 @@ impl SledStore {
             .get(&ks)
             .ok_or_else(|| StoreError::Backend(format!("keyspace {} is not open", ks.name())))
     }
+}
+
+/// Removes `snap.*.generating` files: snapshots sled began writing and never finished (it
+/// renames one only after writing and syncing it whole). sled 0.34 would otherwise read the
+/// newest such file as the snapshot and refuse to start on it for good ("Read corrupted data"),
+/// e.g. after a start attempt on a full disk left one empty. Without it sled uses the previous
+/// complete snapshot, or rebuilds from its log.
+fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Backend(format!("{}: {e}", path.display()))),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(), "removing an unfinished sled snapshot");
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", entry.path().display())))?;
+        }
+    }
+    Ok(())
 }
 
 fn backend(path: &Path, e: sled::Error) -> StoreError {
@@ -535,6 +559,28 @@ mod tests {
             Some(b"1".to_vec())
         );
         assert_eq!(reopened.get(Keyspace::Workloads, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_left_by_a_full_disk_does_not_brick_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = SledStore::create(&path).unwrap();
+            let mut txn = Txn::new();
+            txn.put_raw(Keyspace::Workloads, "a", "1");
+            store.commit(&txn).unwrap();
+        }
+        // What a start attempt on a full disk leaves: an empty snapshot being generated, newer
+        // than any complete one.
+        let generating = path.join("snap.FFFFFFFFFFFFFFF0.generating");
+        std::fs::write(&generating, b"").unwrap();
+        let store = reopen(&path);
+        assert_eq!(
+            store.get(Keyspace::Workloads, b"a").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert!(!generating.exists());
     }
 
     /// Opens a store whose last handle was just dropped (sled releases its file lock from
