@@ -118,6 +118,12 @@ impl<'a> Reader<'a> {
 
 /// The serials a KRL revokes under the CA `ca_key_blob`.
 pub fn decode_serials(bytes: &[u8], ca_key_blob: &[u8]) -> Result<Vec<u64>, String> {
+    decode(bytes, ca_key_blob).map(|(_, serials)| serials)
+}
+
+/// A KRL's version (latchkeyd writes its generation time, Unix ms) and the serials it revokes
+/// under the CA `ca_key_blob`.
+pub fn decode(bytes: &[u8], ca_key_blob: &[u8]) -> Result<(u64, Vec<u64>), String> {
     let mut r = Reader { bytes };
     if r.u64()? != KRL_MAGIC {
         return Err("bad magic".into());
@@ -125,7 +131,7 @@ pub fn decode_serials(bytes: &[u8], ca_key_blob: &[u8]) -> Result<Vec<u64>, Stri
     if r.u32()? != KRL_FORMAT_VERSION {
         return Err("unsupported format version".into());
     }
-    let _version = r.u64()?;
+    let version = r.u64()?;
     let _generated = r.u64()?;
     let _flags = r.u64()?;
     let _reserved = r.string()?;
@@ -151,7 +157,7 @@ pub fn decode_serials(bytes: &[u8], ca_key_blob: &[u8]) -> Result<Vec<u64>, Stri
             }
         }
     }
-    Ok(serials)
+    Ok((version, serials))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
@@ -181,6 +187,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KrlError> {
         .and_then(|d| d.sync_all())
         .map_err(io)?;
     Ok(())
+}
+
+/// The KRL published at `path` (version and serials under the CA), or None if there is none.
+pub fn read_published(
+    path: &Path,
+    ca_key_blob: &[u8],
+) -> Result<Option<(u64, Vec<u64>)>, KrlError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(KrlError::Io {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            });
+        }
+    };
+    decode(&bytes, ca_key_blob)
+        .map(Some)
+        .map_err(|detail| KrlError::Malformed {
+            path: path.display().to_string(),
+            detail,
+        })
 }
 
 /// Reads the KRL at `path` back and returns its serials under the CA.

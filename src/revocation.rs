@@ -510,7 +510,11 @@ impl Authority {
                     }));
                     listed
                 }
-                None => listed.insert(self.stored_krl_serials()?),
+                None => {
+                    let mut stored = self.stored_krl_serials()?;
+                    self.keep_published_serials(&mut stored, now)?;
+                    listed.insert(stored)
+                }
             };
         let mut prune = Txn::new();
         let mut serials = Vec::with_capacity(listed.len());
@@ -537,6 +541,53 @@ impl Authority {
             listed.retain(|_, valid_before| Timestamp::from_unix_millis(*valid_before) > now);
         }
         krl::read_serials(&self.krl_path, &blob).map_err(|e| WorkflowError::Sink(e.to_string()))
+    }
+
+    /// The KRL never shrinks before a certificate expires: serials the published KRL lists but
+    /// `krl_serials` does not (a store rolled back, restored or damaged) are kept, stored with
+    /// the latest valid-before such a certificate could have (the KRL's generation time plus
+    /// the longest TTL any grant may have), and dropped once that has passed.
+    fn keep_published_serials(
+        &self,
+        stored: &mut std::collections::BTreeMap<u64, i64>,
+        now: Timestamp,
+    ) -> Result<(), WorkflowError> {
+        let blob = self.ca_key_blob()?;
+        let Some((version, serials)) = krl::read_published(&self.krl_path, &blob)
+            .map_err(|e| WorkflowError::Sink(e.to_string()))?
+        else {
+            return Ok(());
+        };
+        let generated = i64::try_from(version).unwrap_or(i64::MAX);
+        let max_ttl = i64::try_from(crate::constants::MAX_GRANT_TTL.as_millis()).unwrap_or(0);
+        let valid_before = generated.saturating_add(max_ttl);
+        if Timestamp::from_unix_millis(valid_before) <= now {
+            return Ok(());
+        }
+        let mut txn = Txn::new();
+        let mut kept = 0usize;
+        for serial in serials {
+            if stored.contains_key(&serial) {
+                continue;
+            }
+            txn.require_absent(Keyspace::KrlSerials, serial.to_be_bytes())
+                .put_raw(
+                    Keyspace::KrlSerials,
+                    serial.to_be_bytes(),
+                    valid_before.to_be_bytes(),
+                );
+            stored.insert(serial, valid_before);
+            kept += 1;
+        }
+        if kept > 0 {
+            self.store.commit(&txn)?;
+            tracing::warn!(
+                serials = kept,
+                krl = %self.krl_path.display(),
+                "the published KRL revokes serials the trust store does not know (rolled back or damaged?): kept in the KRL until their certificates must have expired"
+            );
+        }
+        Ok(())
     }
 
     /// Every entry of `krl_serials`: serial → valid-before (ms).

@@ -378,6 +378,54 @@ async fn each_early_revocation_stays_in_the_krl_across_restarts_until_its_certif
 }
 
 #[tokio::test]
+async fn a_store_that_lost_a_revocation_does_not_shrink_the_published_krl() {
+    let mut scope = db_root(600);
+    scope.ssh = ssh_root();
+    let mut w = world_with(scope).await;
+    let home = w.bg.dir.dir.path().to_owned();
+    let (_, public) = user_key(&home, "rolled-back");
+    let credential = issue(&mut w, Some(&public), 3600).await;
+    let cert = home.join("rolled-back-cert.pub");
+    std::fs::write(&cert, &credential.ssh_certificate).unwrap();
+    revoke_early(&mut w, &credential.grant_id, "compromised laptop").await;
+    let krl = w.bg.running().authority().krl_path().to_owned();
+    assert!(krl_revokes(&krl, &cert));
+
+    // The store goes back in time: its record of the revoked serial is gone.
+    w.bg.restart(|dir| {
+        let store = SledStore::open(&dir.data.join("store")).unwrap();
+        let mut txn = Txn::new();
+        for (key, _) in store
+            .scan_from(Keyspace::KrlSerials, b"", usize::MAX)
+            .unwrap()
+        {
+            txn.delete(Keyspace::KrlSerials, key);
+        }
+        store.commit(&txn).unwrap();
+    })
+    .await;
+    assert!(
+        krl_revokes(&krl, &cert),
+        "the KRL written at start still revokes the still-valid certificate"
+    );
+    // ...and keeps it on later publications, until the certificate must have expired.
+    let (_, public) = user_key(&home, "next");
+    let next = issue(&mut w, Some(&public), 3600).await;
+    revoke_early(&mut w, &next.grant_id, "second").await;
+    assert!(krl_revokes(&krl, &cert));
+    w.bg.clock
+        .advance(latchkey::constants::MAX_GRANT_TTL + Duration::from_secs(1));
+    let (_, public) = user_key(&home, "later");
+    let later = issue(&mut w, Some(&public), 3600).await;
+    revoke_early(&mut w, &later.grant_id, "third").await;
+    assert!(
+        !krl_revokes(&krl, &cert),
+        "dropped once it must have expired"
+    );
+    w.bg.stop().await;
+}
+
+#[tokio::test]
 async fn a_silent_consumer_leaves_the_revocation_unconfirmed_until_it_acknowledges() {
     let hooks = tempfile::tempdir().unwrap();
     let count = hooks.path().join("attempts");
