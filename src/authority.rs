@@ -43,6 +43,9 @@ pub enum AuthorityError {
     /// match its pin, or a file is unreadable). Fix the config or the binary.
     #[error(transparent)]
     Piv(#[from] crate::piv::PivError),
+    /// The store went back in time or is not the one anchored; the message says what to do.
+    #[error(transparent)]
+    Anchor(#[from] crate::audit::anchor::AnchorError),
 }
 
 impl Coded for AuthorityError {
@@ -54,6 +57,7 @@ impl Coded for AuthorityError {
             AuthorityError::AuditKey => "audit.bad_key",
             AuthorityError::Piv(e) => e.code(),
             AuthorityError::Fido2(e) => e.code(),
+            AuthorityError::Anchor(e) => e.code(),
         }
     }
 
@@ -65,6 +69,7 @@ impl Coded for AuthorityError {
             AuthorityError::AuditKey => ErrorKind::Internal,
             AuthorityError::Piv(e) => e.kind(),
             AuthorityError::Fido2(e) => e.kind(),
+            AuthorityError::Anchor(e) => e.kind(),
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Settings<'a> {
     pub introspect_uids: Vec<u32>,
     /// How old a scope's last passed drill may be before `doctor` warns.
     pub drill_max_age: std::time::Duration,
+    /// The rollback anchor to check at start and keep current, if any.
+    pub anchor: Option<PathBuf>,
 }
 
 /// The authority over one trust store.
@@ -216,6 +223,7 @@ impl Authority {
             piv: piv_config,
             introspect_uids,
             drill_max_age,
+            anchor,
         } = settings;
         let piv = piv_settings(piv_config, dev_mode)?;
         let mut extra_cas = Vec::new();
@@ -238,7 +246,12 @@ impl Authority {
         // Fail now, not on the first call, if the metadata is unreadable.
         trust::read_meta(store.as_ref())?;
         let signer = crate::audit::signing_key(&keys.audit).ok_or(AuthorityError::AuditKey)?;
-        let audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
+        let mut audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
+        if let Some(path) = anchor {
+            let anchor = crate::audit::anchor::Anchor::new(path);
+            anchor.check(store.as_ref())?;
+            audit = audit.with_anchor(anchor);
+        }
         let index = TokenIndex::load(store.as_ref(), clock.now())?;
         Ok(Self {
             released: tokio::sync::watch::Sender::new(()),

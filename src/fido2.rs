@@ -465,9 +465,9 @@ mod tests {
     #[test]
     fn an_attestation_ca_without_key_cert_sign_is_refused_at_start() {
         let without = ca_pem(vec![]);
-        let err = Fido2::new("localhost", "https://localhost", &[without], &[], false)
-            .err()
-            .expect("refused");
+        let Err(err) = Fido2::new("localhost", "https://localhost", &[without], &[], false) else {
+            panic!("a CA without keyUsage was accepted");
+        };
         assert!(err.to_string().contains("keyUsage"), "{err}");
         let signing_only = ca_pem(vec![rcgen::KeyUsagePurpose::DigitalSignature]);
         assert!(check_attestation_ca(&signing_only).is_err());

@@ -7,6 +7,7 @@
 //! Checkpoint signature: Ed25519 over
 //! `"latchkey.audit.checkpoint.v1\n" || covers_seq (u64 BE) || head hash (32 bytes) || time ms (i64 BE)`.
 
+pub mod anchor;
 pub mod verify;
 
 use std::sync::{Arc, Mutex};
@@ -275,6 +276,8 @@ pub struct AuditLog {
     published: Mutex<Published>,
     poisoned: std::sync::atomic::AtomicBool,
     tail: tokio::sync::broadcast::Sender<AuditRecord>,
+    /// Rewritten after every flush with the newest durable record, if set.
+    anchor: Option<anchor::Anchor>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -308,7 +311,14 @@ impl AuditLog {
             poisoned: std::sync::atomic::AtomicBool::new(false),
             head: Mutex::new(head),
             tail,
+            anchor: None,
         })
+    }
+
+    /// Keeps `anchor` current: after every flush it names the newest durable record.
+    pub fn with_anchor(mut self, anchor: anchor::Anchor) -> Self {
+        self.anchor = Some(anchor);
+        self
     }
 
     fn refuse_if_poisoned(&self) -> Result<(), AuditError> {
@@ -329,12 +339,24 @@ impl AuditLog {
         }
         self.refuse_if_poisoned()?;
         // Everything up to the head is applied; the flush below covers it all.
-        let target = self.head.lock().unwrap_or_else(|p| p.into_inner()).seq;
+        let (target, hash) = {
+            let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            (head.seq, head.hash.clone())
+        };
         if let Err(e) = self.store.flush() {
             self.poisoned
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::error!("flushing the store failed; refusing further changes: {e}");
             return Err(e.into());
+        }
+        if let Some(anchor) = &self.anchor
+            && let Err(e) = anchor.write(&anchor::Anchored { seq: target, hash })
+        {
+            // What was flushed is durable; but a rollback past it could no longer be told,
+            // so no further change is accepted until a restart.
+            self.poisoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::error!("writing the rollback anchor failed; refusing further changes: {e}");
         }
         *durable = target;
         Ok(())

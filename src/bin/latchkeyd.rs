@@ -72,6 +72,14 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// With the daemon stopped: serve a trust store that went back in time (restored from an
+    /// older backup, or damaged) after `serve` refused it. Records the acceptance in the audit
+    /// log. Check the KRL and revoke again whatever must stay revoked.
+    AcceptRollback {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Bootstrap only: pin a workload's TLS client certificate while genesis is open.
     /// Run with the daemon stopped. After genesis, admit workloads through a quorum-approved change.
     AdmitWorkload {
@@ -171,6 +179,18 @@ fn run(command: Command) -> Result<(), String> {
             println!("  tls certificate  {}", fp.tls_certificate);
             if let Some(path) = write_config {
                 println!("wrote config {}", path.display());
+            }
+            Ok(())
+        }
+        Command::AcceptRollback { config } => {
+            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
+            let (before, now) = daemon::accept_rollback(&config).map_err(|e| e.to_string())?;
+            match before {
+                Some(before) => println!(
+                    "accepted: the store's audit log ends at record {} (record {} was durable before); anchored at {}",
+                    now.seq, before.seq, now.seq
+                ),
+                None => println!("anchored the store's audit head at record {}", now.seq),
             }
             Ok(())
         }

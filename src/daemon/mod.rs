@@ -163,6 +163,48 @@ pub fn admit_workload_at_genesis(data_dir: &Path, workload: &Workload) -> Result
     Ok(())
 }
 
+/// `latchkeyd accept-rollback`: with the daemon stopped, anchors the store's current audit
+/// head, so a store that went back in time is served. Records the acceptance in the audit log
+/// (`store.rollback_accepted`: what was anchored, what is served) and returns both.
+pub fn accept_rollback(
+    config: &Config,
+) -> Result<
+    (
+        Option<crate::audit::anchor::Anchored>,
+        crate::audit::anchor::Anchored,
+    ),
+    DaemonError,
+> {
+    fsperm::restrict_umask();
+    fsperm::check_private(&config.data_dir)?;
+    let store_path = config.data_dir.join(STORE_DIR);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    crate::store::check_schema(store.as_ref(), &store_path)?;
+    let keys = DaemonKeys::load(&config.data_dir)?;
+    let anchor =
+        crate::audit::anchor::Anchor::new(config.data_dir.join(crate::constants::ANCHOR_FILE));
+    // An unreadable anchor is what is being replaced: report it as none.
+    let before = anchor.read().ok().flatten();
+    let audit = offline_audit_log(store.clone(), Arc::new(SystemClock), &keys)?;
+    audit.commit(
+        crate::store::Txn::new(),
+        crate::audit::Event {
+            event: "store.rollback_accepted",
+            actor: local_actor(),
+            subject: "store".to_owned(),
+            details: serde_json::json!({
+                "anchored_seq": before.as_ref().map(|a| a.seq),
+                "anchored_hash": before.as_ref().map(|a| a.hash.clone()),
+                "store_seq": audit.head_seq(),
+            }),
+            evidence: None,
+        },
+    )?;
+    store.flush()?;
+    let (_, now) = anchor.reset(store.as_ref()).map_err(AuthorityError::from)?;
+    Ok((before, now))
+}
+
 /// The actor of an offline command: the local user running it.
 fn local_actor() -> Actor {
     Actor::Local {
@@ -303,6 +345,7 @@ fn open_layered_authority(
             piv: &config.piv,
             introspect_uids: config.unix.introspect_uids.clone(),
             drill_max_age: config.drill_max_age,
+            anchor: Some(config.data_dir.join(crate::constants::ANCHOR_FILE)),
         },
     )?);
     // Logged once it all worked: a refused store gets its one error line and nothing else.

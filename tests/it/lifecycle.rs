@@ -90,6 +90,106 @@ fn a_world_readable_key_file_stops_startup() {
     );
 }
 
+/// Asks the daemon for a fresh checkpoint: one more durable audit record.
+async fn write_a_record(daemon: &crate::support::Daemon) -> u64 {
+    pb::audit_service_client::AuditServiceClient::new(daemon.unix_channel().await)
+        .write_checkpoint(pb::WriteCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint_seq
+}
+
+#[tokio::test]
+async fn a_store_restored_from_an_older_copy_is_refused_until_the_rollback_is_accepted() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let old_head = write_a_record(&daemon).await;
+    assert!(daemon.terminate().success());
+    let store = dir.data.join("store");
+    let old_copy = dir.dir.path().join("store-old");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&store)
+        .arg(&old_copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    // The daemon serves on: a revocation, say, becomes durable at a later record.
+    let daemon = dir.start();
+    let anchored = {
+        // A change (a scope, applied at once during genesis) and its checkpoint.
+        let channel = daemon.unix_channel().await;
+        pb::trust_service_client::TrustServiceClient::new(channel)
+            .propose_change(pb::ProposeChangeRequest {
+                note: "bootstrap".into(),
+                change: Some(pb::propose_change_request::Change::PutScope(
+                    crate::breakglass::db_root(600),
+                )),
+            })
+            .await
+            .unwrap();
+        write_a_record(&daemon).await
+    };
+    assert!(daemon.terminate().success());
+    assert!(anchored > old_head, "{anchored} > {old_head}");
+
+    // The store goes back in time.
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::rename(&old_copy, &store).unwrap();
+    let out = dir.serve_expecting_failure();
+    let stderr = one_line_stderr(&out);
+    assert!(stderr.contains("went back in time"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("ends at record {old_head}"))
+            && stderr.contains(&format!("record {anchored} was durable")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("latchkeyd accept-rollback"), "{stderr}");
+    assert!(!dir.socket.exists());
+
+    // The operator accepts it: the daemon serves the older state, and the log says so.
+    let accepted = latchkeyd()
+        .arg("accept-rollback")
+        .arg("--config")
+        .arg(&dir.config)
+        .output()
+        .unwrap();
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let daemon = dir.start();
+    let records = pb::audit_service_client::AuditServiceClient::new(daemon.unix_channel().await)
+        .read_records(pb::ReadRecordsRequest {
+            from_seq: 1,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let accepted = records
+        .iter()
+        .find(|r| r.event == "store.rollback_accepted")
+        .expect("the acceptance is audited");
+    assert_eq!(
+        accepted.seq,
+        old_head + 1,
+        "recorded right after the served state"
+    );
+    assert!(
+        accepted
+            .json
+            .contains(&format!("\"anchored_seq\":{anchored}")),
+        "{}",
+        accepted.json
+    );
+    assert!(daemon.terminate().success());
+}
+
 #[test]
 fn a_config_that_others_may_write_stops_startup() {
     let dir = DaemonDir::init();
