@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // Undecodable messages answer INVALID_ARGUMENT with a stable code (src/rpc/codec.rs).
+        .codec_path("crate::rpc::codec::LatchkeyCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

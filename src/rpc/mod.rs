@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+pub mod codec;
 pub mod identity;
 mod operator;
 mod system;

@@ -240,3 +240,34 @@ async fn an_export_ends_at_its_checkpoint_even_when_records_follow_it() {
     drop(authority);
     w.bg.stop().await;
 }
+
+/// A `ShowRequestRequest` whose `id` (field 1, a string) carries raw bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawShowRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    id: Vec<u8>,
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_invalid_argument_with_a_stable_code() {
+    let bg = crate::breakglass::Bg::start().await;
+    let mut grpc = tonic::client::Grpc::new(bg.local().await);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/latchkey.v1.AccessService/ShowRequest",
+    );
+    let codec = tonic_prost::ProstCodec::<RawShowRequest, pb::ShowRequestResponse>::default();
+    let status = grpc
+        .unary(
+            tonic::Request::new(RawShowRequest {
+                id: vec![0xff, 0xfe, b'x'],
+            }),
+            path,
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(crate::breakglass::code(&status), "rpc.malformed_message");
+    bg.stop().await;
+}
