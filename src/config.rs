@@ -85,6 +85,18 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     drill: RawDrill,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connections: Option<usize>,
+    connections_per_uid: Option<usize>,
+    streams: Option<usize>,
+    streams_per_connection: Option<u32>,
+    handshake_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +221,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// How old a scope's last successful drill may be before `doctor` warns.
     pub drill_max_age: Duration,
+    /// Connection and stream bounds.
+    pub limits: LimitsConfig,
 }
 
 /// PIV keys: the policy enrolled keys must meet and extra trust material.
@@ -291,6 +305,34 @@ pub struct UnixConfig {
     pub allow_groups: Vec<String>,
     /// Local users (e.g. a vault plugin on the bastion) that may introspect bearer tokens.
     pub introspect_uids: Vec<u32>,
+}
+
+/// Bounds on what callers can hold open (defaults in [`crate::constants`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Open connections per listener; more are closed at once.
+    pub connections: usize,
+    /// Local connections of one calling user; more are closed at once.
+    pub connections_per_uid: usize,
+    /// Live watch and follow streams in total; more are refused (`rpc.too_many_streams`).
+    pub streams: usize,
+    /// Concurrent calls on one connection (HTTP/2 max concurrent streams).
+    pub streams_per_connection: u32,
+    /// A local connection that sends nothing for this long after connecting is closed.
+    pub handshake: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use crate::constants as c;
+        Self {
+            connections: c::MAX_CONNECTIONS,
+            connections_per_uid: c::MAX_CONNECTIONS_PER_UID,
+            streams: c::MAX_LIVE_STREAMS,
+            streams_per_connection: c::MAX_STREAMS_PER_CONNECTION,
+            handshake: c::LOCAL_HANDSHAKE_TIMEOUT,
+        }
+    }
 }
 
 /// The mutual-TLS TCP listener.
@@ -442,7 +484,36 @@ impl Config {
                 "piv.dev_roots trusts software PIV keys and is refused outside dev_mode".to_owned(),
             ));
         }
+        let defaults = LimitsConfig::default();
+        let limits = LimitsConfig {
+            connections: raw.limits.connections.unwrap_or(defaults.connections),
+            connections_per_uid: raw
+                .limits
+                .connections_per_uid
+                .unwrap_or(defaults.connections_per_uid),
+            streams: raw.limits.streams.unwrap_or(defaults.streams),
+            streams_per_connection: raw
+                .limits
+                .streams_per_connection
+                .unwrap_or(defaults.streams_per_connection),
+            handshake: raw
+                .limits
+                .handshake_seconds
+                .map_or(defaults.handshake, Duration::from_secs),
+        };
+        if limits.connections == 0
+            || limits.connections_per_uid == 0
+            || limits.streams == 0
+            || limits.streams_per_connection == 0
+            || limits.handshake.is_zero()
+        {
+            return Err(invalid(
+                "every [limits] value must be at least 1 (leave one out for its default)"
+                    .to_owned(),
+            ));
+        }
         Ok(Self {
+            limits,
             piv: PivConfig {
                 require_touch: raw.piv.require_touch,
                 require_pin: raw.piv.require_pin,

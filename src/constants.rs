@@ -49,6 +49,20 @@ pub const DEFAULT_ADMIN_ROLE: &str = "admin";
 pub const TLS_CERT_VALIDITY_DAYS: u32 = 3650;
 /// A TLS handshake that takes longer than this is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `[limits] connections`: open connections per listener.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Default `[limits] connections_per_uid`: local connections of one calling user.
+pub const MAX_CONNECTIONS_PER_UID: usize = 64;
+/// Default `[limits] streams`: live watch and follow streams, all listeners together.
+pub const MAX_LIVE_STREAMS: usize = 1024;
+/// Default `[limits] streams_per_connection`: concurrent calls on one HTTP/2 connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Default `[limits] handshake_seconds`: a local connection must start speaking within this.
+pub const LOCAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive: a ping after this much silence…
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// …and the connection is closed if the ping is not answered within this.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After SIGTERM, in-flight calls get this long to finish before the daemon exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 

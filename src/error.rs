@@ -22,6 +22,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// A dependency (disk, store) failed. Retry later; alert an operator.
     Unavailable,
+    /// The caller holds too much open (connections, streams). Close some, then retry.
+    ResourceExhausted,
     /// A bug or corrupt data. Alert an operator.
     Internal,
 }

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::DaemonError;
 use crate::config::Config;
 use crate::constants::{SOCKET_MODE, TLS_HANDSHAKE_TIMEOUT};
-use crate::rpc::identity::{LocalAccess, TlsConn, UnixConn};
+use crate::rpc::identity::{ConnectionSlots, LocalAccess, TlsConn, UnixConn};
 
 /// Listeners ready to accept.
 #[derive(Debug)]
@@ -224,13 +223,57 @@ fn bind_unix(config: &Config) -> Result<(UnixListener, Option<PathBuf>), DaemonE
     Ok((listener, Some(path.clone())))
 }
 
-/// The stream of identified local connections.
+/// The stream of identified local connections. Past the connection limits (in total, per
+/// calling user) a new connection is closed at once; one that sends nothing within
+/// `handshake` is closed; accept errors (out of file descriptors) back off instead of
+/// spinning. The accept loop ends when the server drops the stream.
 pub fn unix_incoming(
     listener: UnixListener,
     access: LocalAccess,
-) -> impl tokio_stream::Stream<Item = io::Result<UnixConn>> + Send + 'static {
-    UnixListenerStream::new(listener)
-        .map(move |conn| conn.and_then(|s| UnixConn::accept(s, &access)))
+    slots: std::sync::Arc<ConnectionSlots>,
+    handshake: std::time::Duration,
+) -> ReceiverStream<io::Result<UnixConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accepting a local connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let conn = match UnixConn::accept(stream, &access) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::info!("reading a local peer's credentials: {e}");
+                    continue;
+                }
+            };
+            let uid = conn.peer_uid();
+            let Some(slot) = slots.take(Some(uid)) else {
+                tracing::warn!(uid, "too many local connections; closing a new one");
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake, conn.readable()).await {
+                    Ok(Ok(())) => {
+                        // The server may have shut down meanwhile; then the connection closes.
+                        let _closed = tx.send(Ok(conn.holding(slot))).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(uid, "local connection failed: {e}"),
+                    Err(_) => tracing::info!(uid, "local connection sent nothing; closed"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// The stream of completed mutual-TLS handshakes. Handshakes run concurrently so a slow client
@@ -238,6 +281,7 @@ pub fn unix_incoming(
 pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    slots: std::sync::Arc<ConnectionSlots>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -255,6 +299,10 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            let Some(slot) = slots.take(None) else {
+                tracing::warn!(%remote, "too many TLS connections; closing a new one");
+                continue;
+            };
             // Small gRPC frames must not wait for Nagle's algorithm (a 40 ms tail otherwise).
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::warn!(%remote, "TCP_NODELAY: {e}");
@@ -265,7 +313,8 @@ pub fn tls_incoming(
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         // The server may have shut down meanwhile; then the connection just closes.
-                        let _closed = tx.send(TlsConn::new(tls, remote)).await;
+                        let conn = TlsConn::new(tls, remote).map(|c| c.holding(slot));
+                        let _closed = tx.send(conn).await;
                     }
                     Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),
                     Err(_) => tracing::info!(%remote, "TLS handshake timed out"),

@@ -21,7 +21,7 @@ use crate::config::{AuditConfig, Config, ConfigError};
 use crate::constants::{SHUTDOWN_GRACE, STORE_DIR};
 use crate::fsperm::{self, FsPermError};
 use crate::keys::{DaemonKeys, Fingerprints, KeyError};
-use crate::rpc::identity::{LocalAccess, local_interceptor, tls_interceptor};
+use crate::rpc::identity::{ConnectionSlots, LocalAccess, local_interceptor, tls_interceptor};
 use crate::rpc::{Api, FILE_DESCRIPTOR_SET};
 use crate::store::{SledStore, Store, StoreError};
 use crate::trust::{self, TrustError, TrustStorePolicy};
@@ -357,6 +357,15 @@ fn open_layered_authority(
     Ok((authority, keys))
 }
 
+/// A gRPC server bounded as `[limits]` says: concurrent calls per connection, and HTTP/2
+/// keepalive pings that close connections whose peer stopped answering.
+fn server_builder(limits: &crate::config::LimitsConfig) -> Server {
+    Server::builder()
+        .max_concurrent_streams(Some(limits.streams_per_connection))
+        .http2_keepalive_interval(Some(crate::constants::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::constants::KEEPALIVE_TIMEOUT))
+}
+
 /// Opens the store and keys, binds the listeners and starts serving.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
     start_layered(config, clock, None).await
@@ -387,7 +396,7 @@ pub async fn start_layered(
     let listed = authority.publish_krl_now()?;
     tracing::info!(krl = %authority.krl_path().display(), revoked_serials = listed, "KRL written");
     let (stop, _) = watch::channel(false);
-    let api = Api::new(authority.clone(), stop.subscribe());
+    let api = Api::new(authority.clone(), stop.subscribe(), config.limits.streams);
 
     let bound = listen::bind(config)?;
     let mut addresses = bound.addresses();
@@ -446,7 +455,7 @@ pub async fn start_layered(
             allow_uids: config.unix.allow_uids.clone(),
             allow_groups: config.unix.allow_groups.clone(),
         };
-        let router = Server::builder()
+        let router = server_builder(&config.limits)
             .layer(InterceptorLayer::new(local_interceptor()))
             .add_service(api.system())
             .add_service(api.audit())
@@ -457,12 +466,17 @@ pub async fn start_layered(
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone());
-        let incoming = listen::unix_incoming(listener, access);
+        let incoming = listen::unix_incoming(
+            listener,
+            access,
+            ConnectionSlots::new(config.limits.connections, config.limits.connections_per_uid),
+            config.limits.handshake,
+        );
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
     if let Some(listener) = bound.tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&keys)?));
-        let router = Server::builder()
+        let router = server_builder(&config.limits)
             .layer(InterceptorLayer::new(tls_interceptor(authority.clone())))
             .add_service(api.system())
             .add_service(api.audit())
@@ -473,7 +487,11 @@ pub async fn start_layered(
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let incoming = listen::tls_incoming(listener, acceptor);
+        let incoming = listen::tls_incoming(
+            listener,
+            acceptor,
+            ConnectionSlots::new(config.limits.connections, config.limits.connections),
+        );
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
 

@@ -28,14 +28,20 @@ use crate::workflow::{Delivery, RequestView, VoteTarget};
 pub struct AccessApi {
     authority: Arc<Authority>,
     shutdown: watch::Receiver<bool>,
+    streams: super::StreamLimit,
 }
 
 impl AccessApi {
     /// The service over `authority`; watch streams end when `shutdown` turns true.
-    pub fn new(authority: Arc<Authority>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        authority: Arc<Authority>,
+        shutdown: watch::Receiver<bool>,
+        streams: super::StreamLimit,
+    ) -> Self {
         Self {
             authority,
             shutdown,
+            streams,
         }
     }
 }
@@ -417,6 +423,7 @@ impl pb::access_service_server::AccessService for AccessApi {
     ) -> Result<Response<Self::WatchRequestStream>, Status> {
         let caller = caller_of(&request)?;
         let id = request.into_inner().id;
+        let permit = self.streams.take()?;
         // Subscribe before the first read, so nothing committed in between is missed.
         let records = self.authority.audit().subscribe();
         {
@@ -429,14 +436,18 @@ impl pb::access_service_server::AccessService for AccessApi {
             .await?;
         }
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(watch_loop(
+        let watching = watch_loop(
             self.authority.clone(),
             caller,
             id,
             records,
             self.shutdown.clone(),
             tx,
-        ));
+        );
+        tokio::spawn(async move {
+            let _held = permit;
+            watching.await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -616,6 +627,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         let caller = caller_of(&request)?;
+        let permit = self.streams.take()?;
         // Subscribe before the backlog, so a revocation starting in between is not missed.
         let records = self.authority.audit().subscribe();
         {
@@ -628,13 +640,17 @@ impl pb::access_service_server::AccessService for AccessApi {
             .await?;
         }
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(revocation_loop(
+        let watching = revocation_loop(
             self.authority.clone(),
             caller,
             records,
             self.shutdown.clone(),
             tx,
-        ));
+        );
+        tokio::spawn(async move {
+            let _held = permit;
+            watching.await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -21,14 +21,20 @@ use crate::pb;
 pub struct AuditApi {
     authority: Arc<Authority>,
     shutdown: watch::Receiver<bool>,
+    streams: super::StreamLimit,
 }
 
 impl AuditApi {
     /// The service over `authority`; follow streams end when `shutdown` turns true.
-    pub fn new(authority: Arc<Authority>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        authority: Arc<Authority>,
+        shutdown: watch::Receiver<bool>,
+        streams: super::StreamLimit,
+    ) -> Self {
         Self {
             authority,
             shutdown,
+            streams,
         }
     }
 }
@@ -132,6 +138,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         request: Request<pb::FollowRecordsRequest>,
     ) -> Result<Response<Self::FollowRecordsStream>, Status> {
         require_local(&request)?;
+        let permit = self.streams.take()?;
         let mut next = request.into_inner().from_seq.max(1);
         let authority = self.authority.clone();
         // Subscribe before reading the backlog so no record falls between the two.
@@ -139,6 +146,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         let mut shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
+            let _held = permit;
             if !send_backlog(&authority, &mut next, &tx).await {
                 return;
             }

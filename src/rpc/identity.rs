@@ -74,9 +74,112 @@ pub struct TlsPeerInfo {
 pub struct UnixConn {
     inner: UnixStream,
     info: UnixPeerInfo,
+    /// Held while the connection is open (see [`ConnectionSlots`]).
+    _slot: Option<Slot>,
+}
+
+/// Counts open connections, in total and per local user, and refuses past the limits.
+#[derive(Debug)]
+pub struct ConnectionSlots {
+    total: usize,
+    per_uid: usize,
+    open: std::sync::Mutex<(usize, std::collections::HashMap<u32, usize>)>,
+}
+
+/// One open connection's place; given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<ConnectionSlots>,
+    uid: Option<u32>,
+}
+
+impl ConnectionSlots {
+    /// At most `total` connections, and `per_uid` of one local user.
+    pub fn new(total: usize, per_uid: usize) -> Arc<Self> {
+        Arc::new(Self {
+            total,
+            per_uid,
+            open: std::sync::Mutex::new((0, std::collections::HashMap::new())),
+        })
+    }
+
+    /// A place for a connection of `uid` (None: a TCP peer), or None past a limit.
+    pub fn take(self: &Arc<Self>, uid: Option<u32>) -> Option<Slot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.0 >= self.total {
+            return None;
+        }
+        if let Some(uid) = uid {
+            let mine = open.1.entry(uid).or_default();
+            if *mine >= self.per_uid {
+                return None;
+            }
+            *mine += 1;
+        }
+        open.0 += 1;
+        Some(Slot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.0 = open.0.saturating_sub(1);
+        if let Some(uid) = self.uid
+            && let Some(mine) = open.1.get_mut(&uid)
+        {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                open.1.remove(&uid);
+            }
+        }
+    }
 }
 
 impl UnixConn {
+    /// The peer's uid, from its credentials.
+    pub fn peer_uid(&self) -> u32 {
+        self.info.peer.uid
+    }
+
+    /// Holds `slot` for as long as the connection is open.
+    pub fn holding(mut self, slot: Slot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
+    /// Waits until the peer has sent something (or closed). Readiness alone can be a false
+    /// positive, so the socket is peeked at without consuming anything.
+    pub async fn readable(&self) -> io::Result<()> {
+        use nix::sys::socket::{MsgFlags, recv};
+        use std::os::fd::AsFd as _;
+        loop {
+            self.inner.readable().await?;
+            let peeked = self.inner.try_io(tokio::io::Interest::READABLE, || {
+                let mut byte = [0u8; 1];
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&self.inner.as_fd());
+                recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)
+                    .map_err(io::Error::from)
+            });
+            match peeked {
+                // Data, or an orderly close (0): either way the server may take it now.
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Reads the peer's credentials and checks them against `access`.
     pub fn accept(inner: UnixStream, access: &LocalAccess) -> io::Result<Self> {
         let cred = inner.peer_cred()?;
@@ -92,6 +195,7 @@ impl UnixConn {
         Ok(Self {
             inner,
             info: UnixPeerInfo { peer, allowed },
+            _slot: None,
         })
     }
 }
@@ -101,9 +205,17 @@ impl UnixConn {
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: TlsPeerInfo,
+    /// Held while the connection is open (see [`ConnectionSlots`]).
+    _slot: Option<Slot>,
 }
 
 impl TlsConn {
+    /// Holds `slot` for as long as the connection is open.
+    pub fn holding(mut self, slot: Slot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
     /// Wraps a completed handshake. Fails if the client presented no certificate.
     pub fn new(
         inner: tokio_rustls::server::TlsStream<TcpStream>,
@@ -125,6 +237,7 @@ impl TlsConn {
                 spki_sha256,
                 remote,
             },
+            _slot: None,
         })
     }
 }

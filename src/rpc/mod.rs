@@ -45,6 +45,7 @@ pub fn grpc_code(kind: ErrorKind) -> tonic::Code {
         ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
         ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
         ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
         ErrorKind::Internal => tonic::Code::Internal,
         #[allow(unreachable_patterns)] // ErrorKind is non_exhaustive for other crates only
         _ => tonic::Code::Internal,
@@ -79,19 +80,48 @@ pub fn status(kind: ErrorKind, code: &'static str, message: &str) -> Status {
     status
 }
 
+/// Bounds the live watch and follow streams of all listeners together.
+#[derive(Debug, Clone)]
+pub struct StreamLimit(Arc<tokio::sync::Semaphore>);
+
+impl StreamLimit {
+    /// At most `streams` at once.
+    pub fn new(streams: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(streams)))
+    }
+
+    /// A place for one more stream, held until the stream ends; refused past the limit.
+    pub(crate) fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            status(
+                ErrorKind::ResourceExhausted,
+                "rpc.too_many_streams",
+                "too many watch and follow streams are open; close some and retry",
+            )
+        })
+    }
+}
+
 /// The services every listener serves, sharing one authority.
 #[derive(Debug, Clone)]
 pub struct Api {
     authority: Arc<Authority>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    streams: StreamLimit,
 }
 
 impl Api {
-    /// Services over `authority`; long-lived streams end when `shutdown` turns true.
-    pub fn new(authority: Arc<Authority>, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+    /// Services over `authority`; long-lived streams end when `shutdown` turns true, and at
+    /// most `streams` are open at once.
+    pub fn new(
+        authority: Arc<Authority>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        streams: usize,
+    ) -> Self {
         Self {
             authority,
             shutdown,
+            streams: StreamLimit::new(streams),
         }
     }
 
@@ -110,6 +140,7 @@ impl Api {
         pb::audit_service_server::AuditServiceServer::new(AuditApi::new(
             self.authority.clone(),
             self.shutdown.clone(),
+            self.streams.clone(),
         ))
     }
 
@@ -125,6 +156,7 @@ impl Api {
         pb::access_service_server::AccessServiceServer::new(AccessApi::new(
             self.authority.clone(),
             self.shutdown.clone(),
+            self.streams.clone(),
         ))
     }
 

@@ -271,3 +271,81 @@ async fn an_undecodable_message_is_invalid_argument_with_a_stable_code() {
     assert_eq!(crate::breakglass::code(&status), "rpc.malformed_message");
     bg.stop().await;
 }
+
+/// A daemon with small `[limits]`.
+async fn limited() -> crate::breakglass::Bg {
+    crate::breakglass::Bg::start_with(
+        crate::support::DaemonDir::init(),
+        "[limits]\nstreams = 2\nconnections_per_uid = 3\nhandshake_seconds = 1\n",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn live_streams_past_the_limit_are_refused_with_a_stable_code() {
+    let bg = limited().await;
+    let mut client = pb::audit_service_client::AuditServiceClient::new(bg.local().await);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(
+            client
+                .follow_records(pb::FollowRecordsRequest { from_seq: 1 })
+                .await
+                .unwrap(),
+        );
+    }
+    let err = AccessServiceClient::new(bg.local().await)
+        .watch_request(pb::WatchRequestRequest { id: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(crate::breakglass::code(&err), "rpc.too_many_streams");
+    drop(open);
+    bg.stop().await;
+}
+
+#[tokio::test]
+async fn one_user_cannot_hold_more_local_connections_than_allowed() {
+    let bg = limited().await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let channel = bg.local().await;
+        let mut system = pb::system_service_client::SystemServiceClient::new(channel);
+        system.status(pb::StatusRequest {}).await.unwrap();
+        held.push(system);
+    }
+    // The fourth is closed as soon as it is accepted: its first call cannot succeed.
+    let refused = match latchkey::client::connect_unix(&bg.dir.socket).await {
+        Ok(channel) => pb::system_service_client::SystemServiceClient::new(channel)
+            .status(pb::StatusRequest {})
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a fourth connection of the same user was served");
+    // The three held ones still work.
+    for system in &mut held {
+        system.status(pb::StatusRequest {}).await.unwrap();
+    }
+    drop(held);
+    bg.stop().await;
+}
+
+#[tokio::test]
+async fn a_local_connection_that_never_speaks_is_closed() {
+    use std::io::Read as _;
+    let bg = limited().await;
+    let socket = bg.dir.socket.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut raw = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        // A hang guard, not a timing assertion: the daemon closes it after 1 s.
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        raw.read(&mut buf)
+    })
+    .await
+    .unwrap();
+    assert_eq!(read.unwrap(), 0, "the daemon closed the idle connection");
+    bg.stop().await;
+}
