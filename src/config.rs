@@ -601,6 +601,15 @@ krl_path = "{krl}"
 [drill]
 # `latchkeyd doctor` warns when a scope's last passed drill (`latchkey drill`) is older.
 max_age_days = {drill_days}
+
+# What callers can hold open; past a limit a new connection is closed or a stream refused
+# (rpc.too_many_streams). Defaults shown.
+# [limits]
+# connections = 512
+# connections_per_uid = 64
+# streams = 1024
+# streams_per_connection = 64
+# handshake_seconds = 10
 "#,
             drill_days = crate::constants::DEFAULT_DRILL_MAX_AGE_DAYS,
             krl = data_dir.join(crate::constants::DEFAULT_KRL_FILE).display(),

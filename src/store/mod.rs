@@ -5,6 +5,7 @@
 //! The transaction model is etcd's: a list of comparisons that must all hold, then a list of
 //! writes applied all-or-nothing. A successful [`Store::commit`] is durable when it returns.
 
+pub mod codecs;
 mod sled_store;
 
 use std::path::Path;

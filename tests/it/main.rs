@@ -8,6 +8,7 @@ mod audit;
 mod breakglass;
 mod delivery;
 mod fido2;
+mod golden;
 mod hardening;
 mod lifecycle;
 mod operations;

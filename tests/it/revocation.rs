@@ -284,7 +284,18 @@ async fn an_early_revocation_reaches_a_real_sshd_through_the_krl_long_before_exp
 }
 
 /// erin revokes `grant_id` with a key touch; returns once the revocation is complete.
-async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
+pub async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
+    let revoking = start_revocation(w, grant_id, reason).await;
+    let subject = format!("grant/{grant_id}");
+    await_record(&w.bg, 1, |r| {
+        r.event == "grant.revoked" && r.subject == subject
+    })
+    .await;
+    revoking
+}
+
+/// erin revokes `grant_id` early; returns as soon as the revocation has started.
+pub async fn start_revocation(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
     let begun = AccessServiceClient::new(w.bg.local().await)
         .begin_revoke(pb::BeginRevokeRequest {
             grant_id: grant_id.into(),
@@ -299,7 +310,7 @@ async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantI
         0,
         serde_json::from_str(&begun.request_options_json).unwrap(),
     );
-    let revoking = AccessServiceClient::new(w.bg.local().await)
+    AccessServiceClient::new(w.bg.local().await)
         .revoke(pb::RevokeRequest {
             grant_id: grant_id.into(),
             reason: reason.into(),
@@ -310,13 +321,7 @@ async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantI
         .unwrap()
         .into_inner()
         .grant
-        .unwrap();
-    let subject = format!("grant/{grant_id}");
-    await_record(&w.bg, 1, |r| {
-        r.event == "grant.revoked" && r.subject == subject
-    })
-    .await;
-    revoking
+        .unwrap()
 }
 
 /// What `ssh-keygen -Q` says of `cert` against `krl`: whether the KRL revokes it.
