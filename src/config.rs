@@ -626,6 +626,24 @@ max_age_days = {drill_days}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fuzz_config_text_never_panics_the_parser() {
+        let valid = vec![
+            Config::example(
+                Path::new("/var/lib/latchkey"),
+                Path::new("/run/l.sock"),
+                false,
+            )
+            .into_bytes(),
+            b"version = 1\n[limits]\nstreams = 2\n[unix]\nallow_uids = [1000]\n".to_vec(),
+        ];
+        crate::fuzzing::run("config", &valid, |input| {
+            if let Ok(text) = std::str::from_utf8(input) {
+                let _ = Config::parse(text, Path::new("fuzz.toml"));
+            }
+        });
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

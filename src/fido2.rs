@@ -463,6 +463,39 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_webauthn_json_never_panics_registration_or_assertion() {
+        use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+        let origin = Url::parse("https://localhost").unwrap();
+        let fido2 = Fido2::new("localhost", "https://localhost", &[], &[], true).unwrap();
+        let mut token = webauthn_authenticator_rs::softtoken::SoftToken::new(true)
+            .unwrap()
+            .0;
+        let (options, registration) = fido2
+            .start_registration(Uuid::new_v4(), "alice", Vec::new())
+            .unwrap();
+        let registered = token.do_registration(origin.clone(), options).unwrap();
+        let registration_json = serde_json::to_string(&registered).unwrap();
+        let key = fido2
+            .finish_registration(&registration_json, &registration)
+            .unwrap();
+        let (options, assertion) = fido2
+            .start_assertion(std::slice::from_ref(&key.key), [7u8; 32], false)
+            .unwrap();
+        let asserted = token.do_authentication(origin, options).unwrap();
+        let assertion_json = serde_json::to_string(&asserted).unwrap();
+        crate::fuzzing::run(
+            "webauthn-json",
+            &[registration_json.into_bytes(), assertion_json.into_bytes()],
+            |input| {
+                if let Ok(text) = std::str::from_utf8(input) {
+                    let _ = fido2.finish_registration(text, &registration);
+                    let _ = fido2.finish_assertion(text, &assertion, false);
+                }
+            },
+        );
+    }
+
+    #[test]
     fn an_attestation_ca_without_key_cert_sign_is_refused_at_start() {
         let without = ca_pem(vec![]);
         let Err(err) = Fido2::new("localhost", "https://localhost", &[without], &[], false) else {

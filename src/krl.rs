@@ -226,6 +226,18 @@ pub fn read_serials(path: &Path, ca_key_blob: &[u8]) -> Result<Vec<u64>, KrlErro
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fuzz_krl_read_back_never_panics() {
+        let ca = b"ca-blob".to_vec();
+        let valid = vec![
+            encode(&ca, &[1, 2, 3, u64::MAX], 7, 1_700_000_000),
+            encode(&ca, &[], 8, 1_700_000_000),
+        ];
+        crate::fuzzing::run("krl", &valid, |input| {
+            let _ = decode(input, &ca);
+        });
+    }
+
     use super::*;
 
     #[test]

@@ -17,6 +17,8 @@ pub mod drill;
 pub mod error;
 pub mod fido2;
 pub mod fsperm;
+#[cfg(test)]
+mod fuzzing;
 pub mod grant;
 pub mod keys;
 pub mod krl;

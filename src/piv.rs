@@ -597,6 +597,21 @@ pub fn verify_signature(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fuzz_attestation_certificates_never_panic_parsing_or_chain_checks() {
+        let der = |pem: &[u8]| parse_certificate("fixture", pem).unwrap().to_der().unwrap();
+        let valid = vec![der(DEVICE), der(SLOT_9A)];
+        let trust = PivTrust::yubico(&[]).unwrap();
+        let (attestation, device) = fixture();
+        crate::fuzzing::run("piv", &valid, |input| {
+            if let Ok(cert) = Certificate::from_der(input) {
+                let _ = trust.verify(&cert, &device, None);
+                let _ = trust.verify(&attestation, &cert, None);
+            }
+            let _ = parse_certificate("fuzzed", input);
+        });
+    }
+
     use super::*;
 
     const DEVICE: &[u8] = include_bytes!("../trust/fixtures/yubikey-5.4.3-f9-device.pem");

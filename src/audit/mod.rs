@@ -758,6 +758,27 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_audit_exports_never_panic_the_verifier() {
+        let (_dir, _store, log) = test_log();
+        for n in 0..6 {
+            let (txn, event) = note(n);
+            log.commit(txn, event).unwrap();
+        }
+        log.checkpoint().unwrap();
+        let export: String = log
+            .read(1, 100)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        let key = log.public_key();
+        assert!(verify::verify(export.as_bytes(), &key).is_ok());
+        crate::fuzzing::run("audit-export", &[export.into_bytes()], |input| {
+            let _ = verify::verify(input, &key);
+        });
+    }
+
+    #[test]
     fn records_chain_and_checkpoints_follow_the_policy() {
         let (_dir, _store, log) = test_log();
         for n in 0..9 {
