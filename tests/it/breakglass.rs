@@ -33,7 +33,7 @@ pub const ORIGIN: &str = "https://latchkey.local";
 pub struct MemKey(SoftToken);
 
 impl MemKey {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self(SoftToken::new(true).unwrap().0)
     }
 }

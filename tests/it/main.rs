@@ -6,6 +6,7 @@
 
 mod audit;
 mod breakglass;
+mod crash;
 mod delivery;
 mod fido2;
 mod golden;
