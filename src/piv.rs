@@ -307,6 +307,10 @@ pub struct PivTrust {
     roots: Vec<Certificate>,
     intermediates: Vec<Certificate>,
     dev_roots: Vec<Certificate>,
+    /// Yubico's U2F root (pinned as for FIDO2): YubiKey 4 signs its slot-f9 device
+    /// certificate with it, without basicConstraints. Trusted for device certificates of
+    /// exactly that shape, directly under it, and nothing else.
+    u2f_root: Certificate,
 }
 
 impl PivTrust {
@@ -339,11 +343,41 @@ impl PivTrust {
                 });
             }
         }
+        let u2f_root = parse_certificate("bundled U2F root", crate::fido2::YUBICO_FIDO_ROOT_PEM)?;
+        if sha256_hex(&der_of(&u2f_root)) != crate::fido2::YUBICO_FIDO_ROOT_SHA256 {
+            return Err(PivError::Pin {
+                name: "Yubico U2F Root CA Serial 457200631".to_owned(),
+                pinned: crate::fido2::YUBICO_FIDO_ROOT_SHA256.to_owned(),
+            });
+        }
         Ok(Self {
             roots,
             intermediates,
             dev_roots: Vec::new(),
+            u2f_root,
         })
+    }
+
+    /// The U2F root in place of Yubico's (tests build YubiKey 4-shaped chains under it).
+    #[cfg(test)]
+    fn with_u2f_root(mut self, root: Certificate) -> Self {
+        self.u2f_root = root;
+        self
+    }
+
+    /// A YubiKey 4 device certificate: issued by the U2F root, signed by it, and without
+    /// basicConstraints (as that series issues them).
+    fn is_yubikey4_device(&self, device: &Certificate) -> bool {
+        const BASIC_CONSTRAINTS: &str = "2.5.29.19";
+        let no_basic_constraints = !device
+            .tbs_certificate()
+            .extensions()
+            .into_iter()
+            .flatten()
+            .any(|e| e.extn_id.to_string() == BASIC_CONSTRAINTS);
+        device.tbs_certificate().issuer() == self.u2f_root.tbs_certificate().subject()
+            && no_basic_constraints
+            && verify_signed_by(device, &self.u2f_root, "device by U2F root").is_ok()
     }
 
     /// Adds a root trusted only in dev mode (the software PIV signer's synthetic hierarchy).
@@ -375,7 +409,13 @@ impl PivTrust {
         verify_signed_by(attestation, device, "attestation by device certificate")?;
         let mut current = device.clone();
         let mut root = None;
+        if self.is_yubikey4_device(device) {
+            root = Some((self.u2f_root.tbs_certificate().subject().to_string(), false));
+        }
         for _ in 0..MAX_CHAIN {
+            if root.is_some() {
+                break;
+            }
             let here = der_of(&current);
             if let Some(found) = self.roots.iter().find(|r| der_of(r) == here) {
                 let dev = self.dev_roots.iter().any(|r| der_of(r) == here);
@@ -597,6 +637,87 @@ pub fn verify_signature(
 
 #[cfg(test)]
 mod tests {
+    /// A YubiKey 4-shaped chain: a U2F-style root; a device certificate signed by it, with
+    /// basicConstraints only if `device_is_ca`; a slot attestation (firmware 4.3.5).
+    fn yubikey4_chain(device_is_ca: bool) -> (Certificate, Certificate, Certificate) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair,
+            PKCS_ECDSA_P256_SHA256,
+        };
+        let parse = |pem: String| parse_certificate("fixture", pem.as_bytes()).unwrap();
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut root = CertificateParams::new(Vec::<String>::new()).unwrap();
+        root.distinguished_name.push(
+            DnType::CommonName,
+            "Yubico U2F Root CA Serial 457200631 (test)",
+        );
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root_cert = root.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root, root_key);
+        let device_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut device = CertificateParams::new(Vec::<String>::new()).unwrap();
+        device
+            .distinguished_name
+            .push(DnType::CommonName, "Yubico PIV Attestation");
+        device.is_ca = if device_is_ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::NoCa
+        };
+        let device_cert = device.signed_by(&device_key, &root_issuer).unwrap();
+        let device_issuer = Issuer::new(device, device_key);
+        let slot_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut att = CertificateParams::new(Vec::<String>::new()).unwrap();
+        att.distinguished_name
+            .push(DnType::CommonName, "YubiKey PIV Attestation 9a");
+        att.custom_extensions = vec![
+            CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 41482, 3, 3], vec![4, 3, 5]),
+            CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 41482, 3, 7],
+                vec![0x02, 0x04, 0x00, 0x4c, 0x4b, 0x40],
+            ),
+            CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 41482, 3, 8], vec![2, 2]),
+        ];
+        let att_cert = att.signed_by(&slot_key, &device_issuer).unwrap();
+        (
+            parse(root_cert.pem()),
+            parse(device_cert.pem()),
+            parse(att_cert.pem()),
+        )
+    }
+
+    #[test]
+    fn a_yubikey_4_device_certificate_under_the_u2f_root_is_accepted() {
+        let (root, device, attestation) = yubikey4_chain(false);
+        let trust = PivTrust::yubico(&[]).unwrap().with_u2f_root(root);
+        let attested = trust.verify(&attestation, &device, None).unwrap();
+        assert_eq!(attested.firmware, (4, 3, 5));
+        assert!(
+            attested.root.contains("Yubico U2F Root CA"),
+            "{}",
+            attested.root
+        );
+    }
+
+    #[test]
+    fn the_u2f_root_vouches_for_nothing_but_yubikey_4_device_certificates() {
+        // Same root, but a device certificate with basicConstraints: not that shape.
+        let (root, device, attestation) = yubikey4_chain(true);
+        let trust = PivTrust::yubico(&[]).unwrap().with_u2f_root(root);
+        assert!(matches!(
+            trust.verify(&attestation, &device, None),
+            Err(PivError::UntrustedChain(_))
+        ));
+        // And the real one is pinned: without the test root the chain is untrusted.
+        let (_, device, attestation) = yubikey4_chain(false);
+        assert!(
+            PivTrust::yubico(&[])
+                .unwrap()
+                .verify(&attestation, &device, None)
+                .is_err()
+        );
+    }
+
     #[test]
     fn fuzz_attestation_certificates_never_panic_parsing_or_chain_checks() {
         let der = |pem: &[u8]| parse_certificate("fixture", pem).unwrap().to_der().unwrap();
