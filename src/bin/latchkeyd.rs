@@ -117,7 +117,9 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("latchkeyd: error: {message}");
+            // Not `eprintln!`, which panics when stderr cannot be written (a full disk).
+            use std::io::Write as _;
+            let _unwritable = writeln!(std::io::stderr(), "latchkeyd: error: {message}");
             ExitCode::FAILURE
         }
     }

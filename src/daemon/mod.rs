@@ -543,7 +543,11 @@ pub async fn serve_until(
         sd_notify::NotifyState::Status(&listening),
     ]);
     // Printed (not logged) so a person or script starting the daemon sees where it listens.
-    println!("latchkeyd {listening}");
+    // Not `println!`: on a full or closed stdout that panics; a daemon must not die of it.
+    {
+        use std::io::Write as _;
+        let _unwritable = writeln!(std::io::stdout(), "latchkeyd {listening}");
+    }
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
