@@ -74,6 +74,8 @@ pub struct TlsPeerInfo {
 pub struct UnixConn {
     inner: UnixStream,
     info: UnixPeerInfo,
+    /// Rewrites what the client sends so any `:authority` is accepted.
+    rewriter: super::authority_fix::Rewriter,
     /// Held while the connection is open (see [`ConnectionSlots`]).
     _slot: Option<Slot>,
 }
@@ -195,6 +197,7 @@ impl UnixConn {
         Ok(Self {
             inner,
             info: UnixPeerInfo { peer, allowed },
+            rewriter: super::authority_fix::Rewriter::default(),
             _slot: None,
         })
     }
@@ -242,7 +245,7 @@ impl TlsConn {
     }
 }
 
-macro_rules! delegate_io {
+macro_rules! delegate_read {
     ($t:ty) => {
         impl AsyncRead for $t {
             fn poll_read(
@@ -253,6 +256,11 @@ macro_rules! delegate_io {
                 Pin::new(&mut self.inner).poll_read(cx, buf)
             }
         }
+    };
+}
+
+macro_rules! delegate_write {
+    ($t:ty) => {
         impl AsyncWrite for $t {
             fn poll_write(
                 mut self: Pin<&mut Self>,
@@ -284,8 +292,42 @@ macro_rules! delegate_io {
     };
 }
 
-delegate_io!(UnixConn);
-delegate_io!(TlsConn);
+/// Reads what the client sent through the rewriter (see [`super::authority_fix`]).
+impl AsyncRead for UnixConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let ready = self.rewriter.ready();
+            if !ready.is_empty() {
+                let n = ready.len().min(buf.remaining());
+                buf.put_slice(&ready[..n]);
+                self.rewriter.consume(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = [0u8; 8192];
+            let mut raw_buf = ReadBuf::new(&mut raw);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut raw_buf) {
+                Poll::Ready(Ok(())) => {
+                    let filled = raw_buf.filled();
+                    if filled.is_empty() {
+                        return Poll::Ready(Ok(())); // end of stream
+                    }
+                    let filled = filled.to_vec();
+                    self.rewriter.feed(&filled)?;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+delegate_write!(UnixConn);
+delegate_read!(TlsConn);
+delegate_write!(TlsConn);
 
 impl Connected for UnixConn {
     type ConnectInfo = UnixPeerInfo;

@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod authority_fix;
 pub mod codec;
 pub mod identity;
 mod operator;

@@ -14,6 +14,7 @@ mod hardening;
 mod lifecycle;
 mod operations;
 mod piv;
+mod python;
 mod revocation;
 mod serving;
 mod sshd;
