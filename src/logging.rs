@@ -18,7 +18,11 @@ pub fn init(format: LogFormat, filter: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Otherwise a log line that cannot be written (stderr on a full disk) makes
+        // tracing-subscriber `eprintln!` a complaint, which panics on that same stderr: the
+        // daemon died at start, or aborted on SIGTERM. A lost log line must not stop it.
+        .log_internal_errors(false);
     // A second init (e.g. in tests) fails harmlessly: keep the first subscriber.
     let _already_set = if json {
         builder

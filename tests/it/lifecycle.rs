@@ -48,6 +48,28 @@ async fn sigterm_exits_zero_and_removes_the_socket_and_a_restart_keeps_the_keys(
 }
 
 #[tokio::test]
+async fn a_daemon_whose_log_cannot_be_written_still_serves_and_stops_cleanly() {
+    let dir = DaemonDir::init();
+    // /dev/full: every write fails with ENOSPC, as a log on a full filesystem does.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let daemon = dir.start_with(
+        latchkeyd()
+            .arg("serve")
+            .arg("--config")
+            .arg(&dir.config)
+            .stdout(full.try_clone().unwrap())
+            .stderr(full),
+        |_| {},
+    );
+    let _ = fingerprints(&daemon).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
 async fn an_idle_open_connection_does_not_hold_up_shutdown() {
     let dir = DaemonDir::init();
     let daemon = dir.start();
