@@ -53,16 +53,13 @@ async fn signed_votes(w: &mut World, request_id: &str, voters: &[&str]) -> Vec<(
 }
 
 fn cast(
-    w: &World,
     channel: tonic::transport::Channel,
     request_id: &str,
     (ceremony, json): (String, String),
 ) -> impl std::future::Future<Output = Result<pb::CastVoteResponse, tonic::Status>> + use<> {
     let request_id = request_id.to_owned();
-    let bg_cast = AccessServiceClient::new(channel);
-    let _ = w;
+    let mut client = AccessServiceClient::new(channel);
     async move {
-        let mut client = bg_cast;
         client
             .cast_vote(pb::CastVoteRequest {
                 target: Some(pb::VoteTarget {
@@ -116,12 +113,7 @@ async fn three_votes_racing_on_a_two_of_three_request_deliver_the_one_grant_mint
         };
         let mut casts = Vec::new();
         for vote in votes {
-            casts.push(tokio::spawn(cast(
-                &w,
-                w.bg.local().await,
-                &created.id,
-                vote,
-            )));
+            casts.push(tokio::spawn(cast(w.bg.local().await, &created.id, vote)));
         }
         let mut minted = Vec::new();
         for c in casts {
@@ -277,6 +269,35 @@ impl Store for HeldFlush {
     }
 }
 
+/// Waits (off the async workers) until the gate's state satisfies `ready`.
+async fn gate_reaches(gate: &Arc<Gate>, ready: fn(GateState) -> bool) {
+    let gate = gate.clone();
+    tokio::task::spawn_blocking(move || gate.wait_for(ready))
+        .await
+        .unwrap();
+}
+
+/// A fresh request with one approval counted; the deciding approval is cast with the gate
+/// armed and runs until its flush is held. Returns the request and the deciding vote's task.
+async fn decide_with_flush_held(
+    w: &mut World,
+    gate: &Arc<Gate>,
+) -> (
+    pb::RequestInfo,
+    tokio::task::JoinHandle<Result<pb::CastVoteResponse, tonic::Status>>,
+) {
+    let created = workload_request(w, None).await;
+    let mut votes = signed_votes(w, &created.id, &["carol", "dave"]).await;
+    let last = votes.pop().unwrap();
+    cast(w.bg.local().await, &created.id, votes.pop().unwrap())
+        .await
+        .unwrap();
+    gate.set(GateState::Armed);
+    let deciding = tokio::spawn(cast(w.bg.local().await, &created.id, last));
+    gate_reaches(gate, |s| matches!(s, GateState::Held { .. })).await;
+    (created, deciding)
+}
+
 #[tokio::test]
 async fn no_credential_state_or_grant_id_leaves_the_daemon_before_its_flush() {
     let gate = Arc::new(Gate::default());
@@ -288,22 +309,8 @@ async fn no_credential_state_or_grant_id_leaves_the_daemon_before_its_flush() {
         }) as Arc<dyn Store>
     });
     let mut w = world_layered(db_root(600), Some(layer)).await;
-    let created = workload_request(&w, None).await;
-    let mut votes = signed_votes(&mut w, &created.id, &["carol", "dave"]).await;
-    let last = votes.pop().unwrap();
-    cast(&w, w.bg.local().await, &created.id, votes.pop().unwrap())
-        .await
-        .unwrap();
-
     // The quorum-completing vote applies its grant; its flush is held.
-    gate.set(GateState::Armed);
-    let deciding = tokio::spawn(cast(&w, w.bg.local().await, &created.id, last));
-    let held = gate.clone();
-    tokio::task::spawn_blocking(move || {
-        held.wait_for(|s| matches!(s, GateState::Held { .. }));
-    })
-    .await
-    .unwrap();
+    let (created, deciding) = decide_with_flush_held(&mut w, &gate).await;
     let applied: latchkey::request::Request = latchkey::store::decode(
         &w.bg
             .running()
@@ -333,12 +340,11 @@ async fn no_credential_state_or_grant_id_leaves_the_daemon_before_its_flush() {
                 .await
         })
     };
-    let held = gate.clone();
-    tokio::task::spawn_blocking(move || {
-        held.wait_for(|s| matches!(s, GateState::Held { request_reads } if request_reads >= 2));
-    })
-    .await
-    .unwrap();
+    gate_reaches(
+        &gate,
+        |s| matches!(s, GateState::Held { request_reads } if request_reads >= 2),
+    )
+    .await;
     // The disk never comes back: a crash in this window.
     gate.set(GateState::Release { ok: false });
 
@@ -388,30 +394,16 @@ async fn no_credential_state_or_grant_id_leaves_the_daemon_before_its_flush() {
     }
 
     // A held flush that completes: the watcher gets the credential, after it.
-    let created = workload_request(&w, None).await;
-    let mut votes = signed_votes(&mut w, &created.id, &["carol", "dave"]).await;
-    let last = votes.pop().unwrap();
-    cast(&w, w.bg.local().await, &created.id, votes.pop().unwrap())
-        .await
-        .unwrap();
-    gate.set(GateState::Armed);
-    let deciding = tokio::spawn(cast(&w, w.bg.local().await, &created.id, last));
-    let held = gate.clone();
-    tokio::task::spawn_blocking(move || {
-        held.wait_for(|s| matches!(s, GateState::Held { .. }));
-    })
-    .await
-    .unwrap();
+    let (created, deciding) = decide_with_flush_held(&mut w, &gate).await;
     let watcher = {
         let (id, channel) = (created.id.clone(), w.bg.tls(&w.vault_db).await);
         tokio::spawn(async move { access::wait(channel, &id, Some(&delivery_key()), |_| {}).await })
     };
-    let held = gate.clone();
-    tokio::task::spawn_blocking(move || {
-        held.wait_for(|s| matches!(s, GateState::Held { request_reads } if request_reads >= 1));
-    })
-    .await
-    .unwrap();
+    gate_reaches(
+        &gate,
+        |s| matches!(s, GateState::Held { request_reads } if request_reads >= 1),
+    )
+    .await;
     gate.set(GateState::Release { ok: true });
     let grant_id = deciding.await.unwrap().unwrap().grant_id;
     let (_, credential) = watcher.await.unwrap().unwrap();
