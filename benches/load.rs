@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use latchkey::audit::{Actor, AuditLog, CheckpointPolicy, Event};
-use latchkey::clock::{Clock as _, SystemClock, Timestamp};
-use latchkey::grant::{ExpiryEntry, Grant, GrantState, expiry_key, token_hash};
+use latchkey::base::clock::{Clock as _, SystemClock, Timestamp};
+use latchkey::domain::grant::{ExpiryEntry, Grant, GrantState, expiry_key, token_hash};
 use latchkey::pb;
 use latchkey::store::{Keyspace, SledStore, Store, Txn};
 use tonic::transport::Channel;
@@ -169,7 +169,7 @@ fn seed(data: &Path, live: usize, expired: usize) {
 /// Writes `n` grants, grant `i` expiring at `expiry(i)`.
 fn seed_with(data: &Path, n: usize, expiry: impl Fn(usize) -> Timestamp) {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let keys = latchkey::keys::DaemonKeys::load(data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(data).unwrap();
     let audit = AuditLog::open(
         store.clone(),
         Arc::new(SystemClock),
@@ -192,7 +192,7 @@ fn seed_with(data: &Path, n: usize, expiry: impl Fn(usize) -> Timestamp) {
                 id: id.clone(),
                 request_id: format!("bench-request-{i}"),
                 scope: "bench".into(),
-                requester: latchkey::request::Requester::Workload {
+                requester: latchkey::domain::request::Requester::Workload {
                     name: "bench".into(),
                 },
                 issued_at: now,
@@ -478,28 +478,31 @@ async fn memory(profile: &Profile, live: usize) {
 /// A soft FIDO2 key held in memory, for the approval figure.
 struct MemKey(webauthn_authenticator_rs::softtoken::SoftToken);
 
-impl latchkey::client::keys::Authenticator for MemKey {
+impl latchkey::client::authenticator::Authenticator for MemKey {
     fn register(
         &mut self,
         origin: &webauthn_rs::prelude::Url,
         options: webauthn_rs::prelude::CreationChallengeResponse,
-    ) -> Result<webauthn_rs::prelude::RegisterPublicKeyCredential, latchkey::client::keys::KeyError>
-    {
+    ) -> Result<
+        webauthn_rs::prelude::RegisterPublicKeyCredential,
+        latchkey::client::authenticator::KeyError,
+    > {
         use webauthn_authenticator_rs::WebauthnAuthenticator as _;
         self.0
             .do_registration(origin.clone(), options)
-            .map_err(|e| latchkey::client::keys::KeyError::Device(format!("{e:?}")))
+            .map_err(|e| latchkey::client::authenticator::KeyError::Device(format!("{e:?}")))
     }
 
     fn assert(
         &mut self,
         origin: &webauthn_rs::prelude::Url,
         options: webauthn_rs::prelude::RequestChallengeResponse,
-    ) -> Result<webauthn_rs::prelude::PublicKeyCredential, latchkey::client::keys::KeyError> {
+    ) -> Result<webauthn_rs::prelude::PublicKeyCredential, latchkey::client::authenticator::KeyError>
+    {
         use webauthn_authenticator_rs::WebauthnAuthenticator as _;
         self.0
             .do_authentication(origin.clone(), options)
-            .map_err(|e| latchkey::client::keys::KeyError::Device(format!("{e:?}")))
+            .map_err(|e| latchkey::client::authenticator::KeyError::Device(format!("{e:?}")))
     }
 }
 
@@ -548,7 +551,7 @@ async fn approvals(profile: &Profile) {
         let key = keys[(i / 1_000_000) % keys.len()].clone();
         let socket = socket.clone();
         async move {
-            use latchkey::client::keys::Authenticator as _;
+            use latchkey::client::authenticator::Authenticator as _;
             let channel = latchkey::client::connect_unix(&socket).await.unwrap();
             let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);
             let digest = vec![7u8; 32];
@@ -736,7 +739,7 @@ async fn cycles(profile: &Profile) {
         async move {
             let mut access_tls = pb::access_service_client::AccessServiceClient::new(tls.clone());
             // The workload's own delivery key: the token comes back sealed to it.
-            let delivery_key = latchkey::delivery::DeliveryKey::generate();
+            let delivery_key = latchkey::credential::delivery::DeliveryKey::generate();
             let created = access_tls
                 .create_request(pb::CreateRequestRequest {
                     draft: Some(pb::RequestDraft {
@@ -770,7 +773,7 @@ async fn cycles(profile: &Profile) {
                     .unwrap()
                     .into_inner();
                 let credential_json = {
-                    use latchkey::client::keys::Authenticator as _;
+                    use latchkey::client::authenticator::Authenticator as _;
                     key.lock()
                         .unwrap()
                         .respond(None, &begun.request_options_json, &begun.piv_challenge)
@@ -862,11 +865,11 @@ async fn cycles(profile: &Profile) {
 fn assertion_verifications(duration: Duration) -> f64 {
     use webauthn_authenticator_rs::WebauthnAuthenticator as _;
     use webauthn_rs::prelude::Url;
-    let origin = Url::parse(latchkey::constants::DEFAULT_ORIGIN).unwrap();
+    let origin = Url::parse(latchkey::base::constants::DEFAULT_ORIGIN).unwrap();
     let rp = Arc::new(
-        latchkey::fido2::Fido2::new(
-            latchkey::constants::DEFAULT_RP_ID,
-            latchkey::constants::DEFAULT_ORIGIN,
+        latchkey::verify::fido2::Fido2::new(
+            latchkey::base::constants::DEFAULT_RP_ID,
+            latchkey::base::constants::DEFAULT_ORIGIN,
             &[],
             &[],
             true,

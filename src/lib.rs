@@ -1,42 +1,21 @@
 //! latchkey: an independent break-glass authority. See `ARCHITECTURE.md` for the module map.
+//!
+//! The layers, lowest first; a layer uses only those before it:
+//! [`base`] · [`domain`] · [`verify`] · [`credential`] · [`store`] · [`audit`] · [`service`] ·
+//! [`rpc`] · [`daemon`] · [`client`] (the CLI's side, which talks to the daemon only over gRPC).
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod authority;
-pub mod caller;
-pub mod change;
+pub mod base;
 pub mod client;
-pub mod clock;
-pub mod config;
-pub mod constants;
+pub mod credential;
 pub mod daemon;
-pub mod delivery;
-pub mod doctor;
-pub mod drill;
-pub mod error;
-pub mod fido2;
-pub mod fsperm;
-#[cfg(test)]
-mod fuzzing;
-pub mod grant;
-pub mod keys;
-pub mod krl;
-pub mod logging;
-pub mod metrics;
-pub mod mint;
-pub mod operator;
-pub mod piv;
-pub mod policy;
-pub mod request;
-pub mod revocation;
+pub mod domain;
 pub mod rpc;
-pub mod scope;
-pub mod sshcert;
+pub mod service;
 pub mod store;
-pub mod trust;
-pub mod workflow;
-pub mod workload;
+pub mod verify;
 
 /// Types generated from `proto/latchkey/v1`. Only [`rpc`] and [`client`] use them.
 #[allow(clippy::all, clippy::pedantic, missing_docs)] // generated code

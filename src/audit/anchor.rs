@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Coded, ErrorKind};
+use crate::base::error::{Coded, ErrorKind};
 use crate::store::{self, Keyspace, Store};
 
 use super::{AuditRecord, seq_key};

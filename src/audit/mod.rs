@@ -17,8 +17,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::clock::{Clock, Timestamp};
-use crate::error::{Coded, ErrorKind};
+use crate::base::clock::{Clock, Timestamp};
+use crate::base::error::{Coded, ErrorKind};
 use crate::store::{self, Keyspace, Record, Store, StoreError, Txn};
 
 /// Domain separation for record hashes.
@@ -725,9 +725,9 @@ pub fn test_log() -> (tempfile::TempDir, Arc<dyn Store>, AuditLog) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(crate::store::SledStore::create(&dir.path().join("s")).unwrap());
-    let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
-        1_763_856_000_000,
-    )));
+    let clock = Arc::new(crate::base::clock::ManualClock::new(
+        Timestamp::from_unix_millis(1_763_856_000_000),
+    ));
     let signer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let log = AuditLog::open(
         store.clone(),
@@ -773,7 +773,7 @@ mod tests {
             .collect();
         let key = log.public_key();
         assert!(verify::verify(export.as_bytes(), &key).is_ok());
-        crate::fuzzing::run("audit-export", &[export.into_bytes()], |input| {
+        crate::base::fuzzing::run("audit-export", &[export.into_bytes()], |input| {
             let _ = verify::verify(input, &key);
         });
     }
@@ -823,9 +823,9 @@ mod tests {
         }
         let head = log.head_seq();
         drop(log);
-        let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
-            0,
-        )));
+        let clock = Arc::new(crate::base::clock::ManualClock::new(
+            Timestamp::from_unix_millis(0),
+        ));
         let reopened = AuditLog::open(
             store,
             clock,
@@ -975,9 +975,9 @@ mod tests {
         let unflushable: Arc<dyn Store> = Arc::new(UnflushableStore(store));
         let log = AuditLog::open(
             unflushable,
-            Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
-                0,
-            ))),
+            Arc::new(crate::base::clock::ManualClock::new(
+                Timestamp::from_unix_millis(0),
+            )),
             ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
             CheckpointPolicy { every_records: 100 },
         )
@@ -999,8 +999,8 @@ mod tests {
 
     #[test]
     fn when_the_audit_record_cannot_be_written_the_change_does_not_happen() {
-        use crate::trust::{self, TrustStorePolicy};
-        use crate::workload::{self, Workload, WorkloadError};
+        use crate::domain::trust::{self, TrustStorePolicy};
+        use crate::domain::workload::{self, Workload, WorkloadError};
 
         let (_dir, store, log) = test_log();
         let policy = TrustStorePolicy {
@@ -1018,9 +1018,9 @@ mod tests {
         drop(log);
 
         let failing: Arc<dyn Store> = Arc::new(FailingStore(store.clone()));
-        let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
-            0,
-        )));
+        let clock = Arc::new(crate::base::clock::ManualClock::new(
+            Timestamp::from_unix_millis(0),
+        ));
         let log = AuditLog::open(
             failing.clone(),
             clock,
@@ -1045,7 +1045,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert_eq!(crate::error::Coded::code(&err), "audit.write_failed");
+        assert_eq!(crate::base::error::Coded::code(&err), "audit.write_failed");
         assert_eq!(workload::by_pin(store.as_ref(), &[9; 32]).unwrap(), None);
         assert_eq!(log.head_seq(), 1, "the head did not move");
         assert_eq!(read_range(store.as_ref(), 1, 10).unwrap().len(), 1);

@@ -254,15 +254,17 @@ impl Bindings {
         }
         let signed = detail_hash(record, "digest")?;
         let decision = match record.event.as_str() {
-            "request.approved" | "change.approved" => Some(crate::policy::Decision::Approve),
-            "request.denied" | "change.denied" => Some(crate::policy::Decision::Deny),
+            "request.approved" | "change.approved" => {
+                Some(crate::domain::policy::Decision::Approve)
+            }
+            "request.denied" | "change.denied" => Some(crate::domain::policy::Decision::Deny),
             _ => None,
         };
         if let Some(decision) = decision {
             let target = self.digests.get(&record.subject).ok_or_else(|| {
                 format!("a vote on {} before its creation record", record.subject)
             })?;
-            let expected = crate::request::vote_digest(&record.subject, decision, target);
+            let expected = crate::domain::request::vote_digest(&record.subject, decision, target);
             if signed != expected {
                 return Err(format!(
                     "the signed digest is not the vote digest of {} ({})",
@@ -273,7 +275,7 @@ impl Bindings {
         } else if record.event == "grant.revoke_requested" {
             let grant = record.subject.strip_prefix("grant/").unwrap_or_default();
             let reason = detail(record, "reason").unwrap_or_default();
-            if signed != crate::revocation::revoke_digest(grant, reason) {
+            if signed != crate::service::revocation::revoke_digest(grant, reason) {
                 return Err(format!(
                     "the signed digest is not the revocation digest of {}",
                     record.subject
@@ -296,7 +298,7 @@ impl Bindings {
             return Err("the signed digest is not the one the record's subject names".to_owned());
         }
         let nonce = detail_hash(record, "nonce")?;
-        let expected = crate::fido2::bound_challenge(&signed, &nonce);
+        let expected = crate::verify::fido2::bound_challenge(&signed, &nonce);
         if b64("challenge", challenge)? != expected {
             return Err(
                 "the evidence's challenge is not derived from this record's digest and nonce"
@@ -312,7 +314,7 @@ impl Bindings {
 }
 
 /// The digest an operator's key signed to submit the draft a `request.created` record
-/// describes (see [`crate::request::Draft::digest`]).
+/// describes (see [`crate::domain::request::Draft::digest`]).
 fn draft_digest(record: &AuditRecord, requester: &str) -> Result<[u8; 32], String> {
     let text = |name: &str| {
         detail(record, name)
@@ -327,7 +329,7 @@ fn draft_digest(record: &AuditRecord, requester: &str) -> Result<[u8; 32], Strin
         ),
         None => return Err("details.draft_ttl_secs is missing".to_owned()),
     };
-    let draft = crate::request::Draft {
+    let draft = crate::domain::request::Draft {
         scope: text("scope")?,
         reason: text("reason")?,
         ttl_secs,

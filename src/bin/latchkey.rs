@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use latchkey::audit::verify;
+use latchkey::base::constants::{DEFAULT_SOCKET_PATH, SOCKET_ENV};
 use latchkey::client;
 use latchkey::client::access::Target;
 use latchkey::client::cli::{self, KeyChoice, Out};
-use latchkey::constants::{DEFAULT_SOCKET_PATH, SOCKET_ENV};
-use latchkey::policy::Decision;
+use latchkey::domain::policy::Decision;
 
 /// Prints a line to standard output. A closed pipe (`latchkey status | head -1`) is not an
 /// error worth a message, let alone a panic: stop writing and carry on.
@@ -161,10 +161,10 @@ enum KeyCommand {
         generate: bool,
         /// With --generate: touch policy (always, cached, never).
         #[arg(long, default_value = "always", value_parser = parse_touch)]
-        touch_policy: latchkey::piv::TouchPolicy,
+        touch_policy: latchkey::verify::piv::TouchPolicy,
         /// With --generate: PIN policy (always, once, never).
         #[arg(long, default_value = "once", value_parser = parse_pin)]
-        pin_policy: latchkey::piv::PinPolicy,
+        pin_policy: latchkey::verify::piv::PinPolicy,
         #[command(flatten)]
         key: KeyChoice,
     },
@@ -242,20 +242,20 @@ enum WorkloadCommand {
     Change(cli::WorkloadChange),
 }
 
-fn parse_touch(s: &str) -> Result<latchkey::piv::TouchPolicy, String> {
+fn parse_touch(s: &str) -> Result<latchkey::verify::piv::TouchPolicy, String> {
     match s {
-        "always" => Ok(latchkey::piv::TouchPolicy::Always),
-        "cached" => Ok(latchkey::piv::TouchPolicy::Cached),
-        "never" => Ok(latchkey::piv::TouchPolicy::Never),
+        "always" => Ok(latchkey::verify::piv::TouchPolicy::Always),
+        "cached" => Ok(latchkey::verify::piv::TouchPolicy::Cached),
+        "never" => Ok(latchkey::verify::piv::TouchPolicy::Never),
         other => Err(format!("{other}: use always, cached or never")),
     }
 }
 
-fn parse_pin(s: &str) -> Result<latchkey::piv::PinPolicy, String> {
+fn parse_pin(s: &str) -> Result<latchkey::verify::piv::PinPolicy, String> {
     match s {
-        "always" => Ok(latchkey::piv::PinPolicy::Always),
-        "once" => Ok(latchkey::piv::PinPolicy::Once),
-        "never" => Ok(latchkey::piv::PinPolicy::Never),
+        "always" => Ok(latchkey::verify::piv::PinPolicy::Always),
+        "once" => Ok(latchkey::verify::piv::PinPolicy::Once),
+        "never" => Ok(latchkey::verify::piv::PinPolicy::Never),
         other => Err(format!("{other}: use always, once or never")),
     }
 }
@@ -266,7 +266,7 @@ fn main() -> ExitCode {
         return verify_offline(file, audit_key);
     }
     if let Command::Key(KeyCommand::Devices) = &cli.command {
-        let devices = client::keys::usb_devices();
+        let devices = client::authenticator::usb_devices();
         if devices.is_empty() {
             eprintln!("latchkey: no FIDO2 security key found");
             return ExitCode::FAILURE;
@@ -396,8 +396,8 @@ async fn run(cli: Cli) -> Result<ExitCode, client::ClientError> {
             pin_policy,
             key,
         }) => {
-            let mut authenticator: Box<dyn client::keys::Authenticator> = if generate {
-                Box::new(client::piv::UsbPiv::generate(
+            let mut authenticator: Box<dyn client::authenticator::Authenticator> = if generate {
+                Box::new(client::piv_card::UsbPiv::generate(
                     &key.slot,
                     pin_policy,
                     touch_policy,

@@ -4,15 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use latchkey::clock::{Clock as _, SystemClock};
-use latchkey::config::Config;
-use latchkey::constants::{
+use latchkey::base::clock::{Clock as _, SystemClock};
+use latchkey::base::constants::{
     DEFAULT_ADMIN_ROLE, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH, DEFAULT_TRUST_STORE_QUORUM,
 };
 use latchkey::daemon;
-use latchkey::doctor::Level;
-use latchkey::trust::TrustStorePolicy;
-use latchkey::workload::Workload;
+use latchkey::daemon::config::Config;
+use latchkey::domain::trust::TrustStorePolicy;
+use latchkey::domain::workload::Workload;
+use latchkey::service::hygiene::Level;
 
 /// sled allocates and frees page-cache nodes on every read and write: with glibc's malloc that
 /// was over a quarter of the daemon's CPU at a 1M-grant restart (BENCHMARKS.md, figure 5).
@@ -144,7 +144,7 @@ fn doctor(config: &std::path::Path, json: bool, strict: bool) -> ExitCode {
     } else {
         print!("{}", daemon::doctor::render(&findings));
     }
-    match latchkey::doctor::worst(&findings) {
+    match latchkey::service::hygiene::worst(&findings) {
         Level::Fail => ExitCode::FAILURE,
         Level::Warn if strict => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
@@ -198,7 +198,7 @@ fn run(command: Command) -> Result<(), String> {
         }
         Command::Serve { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
-            latchkey::logging::init(config.log_format, &config.log_filter);
+            latchkey::daemon::logging::init(config.log_format, &config.log_filter);
             let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
             runtime
                 .block_on(daemon::serve_until(&config, std::future::pending()))
@@ -215,7 +215,7 @@ fn run(command: Command) -> Result<(), String> {
             introspect,
         } => {
             let pem = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-            let spki = latchkey::keys::spki_sha256_of_pem(&pem)
+            let spki = latchkey::credential::keys::spki_sha256_of_pem(&pem)
                 .map_err(|e| format!("{}: {e}", cert.display()))?;
             let workload = Workload {
                 name: name.clone(),

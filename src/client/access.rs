@@ -4,12 +4,12 @@
 use tonic::transport::Channel;
 
 use super::ClientError;
-use super::keys::Authenticator;
-use crate::delivery::{DeliveryKey, SealedToken};
+use super::authenticator::Authenticator;
+use crate::credential::delivery::{DeliveryKey, SealedToken};
+use crate::domain::policy::Decision;
 use crate::pb;
 use crate::pb::access_service_client::AccessServiceClient;
 use crate::pb::trust_service_client::TrustServiceClient;
-use crate::policy::Decision;
 
 /// What a vote is on, as the CLI names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,8 +79,8 @@ pub async fn shown(channel: Channel, target: &Target) -> Result<Shown, ClientErr
         }
     };
     let digest = match target {
-        Target::Request(_) => crate::request::digest_of(&canonical_json),
-        Target::Change(_) => crate::change::digest_of(&canonical_json),
+        Target::Request(_) => crate::domain::request::digest_of(&canonical_json),
+        Target::Change(_) => crate::domain::change::digest_of(&canonical_json),
     };
     if claimed != digest {
         return Err(ClientError::DigestMismatch(format!(
@@ -104,7 +104,7 @@ pub async fn vote(
     origin: Option<&str>,
 ) -> Result<pb::CastVoteResponse, ClientError> {
     let shown = shown(channel.clone(), target).await?;
-    let expected = crate::request::vote_digest(&target.label(), decision, &shown.digest);
+    let expected = crate::domain::request::vote_digest(&target.label(), decision, &shown.digest);
     let mut client = AccessServiceClient::new(channel);
     let begun = client
         .begin_vote(pb::BeginVoteRequest {

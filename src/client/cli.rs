@@ -8,12 +8,12 @@ use tonic::transport::Channel;
 
 use super::ClientError;
 use super::access::{self, Target};
-use super::keys::{Authenticator, SoftTokenKey, UsbKey};
-use crate::delivery::DeliveryKey;
+use super::authenticator::{Authenticator, SoftTokenKey, UsbKey};
+use crate::credential::delivery::DeliveryKey;
+use crate::domain::policy::Decision;
 use crate::pb;
 use crate::pb::access_service_client::AccessServiceClient;
 use crate::pb::trust_service_client::TrustServiceClient;
-use crate::policy::Decision;
 
 /// Which authenticator to use.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,10 +44,13 @@ impl KeyChoice {
     /// Opens the chosen authenticator.
     pub fn open(&self) -> Result<Box<dyn Authenticator>, ClientError> {
         if let Some(path) = &self.soft_piv {
-            return Ok(Box::new(super::piv::SoftPiv::open_or_create(path)?));
+            return Ok(Box::new(super::piv_card::SoftPiv::open_or_create(path)?));
         }
         if self.piv {
-            return Ok(Box::new(super::piv::UsbPiv::open(&self.slot, piv_pin()?)?));
+            return Ok(Box::new(super::piv_card::UsbPiv::open(
+                &self.slot,
+                piv_pin()?,
+            )?));
         }
         Ok(match &self.soft_token {
             Some(path) => Box::new(SoftTokenKey::open_or_create(path)?),
@@ -58,8 +61,12 @@ impl KeyChoice {
 
 /// Asks for the PIV PIN on the terminal (empty: the key's PIN policy is never).
 pub fn piv_pin() -> Result<Option<String>, ClientError> {
-    let pin = rpassword::prompt_password("PIV PIN (empty if the key never asks): ")
-        .map_err(|e| ClientError::Key(super::keys::KeyError::Device(format!("PIN prompt: {e}"))))?;
+    let pin =
+        rpassword::prompt_password("PIV PIN (empty if the key never asks): ").map_err(|e| {
+            ClientError::Key(super::authenticator::KeyError::Device(format!(
+                "PIN prompt: {e}"
+            )))
+        })?;
     Ok((!pin.is_empty()).then_some(pin))
 }
 
@@ -129,7 +136,7 @@ pub fn delivery_key_for(
 fn keep_delivery_key(id: &str, key: &DeliveryKey) -> Option<PathBuf> {
     let path = default_delivery_key_path(id)?;
     let dir = path.parent()?;
-    if let Err(e) = crate::fsperm::create_private_dir(dir).map_err(|e| e.to_string()) {
+    if let Err(e) = crate::base::fsperm::create_private_dir(dir).map_err(|e| e.to_string()) {
         eprintln!(
             "warning: could not keep the delivery key in {}: {e}",
             dir.display()
@@ -972,7 +979,7 @@ pub async fn revoke(
         })
         .await?
         .into_inner();
-    if begun.digest != crate::revocation::revoke_digest(&id, &reason) {
+    if begun.digest != crate::service::revocation::revoke_digest(&id, &reason) {
         return Err(ClientError::DigestMismatch(format!(
             "the challenge is not bound to revoking grant {id}"
         )));
@@ -1239,7 +1246,7 @@ pub async fn scope(channel: Channel, out: Out, command: ScopeCommand) -> Result<
         }
         ScopeCommand::Put { file, note } => {
             let text = std::fs::read_to_string(&file).map_err(|e| file_error(&file, e))?;
-            let scope: crate::scope::Scope =
+            let scope: crate::domain::scope::Scope =
                 toml::from_str(&text).map_err(|e| file_error(&file, e))?;
             propose(
                 channel,

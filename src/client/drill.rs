@@ -9,12 +9,12 @@ use tonic::transport::Channel;
 
 use super::ClientError;
 use super::access::{self, Target};
+use super::authenticator::{Authenticator, SoftTokenKey};
 use super::cli::{KeyChoice, Out, say};
-use super::keys::{Authenticator, SoftTokenKey};
-use crate::drill::{DrillStep, StepOutcome};
+use crate::domain::policy::Decision;
 use crate::pb;
 use crate::pb::access_service_client::AccessServiceClient;
-use crate::policy::Decision;
+use crate::service::drill::{DrillStep, StepOutcome};
 
 /// `latchkey drill`.
 #[derive(clap::Args, Debug)]
@@ -56,7 +56,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new() -> Result<Self, ClientError> {
         let path = std::env::temp_dir().join(format!("latchkey-drill-{}", uuid::Uuid::new_v4()));
-        crate::fsperm::create_private_dir(&path).map_err(|e| ClientError::File {
+        crate::base::fsperm::create_private_dir(&path).map_err(|e| ClientError::File {
             path: path.clone(),
             detail: e.to_string(),
         })?;
@@ -90,7 +90,7 @@ impl Report {
             );
         }
         let mut detail = detail;
-        detail.truncate(crate::constants::MAX_DRILL_DETAIL_LEN);
+        detail.truncate(crate::base::constants::MAX_DRILL_DETAIL_LEN);
         self.steps.push(DrillStep {
             name: name.to_owned(),
             outcome,
@@ -109,9 +109,11 @@ fn ssh_key_pair(dir: &Path) -> Result<(PathBuf, String), ClientError> {
     let pem = key
         .to_openssh(ssh_key::LineEnding::LF)
         .map_err(|e| ClientError::Protocol(format!("drill key: {e}")))?;
-    crate::fsperm::write_private_file(&private, pem.as_bytes()).map_err(|e| ClientError::File {
-        path: private.clone(),
-        detail: e.to_string(),
+    crate::base::fsperm::write_private_file(&private, pem.as_bytes()).map_err(|e| {
+        ClientError::File {
+            path: private.clone(),
+            detail: e.to_string(),
+        }
     })?;
     let public = key
         .public_key()
@@ -244,7 +246,7 @@ pub async fn drill(channel: Channel, out: Out, args: DrillArgs) -> Result<bool, 
 
     // request
     let started = Instant::now();
-    let delivery_key = crate::delivery::DeliveryKey::generate();
+    let delivery_key = crate::credential::delivery::DeliveryKey::generate();
     let draft = pb::RequestDraft {
         scope: args.scope.clone(),
         reason: format!(
@@ -378,7 +380,7 @@ pub async fn drill(channel: Channel, out: Out, args: DrillArgs) -> Result<bool, 
     if scope.bearer
         && !credential
             .bearer_token
-            .starts_with(crate::constants::BEARER_TOKEN_PREFIX)
+            .starts_with(crate::base::constants::BEARER_TOKEN_PREFIX)
     {
         problems.push("no bearer token".to_owned());
     }

@@ -18,10 +18,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::pb;
 
 pub mod access;
+pub mod authenticator;
 pub mod cli;
 pub mod drill;
-pub mod keys;
-pub mod piv;
+pub mod piv_card;
 
 /// Errors of the client side.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub enum ClientError {
     },
     /// The security key or soft token failed; the message says what to do.
     #[error(transparent)]
-    Key(keys::KeyError),
+    Key(authenticator::KeyError),
     /// TLS could not be configured with the given files.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
@@ -411,8 +411,8 @@ pub async fn admit_workload(
         .into_inner())
 }
 
-impl From<keys::KeyError> for ClientError {
-    fn from(e: keys::KeyError) -> Self {
+impl From<authenticator::KeyError> for ClientError {
+    fn from(e: authenticator::KeyError) -> Self {
         ClientError::Key(e)
     }
 }
@@ -423,7 +423,7 @@ pub async fn enroll(
     channel: Channel,
     operator: &str,
     roles: Vec<String>,
-    authenticator: &mut dyn keys::Authenticator,
+    authenticator: &mut dyn authenticator::Authenticator,
     origin: Option<&str>,
     note: &str,
 ) -> Result<pb::FinishEnrollmentResponse, ClientError> {
@@ -452,7 +452,7 @@ pub async fn sign_digest(
     channel: Channel,
     operator: &str,
     digest: [u8; 32],
-    authenticator: &mut dyn keys::Authenticator,
+    authenticator: &mut dyn authenticator::Authenticator,
     origin: Option<&str>,
 ) -> Result<pb::FinishAssertionResponse, ClientError> {
     let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);

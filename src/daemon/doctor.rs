@@ -1,16 +1,16 @@
 //! `latchkeyd doctor`: the host checks (config, permissions, filesystems, name service), then
-//! the store checks ([`crate::doctor`]) from the running daemon over its socket, or from the
+//! the store checks ([`crate::service::hygiene`]) from the running daemon over its socket, or from the
 //! store itself when the daemon is stopped.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::clock::SystemClock;
-use crate::config::Config;
-use crate::constants::{AUDIT_KEY_FILE, SSH_CA_KEY_FILE, STORE_DIR, TLS_KEY_FILE};
-use crate::doctor::{Finding, Level};
-use crate::fsperm;
+use crate::base::clock::SystemClock;
+use crate::base::constants::{AUDIT_KEY_FILE, SSH_CA_KEY_FILE, STORE_DIR, TLS_KEY_FILE};
+use crate::base::fsperm;
+use crate::daemon::config::Config;
+use crate::service::hygiene::{Finding, Level};
 
 /// Where the host's name-service configuration and local group file are.
 #[derive(Clone, Debug)]

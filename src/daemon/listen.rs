@@ -12,8 +12,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::DaemonError;
-use crate::config::Config;
-use crate::constants::{SOCKET_MODE, TLS_HANDSHAKE_TIMEOUT};
+use crate::base::constants::{SOCKET_MODE, TLS_HANDSHAKE_TIMEOUT};
+use crate::daemon::config::Config;
 use crate::rpc::identity::{ConnectionSlots, LocalAccess, TlsConn, UnixConn};
 
 /// Listeners ready to accept.

@@ -1,8 +1,10 @@
 //! Wiring: config, keys, store, listeners, background tasks, signals, systemd notification.
 
+pub mod config;
 pub mod doctor;
 pub mod listen;
-pub mod metrics;
+pub mod logging;
+pub mod metrics_http;
 pub mod tls;
 
 use std::future::Future;
@@ -15,17 +17,17 @@ use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
 
 use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
-use crate::authority::{Authority, AuthorityError};
-use crate::clock::{Clock, SystemClock};
-use crate::config::{AuditConfig, Config, ConfigError};
-use crate::constants::{SHUTDOWN_GRACE, STORE_DIR};
-use crate::fsperm::{self, FsPermError};
-use crate::keys::{DaemonKeys, Fingerprints, KeyError};
+use crate::base::clock::{Clock, SystemClock};
+use crate::base::constants::{SHUTDOWN_GRACE, STORE_DIR};
+use crate::base::fsperm::{self, FsPermError};
+use crate::credential::keys::{DaemonKeys, Fingerprints, KeyError};
+use crate::daemon::config::{AuditConfig, Config, ConfigError};
+use crate::domain::trust::{self, TrustError, TrustStorePolicy};
+use crate::domain::workload::{self, Workload, WorkloadError};
 use crate::rpc::identity::{ConnectionSlots, LocalAccess, local_interceptor, tls_interceptor};
 use crate::rpc::{Api, FILE_DESCRIPTOR_SET};
+use crate::service::authority::{Authority, AuthorityError};
 use crate::store::{SledStore, Store, StoreError};
-use crate::trust::{self, TrustError, TrustStorePolicy};
-use crate::workload::{self, Workload, WorkloadError};
 
 /// Errors that stop `latchkeyd` from starting or initialising. Each message names the problem
 /// and, where there is one, the fix.
@@ -59,7 +61,7 @@ pub enum DaemonError {
     /// Revoking what expired while the daemon was down failed: nothing is served until it
     /// succeeds. See the inner error.
     #[error("revoking expired grants at start: {0}")]
-    Revocation(#[from] crate::workflow::WorkflowError),
+    Revocation(#[from] crate::service::workflow::WorkflowError),
     /// A listener could not be bound. Free the address or fix the path.
     #[error("cannot listen on {what}: {source}")]
     Listen {
@@ -181,8 +183,9 @@ pub fn accept_rollback(
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
     crate::store::check_schema(store.as_ref(), &store_path)?;
     let keys = DaemonKeys::load(&config.data_dir)?;
-    let anchor =
-        crate::audit::anchor::Anchor::new(config.data_dir.join(crate::constants::ANCHOR_FILE));
+    let anchor = crate::audit::anchor::Anchor::new(
+        config.data_dir.join(crate::base::constants::ANCHOR_FILE),
+    );
     // An unreadable anchor is what is being replaced: report it as none.
     let before = anchor.read().ok().flatten();
     let audit = offline_audit_log(store.clone(), Arc::new(SystemClock), &keys)?;
@@ -335,7 +338,7 @@ fn open_layered_authority(
         &store_path,
         clock,
         keys.clone(),
-        crate::authority::Settings {
+        crate::service::authority::Settings {
             dev_mode: config.dev_mode,
             checkpoints: CheckpointPolicy {
                 every_records: config.audit.checkpoint_every_records,
@@ -345,7 +348,7 @@ fn open_layered_authority(
             piv: &config.piv,
             introspect_uids: config.unix.introspect_uids.clone(),
             drill_max_age: config.drill_max_age,
-            anchor: Some(config.data_dir.join(crate::constants::ANCHOR_FILE)),
+            anchor: Some(config.data_dir.join(crate::base::constants::ANCHOR_FILE)),
         },
     )?);
     // Logged once it all worked: a refused store gets its one error line and nothing else.
@@ -359,11 +362,11 @@ fn open_layered_authority(
 
 /// A gRPC server bounded as `[limits]` says: concurrent calls per connection, and HTTP/2
 /// keepalive pings that close connections whose peer stopped answering.
-fn server_builder(limits: &crate::config::LimitsConfig) -> Server {
+fn server_builder(limits: &crate::daemon::config::LimitsConfig) -> Server {
     Server::builder()
         .max_concurrent_streams(Some(limits.streams_per_connection))
-        .http2_keepalive_interval(Some(crate::constants::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(crate::constants::KEEPALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(crate::base::constants::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::base::constants::KEEPALIVE_TIMEOUT))
 }
 
 /// Opens the store and keys, binds the listeners and starts serving.
@@ -384,7 +387,7 @@ pub async fn start_layered(
     // record for the rest (the scheduler rewrites those grants once serving).
     let revoking = std::time::Instant::now();
     let expired = authority.revoke_expired_at_start()?;
-    if expired != crate::revocation::StartRevocations::default() {
+    if expired != crate::service::revocation::StartRevocations::default() {
         tracing::info!(
             expired = expired.revoked + expired.deferred,
             revoked_one_by_one = expired.revoked,
@@ -496,7 +499,11 @@ pub async fn start_layered(
     }
 
     if let Some(listener) = metrics_listener {
-        servers.spawn(metrics::serve(listener, authority.clone(), stopped(&stop)));
+        servers.spawn(metrics_http::serve(
+            listener,
+            authority.clone(),
+            stopped(&stop),
+        ));
     }
     servers.spawn(revocation_scheduler(authority.clone(), stopped(&stop)));
     servers.spawn(checkpoint_timer(
@@ -564,7 +571,7 @@ async fn revocation_scheduler(
     authority: Arc<Authority>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    use crate::constants::SCHEDULER_MAX_SLEEP;
+    use crate::base::constants::SCHEDULER_MAX_SLEEP;
     tokio::pin!(stop);
     loop {
         let worker = authority.clone();
@@ -572,7 +579,7 @@ async fn revocation_scheduler(
             worker.revoke_expired()?;
             let outcome = worker.drive_revocations()?;
             let next_expiry = worker.next_expiry()?;
-            Ok::<_, crate::workflow::WorkflowError>((outcome, next_expiry))
+            Ok::<_, crate::service::workflow::WorkflowError>((outcome, next_expiry))
         })
         .await;
         let mut wait = SCHEDULER_MAX_SLEEP;
@@ -580,7 +587,7 @@ async fn revocation_scheduler(
             Ok(Ok((outcome, next_expiry))) => {
                 let ran_hooks = !outcome.hooks.is_empty();
                 for job in outcome.hooks {
-                    let result = crate::revocation::run_hook(&job).await;
+                    let result = crate::service::revocation::run_hook(&job).await;
                     let worker = authority.clone();
                     match tokio::task::spawn_blocking(move || worker.hook_finished(&job, result))
                         .await

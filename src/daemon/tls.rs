@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
-use crate::keys::DaemonKeys;
+use crate::credential::keys::DaemonKeys;
 
 /// Requires a client certificate and checks the handshake signature with its key; trusts no CA.
 #[derive(Debug)]
@@ -30,7 +30,7 @@ impl ClientCertVerifier for ProofOfPossession {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         // Identity is the key, not a chain: only require that the certificate parses.
-        crate::keys::spki_sha256(end_entity)
+        crate::credential::keys::spki_sha256(end_entity)
             .map(|_| ClientCertVerified::assertion())
             .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
     }

@@ -11,17 +11,17 @@ use tonic::{Request, Response, Status};
 use super::identity::caller_of;
 use super::system::timestamp;
 use super::{blocking, status, to_status};
-use crate::authority::Authority;
-use crate::caller::Caller;
-use crate::clock::Timestamp;
-use crate::drill::{DrillRecord, DrillStep, StepOutcome};
-use crate::error::ErrorKind;
-use crate::grant::{Grant, GrantState};
+use crate::base::caller::Caller;
+use crate::base::clock::Timestamp;
+use crate::base::error::ErrorKind;
+use crate::domain::grant::{Grant, GrantState};
+use crate::domain::policy::Decision;
+use crate::domain::request::{Draft, RequestState};
 use crate::pb;
-use crate::policy::Decision;
-use crate::request::{Draft, RequestState};
-use crate::revocation::effective_state;
-use crate::workflow::{Delivery, RequestView, VoteTarget};
+use crate::service::authority::Authority;
+use crate::service::drill::{DrillRecord, DrillStep, StepOutcome};
+use crate::service::revocation::effective_state;
+use crate::service::workflow::{Delivery, RequestView, VoteTarget};
 
 /// Serves `AccessService`.
 #[derive(Debug, Clone)]

@@ -10,11 +10,11 @@ use super::identity::caller_of;
 use super::system::timestamp;
 use super::{blocking, status, to_status};
 use crate::audit::AuditRecord;
-use crate::authority::Authority;
-use crate::caller::Caller;
-use crate::constants::MAX_AUDIT_PAGE;
-use crate::error::ErrorKind;
+use crate::base::caller::Caller;
+use crate::base::constants::MAX_AUDIT_PAGE;
+use crate::base::error::ErrorKind;
 use crate::pb;
+use crate::service::authority::Authority;
 
 /// Serves `AuditService`.
 #[derive(Debug, Clone)]

@@ -284,7 +284,7 @@ mod tests {
             p
         }));
         stream.extend(frame(0x0, END_STREAM, 1, b"data"));
-        crate::fuzzing::run("authority-rewriter", &[stream], |input| {
+        crate::base::fuzzing::run("authority-rewriter", &[stream], |input| {
             let mut r = Rewriter::default();
             for chunk in input.chunks(7) {
                 if r.feed(chunk).is_err() {

@@ -9,7 +9,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
-use crate::error::ErrorKind;
+use crate::base::error::ErrorKind;
 
 /// Stable code of an undecodable message.
 pub const MALFORMED_MESSAGE: &str = "rpc.malformed_message";

@@ -13,9 +13,9 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 use super::{status, to_status};
-use crate::authority::Authority;
-use crate::caller::{Caller, LocalPeer};
-use crate::error::ErrorKind;
+use crate::base::caller::{Caller, LocalPeer};
+use crate::base::error::ErrorKind;
+use crate::service::authority::Authority;
 
 /// Who may connect to the local socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,7 +232,7 @@ impl TlsConn {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::PermissionDenied, "no client certificate")
             })?;
-        let spki_sha256 = crate::keys::spki_sha256(cert)
+        let spki_sha256 = crate::credential::keys::spki_sha256(cert)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(Self {
             inner,

@@ -24,9 +24,9 @@ pub use system::SystemApi;
 pub use trust::{TrustApi, change_to_pb, scope_from_pb, scope_to_pb};
 pub use workload::WorkloadApi;
 
-use crate::authority::Authority;
-use crate::error::{Coded, ErrorKind};
+use crate::base::error::{Coded, ErrorKind};
 use crate::pb;
+use crate::service::authority::Authority;
 
 /// Metadata key carrying the stable error code on every error response.
 pub const ERROR_CODE_METADATA: &str = "latchkey-error-code";

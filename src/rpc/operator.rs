@@ -7,11 +7,11 @@ use tonic::{Request, Response, Status};
 use super::blocking;
 use super::identity::caller_of;
 use super::{status, to_status};
-use crate::authority::Authority;
-use crate::error::ErrorKind;
-use crate::operator::AuthenticatorState;
+use crate::base::error::ErrorKind;
+use crate::domain::operator::AuthenticatorState;
+use crate::domain::trust::Genesis;
 use crate::pb;
-use crate::trust::Genesis;
+use crate::service::authority::Authority;
 
 /// Serves `OperatorService`.
 #[derive(Debug, Clone)]

@@ -6,12 +6,12 @@ use tonic::{Request, Response, Status};
 
 use super::identity::caller_of;
 use super::to_status;
-use crate::authority::Authority;
-use crate::caller::Caller;
-use crate::clock::Timestamp;
-use crate::doctor::{Finding, Level};
+use crate::base::caller::Caller;
+use crate::base::clock::Timestamp;
+use crate::domain::trust::Genesis;
 use crate::pb;
-use crate::trust::Genesis;
+use crate::service::authority::Authority;
+use crate::service::hygiene::{Finding, Level};
 
 /// Serves `SystemService` from an [`Authority`].
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ impl pb::system_service_server::SystemService for SystemApi {
         let caller = caller_of(&request)?;
         if !matches!(caller, Caller::Local(_)) {
             return Err(super::status(
-                crate::error::ErrorKind::PermissionDenied,
+                crate::base::error::ErrorKind::PermissionDenied,
                 "doctor.local_only",
                 "diagnosis is for the bastion's local socket",
             ));

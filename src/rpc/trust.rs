@@ -9,16 +9,16 @@ use super::identity::caller_of;
 use super::system::timestamp;
 use super::{status, to_status};
 use crate::audit::Actor;
-use crate::authority::Authority;
-use crate::change::ChangeState;
-use crate::error::ErrorKind;
-use crate::operator::AuthenticatorState;
+use crate::base::error::ErrorKind;
+use crate::domain::change::ChangeState;
+use crate::domain::operator::AuthenticatorState;
+use crate::domain::policy::ApprovalPolicy;
+use crate::domain::scope::{Requesters, RevocationSpec, Scope, SshSpec};
+use crate::domain::trust::TrustStorePolicy;
+use crate::domain::workload::Workload;
 use crate::pb;
-use crate::policy::ApprovalPolicy;
-use crate::scope::{Requesters, RevocationSpec, Scope, SshSpec};
-use crate::trust::TrustStorePolicy;
-use crate::workflow::{ChangeView, Proposal};
-use crate::workload::Workload;
+use crate::service::authority::Authority;
+use crate::service::workflow::{ChangeView, Proposal};
 
 /// Serves `TrustService`.
 #[derive(Debug, Clone)]
@@ -89,16 +89,16 @@ pub fn scope_from_pb(s: pb::Scope) -> Result<Scope, Status> {
             denials_to_reject: policy.denials_to_reject.max(1),
             piv_touch: match policy.piv_touch_policy.as_str() {
                 "" => None,
-                "never" => Some(crate::piv::TouchPolicy::Never),
-                "cached" => Some(crate::piv::TouchPolicy::Cached),
-                "always" => Some(crate::piv::TouchPolicy::Always),
+                "never" => Some(crate::verify::piv::TouchPolicy::Never),
+                "cached" => Some(crate::verify::piv::TouchPolicy::Cached),
+                "always" => Some(crate::verify::piv::TouchPolicy::Always),
                 other => return Err(bad_policy("piv_touch_policy", other)),
             },
             piv_pin: match policy.piv_pin_policy.as_str() {
                 "" => None,
-                "never" => Some(crate::piv::PinPolicy::Never),
-                "once" => Some(crate::piv::PinPolicy::Once),
-                "always" => Some(crate::piv::PinPolicy::Always),
+                "never" => Some(crate::verify::piv::PinPolicy::Never),
+                "once" => Some(crate::verify::piv::PinPolicy::Once),
+                "always" => Some(crate::verify::piv::PinPolicy::Always),
                 other => return Err(bad_policy("piv_pin_policy", other)),
             },
         },

@@ -6,9 +6,9 @@ use tonic::{Request, Response, Status};
 
 use super::identity::caller_of;
 use super::{status, to_status};
-use crate::authority::Authority;
-use crate::error::ErrorKind;
+use crate::base::error::ErrorKind;
 use crate::pb;
+use crate::service::authority::Authority;
 
 /// Serves `WorkloadService`.
 #[derive(Debug, Clone)]

@@ -32,7 +32,9 @@ fn fixed(ks: Keyspace, value: &[u8], len: usize) -> Result<Vec<u8>, StoreError> 
 /// JSON records come back as this build would write them (compare them as JSON values);
 /// binary values come back byte for byte.
 pub fn reencode(ks: Keyspace, key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
-    use crate::{audit, change, drill, grant, operator, request, scope, trust, workload};
+    use crate::audit;
+    use crate::domain::{change, grant, operator, request, scope, trust, workload};
+    use crate::service::drill;
     match ks {
         Keyspace::Meta if key == SCHEMA_VERSION_KEY => fixed(ks, value, 4),
         Keyspace::Meta => record::<trust::TrustStoreMeta>(value),

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 pub use sled_store::SledStore;
 
-use crate::constants::STORE_SCHEMA_VERSION;
+use crate::base::constants::STORE_SCHEMA_VERSION;
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use super::{Compare, Entry, Keyspace, Store, StoreError, Txn, Write};
-use crate::fsperm;
+use crate::base::fsperm;
 
 /// Name of the internal tree holding the transaction in flight.
 const JOURNAL_TREE: &str = "journal";
@@ -82,7 +82,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
-            .cache_capacity(crate::constants::STORE_CACHE_BYTES)
+            .cache_capacity(crate::base::constants::STORE_CACHE_BYTES)
             .open()
             .map_err(|e| backend(path, e))?;
         let mut trees = HashMap::new();
@@ -450,7 +450,7 @@ mod tests {
             ]),
             encode_journal(&[Write::Put(Keyspace::Meta, Vec::new(), Vec::new())]),
         ];
-        crate::fuzzing::run("journal", &valid, |input| {
+        crate::base::fuzzing::run("journal", &valid, |input| {
             if let Ok(writes) = decode_journal(input) {
                 // Whatever decodes encodes back to a record that decodes the same.
                 assert_eq!(decode_journal(&encode_journal(&writes)).ok(), Some(writes));

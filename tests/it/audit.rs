@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use latchkey::audit::verify::{self, ENROLLED_EVENT, Tampered};
 use latchkey::audit::{Actor, AuditLog, AuditRecord, CheckpointPolicy, Event, Evidence};
-use latchkey::clock::{ManualClock, Timestamp};
+use latchkey::base::clock::{ManualClock, Timestamp};
 use latchkey::pb;
 use latchkey::store::{Keyspace, SledStore, Store, Txn};
 use p256::ecdsa::signature::Signer as _;
@@ -291,9 +291,9 @@ impl EvidenceLog {
     /// the request's digest, and the challenge derived from it and a nonce.
     fn approve(&self, signing_key: &p256::ecdsa::SigningKey) {
         let request_digest: [u8; 32] = Sha256::digest("request r1").into();
-        let digest = latchkey::request::vote_digest(
+        let digest = latchkey::domain::request::vote_digest(
             "request/r1",
-            latchkey::policy::Decision::Approve,
+            latchkey::domain::policy::Decision::Approve,
             &request_digest,
         );
         let nonce = [5u8; 32];
@@ -320,7 +320,7 @@ impl EvidenceLog {
 
     /// alice's own request `request/ID` for `scope`, signed as the CLI signs a draft.
     fn request_by_alice(&self, id: &str, scope: &str) {
-        let draft = latchkey::request::Draft {
+        let draft = latchkey::domain::request::Draft {
             scope: scope.into(),
             reason: "primary down, failing over".into(),
             ttl_secs: Some(600),
@@ -369,7 +369,7 @@ fn webauthn_evidence(
     digest: &[u8; 32],
     nonce: &[u8; 32],
 ) -> Evidence {
-    let challenge = latchkey::fido2::bound_challenge(digest, nonce).to_vec();
+    let challenge = latchkey::verify::fido2::bound_challenge(digest, nonce).to_vec();
     let client_data = serde_json::json!({
         "type": "webauthn.get",
         "challenge": B64URL.encode(&challenge),
@@ -428,8 +428,11 @@ fn evidence_copied_into_another_requests_approval_is_refused_with_that_records_s
 
     // Also its `request_digest` and `digest` rewritten to r2's: the challenge gives it away.
     let r2: [u8; 32] = Sha256::digest("request r2").into();
-    let vote =
-        latchkey::request::vote_digest("request/r2", latchkey::policy::Decision::Approve, &r2);
+    let vote = latchkey::domain::request::vote_digest(
+        "request/r2",
+        latchkey::domain::policy::Decision::Approve,
+        &r2,
+    );
     let mut forged = records[records.len() - 2].clone();
     forged.seq += 1;
     forged.subject = "request/r2".into();

@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use latchkey::base::clock::{Clock as _, ManualClock};
 use latchkey::client::access::{self, Target};
-use latchkey::client::keys::{Authenticator, KeyError};
-use latchkey::clock::{Clock as _, ManualClock};
-use latchkey::config::Config;
+use latchkey::client::authenticator::{Authenticator, KeyError};
+use latchkey::daemon::config::Config;
 use latchkey::daemon::{self, Running};
+use latchkey::domain::policy::Decision;
 use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 use latchkey::pb::trust_service_client::TrustServiceClient;
-use latchkey::policy::Decision;
 use latchkey::rpc::ERROR_CODE_METADATA;
 use latchkey::store::Keyspace;
 use tonic::transport::Channel;
@@ -141,7 +141,7 @@ impl Bg {
         // The same config on disk, for commands that read it (`latchkeyd doctor`).
         std::fs::write(&dir.config, &text).unwrap();
         // Start at the real time: a real sshd checks minted certificates against it.
-        let clock = ManualClock::new(latchkey::clock::SystemClock.now());
+        let clock = ManualClock::new(latchkey::base::clock::SystemClock.now());
         let running = daemon::start_layered(&config, Arc::new(clock.clone()), layer.clone())
             .await
             .unwrap();
@@ -428,8 +428,8 @@ pub async fn world_layered(scope: pb::Scope, layer: Option<daemon::StoreLayer>) 
 
 /// The delivery key of every test request: a fixed X25519 secret, so a test can open any
 /// credential it collects.
-pub fn delivery_key() -> latchkey::delivery::DeliveryKey {
-    latchkey::delivery::DeliveryKey::from_secret(&[7u8; 32]).unwrap()
+pub fn delivery_key() -> latchkey::credential::delivery::DeliveryKey {
+    latchkey::credential::delivery::DeliveryKey::from_secret(&[7u8; 32]).unwrap()
 }
 
 pub fn draft(ttl: Option<i64>) -> pb::RequestDraft {
@@ -556,7 +556,7 @@ async fn a_workload_gets_a_bearer_token_after_two_approvals_and_introspection_sa
     .await
     .unwrap();
     assert_eq!(again.unwrap(), credential);
-    let stranger = latchkey::delivery::DeliveryKey::generate();
+    let stranger = latchkey::credential::delivery::DeliveryKey::generate();
     let opened = access::wait(
         w.bg.tls(&w.vault_db).await,
         &created.id,
@@ -880,7 +880,7 @@ async fn one_admin_alone_cannot_add_a_key_and_the_subject_of_a_change_cannot_app
         .unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("bob called her back on her desk phone"));
-    let keys = latchkey::keys::DaemonKeys::load(&bg.dir.data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(&bg.dir.data).unwrap();
     let audit_key = latchkey::audit::signing_key(&keys.audit)
         .unwrap()
         .verifying_key();
@@ -1192,7 +1192,7 @@ async fn a_real_sshd_accepts_the_minted_certificate_for_its_principal_and_no_oth
     assert!(!cert.extensions().contains_key("permit-port-forwarding"));
 
     // The harness's manual clock started at the real time, which sshd checks against.
-    let keys = latchkey::keys::DaemonKeys::load(&w.bg.dir.data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(&w.bg.dir.data).unwrap();
     let ca = keys.ssh_ca.public_key().to_openssh().unwrap();
     let sshd = Sshd::start(&ca, None);
     assert_eq!(

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use latchkey::client::access::{self, Target};
-use latchkey::client::keys::Authenticator;
+use latchkey::client::authenticator::Authenticator;
+use latchkey::domain::policy::Decision;
 use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
-use latchkey::policy::Decision;
 use tokio::sync::Mutex;
 
 use crate::breakglass::{MemKey, ORIGIN, db_root, delivery_key, draft};

@@ -4,9 +4,9 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use latchkey::client::access::{self, Target};
+use latchkey::domain::policy::Decision;
 use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
-use latchkey::policy::Decision;
 use latchkey::store::{Entry, Keyspace, Store, StoreError, Txn};
 
 use crate::breakglass::{
@@ -311,7 +311,7 @@ async fn no_credential_state_or_grant_id_leaves_the_daemon_before_its_flush() {
     let mut w = world_layered(db_root(600), Some(layer)).await;
     // The quorum-completing vote applies its grant; its flush is held.
     let (created, deciding) = decide_with_flush_held(&mut w, &gate).await;
-    let applied: latchkey::request::Request = latchkey::store::decode(
+    let applied: latchkey::domain::request::Request = latchkey::store::decode(
         &w.bg
             .running()
             .authority()
@@ -464,9 +464,10 @@ async fn a_credential_minted_before_a_restart_is_collected_after_it_and_never_re
         );
     }
     let store = open_store_after_release(&data.join("store")).await;
-    let grant: latchkey::grant::Grant = latchkey::store::read(&store, request.grant_id.as_bytes())
-        .unwrap()
-        .unwrap();
+    let grant: latchkey::domain::grant::Grant =
+        latchkey::store::read(&store, request.grant_id.as_bytes())
+            .unwrap()
+            .unwrap();
     let sealed = grant
         .sealed_bearer
         .expect("the sealed box is kept with the grant");
@@ -474,7 +475,7 @@ async fn a_credential_minted_before_a_restart_is_collected_after_it_and_never_re
         delivery_key().open(&sealed, &grant.id).unwrap(),
         credential.bearer_token
     );
-    let stranger = latchkey::delivery::DeliveryKey::generate();
+    let stranger = latchkey::credential::delivery::DeliveryKey::generate();
     assert!(stranger.open(&sealed, &grant.id).is_err());
     drop(dir);
 }

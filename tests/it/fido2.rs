@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use latchkey::clock::{ManualClock, Timestamp};
-use latchkey::config::Config;
+use latchkey::base::clock::{ManualClock, Timestamp};
+use latchkey::daemon::config::Config;
 use latchkey::daemon::{self, Running};
 use latchkey::pb;
 use latchkey::pb::operator_service_client::OperatorServiceClient;
@@ -274,7 +274,7 @@ async fn one_physical_key_belongs_to_one_operator() {
         .exclude_credentials
         .iter()
         .flatten()
-        .map(|c| latchkey::fido2::credential_id_text(c.id.as_ref()))
+        .map(|c| latchkey::verify::fido2::credential_id_text(c.id.as_ref()))
         .collect();
     assert_eq!(excluded, vec![alice.credential_id.clone()]);
     // A real key holding an excluded credential refuses to register (CTAP2 excludeList).
@@ -356,7 +356,7 @@ async fn a_schema_1_store_is_upgraded_at_start_and_its_operators_still_sign() {
         );
         assert_eq!(
             store::check_schema(store, std::path::Path::new("store")).unwrap(),
-            latchkey::constants::STORE_SCHEMA_VERSION
+            latchkey::base::constants::STORE_SCHEMA_VERSION
         );
     })
     .await;
@@ -382,7 +382,7 @@ async fn a_valid_assertion_over_the_right_challenge_verifies_and_is_audited_with
     )
     .await
     .unwrap();
-    let keys = latchkey::keys::DaemonKeys::load(&h.dir.data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(&h.dir.data).unwrap();
     let audit_key = latchkey::audit::signing_key(&keys.audit)
         .unwrap()
         .verifying_key();
@@ -837,7 +837,7 @@ async fn a_cloned_key_is_suspended_and_shown_as_such_by_operator_show() {
 #[tokio::test]
 async fn the_usb_path_is_compiled_in_and_fails_cleanly_without_a_key() {
     assert!(
-        latchkey::client::keys::usb_devices().is_empty(),
+        latchkey::client::authenticator::usb_devices().is_empty(),
         "unplug FIDO2 security keys to run this test (it checks the no-key path)"
     );
     let (_dir, daemon) = dev_daemon();
@@ -866,7 +866,7 @@ async fn a_real_security_key_enrolls_with_attestation_and_signs() {
     let dir = DaemonDir::init();
     dir.write_config("");
     let daemon = dir.start();
-    let mut key = latchkey::client::keys::UsbKey::open(None).unwrap();
+    let mut key = latchkey::client::authenticator::UsbKey::open(None).unwrap();
     let channel = latchkey::client::connect_unix(&daemon.socket_path())
         .await
         .unwrap();

@@ -5,12 +5,12 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use latchkey::audit::{Actor, Event};
-use latchkey::authority::Authority;
 use latchkey::client::access::Target;
+use latchkey::domain::policy::Decision;
 use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 use latchkey::pb::trust_service_client::TrustServiceClient;
-use latchkey::policy::Decision;
+use latchkey::service::authority::Authority;
 use latchkey::store::{Entry, Keyspace, Store, StoreError, Txn};
 
 use crate::breakglass::{db_root, world_layered};

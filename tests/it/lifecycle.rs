@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use latchkey::constants::STORE_SCHEMA_VERSION;
+use latchkey::base::constants::STORE_SCHEMA_VERSION;
 use latchkey::pb;
 use latchkey::pb::system_service_client::SystemServiceClient;
 use latchkey::store::{self, Keyspace, SledStore, Store as _, Txn};

@@ -9,12 +9,12 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use latchkey::clock::{Clock as _, ManualClock, Timestamp};
-use latchkey::config::Config;
+use latchkey::base::clock::{Clock as _, ManualClock, Timestamp};
+use latchkey::daemon::config::Config;
 use latchkey::daemon::{self, doctor::HostFiles};
-use latchkey::doctor::{Finding, Level};
 use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
+use latchkey::service::hygiene::{Finding, Level};
 
 use crate::breakglass::{Bg, code, db_root, secs, world_with};
 use crate::revocation::{await_record, issue, script};
@@ -50,7 +50,7 @@ async fn dev_daemon(extra: &str) -> Bg {
     );
     std::fs::write(&dir.config, &config_text).unwrap();
     let config = Config::load(&dir.config).unwrap();
-    let clock = ManualClock::new(latchkey::clock::SystemClock.now());
+    let clock = ManualClock::new(latchkey::base::clock::SystemClock.now());
     let running = daemon::start(&config, Arc::new(clock.clone()))
         .await
         .unwrap();
@@ -193,7 +193,7 @@ async fn a_soft_token_drill_passes_end_to_end_and_shows_in_metrics_and_doctor() 
     );
 
     // A real sshd that trusts the daemon's CA and reads its KRL.
-    let keys = latchkey::keys::DaemonKeys::load(&bg.dir.data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(&bg.dir.data).unwrap();
     let krl = bg.dir.data.join("revoked-keys.krl");
     let sshd = Sshd::start(&keys.ssh_ca.public_key().to_openssh().unwrap(), Some(&krl));
 
@@ -610,7 +610,7 @@ async fn doctor_turns_each_problem_into_a_warning_or_a_failure() {
         ),
         "{findings:?}"
     );
-    assert_eq!(latchkey::doctor::worst(&findings), Level::Fail);
+    assert_eq!(latchkey::service::hygiene::worst(&findings), Level::Fail);
     chmod(&w.bg.dir.data, 0o700);
     chmod(&key, 0o600);
     w.bg.stop().await;

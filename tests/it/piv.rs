@@ -4,12 +4,12 @@
 
 use base64::Engine as _;
 use latchkey::client::access::Target;
-use latchkey::client::keys::Authenticator;
-use latchkey::client::piv::{SoftPiv, SoftPivSpec};
+use latchkey::client::authenticator::Authenticator;
+use latchkey::client::piv_card::{SoftPiv, SoftPivSpec};
+use latchkey::domain::policy::Decision;
 use latchkey::pb;
 use latchkey::pb::operator_service_client::OperatorServiceClient;
-use latchkey::piv::{PinPolicy, TouchPolicy};
-use latchkey::policy::Decision;
+use latchkey::verify::piv::{PinPolicy, TouchPolicy};
 
 use crate::breakglass::{Bg, code, db_root};
 use crate::support::DaemonDir;
@@ -197,7 +197,7 @@ async fn a_soft_piv_key_enrolls_and_approves_and_every_bad_attestation_is_refuse
     latchkey::client::export_audit(bg.local().await, &mut out)
         .await
         .unwrap();
-    let keys = latchkey::keys::DaemonKeys::load(&bg.dir.data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(&bg.dir.data).unwrap();
     let report = latchkey::audit::verify::verify(
         std::io::BufReader::new(std::fs::File::open(&file).unwrap()),
         &latchkey::audit::signing_key(&keys.audit)
@@ -216,7 +216,7 @@ async fn the_real_yubikey_attestation_verifies_in_the_daemon_and_is_refused_for_
     let attestation =
         include_str!("../../trust/fixtures/yubikey-5.4.3-slot9a-attestation.pem").to_owned();
     let device = include_str!("../../trust/fixtures/yubikey-5.4.3-f9-device.pem").to_owned();
-    let cert = latchkey::piv::parse_certificate("fixture", attestation.as_bytes()).unwrap();
+    let cert = latchkey::verify::piv::parse_certificate("fixture", attestation.as_bytes()).unwrap();
     use der::Encode as _;
     let spki = cert
         .tbs_certificate()
@@ -335,7 +335,7 @@ async fn a_real_piv_key_enrolls_with_yubico_attestation_and_approves() {
     dir.write_config("");
     let daemon = dir.start();
     let pin = std::env::var("LATCHKEY_PIV_PIN").ok();
-    let mut key = latchkey::client::piv::UsbPiv::open("9a", pin).unwrap();
+    let mut key = latchkey::client::piv_card::UsbPiv::open("9a", pin).unwrap();
     let channel = latchkey::client::connect_unix(&daemon.socket_path())
         .await
         .unwrap();

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use latchkey::base::clock::{Clock as _, SystemClock, Timestamp};
 use latchkey::client::access::{self, Target};
-use latchkey::clock::{Clock as _, SystemClock, Timestamp};
+use latchkey::domain::policy::Decision;
 use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 use latchkey::pb::audit_service_client::AuditServiceClient;
-use latchkey::policy::Decision;
 use latchkey::store::{Keyspace, SledStore, Store, Txn};
 
 use crate::breakglass::{Bg, World, code, db_root, draft, secs, world_with};
@@ -245,7 +245,7 @@ async fn an_early_revocation_reaches_a_real_sshd_through_the_krl_long_before_exp
         krl.exists(),
         "an (empty) KRL exists from the start, for sshd"
     );
-    let keys = latchkey::keys::DaemonKeys::load(&w.bg.dir.data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(&w.bg.dir.data).unwrap();
     let sshd = Sshd::start(&keys.ssh_ca.public_key().to_openssh().unwrap(), Some(&krl));
     assert_eq!(sshd.login("root", &private, &cert), LoginOutcome::Accepted);
 
@@ -419,7 +419,7 @@ async fn a_store_that_lost_a_revocation_does_not_shrink_the_published_krl() {
     revoke_early(&mut w, &next.grant_id, "second").await;
     assert!(krl_revokes(&krl, &cert));
     w.bg.clock
-        .advance(latchkey::constants::MAX_GRANT_TTL + Duration::from_secs(1));
+        .advance(latchkey::base::constants::MAX_GRANT_TTL + Duration::from_secs(1));
     let (_, public) = user_key(&home, "later");
     let later = issue(&mut w, Some(&public), 3600).await;
     revoke_early(&mut w, &later.grant_id, "third").await;
@@ -611,9 +611,9 @@ fn seed_grants(
     entries: QueueEntries,
 ) {
     use latchkey::audit::{Actor, AuditLog, CheckpointPolicy, Event};
-    use latchkey::grant::{ExpiryEntry, Grant, GrantState, expiry_key, token_hash};
+    use latchkey::domain::grant::{ExpiryEntry, Grant, GrantState, expiry_key, token_hash};
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("store")).unwrap());
-    let keys = latchkey::keys::DaemonKeys::load(data).unwrap();
+    let keys = latchkey::credential::keys::DaemonKeys::load(data).unwrap();
     let audit = AuditLog::open(
         store.clone(),
         Arc::new(SystemClock),
@@ -639,7 +639,7 @@ fn seed_grants(
                 id: id.clone(),
                 request_id: format!("{prefix}-request-{i}"),
                 scope: scope.into(),
-                requester: latchkey::request::Requester::Workload {
+                requester: latchkey::domain::request::Requester::Workload {
                     name: "vault-db".into(),
                 },
                 issued_at: Timestamp::from_unix_millis(now.unix_millis() - 3_600_000),

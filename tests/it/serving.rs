@@ -1,7 +1,7 @@
 //! Acceptance 2: health and Status over the local socket and over mutual TLS; unpinned TLS
 //! clients and local users outside the allow-list are refused.
 
-use latchkey::keys::DaemonKeys;
+use latchkey::credential::keys::DaemonKeys;
 use latchkey::pb;
 use latchkey::pb::system_service_client::SystemServiceClient;
 use latchkey::rpc::ERROR_CODE_METADATA;
@@ -53,7 +53,7 @@ async fn health_and_status_are_served_over_the_local_socket() {
     assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(
         status.store_schema_version,
-        latchkey::constants::STORE_SCHEMA_VERSION
+        latchkey::base::constants::STORE_SCHEMA_VERSION
     );
     assert_eq!(status.genesis(), pb::GenesisState::Open);
     assert!(!status.dev_mode);
@@ -165,7 +165,7 @@ async fn a_pinned_tls_client_gets_health_and_status() {
             let pem = std::fs::read(&cert.cert).unwrap();
             assert_eq!(
                 w.spki_sha256,
-                hex::encode(latchkey::keys::spki_sha256_of_pem(&pem).unwrap())
+                hex::encode(latchkey::credential::keys::spki_sha256_of_pem(&pem).unwrap())
             );
         }
         other => panic!("expected a workload caller, got {other:?}"),

@@ -5,25 +5,29 @@
 use std::collections::HashMap;
 
 use crate::audit::{Actor, AuditError, Event};
-use crate::authority::Authority;
-use crate::caller::Caller;
-use crate::change::{self, Change, ChangeKind, ChangeState};
-use crate::clock::Timestamp;
-use crate::constants::{
+use crate::base::caller::Caller;
+use crate::base::clock::Timestamp;
+use crate::base::constants::{
     CHANGE_PENDING_TIMEOUT, MAX_LIST, MAX_TEXT_LEN, MIN_PROOFING_NOTE_LEN, TRUST_STORE_SCOPE,
 };
-use crate::error::{Coded, ErrorKind};
-use crate::grant::{Grant, GrantState, Introspection, SshGrant, token_hash};
-use crate::mint::{self, MintError, SshRequest};
-use crate::operator::{
+use crate::base::error::{Coded, ErrorKind};
+use crate::credential::mint::{self, MintError, SshRequest};
+use crate::domain::change::{self, Change, ChangeKind, ChangeState};
+use crate::domain::grant::{Grant, GrantState, Introspection, SshGrant, token_hash};
+use crate::domain::operator::{
     self, Authenticator, AuthenticatorState, Enrollment, Opened, Operator, OperatorError,
 };
-use crate::policy::{self, ApprovalPolicy, Ballot, Decision, Outcome, PolicyError, Vote, Voter};
-use crate::request::{self, Canonical, Draft, DraftError, Request, RequestState, Requester};
-use crate::scope::{Scope, ScopeError};
+use crate::domain::policy::{
+    self, ApprovalPolicy, Ballot, Decision, Outcome, PolicyError, Vote, Voter,
+};
+use crate::domain::request::{
+    self, Canonical, Draft, DraftError, Request, RequestState, Requester,
+};
+use crate::domain::scope::{Scope, ScopeError};
+use crate::domain::trust::{self, Genesis, META_KEY, TrustError};
+use crate::domain::workload::{self, Workload, WorkloadError};
+use crate::service::authority::Authority;
 use crate::store::{self, Keyspace, Store, StoreError, Txn};
-use crate::trust::{self, Genesis, META_KEY, TrustError};
-use crate::workload::{self, Workload, WorkloadError};
 
 /// How often a vote is retried internally when another vote on the same thing committed
 /// first (the loser re-reads and re-checks; its ceremony is still unused).
@@ -113,7 +117,7 @@ pub enum WorkflowError {
     DeliveryKeyRequired(String),
     /// The delivery key is unusable, or sealing to it failed.
     #[error(transparent)]
-    Delivery(#[from] crate::delivery::DeliveryError),
+    Delivery(#[from] crate::credential::delivery::DeliveryError),
     /// A vote could not be counted because a record it depends on could not be read. Nothing
     /// changed; retry, and alert an operator if it persists.
     #[error("the vote could not be counted: {0}")]
@@ -265,7 +269,7 @@ impl WorkflowError {
 }
 
 /// A credential as its requester collects it: read from the durable grant. The bearer token
-/// is only ever sealed to the request's delivery key ([`crate::delivery`]).
+/// is only ever sealed to the request's delivery key ([`crate::credential::delivery`]).
 #[derive(Clone, Debug)]
 pub struct Delivery {
     /// Grant.
@@ -273,7 +277,7 @@ pub struct Delivery {
     /// Scope.
     pub scope: String,
     /// The bearer token sealed to the requester's delivery key, if one was minted.
-    pub sealed_bearer: Option<crate::delivery::SealedToken>,
+    pub sealed_bearer: Option<crate::credential::delivery::SealedToken>,
     /// The SSH certificate, if minted (not a secret: useless without its private key).
     pub ssh_certificate: Option<String>,
     /// Expiry.
@@ -409,7 +413,7 @@ fn key_meets_policy(
         vote.user_verified,
     )?;
     if let Some(attested) = &prepared.piv {
-        crate::piv::KeyPolicy {
+        crate::verify::piv::KeyPolicy {
             touch: policy.piv_touch,
             pin: policy.piv_pin,
         }
@@ -432,11 +436,11 @@ fn delivery_key(request: &Request) -> Result<[u8; 32], WorkflowError> {
         ));
     }
     let bytes = hex::decode(hex_key).map_err(|_| {
-        WorkflowError::Delivery(crate::delivery::DeliveryError::BadPublicKey(
+        WorkflowError::Delivery(crate::credential::delivery::DeliveryError::BadPublicKey(
             hex_key.len() / 2,
         ))
     })?;
-    Ok(crate::delivery::check_public_key(&bytes)?)
+    Ok(crate::credential::delivery::check_public_key(&bytes)?)
 }
 
 fn new_id() -> Result<String, WorkflowError> {
@@ -601,7 +605,7 @@ impl Authority {
                 .into());
             }
             (Some(_), false) => {
-                crate::sshcert::parse_user_public_key(draft.ssh_public_key.trim())
+                crate::credential::sshcert::parse_user_public_key(draft.ssh_public_key.trim())
                     .map_err(MintError::from)?;
             }
             (None, false) => {
@@ -618,7 +622,7 @@ impl Authority {
                 return Err(WorkflowError::DeliveryKeyRequired(scope.name));
             }
         } else {
-            crate::delivery::check_public_key(&draft.delivery_public_key)?;
+            crate::credential::delivery::check_public_key(&draft.delivery_public_key)?;
         }
         Ok((scope, ttl))
     }
@@ -1192,7 +1196,11 @@ impl Authority {
         };
         let bearer_sha256 = bearer_token.as_deref().map(|t| hex::encode(token_hash(t)));
         let sealed_bearer = match &bearer_token {
-            Some(token) => Some(crate::delivery::seal(&delivery_key(request)?, &id, token)?),
+            Some(token) => Some(crate::credential::delivery::seal(
+                &delivery_key(request)?,
+                &id,
+                token,
+            )?),
             None => None,
         };
         let ssh = match &scope.ssh {
@@ -1235,8 +1243,8 @@ impl Authority {
             .put(id.as_bytes(), &grant)?
             .put_raw(
                 Keyspace::GrantExpiry,
-                crate::grant::expiry_key(expires_at, &id),
-                crate::grant::ExpiryEntry::of(&grant).encode(),
+                crate::domain::grant::expiry_key(expires_at, &id),
+                crate::domain::grant::ExpiryEntry::of(&grant).encode(),
             );
         if let Some(hash) = &bearer_sha256 {
             txn.require_absent(Keyspace::GrantTokens, hash.as_bytes())
@@ -1354,7 +1362,7 @@ impl Authority {
                     }
                 } else {
                     hex::encode(
-                        crate::keys::spki_sha256_of_pem(certificate_pem.as_bytes())
+                        crate::credential::keys::spki_sha256_of_pem(certificate_pem.as_bytes())
                             .map_err(WorkloadError::InvalidCertificate)?,
                     )
                 };
@@ -1785,7 +1793,7 @@ impl Authority {
                     .delete(Keyspace::WorkloadPins, old.spki_sha256.as_bytes());
             }
             ChangeKind::SetTrustPolicy { policy } => {
-                if policy.quorum == 0 || policy.quorum > crate::constants::MAX_QUORUM {
+                if policy.quorum == 0 || policy.quorum > crate::base::constants::MAX_QUORUM {
                     return Err(invalid("quorum must be between 1 and 32".into()));
                 }
                 operator::check_name("role", &policy.approver_role)?;
@@ -1897,8 +1905,8 @@ impl Authority {
                 default_ttl_secs: 0,
                 max_ttl_secs: 0,
                 policy,
-                requesters: crate::scope::Requesters::default(),
-                revocation: crate::scope::RevocationSpec::default(),
+                requesters: crate::domain::scope::Requesters::default(),
+                revocation: crate::domain::scope::RevocationSpec::default(),
             });
         }
         let scope = self.scope(name)?;

@@ -7,10 +7,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::clock::Timestamp;
-use crate::constants::{MAX_REASON_LEN, MAX_TICKET_LEN, MIN_REASON_LEN};
-use crate::error::{Coded, ErrorKind};
-use crate::policy::{ApprovalPolicy, Decision, Vote};
+use crate::base::clock::Timestamp;
+use crate::base::constants::{MAX_REASON_LEN, MAX_TICKET_LEN, MIN_REASON_LEN};
+use crate::base::error::{Coded, ErrorKind};
+use crate::domain::policy::{ApprovalPolicy, Decision, Vote};
 use crate::store::{Keyspace, Record};
 
 /// Domain tag of request digests.
@@ -112,7 +112,7 @@ pub struct Draft {
     pub ticket: String,
     /// OpenSSH public key to certify, for SSH scopes.
     pub ssh_public_key: String,
-    /// X25519 public key the bearer token is sealed to ([`crate::delivery`]); empty if none.
+    /// X25519 public key the bearer token is sealed to ([`crate::credential::delivery`]); empty if none.
     pub delivery_public_key: Vec<u8>,
 }
 

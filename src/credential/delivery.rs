@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hpke::{Deserializable as _, Kem as _, OpModeR, OpModeS, Serializable as _};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Coded, ErrorKind};
+use crate::base::error::{Coded, ErrorKind};
 
 type Kem = hpke::kem::X25519HkdfSha256;
 type Kdf = hpke::kdf::HkdfSha256;
@@ -213,7 +213,8 @@ impl DeliveryKey {
             path: path.display().to_string(),
             detail,
         };
-        let raw = crate::fsperm::read_private_file(path).map_err(|e| file_error(e.to_string()))?;
+        let raw =
+            crate::base::fsperm::read_private_file(path).map_err(|e| file_error(e.to_string()))?;
         let text = String::from_utf8(raw).map_err(|e| file_error(e.to_string()))?;
         let bytes = hex::decode(text.trim()).map_err(|e| file_error(e.to_string()))?;
         let secret: [u8; DELIVERY_KEY_LEN] = bytes
@@ -225,9 +226,11 @@ impl DeliveryKey {
     /// Writes the secret to a new private file (0600), refusing to overwrite one.
     pub fn write_file(&self, path: &std::path::Path) -> Result<(), DeliveryError> {
         let text = format!("{}\n", hex::encode(self.secret_bytes()));
-        crate::fsperm::write_private_file(path, text.as_bytes()).map_err(|e| DeliveryError::File {
-            path: path.display().to_string(),
-            detail: e.to_string(),
+        crate::base::fsperm::write_private_file(path, text.as_bytes()).map_err(|e| {
+            DeliveryError::File {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            }
         })
     }
 }

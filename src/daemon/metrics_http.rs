@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::authority::Authority;
+use crate::service::authority::Authority;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -40,12 +40,12 @@ async fn answer(
     }
     let snapshot = tokio::task::spawn_blocking(move || authority.metrics_snapshot()).await;
     Ok(match snapshot {
-        Ok(Ok(s)) => reply(StatusCode::OK, crate::metrics::render(&s)),
+        Ok(Ok(s)) => reply(StatusCode::OK, crate::service::metrics::render(&s)),
         Ok(Err(e)) => {
             tracing::error!("metrics: {e}");
             reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                crate::metrics::unavailable(&e),
+                crate::service::metrics::unavailable(&e),
             )
         }
         Err(e) => {

@@ -12,8 +12,8 @@ use std::sync::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::clock::Timestamp;
-use crate::request::Requester;
+use crate::base::clock::Timestamp;
+use crate::domain::request::Requester;
 use crate::store::{Keyspace, Record, Store, StoreError};
 
 /// An issued SSH certificate.
@@ -148,7 +148,7 @@ pub struct Grant {
     /// The bearer token sealed to the requester's delivery key, kept for collection while
     /// the grant is active and dropped when its revocation starts. Never the plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sealed_bearer: Option<crate::delivery::SealedToken>,
+    pub sealed_bearer: Option<crate::credential::delivery::SealedToken>,
 }
 
 impl Record for Grant {

@@ -15,10 +15,11 @@ use webauthn_rs::prelude::{
     WebauthnBuilder, WebauthnError,
 };
 
-use crate::error::{Coded, ErrorKind};
+use crate::base::error::{Coded, ErrorKind};
 
 /// Yubico's FIDO attestation root, bundled and pinned by the SHA-256 of its DER.
-pub const YUBICO_FIDO_ROOT_PEM: &[u8] = include_bytes!("../trust/yubico-u2f-root-ca-457200631.pem");
+pub const YUBICO_FIDO_ROOT_PEM: &[u8] =
+    include_bytes!("../../trust/yubico-u2f-root-ca-457200631.pem");
 /// Pinned SHA-256 of [`YUBICO_FIDO_ROOT_PEM`]'s certificate.
 pub const YUBICO_FIDO_ROOT_SHA256: &str =
     "0fa1386f80eb8713263ae5c1d84deb455bdf08aea50ab05503cefee82b092d42";
@@ -189,7 +190,7 @@ fn check_attestation_ca(pem: &[u8]) -> Result<(), Fido2Error> {
     use der::Decode as _;
     use der::oid::AssociatedOid as _;
     use x509_cert::ext::pkix::KeyUsage;
-    let certs = crate::piv::parse_bundle("[fido2] attestation_cas", pem)
+    let certs = crate::verify::piv::parse_bundle("[fido2] attestation_cas", pem)
         .map_err(|e| Fido2Error::Config(format!("attestation CA: {e}")))?;
     if certs.is_empty() {
         return Err(Fido2Error::Config(
@@ -483,7 +484,7 @@ mod tests {
             .unwrap();
         let asserted = token.do_authentication(origin, options).unwrap();
         let assertion_json = serde_json::to_string(&asserted).unwrap();
-        crate::fuzzing::run(
+        crate::base::fuzzing::run(
             "webauthn-json",
             &[registration_json.into_bytes(), assertion_json.into_bytes()],
             |input| {

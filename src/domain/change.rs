@@ -5,13 +5,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Actor;
-use crate::clock::Timestamp;
-use crate::operator::Authenticator;
-use crate::policy::{ApprovalPolicy, Vote};
-use crate::scope::Scope;
+use crate::base::clock::Timestamp;
+use crate::domain::operator::Authenticator;
+use crate::domain::policy::{ApprovalPolicy, Vote};
+use crate::domain::scope::Scope;
+use crate::domain::trust::TrustStorePolicy;
+use crate::domain::workload::Workload;
 use crate::store::{Keyspace, Record};
-use crate::trust::TrustStorePolicy;
-use crate::workload::Workload;
 
 /// Domain tag of change digests.
 const CHANGE_TAG: &[u8] = b"latchkey.change.v1\n";

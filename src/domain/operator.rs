@@ -6,12 +6,12 @@ use serde::{Deserialize, Serialize};
 use webauthn_rs::prelude::{SecurityKey, SecurityKeyAuthentication, SecurityKeyRegistration, Uuid};
 
 use crate::audit::{Actor, AuditError, AuditLog, Event, Evidence};
-use crate::clock::{Clock, Timestamp};
-use crate::constants::MAX_NAME_LEN;
-use crate::error::{Coded, ErrorKind};
-use crate::fido2::{Fido2, Fido2Error, bound_challenge, credential_id_text};
+use crate::base::clock::{Clock, Timestamp};
+use crate::base::constants::MAX_NAME_LEN;
+use crate::base::error::{Coded, ErrorKind};
+use crate::domain::trust::{self, Genesis, META_KEY, TrustError};
 use crate::store::{self, Keyspace, Record, Store, StoreError, Txn};
-use crate::trust::{self, Genesis, META_KEY, TrustError};
+use crate::verify::fido2::{Fido2, Fido2Error, bound_challenge, credential_id_text};
 
 /// Errors about operators, enrollment and assertions.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub enum OperatorError {
     Fido2(#[from] Fido2Error),
     /// PIV attestation or policy refused the key.
     #[error(transparent)]
-    Piv(#[from] crate::piv::PivError),
+    Piv(#[from] crate::verify::piv::PivError),
     /// A PIV response did not verify (bad signature, unknown or non-PIV key, malformed).
     #[error("PIV response refused: {0}")]
     PivResponse(String),
@@ -186,7 +186,7 @@ pub enum KeyMaterial {
     /// A PIV slot key (YubiKey), with what its attestation proved.
     Piv {
         /// Serial, firmware, policies, slot, public key.
-        attested: crate::piv::Attested,
+        attested: crate::verify::piv::Attested,
     },
 }
 
@@ -256,7 +256,7 @@ impl Authenticator {
     }
 
     /// What the PIV attestation proved, if this is a PIV key.
-    pub fn piv(&self) -> Option<&crate::piv::Attested> {
+    pub fn piv(&self) -> Option<&crate::verify::piv::Attested> {
         match &self.key {
             KeyMaterial::Piv { attested } => Some(attested),
             KeyMaterial::Fido2 { .. } => None,
@@ -342,9 +342,9 @@ pub struct Opened {
 #[derive(Clone, Debug)]
 pub struct PivSettings {
     /// Roots and intermediates.
-    pub trust: crate::piv::PivTrust,
+    pub trust: crate::verify::piv::PivTrust,
     /// What an enrolled key must meet.
-    pub policy: crate::piv::KeyPolicy,
+    pub policy: crate::verify::piv::KeyPolicy,
     /// Whether unattested (imported) keys are refused. Always true outside dev mode.
     pub require_attestation: bool,
 }
@@ -372,7 +372,7 @@ pub struct PreparedAssertion {
     /// Whether the key was attested at enrollment.
     pub attested: bool,
     /// For PIV keys: what their attestation proved (policies checked by scopes).
-    pub piv: Option<crate::piv::Attested>,
+    pub piv: Option<crate::verify::piv::Attested>,
 }
 
 /// The outcome of a registration ceremony.
@@ -941,7 +941,7 @@ impl Operators<'_> {
                     .and_then(|v| v.as_str())
                     .and_then(|v| b64.decode(v).ok())
                     .ok_or_else(|| OperatorError::PivResponse("missing signature".into()))?;
-                crate::piv::verify_signature(
+                crate::verify::piv::verify_signature(
                     &attested.algorithm,
                     &attested.public_key_spki,
                     &challenge,
@@ -949,7 +949,7 @@ impl Operators<'_> {
                 )
                 .map_err(OperatorError::PivResponse)?;
                 // A PIV key verifies its user when its PIN policy makes it ask for the PIN.
-                let user_verified = attested.pin_policy != crate::piv::PinPolicy::Never;
+                let user_verified = attested.pin_policy != crate::verify::piv::PinPolicy::Never;
                 if *require_uv && !user_verified {
                     return Err(Fido2Error::UserVerificationRequired.into());
                 }
@@ -1053,15 +1053,15 @@ impl Operators<'_> {
             .map_err(|e| OperatorError::PivResponse(format!("public_key: {e}")))?;
         if response.attestation.trim().is_empty() || response.device.trim().is_empty() {
             if self.piv.require_attestation {
-                return Err(crate::piv::PivError::NotAttested.into());
+                return Err(crate::verify::piv::PivError::NotAttested.into());
             }
             return Err(OperatorError::PivResponse(
                 "unattested PIV keys are not supported".into(),
             ));
         }
         let attestation =
-            crate::piv::parse_certificate("attestation", response.attestation.as_bytes())?;
-        let device = crate::piv::parse_certificate("device", response.device.as_bytes())?;
+            crate::verify::piv::parse_certificate("attestation", response.attestation.as_bytes())?;
+        let device = crate::verify::piv::parse_certificate("device", response.device.as_bytes())?;
         let attested = self.piv.trust.verify(&attestation, &device, Some(&spki))?;
         self.piv.policy.check(&attested)?;
         let challenge = hex::decode(challenge_hex).map_err(|e| StoreError::Corrupt {
@@ -1071,7 +1071,7 @@ impl Operators<'_> {
         let signature = b64
             .decode(&response.signature)
             .map_err(|e| OperatorError::PivResponse(format!("signature: {e}")))?;
-        crate::piv::verify_signature(&attested.algorithm, &spki, &challenge, &signature)
+        crate::verify::piv::verify_signature(&attested.algorithm, &spki, &challenge, &signature)
             .map_err(|e| OperatorError::PivResponse(format!("proof of possession: {e}")))?;
         for other in authenticators(self.store)? {
             if let Some(a) = other.piv()

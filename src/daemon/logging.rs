@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::daemon::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` overrides `filter`. Safe to call more than once
 /// (later calls are ignored).

@@ -17,8 +17,8 @@ use webauthn_rs::prelude::{
     RequestChallengeResponse, Url,
 };
 
-use super::keys::{Authenticator, KeyError};
-use crate::piv::{PinPolicy, TouchPolicy};
+use super::authenticator::{Authenticator, KeyError};
+use crate::verify::piv::{PinPolicy, TouchPolicy};
 
 fn not_webauthn() -> KeyError {
     KeyError::Options("a PIV key answers with its own response, not WebAuthn".into())
@@ -216,7 +216,7 @@ impl SoftPiv {
         let key = Self::generate(&spec)?;
         let text =
             serde_json::to_string_pretty(&key.state).map_err(|e| file_error(e.to_string()))?;
-        crate::fsperm::write_private_file(path, text.as_bytes())
+        crate::base::fsperm::write_private_file(path, text.as_bytes())
             .map_err(|e| file_error(e.to_string()))?;
         Ok(Self {
             path: Some(path.to_path_buf()),
@@ -531,12 +531,15 @@ mod tests {
             ..SoftPivSpec::default()
         })
         .unwrap();
-        let root = crate::piv::parse_certificate("root", key.state.root_pem.as_bytes()).unwrap();
-        let trust = crate::piv::PivTrust::yubico(&[])
+        let root =
+            crate::verify::piv::parse_certificate("root", key.state.root_pem.as_bytes()).unwrap();
+        let trust = crate::verify::piv::PivTrust::yubico(&[])
             .unwrap()
             .with_dev_root(root);
-        let att = crate::piv::parse_certificate("a", key.state.attestation_pem.as_bytes()).unwrap();
-        let dev = crate::piv::parse_certificate("d", key.state.device_pem.as_bytes()).unwrap();
+        let att = crate::verify::piv::parse_certificate("a", key.state.attestation_pem.as_bytes())
+            .unwrap();
+        let dev =
+            crate::verify::piv::parse_certificate("d", key.state.device_pem.as_bytes()).unwrap();
         let attested = trust
             .verify(&att, &dev, Some(&key.public_key_spki().unwrap()))
             .unwrap();
@@ -546,7 +549,12 @@ mod tests {
         assert_eq!(attested.slot, "9a");
         assert!(attested.dev_root);
         let sig = key.sign(b"challenge").unwrap();
-        crate::piv::verify_signature("es256", &attested.public_key_spki, b"challenge", &sig)
-            .unwrap();
+        crate::verify::piv::verify_signature(
+            "es256",
+            &attested.public_key_spki,
+            b"challenge",
+            &sig,
+        )
+        .unwrap();
     }
 }

@@ -11,11 +11,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 
-use crate::clock::Timestamp;
-use crate::constants::{
+use crate::base::clock::Timestamp;
+use crate::base::constants::{
     AUDIT_KEY_FILE, SSH_CA_KEY_FILE, TLS_CERT_FILE, TLS_CERT_VALIDITY_DAYS, TLS_KEY_FILE,
 };
-use crate::fsperm::{self, FsPermError};
+use crate::base::fsperm::{self, FsPermError};
 
 /// Errors about the daemon's keys.
 #[derive(Debug, thiserror::Error)]

@@ -7,13 +7,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::audit::AuditRecord;
-use crate::authority::Authority;
-use crate::constants::TRUST_STORE_SCOPE;
-use crate::grant::GrantState;
-use crate::operator::AuthenticatorState;
+use crate::base::constants::TRUST_STORE_SCOPE;
+use crate::domain::grant::GrantState;
+use crate::domain::operator::AuthenticatorState;
+use crate::domain::trust::{self, Genesis};
+use crate::service::authority::Authority;
+use crate::service::workflow::WorkflowError;
 use crate::store::{self, Keyspace};
-use crate::trust::{self, Genesis};
-use crate::workflow::WorkflowError;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -75,7 +75,7 @@ const CLOCK_WINDOW: u64 = 1000;
 impl Authority {
     /// The audit log is written with the authority's clock: its recent records must not go
     /// back in time, and now must not be before any of them.
-    fn clock_finding(&self, now: crate::clock::Timestamp) -> Result<Finding, WorkflowError> {
+    fn clock_finding(&self, now: crate::base::clock::Timestamp) -> Result<Finding, WorkflowError> {
         let head = self.audit.head_seq();
         let from = head.saturating_sub(CLOCK_WINDOW - 1).max(1);
         let records: Vec<AuditRecord> = self
@@ -276,7 +276,7 @@ impl Authority {
             .store
             .scan_from(Keyspace::RevocationsPending, b"", usize::MAX)?
         {
-            if let Some(g) = store::read::<crate::grant::Grant>(self.store.as_ref(), &key)?
+            if let Some(g) = store::read::<crate::domain::grant::Grant>(self.store.as_ref(), &key)?
                 && g.state == GrantState::RevocationUnconfirmed
             {
                 stuck.push(g.id);

@@ -6,15 +6,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditError, Event};
-use crate::authority::Authority;
-use crate::caller::Caller;
-use crate::clock::Timestamp;
-use crate::constants::{MAX_DRILL_DETAIL_LEN, MAX_DRILL_STEPS};
-use crate::error::{Coded, ErrorKind};
-use crate::grant::GrantState;
-use crate::request::{RequestState, Requester};
+use crate::base::caller::Caller;
+use crate::base::clock::Timestamp;
+use crate::base::constants::{MAX_DRILL_DETAIL_LEN, MAX_DRILL_STEPS};
+use crate::base::error::{Coded, ErrorKind};
+use crate::domain::grant::GrantState;
+use crate::domain::request::{RequestState, Requester};
+use crate::service::authority::Authority;
+use crate::service::workflow::WorkflowError;
 use crate::store::{self, Keyspace, Record, StoreError, Txn};
-use crate::workflow::WorkflowError;
 
 /// The steps a drill may report, in the order the CLI runs them.
 pub const STEPS: &[&str] = &[

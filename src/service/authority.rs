@@ -5,20 +5,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
-use crate::caller::{Caller, WorkloadId};
-use crate::clock::{Clock, Timestamp};
-use crate::config::Fido2Config;
-use crate::constants::STORE_SCHEMA_VERSION;
-use crate::error::{Coded, ErrorKind};
-use crate::fido2::{Fido2, Fido2Error};
-use crate::grant::TokenIndex;
-use crate::keys::{DaemonKeys, Fingerprints};
-use crate::operator::{
+use crate::base::caller::{Caller, WorkloadId};
+use crate::base::clock::{Clock, Timestamp};
+use crate::base::constants::STORE_SCHEMA_VERSION;
+use crate::base::error::{Coded, ErrorKind};
+use crate::credential::keys::{DaemonKeys, Fingerprints};
+use crate::daemon::config::Fido2Config;
+use crate::domain::grant::TokenIndex;
+use crate::domain::operator::{
     self, Authenticator, Opened, Operator, OperatorError, Operators, PivSettings, VerifiedAssertion,
 };
+use crate::domain::trust::{self, Genesis, TrustError};
+use crate::domain::workload::{self, Workload, WorkloadError};
 use crate::store::{self, Keyspace, Store, StoreError, Txn};
-use crate::trust::{self, Genesis, TrustError};
-use crate::workload::{self, Workload, WorkloadError};
+use crate::verify::fido2::{Fido2, Fido2Error};
 
 /// Errors of the authority's own operations.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum AuthorityError {
     /// PIV trust material is unusable (a bundled root or configured intermediate does not
     /// match its pin, or a file is unreadable). Fix the config or the binary.
     #[error(transparent)]
-    Piv(#[from] crate::piv::PivError),
+    Piv(#[from] crate::verify::piv::PivError),
     /// The store went back in time or is not the one anchored; the message says what to do.
     #[error(transparent)]
     Anchor(#[from] crate::audit::anchor::AnchorError),
@@ -103,7 +103,7 @@ pub struct Settings<'a> {
     /// Where the SSH KRL is written.
     pub krl_path: PathBuf,
     /// PIV policy and trust material.
-    pub piv: &'a crate::config::PivConfig,
+    pub piv: &'a crate::daemon::config::PivConfig,
     /// Local users that may introspect tokens.
     pub introspect_uids: Vec<u32>,
     /// How old a scope's last passed drill may be before `doctor` warns.
@@ -145,32 +145,32 @@ pub struct Authority {
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
 /// only, dev roots.
 fn piv_settings(
-    config: &crate::config::PivConfig,
+    config: &crate::daemon::config::PivConfig,
     dev_mode: bool,
 ) -> Result<PivSettings, AuthorityError> {
     let read = |path: &std::path::PathBuf| {
         std::fs::read(path).map_err(|e| {
-            AuthorityError::Piv(crate::piv::PivError::Malformed {
+            AuthorityError::Piv(crate::verify::piv::PivError::Malformed {
                 what: "configured certificate file",
                 detail: format!("{}: {e}", path.display()),
             })
         })
     };
     let intermediates = match &config.intermediates {
-        Some(path) => crate::piv::parse_bundle("[piv] intermediates", &read(path)?)?,
+        Some(path) => crate::verify::piv::parse_bundle("[piv] intermediates", &read(path)?)?,
         None => Vec::new(),
     };
-    let mut trust = crate::piv::PivTrust::yubico(&intermediates)?;
+    let mut trust = crate::verify::piv::PivTrust::yubico(&intermediates)?;
     if dev_mode {
         for path in &config.dev_roots {
-            for root in crate::piv::parse_bundle("[piv] dev_roots", &read(path)?)? {
+            for root in crate::verify::piv::parse_bundle("[piv] dev_roots", &read(path)?)? {
                 trust = trust.with_dev_root(root);
             }
         }
     }
     Ok(PivSettings {
         trust,
-        policy: crate::piv::KeyPolicy {
+        policy: crate::verify::piv::KeyPolicy {
             touch: config.require_touch,
             pin: config.require_pin,
         },
@@ -195,7 +195,7 @@ fn upgrade_schema(store: &dyn Store, found: u32) -> Result<u32, StoreError> {
         store::schema_version_bytes(STORE_SCHEMA_VERSION),
     );
     // Schema 1 → 2: the index of keys by operator.
-    let indexed = crate::operator::index_every_key(store, &mut txn)?;
+    let indexed = crate::domain::operator::index_every_key(store, &mut txn)?;
     store.commit(&txn)?;
     tracing::info!(
         from = found,
@@ -343,7 +343,7 @@ impl Authority {
         let Caller::Local(peer) = caller else {
             return Err(WorkloadError::LocalOnly);
         };
-        let spki = crate::keys::spki_sha256_of_pem(certificate_pem)
+        let spki = crate::credential::keys::spki_sha256_of_pem(certificate_pem)
             .map_err(WorkloadError::InvalidCertificate)?;
         let workload = Workload {
             name,

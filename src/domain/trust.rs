@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditError, AuditLog, Event};
-use crate::clock::Timestamp;
-use crate::constants::STORE_SCHEMA_VERSION;
-use crate::error::{Coded, ErrorKind};
+use crate::base::clock::Timestamp;
+use crate::base::constants::STORE_SCHEMA_VERSION;
+use crate::base::error::{Coded, ErrorKind};
 use crate::store::{self, Keyspace, Record, SCHEMA_VERSION_KEY, Store, StoreError, Txn};
 
 /// Key of [`TrustStoreMeta`] in [`Keyspace::Meta`].

@@ -5,14 +5,14 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::authority::Authority;
-use crate::clock::Timestamp;
-use crate::constants::TRUST_STORE_SCOPE;
-use crate::grant;
-use crate::policy::Decision;
-use crate::request::Request;
+use crate::base::clock::Timestamp;
+use crate::base::constants::TRUST_STORE_SCOPE;
+use crate::domain::grant;
+use crate::domain::policy::Decision;
+use crate::domain::request::Request;
+use crate::service::authority::Authority;
+use crate::service::workflow::WorkflowError;
 use crate::store::{self, Keyspace};
-use crate::workflow::WorkflowError;
 
 /// Request states, in the order they are exported.
 const REQUEST_STATES: &[&str] = &["pending", "issued", "denied", "cancelled", "expired"];

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Timestamp;
-use crate::error::{Coded, ErrorKind};
+use crate::base::clock::Timestamp;
+use crate::base::error::{Coded, ErrorKind};
 
 /// Why a vote is refused. Nothing is written when one is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,10 +82,10 @@ pub struct ApprovalPolicy {
     pub denials_to_reject: u32,
     /// PIV keys must have at least this touch policy to approve (None: any).
     #[serde(default)]
-    pub piv_touch: Option<crate::piv::TouchPolicy>,
+    pub piv_touch: Option<crate::verify::piv::TouchPolicy>,
     /// PIV keys must have at least this PIN policy to approve (None: any).
     #[serde(default)]
-    pub piv_pin: Option<crate::piv::PinPolicy>,
+    pub piv_pin: Option<crate::verify::piv::PinPolicy>,
 }
 
 impl ApprovalPolicy {
@@ -94,11 +94,11 @@ impl ApprovalPolicy {
         if self.quorum == 0 {
             return Err(PolicyError::Invalid("quorum must be at least 1".into()));
         }
-        if self.quorum > crate::constants::MAX_QUORUM {
+        if self.quorum > crate::base::constants::MAX_QUORUM {
             return Err(PolicyError::Invalid(format!(
                 "quorum {} is above the limit {}",
                 self.quorum,
-                crate::constants::MAX_QUORUM
+                crate::base::constants::MAX_QUORUM
             )));
         }
         if self.denials_to_reject == 0 {
@@ -107,14 +107,14 @@ impl ApprovalPolicy {
             ));
         }
         if self.pending_timeout_secs == 0
-            || self.pending_timeout_secs > crate::constants::MAX_PENDING_TIMEOUT.as_secs()
+            || self.pending_timeout_secs > crate::base::constants::MAX_PENDING_TIMEOUT.as_secs()
         {
             return Err(PolicyError::Invalid(format!(
                 "pending timeout must be between 1 s and {} s",
-                crate::constants::MAX_PENDING_TIMEOUT.as_secs()
+                crate::base::constants::MAX_PENDING_TIMEOUT.as_secs()
             )));
         }
-        crate::scope::check_name("approver role", &self.approver_role)
+        crate::domain::scope::check_name("approver role", &self.approver_role)
             .map_err(|e| PolicyError::Invalid(e.to_string()))
     }
 }

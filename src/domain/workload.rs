@@ -4,12 +4,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditError, AuditLog, Event};
-use crate::caller::WorkloadId;
-use crate::clock::Timestamp;
-use crate::constants::MAX_NAME_LEN;
-use crate::error::{Coded, ErrorKind};
+use crate::base::caller::WorkloadId;
+use crate::base::clock::Timestamp;
+use crate::base::constants::MAX_NAME_LEN;
+use crate::base::error::{Coded, ErrorKind};
+use crate::domain::trust::{self, Genesis, META_KEY, TrustError};
 use crate::store::{self, Keyspace, Record, Store, StoreError, Txn};
-use crate::trust::{self, Genesis, META_KEY, TrustError};
 
 /// Errors about workloads.
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +238,7 @@ pub fn by_pin(store: &dyn Store, spki_sha256: &[u8; 32]) -> Result<Option<Worklo
 mod tests {
     use super::*;
     use crate::audit::test_log;
-    use crate::trust::TrustStorePolicy;
+    use crate::domain::trust::TrustStorePolicy;
 
     fn fresh() -> (tempfile::TempDir, std::sync::Arc<dyn Store>, AuditLog) {
         let (dir, store, audit) = test_log();

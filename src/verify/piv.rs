@@ -7,14 +7,15 @@ use der::{Decode as _, Encode as _};
 use sha2::{Digest as _, Sha256};
 use x509_cert::Certificate;
 
-use crate::error::{Coded, ErrorKind};
+use crate::base::error::{Coded, ErrorKind};
 
 /// Yubico PIV Root CA Serial 263751 (firmware < 5.7.4).
-const PIV_ROOT_263751: &[u8] = include_bytes!("../trust/yubico-piv-root-ca-263751.pem");
+const PIV_ROOT_263751: &[u8] = include_bytes!("../../trust/yubico-piv-root-ca-263751.pem");
 /// Yubico Attestation Root 1 (firmware >= 5.7.4).
-const ATTESTATION_ROOT_1: &[u8] = include_bytes!("../trust/yubico-attestation-root-1.pem");
+const ATTESTATION_ROOT_1: &[u8] = include_bytes!("../../trust/yubico-attestation-root-1.pem");
 /// Yubico Attestation Intermediate B 1 (signed by Root 1).
-const INTERMEDIATE_B_1: &[u8] = include_bytes!("../trust/yubico-attestation-intermediate-b-1.pem");
+const INTERMEDIATE_B_1: &[u8] =
+    include_bytes!("../../trust/yubico-attestation-intermediate-b-1.pem");
 
 /// The bundled roots and their pinned SHA-256 (of the DER), checked at start.
 const BUNDLED_ROOTS: &[(&str, &[u8], &str)] = &[
@@ -343,11 +344,14 @@ impl PivTrust {
                 });
             }
         }
-        let u2f_root = parse_certificate("bundled U2F root", crate::fido2::YUBICO_FIDO_ROOT_PEM)?;
-        if sha256_hex(&der_of(&u2f_root)) != crate::fido2::YUBICO_FIDO_ROOT_SHA256 {
+        let u2f_root = parse_certificate(
+            "bundled U2F root",
+            crate::verify::fido2::YUBICO_FIDO_ROOT_PEM,
+        )?;
+        if sha256_hex(&der_of(&u2f_root)) != crate::verify::fido2::YUBICO_FIDO_ROOT_SHA256 {
             return Err(PivError::Pin {
                 name: "Yubico U2F Root CA Serial 457200631".to_owned(),
-                pinned: crate::fido2::YUBICO_FIDO_ROOT_SHA256.to_owned(),
+                pinned: crate::verify::fido2::YUBICO_FIDO_ROOT_SHA256.to_owned(),
             });
         }
         Ok(Self {
@@ -724,7 +728,7 @@ mod tests {
         let valid = vec![der(DEVICE), der(SLOT_9A)];
         let trust = PivTrust::yubico(&[]).unwrap();
         let (attestation, device) = fixture();
-        crate::fuzzing::run("piv", &valid, |input| {
+        crate::base::fuzzing::run("piv", &valid, |input| {
             if let Ok(cert) = Certificate::from_der(input) {
                 let _ = trust.verify(&cert, &device, None);
                 let _ = trust.verify(&attestation, &cert, None);
@@ -735,8 +739,9 @@ mod tests {
 
     use super::*;
 
-    const DEVICE: &[u8] = include_bytes!("../trust/fixtures/yubikey-5.4.3-f9-device.pem");
-    const SLOT_9A: &[u8] = include_bytes!("../trust/fixtures/yubikey-5.4.3-slot9a-attestation.pem");
+    const DEVICE: &[u8] = include_bytes!("../../trust/fixtures/yubikey-5.4.3-f9-device.pem");
+    const SLOT_9A: &[u8] =
+        include_bytes!("../../trust/fixtures/yubikey-5.4.3-slot9a-attestation.pem");
 
     fn fixture() -> (Certificate, Certificate) {
         (

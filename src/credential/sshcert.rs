@@ -4,7 +4,7 @@
 use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Algorithm, Certificate, PrivateKey, PublicKey};
 
-use crate::error::{Coded, ErrorKind};
+use crate::base::error::{Coded, ErrorKind};
 
 /// Smallest RSA modulus accepted for a subject key.
 const MIN_RSA_BITS: usize = 2048;

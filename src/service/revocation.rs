@@ -11,22 +11,22 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 
 use crate::audit::{Actor, Applied, Event};
-use crate::authority::Authority;
-use crate::caller::Caller;
-use crate::clock::Timestamp;
-use crate::constants::{
+use crate::base::caller::Caller;
+use crate::base::clock::Timestamp;
+use crate::base::constants::{
     REVOCATION_BATCH, REVOCATION_BATCHES_PER_FLUSH, REVOCATION_ROUND_BATCHES, REVOCATION_SCAN_PAGE,
     SINK_RETRY_INITIAL, SINK_RETRY_MAX,
 };
-use crate::grant::{
+use crate::credential::krl;
+use crate::domain::grant::{
     ExpiryEntry, Grant, GrantState, Revocation, Sink, SinkStatus, expiry_key, parse_expiry_key,
 };
-use crate::krl;
-use crate::operator::OperatorError;
-use crate::request::Requester;
-use crate::scope::{RevocationSpec, Scope};
+use crate::domain::operator::OperatorError;
+use crate::domain::request::Requester;
+use crate::domain::scope::{RevocationSpec, Scope};
+use crate::service::authority::Authority;
+use crate::service::workflow::WorkflowError;
 use crate::store::{self, Keyspace, StoreError, Txn};
-use crate::workflow::WorkflowError;
 
 /// Domain tag of early-revocation digests.
 const REVOKE_TAG: &[u8] = b"latchkey.revoke.v1\n";
@@ -559,7 +559,7 @@ impl Authority {
             return Ok(());
         };
         let generated = i64::try_from(version).unwrap_or(i64::MAX);
-        let max_ttl = i64::try_from(crate::constants::MAX_GRANT_TTL.as_millis()).unwrap_or(0);
+        let max_ttl = i64::try_from(crate::base::constants::MAX_GRANT_TTL.as_millis()).unwrap_or(0);
         let valid_before = generated.saturating_add(max_ttl);
         if Timestamp::from_unix_millis(valid_before) <= now {
             return Ok(());
@@ -1007,7 +1007,7 @@ impl Authority {
         grant_id: &str,
         operator: &str,
         reason: &str,
-    ) -> Result<(crate::operator::Opened, [u8; 32]), WorkflowError> {
+    ) -> Result<(crate::domain::operator::Opened, [u8; 32]), WorkflowError> {
         if !matches!(caller, Caller::Local(_)) {
             return Err(OperatorError::LocalOnly.into());
         }
@@ -1181,7 +1181,7 @@ impl Authority {
             .collect::<Result<_, _>>()?;
         all.retain(|g| state.is_none_or(|s| effective_state(g, now) == s));
         all.sort_by_key(|g| std::cmp::Reverse(g.issued_at));
-        all.truncate(crate::constants::MAX_LIST);
+        all.truncate(crate::base::constants::MAX_LIST);
         self.settled(all)
     }
 
@@ -1215,7 +1215,7 @@ fn holds(caller: &Caller, grant: &Grant) -> bool {
 }
 
 fn check_reason(reason: &str) -> Result<(), WorkflowError> {
-    if reason.trim().chars().count() < 3 || reason.len() > crate::constants::MAX_REASON_LEN {
+    if reason.trim().chars().count() < 3 || reason.len() > crate::base::constants::MAX_REASON_LEN {
         return Err(WorkflowError::RevokeReason);
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::constants::{PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
+use crate::base::constants::{PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
 
 /// Errors about files the daemon keeps private.
 #[derive(Debug, thiserror::Error)]

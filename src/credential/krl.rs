@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::error::{Coded, ErrorKind};
+use crate::base::error::{Coded, ErrorKind};
 
 /// `"SSHKRL\n\0"`.
 const KRL_MAGIC: u64 = 0x5353_484b_524c_0a00;
@@ -233,7 +233,7 @@ mod tests {
             encode(&ca, &[1, 2, 3, u64::MAX], 7, 1_700_000_000),
             encode(&ca, &[], 8, 1_700_000_000),
         ];
-        crate::fuzzing::run("krl", &valid, |input| {
+        crate::base::fuzzing::run("krl", &valid, |input| {
             let _ = decode(input, &ca);
         });
     }

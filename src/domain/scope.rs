@@ -3,11 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::constants::{
+use crate::base::constants::{
     MAX_GRANT_TTL, MAX_NAME_LEN, MAX_PRINCIPALS, MAX_TEXT_LEN, MIN_GRANT_TTL, TRUST_STORE_SCOPE,
 };
-use crate::error::{Coded, ErrorKind};
-use crate::policy::ApprovalPolicy;
+use crate::base::error::{Coded, ErrorKind};
+use crate::domain::policy::ApprovalPolicy;
 use crate::store::{Keyspace, Record};
 
 /// A scope definition that cannot be used. Nothing is stored.
@@ -134,11 +134,11 @@ pub struct RevocationSpec {
 }
 
 fn default_hook_timeout() -> u64 {
-    crate::constants::DEFAULT_HOOK_TIMEOUT.as_secs()
+    crate::base::constants::DEFAULT_HOOK_TIMEOUT.as_secs()
 }
 
 fn default_confirm_within() -> u64 {
-    crate::constants::DEFAULT_REVOCATION_DEADLINE.as_secs()
+    crate::base::constants::DEFAULT_REVOCATION_DEADLINE.as_secs()
 }
 
 impl Default for RevocationSpec {

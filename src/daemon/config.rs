@@ -1,5 +1,5 @@
 //! `latchkeyd.toml`: versioned, strict (unknown fields are errors), parsed into a validated
-//! [`Config`]. Defaults live in [`crate::constants`].
+//! [`Config`]. Defaults live in [`crate::base::constants`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use std::time::Duration;
 
-use crate::constants::{
+use crate::base::constants::{
     CONFIG_VERSION, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECKPOINT_EVERY_RECORDS,
     DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DATA_DIR, DEFAULT_DRILL_MAX_AGE_DAYS, DEFAULT_ORIGIN,
     DEFAULT_RP_ID, DEFAULT_SOCKET_PATH,
@@ -114,8 +114,8 @@ struct RawDrill {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPiv {
-    require_touch: Option<crate::piv::TouchPolicy>,
-    require_pin: Option<crate::piv::PinPolicy>,
+    require_touch: Option<crate::verify::piv::TouchPolicy>,
+    require_pin: Option<crate::verify::piv::PinPolicy>,
     intermediates: Option<PathBuf>,
     #[serde(default)]
     dev_roots: Vec<PathBuf>,
@@ -229,9 +229,9 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct PivConfig {
     /// Least touch policy of an enrolled PIV key.
-    pub require_touch: Option<crate::piv::TouchPolicy>,
+    pub require_touch: Option<crate::verify::piv::TouchPolicy>,
     /// Least PIN policy of an enrolled PIV key.
-    pub require_pin: Option<crate::piv::PinPolicy>,
+    pub require_pin: Option<crate::verify::piv::PinPolicy>,
     /// Yubico intermediates (PEM bundle, each pinned by its published fingerprint), for
     /// firmware >= 5.7.4.
     pub intermediates: Option<PathBuf>,
@@ -307,7 +307,7 @@ pub struct UnixConfig {
     pub introspect_uids: Vec<u32>,
 }
 
-/// Bounds on what callers can hold open (defaults in [`crate::constants`]).
+/// Bounds on what callers can hold open (defaults in [`crate::base::constants`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitsConfig {
     /// Open connections per listener; more are closed at once.
@@ -324,7 +324,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        use crate::constants as c;
+        use crate::base::constants as c;
         Self {
             connections: c::MAX_CONNECTIONS,
             connections_per_uid: c::MAX_CONNECTIONS_PER_UID,
@@ -347,9 +347,11 @@ impl Config {
     /// [`Config::load`] for the daemon that will serve it: also refuses a config file that
     /// group or others may write (they could point the daemon at keys or hooks of theirs).
     pub fn load_for_serving(path: &Path) -> Result<Self, ConfigError> {
-        crate::fsperm::check_not_writable_by_others(path).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        crate::base::fsperm::check_not_writable_by_others(path).map_err(|e| {
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
         })?;
         Self::load(path)
     }
@@ -454,7 +456,7 @@ impl Config {
         let krl_path = raw
             .revocation
             .krl_path
-            .unwrap_or_else(|| raw.data_dir.join(crate::constants::DEFAULT_KRL_FILE));
+            .unwrap_or_else(|| raw.data_dir.join(crate::base::constants::DEFAULT_KRL_FILE));
         if !krl_path.is_absolute() {
             return Err(invalid(format!(
                 "revocation.krl_path must be absolute, not {}",
@@ -611,8 +613,10 @@ max_age_days = {drill_days}
 # streams_per_connection = 64
 # handshake_seconds = 10
 "#,
-            drill_days = crate::constants::DEFAULT_DRILL_MAX_AGE_DAYS,
-            krl = data_dir.join(crate::constants::DEFAULT_KRL_FILE).display(),
+            drill_days = crate::base::constants::DEFAULT_DRILL_MAX_AGE_DAYS,
+            krl = data_dir
+                .join(crate::base::constants::DEFAULT_KRL_FILE)
+                .display(),
             rp_id = DEFAULT_RP_ID,
             origin = DEFAULT_ORIGIN,
             ttl = DEFAULT_CHALLENGE_TTL.as_secs(),
@@ -637,7 +641,7 @@ mod tests {
             .into_bytes(),
             b"version = 1\n[limits]\nstreams = 2\n[unix]\nallow_uids = [1000]\n".to_vec(),
         ];
-        crate::fuzzing::run("config", &valid, |input| {
+        crate::base::fuzzing::run("config", &valid, |input| {
             if let Ok(text) = std::str::from_utf8(input) {
                 let _ = Config::parse(text, Path::new("fuzz.toml"));
             }

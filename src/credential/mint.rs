@@ -3,10 +3,10 @@
 
 use base64::Engine as _;
 
-use crate::clock::Timestamp;
-use crate::constants::{BEARER_TOKEN_PREFIX, SSH_CLOCK_SKEW};
-use crate::error::{Coded, ErrorKind};
-use crate::sshcert::{self, SshCertError, UserCertSpec};
+use crate::base::clock::Timestamp;
+use crate::base::constants::{BEARER_TOKEN_PREFIX, SSH_CLOCK_SKEW};
+use crate::base::error::{Coded, ErrorKind};
+use crate::credential::sshcert::{self, SshCertError, UserCertSpec};
 
 /// Minting failed; nothing was issued.
 #[derive(Debug, thiserror::Error)]

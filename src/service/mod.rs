@@ -1,0 +1,10 @@
+//! The use cases, over one store and one audit log: ceremonies, requests and votes, minting and
+//! delivery, trust-store changes, revocation, drills and reports. [`authority::Authority`] is
+//! the composition root every transport calls.
+
+pub mod authority;
+pub mod drill;
+pub mod hygiene;
+pub mod metrics;
+pub mod revocation;
+pub mod workflow;
