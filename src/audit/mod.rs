@@ -61,28 +61,7 @@ impl Coded for AuditError {
     }
 }
 
-/// Who caused an event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Actor {
-    /// latchkeyd itself (expiry, checkpoints).
-    Daemon,
-    /// A local user on the socket or running an offline command.
-    Local {
-        /// User id.
-        uid: u32,
-    },
-    /// A pinned workload.
-    Workload {
-        /// Workload name.
-        name: String,
-    },
-    /// An enrolled operator.
-    Operator {
-        /// Operator name.
-        name: String,
-    },
-}
+pub use crate::base::caller::Actor;
 
 /// Raw signed material behind an approval, kept so an auditor can re-verify it offline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -999,15 +978,17 @@ mod tests {
 
     #[test]
     fn when_the_audit_record_cannot_be_written_the_change_does_not_happen() {
-        use crate::domain::trust::{self, TrustStorePolicy};
-        use crate::domain::workload::{self, Workload, WorkloadError};
+        use crate::domain::trust::TrustStorePolicy;
+        use crate::domain::workload::Workload;
+        use crate::service::trust_store::{self};
+        use crate::service::workloads::{self, WorkloadError};
 
         let (_dir, store, log) = test_log();
         let policy = TrustStorePolicy {
             quorum: 2,
             approver_role: "admin".into(),
         };
-        trust::initialise(
+        trust_store::initialise(
             &log,
             policy,
             "id".into(),
@@ -1036,7 +1017,7 @@ mod tests {
             scopes: Vec::new(),
             introspect: false,
         };
-        let err = workload::admit_at_genesis(failing.as_ref(), &log, &w, Actor::Local { uid: 0 })
+        let err = workloads::admit_at_genesis(failing.as_ref(), &log, &w, Actor::Local { uid: 0 })
             .unwrap_err();
         assert!(
             matches!(
@@ -1046,7 +1027,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(crate::base::error::Coded::code(&err), "audit.write_failed");
-        assert_eq!(workload::by_pin(store.as_ref(), &[9; 32]).unwrap(), None);
+        assert_eq!(workloads::by_pin(store.as_ref(), &[9; 32]).unwrap(), None);
         assert_eq!(log.head_seq(), 1, "the head did not move");
         assert_eq!(read_range(store.as_ref(), 1, 10).unwrap().len(), 1);
     }

@@ -275,7 +275,7 @@ impl Bindings {
         } else if record.event == "grant.revoke_requested" {
             let grant = record.subject.strip_prefix("grant/").unwrap_or_default();
             let reason = detail(record, "reason").unwrap_or_default();
-            if signed != crate::service::revocation::revoke_digest(grant, reason) {
+            if signed != crate::domain::grant::revoke_digest(grant, reason) {
                 return Err(format!(
                     "the signed digest is not the revocation digest of {}",
                     record.subject

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// The identity of the caller of one RPC, established by the transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -38,4 +40,27 @@ impl fmt::Display for Caller {
             Caller::Workload(w) => write!(f, "workload {}", w.name),
         }
     }
+}
+
+/// Who caused an event, as the audit log records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Actor {
+    /// latchkeyd itself (expiry, checkpoints).
+    Daemon,
+    /// A local user on the socket or running an offline command.
+    Local {
+        /// User id.
+        uid: u32,
+    },
+    /// A pinned workload.
+    Workload {
+        /// Workload name.
+        name: String,
+    },
+    /// An enrolled operator.
+    Operator {
+        /// Operator name.
+        name: String,
+    },
 }

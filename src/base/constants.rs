@@ -27,7 +27,7 @@ pub const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// Name of the sled store inside the data directory.
 pub const STORE_DIR: &str = "store";
-/// The rollback anchor in the data dir: the newest durable audit record ([`crate::audit::anchor`]).
+/// The rollback anchor in the data dir: the newest durable audit record (see `audit::anchor`).
 pub const ANCHOR_FILE: &str = "audit.anchor";
 /// Upper bound of sled's page cache (its default is 1 GiB, which a large store fills).
 pub const STORE_CACHE_BYTES: u64 = 128 * 1024 * 1024;

@@ -35,27 +35,3 @@ pub trait Coded: std::error::Error {
     /// Kind of failure.
     fn kind(&self) -> ErrorKind;
 }
-
-impl Coded for crate::store::StoreError {
-    fn code(&self) -> &'static str {
-        use crate::store::StoreError as E;
-        match self {
-            E::Conflict(_) => "store.conflict",
-            E::Backend(_) => "store.backend",
-            E::Corrupt { .. } => "store.corrupt",
-            E::NotInitialised(_) => "store.not_initialised",
-            E::SchemaTooNew { .. } => "store.schema_too_new",
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        use crate::store::StoreError as E;
-        match self {
-            E::Conflict(_) => ErrorKind::Conflict,
-            E::Backend(_) => ErrorKind::Unavailable,
-            E::Corrupt { .. } | E::NotInitialised(_) | E::SchemaTooNew { .. } => {
-                ErrorKind::Internal
-            }
-        }
-    }
-}

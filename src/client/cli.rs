@@ -979,7 +979,7 @@ pub async fn revoke(
         })
         .await?
         .into_inner();
-    if begun.digest != crate::service::revocation::revoke_digest(&id, &reason) {
+    if begun.digest != crate::domain::grant::revoke_digest(&id, &reason) {
         return Err(ClientError::DigestMismatch(format!(
             "the challenge is not bound to revoking grant {id}"
         )));

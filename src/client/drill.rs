@@ -11,10 +11,10 @@ use super::ClientError;
 use super::access::{self, Target};
 use super::authenticator::{Authenticator, SoftTokenKey};
 use super::cli::{KeyChoice, Out, say};
+use crate::domain::drill::{DrillStep, StepOutcome};
 use crate::domain::policy::Decision;
 use crate::pb;
 use crate::pb::access_service_client::AccessServiceClient;
-use crate::service::drill::{DrillStep, StepOutcome};
 
 /// `latchkey drill`.
 #[derive(clap::Args, Debug)]

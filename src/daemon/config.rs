@@ -13,6 +13,8 @@ use crate::base::constants::{
     DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DATA_DIR, DEFAULT_DRILL_MAX_AGE_DAYS, DEFAULT_ORIGIN,
     DEFAULT_RP_ID, DEFAULT_SOCKET_PATH,
 };
+pub use crate::verify::fido2::Fido2Config;
+pub use crate::verify::piv::PivConfig;
 
 /// Errors reading the config file.
 #[derive(Debug, thiserror::Error)]
@@ -225,55 +227,11 @@ pub struct Config {
     pub limits: LimitsConfig,
 }
 
-/// PIV keys: the policy enrolled keys must meet and extra trust material.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct PivConfig {
-    /// Least touch policy of an enrolled PIV key.
-    pub require_touch: Option<crate::verify::piv::TouchPolicy>,
-    /// Least PIN policy of an enrolled PIV key.
-    pub require_pin: Option<crate::verify::piv::PinPolicy>,
-    /// Yubico intermediates (PEM bundle, each pinned by its published fingerprint), for
-    /// firmware >= 5.7.4.
-    pub intermediates: Option<PathBuf>,
-    /// Extra roots for software PIV signers: accepted only in dev mode.
-    pub dev_roots: Vec<PathBuf>,
-}
-
 /// Revocation sinks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RevocationConfig {
     /// Where the OpenSSH KRL is written (point sshd's `RevokedKeys` here).
     pub krl_path: PathBuf,
-}
-
-/// FIDO2 relying party and policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fido2Config {
-    /// WebAuthn relying-party id.
-    pub rp_id: String,
-    /// WebAuthn origin the clients use.
-    pub origin: String,
-    /// Require PIN/biometric on every assertion.
-    pub require_user_verification: bool,
-    /// How long challenges stay valid.
-    pub challenge_ttl: Duration,
-    /// Extra attestation CA certificates (PEM files) besides the bundled Yubico root.
-    pub attestation_cas: Vec<PathBuf>,
-    /// If not empty, only these authenticator models (AAGUIDs) may enroll.
-    pub allowed_aaguids: Vec<uuid::Uuid>,
-}
-
-impl Default for Fido2Config {
-    fn default() -> Self {
-        Self {
-            rp_id: DEFAULT_RP_ID.to_owned(),
-            origin: DEFAULT_ORIGIN.to_owned(),
-            require_user_verification: false,
-            challenge_ttl: DEFAULT_CHALLENGE_TTL,
-            attestation_cas: Vec::new(),
-            allowed_aaguids: Vec::new(),
-        }
-    }
 }
 
 /// Audit checkpoint schedule: whichever comes first.

@@ -22,11 +22,13 @@ use crate::base::constants::{SHUTDOWN_GRACE, STORE_DIR};
 use crate::base::fsperm::{self, FsPermError};
 use crate::credential::keys::{DaemonKeys, Fingerprints, KeyError};
 use crate::daemon::config::{AuditConfig, Config, ConfigError};
-use crate::domain::trust::{self, TrustError, TrustStorePolicy};
-use crate::domain::workload::{self, Workload, WorkloadError};
+use crate::domain::trust::TrustStorePolicy;
+use crate::domain::workload::Workload;
 use crate::rpc::identity::{ConnectionSlots, LocalAccess, local_interceptor, tls_interceptor};
 use crate::rpc::{Api, FILE_DESCRIPTOR_SET};
 use crate::service::authority::{Authority, AuthorityError};
+use crate::service::trust_store::{self, TrustError};
+use crate::service::workloads::{self, WorkloadError};
 use crate::store::{SledStore, Store, StoreError};
 
 /// Errors that stop `latchkeyd` from starting or initialising. Each message names the problem
@@ -134,7 +136,7 @@ pub fn init(opts: &InitOptions, clock: Arc<dyn Clock>) -> Result<Fingerprints, D
     let mut id = [0u8; 16];
     getrandom::fill(&mut id)
         .map_err(|e| DaemonError::Runtime(std::io::Error::other(e.to_string())))?;
-    trust::initialise(
+    trust_store::initialise(
         &audit,
         opts.policy.clone(),
         hex::encode(id),
@@ -160,7 +162,7 @@ pub fn admit_workload_at_genesis(data_dir: &Path, workload: &Workload) -> Result
     crate::store::check_schema(store.as_ref(), &store_path)?;
     let keys = DaemonKeys::load(data_dir)?;
     let audit = offline_audit_log(store.clone(), Arc::new(SystemClock), &keys)?;
-    workload::admit_at_genesis(store.as_ref(), &audit, workload, local_actor())?;
+    workloads::admit_at_genesis(store.as_ref(), &audit, workload, local_actor())?;
     store.flush()?;
     Ok(())
 }

@@ -4,14 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::Actor;
+use crate::base::caller::Actor;
 use crate::base::clock::Timestamp;
 use crate::domain::operator::Authenticator;
 use crate::domain::policy::{ApprovalPolicy, Vote};
 use crate::domain::scope::Scope;
 use crate::domain::trust::TrustStorePolicy;
 use crate::domain::workload::Workload;
-use crate::store::{Keyspace, Record};
 
 /// Domain tag of change digests.
 const CHANGE_TAG: &[u8] = b"latchkey.change.v1\n";
@@ -213,10 +212,6 @@ pub struct Change {
     pub votes: Vec<Vote>,
     /// Stored state (see [`Change::state_at`]).
     pub state: ChangeState,
-}
-
-impl Record for Change {
-    const KEYSPACE: Keyspace = Keyspace::Changes;
 }
 
 /// The canonical text of a change.

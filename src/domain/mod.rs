@@ -2,6 +2,7 @@
 //! may happen to them. No store backend, no async runtime, no transport.
 
 pub mod change;
+pub mod drill;
 pub mod grant;
 pub mod operator;
 pub mod policy;

@@ -11,7 +11,6 @@ use crate::base::clock::Timestamp;
 use crate::base::constants::{MAX_REASON_LEN, MAX_TICKET_LEN, MIN_REASON_LEN};
 use crate::base::error::{Coded, ErrorKind};
 use crate::domain::policy::{ApprovalPolicy, Decision, Vote};
-use crate::store::{Keyspace, Record};
 
 /// Domain tag of request digests.
 const REQUEST_TAG: &[u8] = b"latchkey.request.v1\n";
@@ -297,10 +296,6 @@ pub struct Request {
     pub votes: Vec<Vote>,
     /// Stored state (see [`Request::state_at`]).
     pub state: RequestState,
-}
-
-impl Record for Request {
-    const KEYSPACE: Keyspace = Keyspace::Requests;
 }
 
 impl Request {

@@ -8,7 +8,6 @@ use crate::base::constants::{
 };
 use crate::base::error::{Coded, ErrorKind};
 use crate::domain::policy::ApprovalPolicy;
-use crate::store::{Keyspace, Record};
 
 /// A scope definition that cannot be used. Nothing is stored.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,10 +149,6 @@ impl Default for RevocationSpec {
             confirm_within_secs: default_confirm_within(),
         }
     }
-}
-
-impl Record for Scope {
-    const KEYSPACE: Keyspace = Keyspace::Scopes;
 }
 
 impl Scope {

@@ -14,12 +14,12 @@ use super::{blocking, status, to_status};
 use crate::base::caller::Caller;
 use crate::base::clock::Timestamp;
 use crate::base::error::ErrorKind;
+use crate::domain::drill::{DrillRecord, DrillStep, StepOutcome};
 use crate::domain::grant::{Grant, GrantState};
 use crate::domain::policy::Decision;
 use crate::domain::request::{Draft, RequestState};
 use crate::pb;
 use crate::service::authority::Authority;
-use crate::service::drill::{DrillRecord, DrillStep, StepOutcome};
 use crate::service::revocation::effective_state;
 use crate::service::workflow::{Delivery, RequestView, VoteTarget};
 

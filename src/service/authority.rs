@@ -10,14 +10,16 @@ use crate::base::clock::{Clock, Timestamp};
 use crate::base::constants::STORE_SCHEMA_VERSION;
 use crate::base::error::{Coded, ErrorKind};
 use crate::credential::keys::{DaemonKeys, Fingerprints};
-use crate::daemon::config::Fido2Config;
-use crate::domain::grant::TokenIndex;
-use crate::domain::operator::{
-    self, Authenticator, Opened, Operator, OperatorError, Operators, PivSettings, VerifiedAssertion,
-};
-use crate::domain::trust::{self, Genesis, TrustError};
-use crate::domain::workload::{self, Workload, WorkloadError};
+use crate::domain::operator::{Authenticator, Opened, Operator, PivSettings, VerifiedAssertion};
+use crate::domain::trust::Genesis;
+use crate::domain::workload::Workload;
+use crate::service::ceremony::Operators;
+use crate::service::operators::{self as operator, OperatorError};
+use crate::service::token_index::TokenIndex;
+use crate::service::trust_store::{self, TrustError};
+use crate::service::workloads::{self, WorkloadError};
 use crate::store::{self, Keyspace, Store, StoreError, Txn};
+use crate::verify::fido2::Fido2Config;
 use crate::verify::fido2::{Fido2, Fido2Error};
 
 /// Errors of the authority's own operations.
@@ -103,7 +105,7 @@ pub struct Settings<'a> {
     /// Where the SSH KRL is written.
     pub krl_path: PathBuf,
     /// PIV policy and trust material.
-    pub piv: &'a crate::daemon::config::PivConfig,
+    pub piv: &'a crate::verify::piv::PivConfig,
     /// Local users that may introspect tokens.
     pub introspect_uids: Vec<u32>,
     /// How old a scope's last passed drill may be before `doctor` warns.
@@ -145,7 +147,7 @@ pub struct Authority {
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
 /// only, dev roots.
 fn piv_settings(
-    config: &crate::daemon::config::PivConfig,
+    config: &crate::verify::piv::PivConfig,
     dev_mode: bool,
 ) -> Result<PivSettings, AuthorityError> {
     let read = |path: &std::path::PathBuf| {
@@ -195,7 +197,7 @@ fn upgrade_schema(store: &dyn Store, found: u32) -> Result<u32, StoreError> {
         store::schema_version_bytes(STORE_SCHEMA_VERSION),
     );
     // Schema 1 → 2: the index of keys by operator.
-    let indexed = crate::domain::operator::index_every_key(store, &mut txn)?;
+    let indexed = crate::service::operators::index_every_key(store, &mut txn)?;
     store.commit(&txn)?;
     tracing::info!(
         from = found,
@@ -244,7 +246,7 @@ impl Authority {
             store::check_schema(store.as_ref(), location)?,
         )?;
         // Fail now, not on the first call, if the metadata is unreadable.
-        trust::read_meta(store.as_ref())?;
+        trust_store::read_meta(store.as_ref())?;
         let signer = crate::audit::signing_key(&keys.audit).ok_or(AuthorityError::AuditKey)?;
         let mut audit = AuditLog::open(store.clone(), clock.clone(), signer, checkpoints)?;
         if let Some(path) = anchor {
@@ -281,7 +283,7 @@ impl Authority {
 
     /// Versions, genesis state and key fingerprints.
     pub fn status(&self) -> Result<StatusReport, AuthorityError> {
-        let (meta, _) = trust::read_meta(self.store.as_ref())?;
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION"),
             store_schema_version: self.schema_version,
@@ -297,7 +299,7 @@ impl Authority {
         &self,
         spki_sha256: &[u8; 32],
     ) -> Result<Option<WorkloadId>, StoreError> {
-        Ok(workload::by_pin(self.store.as_ref(), spki_sha256)?.map(|w| w.id()))
+        Ok(workloads::by_pin(self.store.as_ref(), spki_sha256)?.map(|w| w.id()))
     }
 
     /// Whether software authenticators are trusted.
@@ -353,7 +355,7 @@ impl Authority {
             scopes,
             introspect,
         };
-        workload::admit_at_genesis(
+        workloads::admit_at_genesis(
             self.store.as_ref(),
             &self.audit,
             &workload,

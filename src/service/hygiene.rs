@@ -10,8 +10,9 @@ use crate::audit::AuditRecord;
 use crate::base::constants::TRUST_STORE_SCOPE;
 use crate::domain::grant::GrantState;
 use crate::domain::operator::AuthenticatorState;
-use crate::domain::trust::{self, Genesis};
+use crate::domain::trust::Genesis;
 use crate::service::authority::Authority;
+use crate::service::trust_store::{self};
 use crate::service::workflow::WorkflowError;
 use crate::store::{self, Keyspace};
 
@@ -150,7 +151,7 @@ impl Authority {
             ));
         }
 
-        let (meta, _) = trust::read_meta(self.store.as_ref())?;
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
         match meta.genesis {
             Genesis::Open => out.push(Finding::new(
                 Level::Warn,

@@ -3,8 +3,14 @@
 //! the composition root every transport calls.
 
 pub mod authority;
+pub mod ceremony;
+pub mod codecs;
 pub mod drill;
 pub mod hygiene;
 pub mod metrics;
+pub mod operators;
 pub mod revocation;
+pub mod token_index;
+pub mod trust_store;
 pub mod workflow;
+pub mod workloads;

@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::audit::{Actor, Applied, Event};
 use crate::base::caller::Caller;
 use crate::base::clock::Timestamp;
@@ -18,29 +16,18 @@ use crate::base::constants::{
     SINK_RETRY_INITIAL, SINK_RETRY_MAX,
 };
 use crate::credential::krl;
+use crate::domain::grant::revoke_digest;
 use crate::domain::grant::{
     ExpiryEntry, Grant, GrantState, Revocation, Sink, SinkStatus, expiry_key, parse_expiry_key,
 };
-use crate::domain::operator::OperatorError;
 use crate::domain::request::Requester;
 use crate::domain::scope::{RevocationSpec, Scope};
 use crate::service::authority::Authority;
+use crate::service::operators::OperatorError;
 use crate::service::workflow::WorkflowError;
 use crate::store::{self, Keyspace, StoreError, Txn};
 
 /// Domain tag of early-revocation digests.
-const REVOKE_TAG: &[u8] = b"latchkey.revoke.v1\n";
-
-/// What an operator's key signs to revoke a grant early.
-pub fn revoke_digest(grant_id: &str, reason: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(REVOKE_TAG);
-    h.update(grant_id.as_bytes());
-    h.update(b"\n");
-    h.update(reason.as_bytes());
-    h.finalize().into()
-}
-
 /// A hook to run for one grant.
 #[derive(Clone, Debug)]
 pub struct HookJob {

@@ -14,9 +14,7 @@ use crate::base::error::{Coded, ErrorKind};
 use crate::credential::mint::{self, MintError, SshRequest};
 use crate::domain::change::{self, Change, ChangeKind, ChangeState};
 use crate::domain::grant::{Grant, GrantState, Introspection, SshGrant, token_hash};
-use crate::domain::operator::{
-    self, Authenticator, AuthenticatorState, Enrollment, Opened, Operator, OperatorError,
-};
+use crate::domain::operator::{Authenticator, AuthenticatorState, Opened, Operator};
 use crate::domain::policy::{
     self, ApprovalPolicy, Ballot, Decision, Outcome, PolicyError, Vote, Voter,
 };
@@ -24,9 +22,14 @@ use crate::domain::request::{
     self, Canonical, Draft, DraftError, Request, RequestState, Requester,
 };
 use crate::domain::scope::{Scope, ScopeError};
-use crate::domain::trust::{self, Genesis, META_KEY, TrustError};
-use crate::domain::workload::{self, Workload, WorkloadError};
+use crate::domain::trust;
+use crate::domain::trust::{Genesis, META_KEY};
+use crate::domain::workload::Workload;
 use crate::service::authority::Authority;
+use crate::service::ceremony::Enrollment;
+use crate::service::operators::{self as operator, OperatorError};
+use crate::service::trust_store::{self, TrustError};
+use crate::service::workloads::{self, WorkloadError};
 use crate::store::{self, Keyspace, Store, StoreError, Txn};
 
 /// How often a vote is retried internally when another vote on the same thing committed
@@ -404,7 +407,7 @@ fn key_meets_policy(
     policy: &ApprovalPolicy,
     vote: &Vote,
     mut event: Event,
-    prepared: &operator::PreparedAssertion,
+    prepared: &crate::service::ceremony::PreparedAssertion,
 ) -> Result<Event, WorkflowError> {
     policy::check_key(
         policy,
@@ -477,7 +480,7 @@ impl Authority {
 
     /// The approval policy of trust-store changes.
     fn trust_policy(&self) -> Result<ApprovalPolicy, WorkflowError> {
-        let (meta, _) = trust::read_meta(self.store.as_ref())?;
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
         Ok(ApprovalPolicy {
             quorum: meta.policy.quorum,
             approver_role: meta.policy.approver_role,
@@ -510,7 +513,7 @@ impl Authority {
             .map_err(|e| count_failed("reading the key", &e))?;
         let key_active = match &key_raw {
             Some(raw) => {
-                let standing: operator::KeyStanding = serde_json::from_slice(raw)
+                let standing: crate::domain::operator::KeyStanding = serde_json::from_slice(raw)
                     .map_err(|e| count_failed("decoding the key", &e))?;
                 standing.state == AuthenticatorState::Active && standing.operator == vote.operator
             }
@@ -1099,7 +1102,7 @@ impl Authority {
         mut request: Request,
         raw: Vec<u8>,
         vote: Vote,
-        prepared: operator::PreparedAssertion,
+        prepared: crate::service::ceremony::PreparedAssertion,
     ) -> Result<VoteResult, WorkflowError> {
         let now = self.clock.now();
         let id = request.id().to_owned();
@@ -1409,7 +1412,7 @@ impl Authority {
         mut txn: Txn,
     ) -> Result<ChangeView, WorkflowError> {
         let now = self.clock.now();
-        let (meta, meta_bytes) = trust::read_meta(self.store.as_ref())?;
+        let (meta, meta_bytes) = trust_store::read_meta(self.store.as_ref())?;
         let policy = self.trust_policy()?;
         let id = new_id()?;
         let pending_until = now.plus(std::time::Duration::from_secs(policy.pending_timeout_secs));
@@ -1474,7 +1477,7 @@ impl Authority {
         };
         let actor = Actor::Local { uid: peer.uid };
         Self::check_note(note)?;
-        let (meta, _) = trust::read_meta(self.store.as_ref())?;
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
         if meta.genesis != Genesis::Open && note.trim().chars().count() < MIN_PROOFING_NOTE_LEN {
             return Err(WorkflowError::ProofingNoteRequired);
         }
@@ -1483,7 +1486,7 @@ impl Authority {
             .finish_enrollment(true, actor.clone(), ceremony_id, response_json)?
         {
             Enrollment::Enrolled(authenticator) => {
-                let (meta, _) = trust::read_meta(self.store.as_ref())?;
+                let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
                 Ok((*authenticator, meta.genesis, None))
             }
             Enrollment::Proposed {
@@ -1510,7 +1513,7 @@ impl Authority {
         mut change: Change,
         raw: Vec<u8>,
         vote: Vote,
-        prepared: operator::PreparedAssertion,
+        prepared: crate::service::ceremony::PreparedAssertion,
     ) -> Result<VoteResult, WorkflowError> {
         let now = self.clock.now();
         let id = change.id.clone();
@@ -1757,7 +1760,7 @@ impl Authority {
                     .delete(Keyspace::Scopes, name.as_bytes());
             }
             ChangeKind::PutWorkload { workload } => {
-                workload::validate(workload)?;
+                workloads::validate(workload)?;
                 if let Some(owner) =
                     store.get(Keyspace::WorkloadPins, workload.spki_sha256.as_bytes())?
                     && owner != workload.name.as_bytes()
@@ -1805,7 +1808,7 @@ impl Authority {
                         policy.approver_role, policy.quorum
                     )));
                 }
-                let (mut meta, raw) = trust::read_meta(store)?;
+                let (mut meta, raw) = trust_store::read_meta(store)?;
                 meta.policy = policy.clone();
                 txn.require_equals(Keyspace::Meta, META_KEY, raw)
                     .put(META_KEY, &meta)?;
@@ -1828,8 +1831,8 @@ impl Authority {
         let store = self.store.as_ref();
         let mut with_key: HashMap<String, bool> = HashMap::new();
         for (id, raw) in store.scan_from(Keyspace::Authenticators, b"", usize::MAX)? {
-            let standing: operator::KeyStanding =
-                serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+            let standing: crate::domain::operator::KeyStanding = serde_json::from_slice(&raw)
+                .map_err(|e| StoreError::Corrupt {
                     keyspace: Keyspace::Authenticators.name(),
                     detail: e.to_string(),
                 })?;
@@ -1867,7 +1870,7 @@ impl Authority {
         after: After<'_>,
         txn: &mut Txn,
     ) -> Result<(), WorkflowError> {
-        let (meta, meta_raw) = trust::read_meta(self.store.as_ref())?;
+        let (meta, meta_raw) = trust_store::read_meta(self.store.as_ref())?;
         if meta.genesis == Genesis::Open {
             return Ok(());
         }
@@ -1915,7 +1918,7 @@ impl Authority {
 
     /// All workloads.
     pub fn workloads(&self) -> Result<Vec<Workload>, WorkflowError> {
-        let workloads = workload::list(self.store.as_ref())?;
+        let workloads = workloads::list(self.store.as_ref())?;
         self.settled(workloads)
     }
 

@@ -5,7 +5,7 @@
 //! The transaction model is etcd's: a list of comparisons that must all hold, then a list of
 //! writes applied all-or-nothing. A successful [`Store::commit`] is durable when it returns.
 
-pub mod codecs;
+mod records;
 mod sled_store;
 
 use std::path::Path;
@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 pub use sled_store::SledStore;
 
 use crate::base::constants::STORE_SCHEMA_VERSION;
+use crate::base::error::{Coded, ErrorKind};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -377,6 +378,30 @@ pub fn check_schema(store: &dyn Store, location: &Path) -> Result<u32, StoreErro
 /// Encodes a schema version as stored.
 pub fn schema_version_bytes(version: u32) -> Vec<u8> {
     version.to_be_bytes().to_vec()
+}
+
+impl Coded for StoreError {
+    fn code(&self) -> &'static str {
+        use StoreError as E;
+        match self {
+            E::Conflict(_) => "store.conflict",
+            E::Backend(_) => "store.backend",
+            E::Corrupt { .. } => "store.corrupt",
+            E::NotInitialised(_) => "store.not_initialised",
+            E::SchemaTooNew { .. } => "store.schema_too_new",
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        use StoreError as E;
+        match self {
+            E::Conflict(_) => ErrorKind::Conflict,
+            E::Backend(_) => ErrorKind::Unavailable,
+            E::Corrupt { .. } | E::NotInitialised(_) | E::SchemaTooNew { .. } => {
+                ErrorKind::Internal
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -451,6 +451,36 @@ pub fn credential_id_text(id: &[u8]) -> String {
     B64URL.encode(id)
 }
 
+/// FIDO2 relying party and policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fido2Config {
+    /// WebAuthn relying-party id.
+    pub rp_id: String,
+    /// WebAuthn origin the clients use.
+    pub origin: String,
+    /// Require PIN/biometric on every assertion.
+    pub require_user_verification: bool,
+    /// How long challenges stay valid.
+    pub challenge_ttl: std::time::Duration,
+    /// Extra attestation CA certificates (PEM files) besides the bundled Yubico root.
+    pub attestation_cas: Vec<std::path::PathBuf>,
+    /// If not empty, only these authenticator models (AAGUIDs) may enroll.
+    pub allowed_aaguids: Vec<uuid::Uuid>,
+}
+
+impl Default for Fido2Config {
+    fn default() -> Self {
+        Self {
+            rp_id: crate::base::constants::DEFAULT_RP_ID.to_owned(),
+            origin: crate::base::constants::DEFAULT_ORIGIN.to_owned(),
+            require_user_verification: false,
+            challenge_ttl: crate::base::constants::DEFAULT_CHALLENGE_TTL,
+            attestation_cas: Vec::new(),
+            allowed_aaguids: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

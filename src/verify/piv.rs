@@ -639,6 +639,20 @@ pub fn verify_signature(
     }
 }
 
+/// PIV keys: the policy enrolled keys must meet and extra trust material.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PivConfig {
+    /// Least touch policy of an enrolled PIV key.
+    pub require_touch: Option<TouchPolicy>,
+    /// Least PIN policy of an enrolled PIV key.
+    pub require_pin: Option<PinPolicy>,
+    /// Yubico intermediates (PEM bundle, each pinned by its published fingerprint), for
+    /// firmware >= 5.7.4.
+    pub intermediates: Option<std::path::PathBuf>,
+    /// Extra roots for software PIV signers: accepted only in dev mode.
+    pub dev_roots: Vec<std::path::PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     /// A YubiKey 4-shaped chain: a U2F-style root; a device certificate signed by it, with

@@ -30,7 +30,7 @@ fn golden_records_of_every_keyspace_still_decode_and_encode_the_same() {
             .unwrap_or_else(|| panic!("fixture names an unknown keyspace {name}"));
         let key = B64.decode(entry["key"].as_str().unwrap()).unwrap();
         let value = B64.decode(entry["value"].as_str().unwrap()).unwrap();
-        let again = latchkey::store::codecs::reencode(ks, &key, &value)
+        let again = latchkey::service::codecs::reencode(ks, &key, &value)
             .unwrap_or_else(|e| panic!("{name}/{}: {e}", String::from_utf8_lossy(&key)));
         if value.first() == Some(&b'{') {
             let before: serde_json::Value = serde_json::from_slice(&value).unwrap();

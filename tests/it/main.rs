@@ -4,6 +4,7 @@
 // A panic in a test is a test failure, which is what unwrap and expect mean here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod architecture;
 mod audit;
 mod breakglass;
 mod crash;

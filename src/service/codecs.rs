@@ -3,7 +3,7 @@
 //! written by an earlier build, so a dependency upgrade that changes a stored format (serde
 //! attributes, webauthn-rs's serialised key and ceremony state) fails CI, not a bastion.
 
-use super::{Keyspace, Record, SCHEMA_VERSION_KEY, StoreError, decode, encode};
+use crate::store::{Keyspace, Record, SCHEMA_VERSION_KEY, StoreError, decode, encode};
 
 fn corrupt(ks: Keyspace, detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
@@ -33,8 +33,8 @@ fn fixed(ks: Keyspace, value: &[u8], len: usize) -> Result<Vec<u8>, StoreError> 
 /// binary values come back byte for byte.
 pub fn reencode(ks: Keyspace, key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
     use crate::audit;
+    use crate::domain::drill;
     use crate::domain::{change, grant, operator, request, scope, trust, workload};
-    use crate::service::drill;
     match ks {
         Keyspace::Meta if key == SCHEMA_VERSION_KEY => fixed(ks, value, 4),
         Keyspace::Meta => record::<trust::TrustStoreMeta>(value),
