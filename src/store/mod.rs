@@ -5,6 +5,9 @@
 //! The transaction model is etcd's: a list of comparisons that must all hold, then a list of
 //! writes applied all-or-nothing. A successful [`Store::commit`] is durable when it returns.
 
+#[cfg(test)]
+pub(crate) mod conformance;
+mod memory;
 mod records;
 mod sled_store;
 
@@ -13,6 +16,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
 use crate::base::constants::STORE_SCHEMA_VERSION;

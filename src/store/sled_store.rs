@@ -442,6 +442,16 @@ fn decode_journal(mut bytes: &[u8]) -> Result<Vec<Write>, StoreError> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn sled_store_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = std::sync::atomic::AtomicUsize::new(0);
+        crate::store::conformance::run_all(|| {
+            let n = opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            SledStore::create(&dir.path().join(n.to_string())).unwrap()
+        });
+    }
+
+    #[test]
     fn fuzz_journal_records_never_panic_the_decoder() {
         let valid = vec![
             encode_journal(&[
