@@ -389,7 +389,7 @@ pub async fn start_layered(
     // record for the rest (the scheduler rewrites those grants once serving).
     let revoking = std::time::Instant::now();
     let expired = authority.revoke_expired_at_start()?;
-    if expired != crate::service::revocation::StartRevocations::default() {
+    if expired != crate::service::expiry::StartRevocations::default() {
         tracing::info!(
             expired = expired.revoked + expired.deferred,
             revoked_one_by_one = expired.revoked,

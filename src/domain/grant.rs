@@ -268,3 +268,14 @@ pub fn revoke_digest(grant_id: &str, reason: &str) -> [u8; 32] {
     h.update(reason.as_bytes());
     h.finalize().into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoke_digests_bind_grant_and_reason() {
+        assert_ne!(revoke_digest("g1", "leak"), revoke_digest("g2", "leak"));
+        assert_ne!(revoke_digest("g1", "leak"), revoke_digest("g1", "done"));
+    }
+}

@@ -20,8 +20,10 @@ use crate::domain::policy::Decision;
 use crate::domain::request::{Draft, RequestState};
 use crate::pb;
 use crate::service::authority::Authority;
+use crate::service::minting::Delivery;
+use crate::service::requests::RequestView;
 use crate::service::revocation::effective_state;
-use crate::service::workflow::{Delivery, RequestView, VoteTarget};
+use crate::service::votes::VoteTarget;
 
 /// Serves `AccessService`.
 #[derive(Debug, Clone)]

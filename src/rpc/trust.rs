@@ -18,7 +18,7 @@ use crate::domain::trust::TrustStorePolicy;
 use crate::domain::workload::Workload;
 use crate::pb;
 use crate::service::authority::Authority;
-use crate::service::workflow::{ChangeView, Proposal};
+use crate::service::changes::{ChangeView, Proposal};
 
 /// Serves `TrustService`.
 #[derive(Debug, Clone)]

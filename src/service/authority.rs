@@ -2,7 +2,7 @@
 //! the clock and the daemon's keys, and knows nothing of gRPC or of which backend stores data.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::audit::{Actor, AuditError, AuditLog, CheckpointPolicy};
 use crate::base::caller::{Caller, WorkloadId};
@@ -119,27 +119,24 @@ pub struct Settings<'a> {
 pub struct Authority {
     /// Dropped with the authority (and so after the store): see [`Authority::on_release`].
     released: tokio::sync::watch::Sender<()>,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) keys: Arc<DaemonKeys>,
-    pub(crate) audit: AuditLog,
+    pub(in crate::service) store: Arc<dyn Store>,
+    pub(in crate::service) clock: Arc<dyn Clock>,
+    pub(in crate::service) keys: Arc<DaemonKeys>,
+    pub(in crate::service) audit: AuditLog,
     fido2: Fido2,
-    pub(crate) fido2_policy: Fido2Config,
+    pub(in crate::service) fido2_policy: Fido2Config,
     schema_version: u32,
     dev_mode: bool,
     /// Bearer-token hashes of active grants, for introspection.
-    pub(crate) index: TokenIndex,
-    /// Where the SSH KRL is written.
-    pub(crate) krl_path: PathBuf,
-    /// What `krl_serials` holds (serial → valid-before, ms), read whole at the first
-    /// publication and then kept by the scheduler: `None` until then.
-    pub(crate) krl_listed: Mutex<Option<std::collections::BTreeMap<u64, i64>>>,
-    /// Wakes the revocation scheduler.
-    pub(crate) revocation_wake: tokio::sync::Notify,
+    pub(in crate::service) index: TokenIndex,
+    /// The KRL sink (owned by `sinks`).
+    pub(in crate::service) krl: crate::service::sinks::KrlSink,
+    /// Wakes the revocation scheduler (owned by `revocation`).
+    pub(in crate::service) wake: crate::service::revocation::SchedulerWake,
     /// PIV trust and enrollment policy.
     piv: PivSettings,
     /// Local users that may introspect tokens.
-    pub(crate) introspect_uids: Vec<u32>,
+    pub(in crate::service) introspect_uids: Vec<u32>,
     /// How old a scope's last passed drill may be before `doctor` warns.
     drill_max_age: std::time::Duration,
 }
@@ -260,9 +257,8 @@ impl Authority {
             drill_max_age,
             introspect_uids,
             piv,
-            krl_path,
-            revocation_wake: tokio::sync::Notify::new(),
-            krl_listed: Mutex::new(None),
+            krl: crate::service::sinks::KrlSink::new(krl_path),
+            wake: crate::service::revocation::SchedulerWake::default(),
             index,
             store,
             clock,

@@ -4,13 +4,22 @@
 
 pub mod authority;
 pub mod ceremony;
+pub mod changes;
 pub mod codecs;
 pub mod drill;
+pub mod expiry;
 pub mod hygiene;
 pub mod metrics;
+pub mod minting;
 pub mod operators;
+pub mod requests;
 pub mod revocation;
+pub mod sinks;
 pub mod token_index;
 pub mod trust_store;
+pub mod votes;
 pub mod workflow;
 pub mod workloads;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,734 @@
+//! Trust-store changes: proposed, voted on like requests, applied at quorum, and never
+//! applied if they would lock the store out (the lock-out guard).
+
+use std::collections::HashMap;
+
+use crate::audit::{Actor, Event};
+use crate::base::caller::Caller;
+use crate::base::constants::{MAX_LIST, MAX_TEXT_LEN, MIN_PROOFING_NOTE_LEN};
+
+use crate::domain::change::{self, Change, ChangeKind, ChangeState};
+use crate::domain::operator::{Authenticator, AuthenticatorState, Operator};
+use crate::domain::policy::{Outcome, Vote};
+use crate::domain::scope::Scope;
+use crate::domain::trust;
+use crate::domain::trust::{Genesis, META_KEY};
+use crate::domain::workload::Workload;
+use crate::service::authority::Authority;
+use crate::service::ceremony::Enrollment;
+use crate::service::operators::{self as operator, OperatorError};
+use crate::service::trust_store::{self};
+use crate::service::workloads::{self, WorkloadError};
+use crate::service::{votes::*, workflow::*};
+use crate::store::{self, Keyspace, StoreError, Txn};
+
+/// A change with its state and counts at one instant.
+#[derive(Clone, Debug)]
+pub struct ChangeView {
+    /// The stored change.
+    pub change: Change,
+    /// State now.
+    pub state: ChangeState,
+    /// Approvals that count now.
+    pub approvals: u32,
+    /// Denials that count now.
+    pub denials: u32,
+}
+
+/// A trust-store change as proposed by a caller (keys come from enrollment instead).
+#[derive(Clone, Debug)]
+pub enum Proposal {
+    /// See [`ChangeKind::RemoveAuthenticator`].
+    RemoveAuthenticator {
+        /// Operator.
+        operator: String,
+        /// Credential id.
+        credential_id: String,
+    },
+    /// See [`ChangeKind::ReinstateAuthenticator`].
+    ReinstateAuthenticator {
+        /// Operator.
+        operator: String,
+        /// Credential id.
+        credential_id: String,
+    },
+    /// See [`ChangeKind::RemoveOperator`].
+    RemoveOperator {
+        /// Operator.
+        operator: String,
+    },
+    /// See [`ChangeKind::SetOperatorRoles`].
+    SetOperatorRoles {
+        /// Operator.
+        operator: String,
+        /// Roles.
+        roles: Vec<String>,
+    },
+    /// See [`ChangeKind::PutScope`].
+    PutScope(Box<Scope>),
+    /// See [`ChangeKind::RemoveScope`].
+    RemoveScope(String),
+    /// Admit a workload, or change an admitted one's settings (`certificate_pem` empty).
+    PutWorkload {
+        /// Name.
+        name: String,
+        /// Owner.
+        owner: String,
+        /// Client certificate PEM; empty keeps the current pin.
+        certificate_pem: String,
+        /// Scopes it may request.
+        scopes: Vec<String>,
+        /// Whether it may introspect.
+        introspect: bool,
+    },
+    /// See [`ChangeKind::RemoveWorkload`].
+    RemoveWorkload(String),
+    /// See [`ChangeKind::SetTrustPolicy`].
+    SetTrustPolicy(trust::TrustStorePolicy),
+}
+
+/// A trust-store change as the lock-out guard imagines it applied.
+#[derive(Clone, Copy, Debug, Default)]
+pub(in crate::service) struct After<'a> {
+    /// The operator whose roles change (or who is removed: `roles` None).
+    operator: Option<&'a str>,
+    /// That operator's roles afterwards.
+    roles: Option<&'a [String]>,
+    /// A key removed by the change.
+    removed_key: Option<&'a str>,
+}
+
+impl Authority {
+    pub(in crate::service) fn load_change(
+        &self,
+        id: &str,
+    ) -> Result<(Change, Vec<u8>), WorkflowError> {
+        let raw = self
+            .store
+            .get(Keyspace::Changes, id.as_bytes())?
+            .ok_or_else(|| WorkflowError::UnknownChange(id.to_owned()))?;
+        Ok((store::decode(&raw)?, raw))
+    }
+
+    pub(in crate::service) fn require_pending_change(
+        &self,
+        change: &Change,
+    ) -> Result<(), WorkflowError> {
+        match change.state_at(self.clock.now()) {
+            ChangeState::Pending => Ok(()),
+            ChangeState::Expired { .. } => Err(WorkflowError::ChangeExpired(change.id.clone())),
+            other => Err(WorkflowError::ChangeClosed {
+                id: change.id.clone(),
+                state: other.name(),
+            }),
+        }
+    }
+
+    pub(in crate::service) fn change_view(
+        &self,
+        change: Change,
+    ) -> Result<ChangeView, WorkflowError> {
+        let (approvals, denials, _) = self.tally(&change.policy, &change.votes)?;
+        Ok(ChangeView {
+            state: change.state_at(self.clock.now()),
+            change,
+            approvals,
+            denials,
+        })
+    }
+
+    /// One change.
+    pub fn change(&self, id: &str) -> Result<ChangeView, WorkflowError> {
+        let view = self.change_view(self.load_change(id)?.0)?;
+        self.settled(view)
+    }
+
+    /// Changes (optionally only in `state`), newest first.
+    pub fn changes(&self, state: Option<&str>) -> Result<Vec<ChangeView>, WorkflowError> {
+        let mut all: Vec<ChangeView> = scan_all::<Change>(self.store.as_ref())?
+            .into_iter()
+            .map(|c| self.change_view(c))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|v| state.is_none_or(|s| v.state.name() == s))
+            .collect();
+        all.sort_by_key(|c| std::cmp::Reverse(c.change.created_at));
+        all.truncate(MAX_LIST);
+        self.settled(all)
+    }
+
+    pub(in crate::service) fn check_note(note: &str) -> Result<(), WorkflowError> {
+        if note.len() > MAX_TEXT_LEN {
+            return Err(WorkflowError::NoteTooLong);
+        }
+        Ok(())
+    }
+
+    /// Turns a caller's proposal into a change kind, checking it against the store as it is.
+    pub(in crate::service) fn change_kind(
+        &self,
+        proposal: Proposal,
+    ) -> Result<ChangeKind, WorkflowError> {
+        let kind = match proposal {
+            Proposal::RemoveAuthenticator {
+                operator,
+                credential_id,
+            } => ChangeKind::RemoveAuthenticator {
+                operator,
+                credential_id,
+            },
+            Proposal::ReinstateAuthenticator {
+                operator,
+                credential_id,
+            } => ChangeKind::ReinstateAuthenticator {
+                operator,
+                credential_id,
+            },
+            Proposal::RemoveOperator { operator } => ChangeKind::RemoveOperator { operator },
+            Proposal::SetOperatorRoles { operator, roles } => {
+                ChangeKind::SetOperatorRoles { operator, roles }
+            }
+            Proposal::PutScope(scope) => ChangeKind::PutScope { scope },
+            Proposal::RemoveScope(name) => ChangeKind::RemoveScope { name },
+            Proposal::PutWorkload {
+                name,
+                owner,
+                certificate_pem,
+                scopes,
+                introspect,
+            } => {
+                let existing = store::read::<Workload>(self.store.as_ref(), name.as_bytes())?;
+                let spki_sha256 = if certificate_pem.trim().is_empty() {
+                    match &existing {
+                        Some(w) => w.spki_sha256.clone(),
+                        None => {
+                            return Err(WorkloadError::InvalidCertificate(
+                                "a new workload needs its client certificate".into(),
+                            )
+                            .into());
+                        }
+                    }
+                } else {
+                    hex::encode(
+                        crate::credential::keys::spki_sha256_of_pem(certificate_pem.as_bytes())
+                            .map_err(WorkloadError::InvalidCertificate)?,
+                    )
+                };
+                ChangeKind::PutWorkload {
+                    workload: Workload {
+                        name,
+                        owner,
+                        spki_sha256,
+                        admitted_at: existing.map_or_else(|| self.clock.now(), |w| w.admitted_at),
+                        scopes,
+                        introspect,
+                    },
+                }
+            }
+            Proposal::RemoveWorkload(name) => ChangeKind::RemoveWorkload { name },
+            Proposal::SetTrustPolicy(policy) => ChangeKind::SetTrustPolicy { policy },
+        };
+        // Dry run: refuse now what could not apply.
+        let mut scratch = Txn::new();
+        let mut extra = Vec::new();
+        self.apply_change(&kind, "dry-run", &mut scratch, &mut extra)?;
+        Ok(kind)
+    }
+
+    /// Proposes a trust-store change (local callers). While genesis is open it applies at once.
+    pub fn propose_change(
+        &self,
+        caller: &Caller,
+        proposal: Proposal,
+        note: &str,
+    ) -> Result<ChangeView, WorkflowError> {
+        let actor = Self::local_actor(caller)?;
+        Self::check_note(note)?;
+        let kind = self.change_kind(proposal)?;
+        self.record_change(actor, kind, note, Txn::new())
+    }
+
+    /// Records a change (and applies it at once during genesis), committing `txn` with it.
+    pub(in crate::service) fn record_change(
+        &self,
+        proposer: Actor,
+        kind: ChangeKind,
+        note: &str,
+        mut txn: Txn,
+    ) -> Result<ChangeView, WorkflowError> {
+        let now = self.clock.now();
+        let (meta, meta_bytes) = trust_store::read_meta(self.store.as_ref())?;
+        let policy = self.trust_policy()?;
+        let id = new_id()?;
+        let pending_until = now.plus(std::time::Duration::from_secs(policy.pending_timeout_secs));
+        let canonical_text =
+            change::canonical_text(&id, &kind, &proposer, note, now, pending_until);
+        let mut change = Change {
+            id: id.clone(),
+            kind,
+            proposer: proposer.clone(),
+            note: note.to_owned(),
+            created_at: now,
+            pending_until,
+            canonical_text,
+            policy,
+            votes: Vec::new(),
+            state: ChangeState::Pending,
+        };
+        let mut events = vec![Event {
+            event: "change.proposed",
+            actor: proposer.clone(),
+            subject: format!("change/{id}"),
+            details: serde_json::json!({
+                "change": change.kind.summary(),
+                "target": change.kind.subject(),
+                "note": note,
+                "digest": hex::encode(change.digest()),
+            }),
+            evidence: None,
+        }];
+        if meta.genesis == Genesis::Open {
+            // Bootstrap: the local administrator is trusted until genesis closes.
+            txn.require_equals(Keyspace::Meta, META_KEY, meta_bytes);
+            let mut applied = Vec::new();
+            self.apply_change(&change.kind, &id, &mut txn, &mut applied)?;
+            change.state = ChangeState::Applied { at: now };
+            events.push(Event {
+                event: "change.applied",
+                actor: proposer,
+                subject: change.kind.subject(),
+                details: serde_json::json!({ "change": id, "path": "genesis" }),
+                evidence: None,
+            });
+            events.extend(applied);
+        }
+        txn.require_absent(Keyspace::Changes, id.as_bytes())
+            .put(id.as_bytes(), &change)?;
+        self.audit.commit_events(txn, events)?;
+        self.change_view(change)
+    }
+
+    /// Finishes a key registration: enrolled at once during genesis; afterwards recorded as a
+    /// proposed change carrying the proofing note. Returns the key and the change, if any.
+    pub fn finish_enrollment(
+        &self,
+        caller: &Caller,
+        ceremony_id: &str,
+        response_json: &str,
+        note: &str,
+    ) -> Result<(Authenticator, Genesis, Option<ChangeView>), WorkflowError> {
+        let Caller::Local(peer) = caller else {
+            return Err(OperatorError::LocalOnly.into());
+        };
+        let actor = Actor::Local { uid: peer.uid };
+        Self::check_note(note)?;
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
+        if meta.genesis != Genesis::Open && note.trim().chars().count() < MIN_PROOFING_NOTE_LEN {
+            return Err(WorkflowError::ProofingNoteRequired);
+        }
+        match self
+            .operators()
+            .finish_enrollment(true, actor.clone(), ceremony_id, response_json)?
+        {
+            Enrollment::Enrolled(authenticator) => {
+                let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
+                Ok((*authenticator, meta.genesis, None))
+            }
+            Enrollment::Proposed {
+                authenticator,
+                new_operator_roles,
+                txn,
+            } => {
+                let kind = ChangeKind::AddAuthenticator {
+                    operator: authenticator.operator.clone(),
+                    new_operator_roles,
+                    authenticator: authenticator.clone(),
+                };
+                let mut scratch = Txn::new();
+                let mut extra = Vec::new();
+                self.apply_change(&kind, "dry-run", &mut scratch, &mut extra)?;
+                let view = self.record_change(actor, kind, note, txn)?;
+                Ok((*authenticator, meta.genesis, Some(view)))
+            }
+        }
+    }
+
+    pub(in crate::service) fn count_change_vote(
+        &self,
+        mut change: Change,
+        raw: Vec<u8>,
+        vote: Vote,
+        prepared: crate::service::ceremony::PreparedAssertion,
+    ) -> Result<VoteResult, WorkflowError> {
+        let now = self.clock.now();
+        let id = change.id.clone();
+        let id = id.as_str();
+        self.require_pending_change(&change)?;
+        let mut event = key_meets_policy(&change.policy, &vote, prepared.event.clone(), &prepared)?;
+        if let Some(map) = event.details.as_object_mut() {
+            map.insert("change_digest".into(), hex::encode(change.digest()).into());
+        }
+        change.votes.push(vote);
+        let mut txn = prepared.txn;
+        let (approvals, denials, outcome) =
+            self.tally_guarded(&change.policy, &change.votes, &mut txn)?;
+        txn.require_equals(Keyspace::Changes, id.as_bytes(), raw);
+        let mut events = vec![event];
+        match outcome {
+            Outcome::Pending => {}
+            Outcome::Denied => {
+                change.state = ChangeState::Denied { at: now };
+                events.push(Event {
+                    event: "change.closed",
+                    actor: Actor::Daemon,
+                    subject: format!("change/{id}"),
+                    details: serde_json::json!({ "outcome": "denied" }),
+                    evidence: None,
+                });
+            }
+            Outcome::Approved => {
+                let mut applied = Vec::new();
+                self.apply_change(&change.kind, id, &mut txn, &mut applied)?;
+                change.state = ChangeState::Applied { at: now };
+                events.push(Event {
+                    event: "change.applied",
+                    actor: Actor::Daemon,
+                    subject: change.kind.subject(),
+                    details: serde_json::json!({
+                        "change": id,
+                        "approvals": approvals,
+                        "quorum": change.policy.quorum,
+                    }),
+                    evidence: None,
+                });
+                events.extend(applied);
+            }
+        }
+        txn.put(id.as_bytes(), &change)?;
+        let records = self.audit.commit_events(txn, events)?;
+        Ok(VoteResult {
+            state: change.state.name(),
+            approvals,
+            denials,
+            quorum: change.policy.quorum,
+            audit_seq: records.first().map_or(0, |r| r.seq),
+            grant_id: None,
+        })
+    }
+
+    /// Adds the writes of `kind` to `txn` (guarded by compare-and-set on everything read) and
+    /// the audit events that describe them to `events`. Refuses what cannot apply now.
+    pub(in crate::service) fn apply_change(
+        &self,
+        kind: &ChangeKind,
+        change_id: &str,
+        txn: &mut Txn,
+        events: &mut Vec<Event>,
+    ) -> Result<(), WorkflowError> {
+        let store = self.store.as_ref();
+        let invalid = |m: String| WorkflowError::ChangeInvalid(m);
+        let now = self.clock.now();
+        let read_key = |operator: &str,
+                        credential_id: &str|
+         -> Result<(Authenticator, Vec<u8>), WorkflowError> {
+            let raw = store
+                .get(Keyspace::Authenticators, credential_id.as_bytes())?
+                .ok_or_else(|| invalid(format!("no key {credential_id}")))?;
+            let key: Authenticator = store::decode(&raw)?;
+            if key.operator != operator {
+                return Err(invalid(format!("key {credential_id} is not {operator}'s")));
+            }
+            Ok((key, raw))
+        };
+        let read_operator = |name: &str| -> Result<(Operator, Vec<u8>), WorkflowError> {
+            let raw = store
+                .get(Keyspace::Operators, name.as_bytes())?
+                .ok_or_else(|| OperatorError::UnknownOperator(name.to_owned()))?;
+            Ok((store::decode(&raw)?, raw))
+        };
+        let daemon_event =
+            |event: &'static str, subject: String, details: serde_json::Value| Event {
+                event,
+                actor: Actor::Daemon,
+                subject,
+                details,
+                evidence: None,
+            };
+        match kind {
+            ChangeKind::AddAuthenticator {
+                operator,
+                new_operator_roles,
+                authenticator,
+            } => {
+                if let Some(existing) =
+                    store::read::<Authenticator>(store, authenticator.credential_id.as_bytes())?
+                {
+                    return Err(OperatorError::CredentialTaken(existing.operator).into());
+                }
+                let roles = match (read_operator(operator), new_operator_roles) {
+                    (Ok((op, raw)), _) => {
+                        txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw);
+                        op.roles
+                    }
+                    (Err(_), Some(roles)) => {
+                        for role in roles {
+                            operator::check_name("role", role)?;
+                        }
+                        let op = Operator {
+                            name: operator.clone(),
+                            roles: roles.clone(),
+                            user_id: webauthn_rs::prelude::Uuid::new_v4(),
+                            enrolled_at: now,
+                        };
+                        txn.require_absent(Keyspace::Operators, operator.as_bytes())
+                            .put(operator.as_bytes(), &op)?;
+                        roles.clone()
+                    }
+                    (Err(e), None) => return Err(e),
+                };
+                let mut key = (**authenticator).clone();
+                key.enrolled_at = now;
+                operator::enrol_key(txn, &key)?;
+                events.push(daemon_event(
+                    crate::audit::verify::ENROLLED_EVENT,
+                    format!("operator/{operator}"),
+                    serde_json::json!({
+                        "operator": operator,
+                        "roles": roles,
+                        "credential_id": key.credential_id,
+                        "algorithm": key.algorithm,
+                        "public_key": key.public_key,
+                        "aaguid": key.aaguid.map(|u| u.to_string()),
+                        "attested": key.attested,
+                        "path": format!("change/{change_id}"),
+                    }),
+                ));
+            }
+            ChangeKind::RemoveAuthenticator {
+                operator,
+                credential_id,
+            } => {
+                let (mut key, raw) = read_key(operator, credential_id)?;
+                if matches!(key.state, AuthenticatorState::Removed { .. }) {
+                    return Err(invalid(format!("key {credential_id} is already removed")));
+                }
+                key.state = AuthenticatorState::Removed { at: now };
+                txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), raw)
+                    .put(credential_id.as_bytes(), &key)?;
+                self.check_trust_quorum_after(
+                    After {
+                        removed_key: Some(credential_id),
+                        ..After::default()
+                    },
+                    txn,
+                )?;
+                events.push(daemon_event(
+                    crate::audit::verify::REMOVED_EVENT,
+                    format!("operator/{operator}"),
+                    serde_json::json!({ "credential_id": credential_id, "path": format!("change/{change_id}") }),
+                ));
+            }
+            ChangeKind::ReinstateAuthenticator {
+                operator,
+                credential_id,
+            } => {
+                let (mut key, raw) = read_key(operator, credential_id)?;
+                if !matches!(key.state, AuthenticatorState::Suspended { .. }) {
+                    return Err(invalid(format!("key {credential_id} is not suspended")));
+                }
+                key.state = AuthenticatorState::Active;
+                txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), raw)
+                    .put(credential_id.as_bytes(), &key)?;
+                events.push(daemon_event(
+                    "authenticator.reinstated",
+                    format!("operator/{operator}"),
+                    serde_json::json!({ "credential_id": credential_id }),
+                ));
+            }
+            ChangeKind::RemoveOperator { operator } => {
+                let (_, raw) = read_operator(operator)?;
+                txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
+                    .delete(Keyspace::Operators, operator.as_bytes());
+                for key in operator::keys_of(store, operator)? {
+                    if matches!(key.state, AuthenticatorState::Removed { .. }) {
+                        continue;
+                    }
+                    let raw = store::encode(&key)?;
+                    let mut removed = key.clone();
+                    removed.state = AuthenticatorState::Removed { at: now };
+                    txn.require_equals(Keyspace::Authenticators, key.credential_id.as_bytes(), raw)
+                        .put(key.credential_id.as_bytes(), &removed)?;
+                    events.push(daemon_event(
+                        crate::audit::verify::REMOVED_EVENT,
+                        format!("operator/{operator}"),
+                        serde_json::json!({ "credential_id": key.credential_id }),
+                    ));
+                }
+                self.check_trust_quorum_after(
+                    After {
+                        operator: Some(operator),
+                        ..After::default()
+                    },
+                    txn,
+                )?;
+            }
+            ChangeKind::SetOperatorRoles { operator, roles } => {
+                for role in roles {
+                    operator::check_name("role", role)?;
+                }
+                let (mut op, raw) = read_operator(operator)?;
+                op.roles = roles.clone();
+                txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
+                    .put(operator.as_bytes(), &op)?;
+                self.check_trust_quorum_after(
+                    After {
+                        operator: Some(operator),
+                        roles: Some(roles),
+                        removed_key: None,
+                    },
+                    txn,
+                )?;
+            }
+            ChangeKind::PutScope { scope } => {
+                scope.validate()?;
+                match store.get(Keyspace::Scopes, scope.name.as_bytes())? {
+                    Some(raw) => txn.require_equals(Keyspace::Scopes, scope.name.as_bytes(), raw),
+                    None => txn.require_absent(Keyspace::Scopes, scope.name.as_bytes()),
+                };
+                txn.put(scope.name.as_bytes(), &**scope)?;
+            }
+            ChangeKind::RemoveScope { name } => {
+                let raw = store
+                    .get(Keyspace::Scopes, name.as_bytes())?
+                    .ok_or_else(|| WorkflowError::UnknownScope(name.clone()))?;
+                txn.require_equals(Keyspace::Scopes, name.as_bytes(), raw)
+                    .delete(Keyspace::Scopes, name.as_bytes());
+            }
+            ChangeKind::PutWorkload { workload } => {
+                workloads::validate(workload)?;
+                if let Some(owner) =
+                    store.get(Keyspace::WorkloadPins, workload.spki_sha256.as_bytes())?
+                    && owner != workload.name.as_bytes()
+                {
+                    return Err(WorkloadError::PinTaken(
+                        String::from_utf8_lossy(&owner).into_owned(),
+                    )
+                    .into());
+                }
+                match store.get(Keyspace::Workloads, workload.name.as_bytes())? {
+                    Some(raw) => {
+                        let old: Workload = store::decode(&raw)?;
+                        txn.require_equals(Keyspace::Workloads, workload.name.as_bytes(), raw)
+                            .delete(Keyspace::WorkloadPins, old.spki_sha256.as_bytes());
+                    }
+                    None => {
+                        txn.require_absent(Keyspace::Workloads, workload.name.as_bytes());
+                    }
+                }
+                txn.put(workload.name.as_bytes(), workload)?.put_raw(
+                    Keyspace::WorkloadPins,
+                    workload.spki_sha256.as_bytes(),
+                    workload.name.as_bytes(),
+                );
+            }
+            ChangeKind::RemoveWorkload { name } => {
+                let raw = store
+                    .get(Keyspace::Workloads, name.as_bytes())?
+                    .ok_or_else(|| invalid(format!("no workload {name}")))?;
+                let old: Workload = store::decode(&raw)?;
+                txn.require_equals(Keyspace::Workloads, name.as_bytes(), raw)
+                    .delete(Keyspace::Workloads, name.as_bytes())
+                    .delete(Keyspace::WorkloadPins, old.spki_sha256.as_bytes());
+            }
+            ChangeKind::SetTrustPolicy { policy } => {
+                if policy.quorum == 0 || policy.quorum > crate::base::constants::MAX_QUORUM {
+                    return Err(invalid("quorum must be between 1 and 32".into()));
+                }
+                operator::check_name("role", &policy.approver_role)?;
+                let eligible =
+                    self.eligible_approvers(&policy.approver_role, After::default(), txn)?;
+                if eligible < policy.quorum {
+                    return Err(invalid(format!(
+                        "only {eligible} operators with an active key hold role {}: a quorum of {} could never be met",
+                        policy.approver_role, policy.quorum
+                    )));
+                }
+                let (mut meta, raw) = trust_store::read_meta(store)?;
+                meta.policy = policy.clone();
+                txn.require_equals(Keyspace::Meta, META_KEY, raw)
+                    .put(META_KEY, &meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many operators could approve with `role` once a change is applied: each needs an
+    /// active key (not `after.removed_key`) and the role (`after.roles` for `after.operator`;
+    /// none if that operator is removed). Every record the count rests on (active keys, counted
+    /// operators) is compared-and-set in `guard`, so two changes that each pass alone cannot
+    /// both commit when together they would lock the trust store out (write skew).
+    pub(in crate::service) fn eligible_approvers(
+        &self,
+        role: &str,
+        after: After<'_>,
+        guard: &mut Txn,
+    ) -> Result<u32, WorkflowError> {
+        let store = self.store.as_ref();
+        let mut with_key: HashMap<String, bool> = HashMap::new();
+        for (id, raw) in store.scan_from(Keyspace::Authenticators, b"", usize::MAX)? {
+            let standing: crate::domain::operator::KeyStanding = serde_json::from_slice(&raw)
+                .map_err(|e| StoreError::Corrupt {
+                    keyspace: Keyspace::Authenticators.name(),
+                    detail: e.to_string(),
+                })?;
+            if standing.state != AuthenticatorState::Active
+                || after.removed_key == Some(String::from_utf8_lossy(&id).as_ref())
+            {
+                continue;
+            }
+            with_key.insert(standing.operator, true);
+            guard.require_equals(Keyspace::Authenticators, id, raw);
+        }
+        let mut count = 0u32;
+        for (name, raw) in store.scan_from(Keyspace::Operators, b"", usize::MAX)? {
+            let op: Operator = store::decode(&raw)?;
+            if !with_key.contains_key(&op.name) {
+                continue;
+            }
+            let holds = if after.operator == Some(op.name.as_str()) {
+                after.roles.is_some_and(|r| r.iter().any(|x| x == role))
+            } else {
+                op.roles.iter().any(|x| x == role)
+            };
+            if holds {
+                count += 1;
+                guard.require_equals(Keyspace::Operators, name, raw);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Refuses a change that would leave the trust store unable to reach its own quorum. The
+    /// records the decision rests on (metadata, keys, operators) are guarded in `txn`.
+    pub(in crate::service) fn check_trust_quorum_after(
+        &self,
+        after: After<'_>,
+        txn: &mut Txn,
+    ) -> Result<(), WorkflowError> {
+        let (meta, meta_raw) = trust_store::read_meta(self.store.as_ref())?;
+        if meta.genesis == Genesis::Open {
+            return Ok(());
+        }
+        txn.require_equals(Keyspace::Meta, META_KEY, meta_raw);
+        let eligible = self.eligible_approvers(&meta.policy.approver_role, after, txn)?;
+        if eligible < meta.policy.quorum {
+            return Err(WorkflowError::ChangeInvalid(format!(
+                "after this change only {eligible} operators could approve trust-store changes (quorum {}): the trust store would lock itself out",
+                meta.policy.quorum
+            )));
+        }
+        Ok(())
+    }
+
+    // ----- listings ------------------------------------------------------------------------
+}
