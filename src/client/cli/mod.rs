@@ -1,0 +1,367 @@
+//! The `latchkey` CLI: one clap tree, one file per command group. `src/bin/latchkey.rs` only
+//! calls [`main`].
+
+/// Prints a line to standard output. A closed pipe (`latchkey status | head -1`) is not an
+/// error worth a message, let alone a panic: stop writing and carry on.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _closed_pipe = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+mod audit;
+mod changes;
+mod grants;
+mod keys;
+mod operators;
+mod requests;
+mod scopes;
+mod workloads;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tonic::transport::Channel;
+
+use super::ClientError;
+use super::access::{self, Target};
+use super::authenticator::{Authenticator, SoftTokenKey, UsbKey};
+use crate::base::constants::{DEFAULT_SOCKET_PATH, SOCKET_ENV};
+use crate::client;
+use crate::credential::delivery::DeliveryKey;
+use crate::domain::policy::Decision;
+use crate::pb;
+use crate::pb::access_service_client::AccessServiceClient;
+use crate::pb::trust_service_client::TrustServiceClient;
+
+use changes::propose;
+pub use grants::grant_text;
+use requests::{VoteArgs, vote};
+pub use requests::{delivery_key_for, request_text};
+
+/// Which authenticator to use.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyChoice {
+    /// Use a software token kept in this file (created if missing). Tests, demos and drills
+    /// only: a daemon outside dev mode refuses it.
+    #[arg(long)]
+    pub soft_token: Option<PathBuf>,
+    /// With several USB keys plugged in, use number N (see `latchkey key devices`).
+    #[arg(long)]
+    pub device: Option<usize>,
+    /// WebAuthn origin to claim (default: https:// + the daemon's relying-party id).
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Use the YubiKey's PIV applet (over PC/SC; pcscd must run) instead of FIDO2.
+    #[arg(long)]
+    pub piv: bool,
+    /// PIV slot.
+    #[arg(long, default_value = "9a")]
+    pub slot: String,
+    /// Use a software PIV key kept in this file (created if missing; its synthetic root must
+    /// be in the daemon's `[piv] dev_roots`: dev mode only).
+    #[arg(long, conflicts_with_all = ["soft_token", "piv"])]
+    pub soft_piv: Option<PathBuf>,
+}
+
+impl KeyChoice {
+    /// Opens the chosen authenticator.
+    pub fn open(&self) -> Result<Box<dyn Authenticator>, ClientError> {
+        if let Some(path) = &self.soft_piv {
+            return Ok(Box::new(super::piv_card::SoftPiv::open_or_create(path)?));
+        }
+        if self.piv {
+            return Ok(Box::new(super::piv_card::UsbPiv::open(
+                &self.slot,
+                piv_pin()?,
+            )?));
+        }
+        Ok(match &self.soft_token {
+            Some(path) => Box::new(SoftTokenKey::open_or_create(path)?),
+            None => Box::new(UsbKey::open(self.device)?),
+        })
+    }
+}
+
+/// Asks for the PIV PIN on the terminal (empty: the key's PIN policy is never).
+pub fn piv_pin() -> Result<Option<String>, ClientError> {
+    let pin =
+        rpassword::prompt_password("PIV PIN (empty if the key never asks): ").map_err(|e| {
+            ClientError::Key(super::authenticator::KeyError::Device(format!(
+                "PIN prompt: {e}"
+            )))
+        })?;
+    Ok((!pin.is_empty()).then_some(pin))
+}
+
+/// Output mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Out {
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+/// Prints a line to stdout (a closed pipe is not an error).
+pub fn say(text: &str) {
+    use std::io::Write as _;
+    let _closed_pipe = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// An RFC 3339 time (empty when absent).
+pub fn ts(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| std::time::SystemTime::try_from(*t).ok())
+        .map_or_else(String::new, |t| {
+            humantime::format_rfc3339_seconds(t).to_string()
+        })
+}
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::File {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+fn pretty(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| json.to_owned())
+}
+
+/// latchkey: talk to latchkeyd.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The daemon's local socket.
+    #[arg(long, global = true, env = SOCKET_ENV, default_value = DEFAULT_SOCKET_PATH)]
+    socket: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Connect over mutual TLS to this address instead of the local socket (as a workload).
+    #[arg(long, global = true, requires_all = ["server_cert", "client_cert", "client_key"])]
+    tls: Option<std::net::SocketAddr>,
+    /// With --tls: the daemon's TLS certificate (PEM), pinned.
+    #[arg(long, global = true)]
+    server_cert: Option<PathBuf>,
+    /// With --tls: this workload's client certificate (PEM).
+    #[arg(long, global = true)]
+    client_cert: Option<PathBuf>,
+    /// With --tls: this workload's private key (PEM).
+    #[arg(long, global = true)]
+    client_key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the daemon's version, genesis state and key fingerprints.
+    Status,
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Workloads (vault plugins, automation, agents).
+    #[command(subcommand)]
+    Workload(workloads::WorkloadCommand),
+    /// Your hardware key: enroll it, sign with it.
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
+    /// Operators.
+    #[command(subcommand)]
+    Operator(operators::OperatorCommand),
+    /// Ask for break-glass access to a scope, and wait for the credential.
+    Request(requests::RequestArgs),
+    /// List or show requests.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
+    /// Approve a request with your key (after reading what you approve).
+    Approve(requests::VoteArgs),
+    /// Deny a request with your key.
+    Deny(requests::VoteArgs),
+    /// Withdraw your pending request.
+    Cancel {
+        /// Request id.
+        id: String,
+    },
+    /// Wait for your request and collect its credential (if `request --no-wait` was used).
+    Wait {
+        /// Request id.
+        id: String,
+        /// The public key the request named, so the certificate is written next to it.
+        #[arg(long)]
+        ssh_public_key: Option<PathBuf>,
+        /// The delivery key file the request was made with (default: the one `latchkey
+        /// request` kept for this request id).
+        #[arg(long)]
+        delivery_key: Option<PathBuf>,
+    },
+    /// Is a bearer token active? (Workloads allowed to introspect, over --tls.) Exit 0 if
+    /// active, 1 if not. `-` reads the token from standard input.
+    Introspect {
+        /// The token, or `-`.
+        token: String,
+    },
+    /// Issued grants.
+    #[command(subcommand)]
+    Grant(grants::GrantCommand),
+    /// List grants, newest first (`--state revocation-unconfirmed` shows what needs attention).
+    Grants {
+        /// Only in this state: active, revoking, revoked, revocation-unconfirmed.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Revoke a grant now, with your key (any operator; no quorum: revoking is always safe).
+    Revoke {
+        /// Grant id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Your operator name.
+        #[arg(long)]
+        operator: String,
+        #[command(flatten)]
+        key: KeyChoice,
+    },
+    /// Give up a grant you hold (the requester's user, or the workload over --tls).
+    Relinquish {
+        /// Grant id.
+        id: String,
+    },
+    /// Scopes: what break-glass can open.
+    #[command(subcommand)]
+    Scope(scopes::ScopeCommand),
+    /// Trust-store changes: list, show, approve, deny.
+    #[command(subcommand)]
+    Change(changes::ChangeCommand),
+    /// Run the whole break-glass path against a scope (request, approvals, mint, introspect,
+    /// SSH login, revoke, confirmation) and have the daemon record the result. Exit 0 if the
+    /// drill passed.
+    Drill(crate::client::drill::DrillArgs),
+    /// Each scope's latest drill and latest passed drill.
+    Drills,
+}
+
+/// Runs the CLI: parses the arguments, does the command, and says how it went.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Audit(audit::AuditCommand::Verify { file, audit_key }) = &cli.command {
+        return audit::verify_offline(file, audit_key);
+    }
+    if let Command::Key(keys::KeyCommand::Devices) = &cli.command {
+        return keys::devices();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("latchkey: error: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("latchkey: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Channel, ClientError> {
+    match (
+        &cli.tls,
+        &cli.server_cert,
+        &cli.client_cert,
+        &cli.client_key,
+    ) {
+        (Some(addr), Some(server), Some(cert), Some(key)) => {
+            let server_cert = client::read_certificate(server)?;
+            let identity = client::ClientIdentity::from_pem_files(cert, key)?;
+            client::connect_tls(*addr, server_cert, identity).await
+        }
+        _ => client::connect_unix(&cli.socket).await,
+    }
+}
+
+/// Exit 0, or 1 when the command's answer is "no" (an inactive token, a failed drill).
+fn success_if(yes: bool) -> ExitCode {
+    if yes {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
+    let channel = connect(&cli).await?;
+    let out = Out { json: cli.json };
+    match cli.command {
+        Command::Status => status(channel, out).await?,
+        Command::Audit(command) => audit::run(channel, command).await?,
+        Command::Key(command) => keys::run(channel, command).await?,
+        Command::Operator(command) => operators::run(channel, out, command).await?,
+        Command::Workload(command) => workloads::run(channel, out, command).await?,
+        Command::Request(args) => requests::request(channel, out, args).await?,
+        Command::Requests(command) => requests::requests(channel, out, command).await?,
+        Command::Approve(args) => {
+            let target = Target::Request(args.id.clone());
+            requests::vote(channel, out, target, Decision::Approve, args).await?;
+        }
+        Command::Deny(args) => {
+            let target = Target::Request(args.id.clone());
+            requests::vote(channel, out, target, Decision::Deny, args).await?;
+        }
+        Command::Cancel { id } => requests::cancel(channel, out, id).await?,
+        Command::Wait {
+            id,
+            ssh_public_key,
+            delivery_key,
+        } => {
+            let key = requests::delivery_key_for(&id, delivery_key.as_deref())?;
+            requests::deliver(channel, out, &id, ssh_public_key.as_deref(), key.as_ref()).await?;
+        }
+        Command::Introspect { token } => {
+            return Ok(success_if(requests::introspect(channel, out, token).await?));
+        }
+        Command::Grant(grants::GrantCommand::Show { id }) => {
+            grants::show_grant(channel, out, id).await?;
+        }
+        Command::Grants { state } => grants::grants(channel, out, state).await?,
+        Command::Revoke {
+            id,
+            reason,
+            operator,
+            key,
+        } => grants::revoke(channel, out, id, reason, operator, key).await?,
+        Command::Relinquish { id } => grants::relinquish(channel, out, id).await?,
+        Command::Scope(command) => scopes::scope(channel, out, command).await?,
+        Command::Change(command) => changes::change(channel, out, command).await?,
+        Command::Drill(args) => {
+            return Ok(success_if(client::drill::drill(channel, out, args).await?));
+        }
+        Command::Drills => client::drill::list(channel, out).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latchkey status`.
+async fn status(channel: Channel, out: Out) -> Result<(), ClientError> {
+    let view = client::status(channel).await?;
+    if out.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+    } else {
+        say!("{view}");
+    }
+    Ok(())
+}

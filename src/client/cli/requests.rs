@@ -1,0 +1,541 @@
+//! `latchkey request`, `requests`, `approve`, `deny`, `cancel`, `wait`, `introspect`.
+
+use super::*;
+
+/// `latchkey request`.
+#[derive(clap::Args, Debug)]
+pub struct RequestArgs {
+    /// Scope to open.
+    #[arg(long)]
+    pub scope: String,
+    /// Why (10-1000 characters): what is broken and what you will do.
+    #[arg(long)]
+    pub reason: String,
+    /// How long, e.g. 15m or 1h (default: the scope's default; at most its maximum).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Ticket or incident reference.
+    #[arg(long, default_value = "")]
+    pub ticket: String,
+    /// OpenSSH public key to certify (SSH scopes). The certificate is written next to it as
+    /// `NAME-cert.pub`, where ssh finds it.
+    #[arg(long)]
+    pub ssh_public_key: Option<PathBuf>,
+    /// Request as this operator, signing with your key. Without it (over --tls) the request
+    /// is the workload's.
+    #[arg(long)]
+    pub operator: Option<String>,
+    #[command(flatten)]
+    pub key: KeyChoice,
+    /// Print the request id and return instead of waiting for approval.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The delivery key file (X25519 secret, hex, mode 0600): read if it exists, else made.
+    /// The bearer token is sealed to its public half. Default: a fresh key kept in
+    /// `$XDG_STATE_HOME/latchkey/delivery/REQUEST.key` (or `~/.local/state/...`), where
+    /// `latchkey wait REQUEST` finds it.
+    #[arg(long)]
+    pub delivery_key: Option<PathBuf>,
+}
+
+/// Where the delivery key of request `id` is kept by default, if a state directory is known.
+pub fn default_delivery_key_path(id: &str) -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("latchkey/delivery").join(format!("{id}.key")))
+}
+
+/// The delivery key to collect request `id` with: `explicit`, else the default file.
+pub fn delivery_key_for(
+    id: &str,
+    explicit: Option<&Path>,
+) -> Result<Option<DeliveryKey>, ClientError> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => match default_delivery_key_path(id) {
+            Some(path) if path.exists() => path,
+            _ => return Ok(None),
+        },
+    };
+    DeliveryKey::read_file(&path)
+        .map(Some)
+        .map_err(|e| file_error(&path, e))
+}
+
+/// Keeps a fresh request's delivery key where `latchkey wait` looks for it.
+fn keep_delivery_key(id: &str, key: &DeliveryKey) -> Option<PathBuf> {
+    let path = default_delivery_key_path(id)?;
+    let dir = path.parent()?;
+    if let Err(e) = crate::base::fsperm::create_private_dir(dir).map_err(|e| e.to_string()) {
+        eprintln!(
+            "warning: could not keep the delivery key in {}: {e}",
+            dir.display()
+        );
+        return None;
+    }
+    match key.write_file(&path) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("warning: could not keep the delivery key: {e}");
+            None
+        }
+    }
+}
+
+/// `latchkey requests`.
+#[derive(clap::Subcommand, Debug)]
+pub enum RequestsCommand {
+    /// List requests, newest first.
+    List {
+        /// Only in this state: pending, issued, denied, cancelled, expired.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show everything an approver should read.
+    Show {
+        /// Request id.
+        id: String,
+    },
+}
+
+/// `latchkey approve|deny`.
+#[derive(clap::Args, Debug)]
+pub struct VoteArgs {
+    /// Request id.
+    pub id: String,
+    /// Your operator name.
+    #[arg(long)]
+    pub operator: String,
+    #[command(flatten)]
+    pub key: KeyChoice,
+}
+
+fn request_state(r: &pb::RequestInfo) -> &'static str {
+    match r.state() {
+        pb::RequestState::Pending => "pending",
+        pb::RequestState::Issued => "issued",
+        pb::RequestState::Denied => "denied",
+        pb::RequestState::Cancelled => "cancelled",
+        pb::RequestState::Expired => "expired",
+        pb::RequestState::Unspecified => "unknown",
+    }
+}
+
+fn request_json(r: &pb::RequestInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "scope": r.scope,
+        "requester": r.requester,
+        "reason": r.reason,
+        "ttl_secs": r.ttl.map_or(0, |d| d.seconds),
+        "ticket": r.ticket,
+        "scope_owner": r.scope_owner,
+        "scope_runbook": r.scope_runbook,
+        "scope_runbook_url": r.scope_runbook_url,
+        "quorum": r.quorum,
+        "approver_role": r.approver_role,
+        "created_at": ts(r.created_at.as_ref()),
+        "pending_until": ts(r.pending_until.as_ref()),
+        "state": request_state(r),
+        "approvals": r.approvals,
+        "denials": r.denials,
+        "votes": r.votes.iter().map(|v| serde_json::json!({
+            "operator": v.operator,
+            "credential_id": v.credential_id,
+            "decision": if v.decision() == pb::Decision::Deny { "deny" } else { "approve" },
+            "at": ts(v.at.as_ref()),
+        })).collect::<Vec<_>>(),
+        "grant_id": r.grant_id,
+        "digest": hex::encode(&r.digest),
+    })
+}
+
+/// The text an approver reads before touching their key.
+pub fn request_text(r: &pb::RequestInfo) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "request   {}  ({})", r.id, request_state(r));
+    let _ = writeln!(s, "requester {}", r.requester);
+    let _ = writeln!(s, "scope     {}  owner: {}", r.scope, r.scope_owner);
+    if !r.scope_runbook.is_empty() {
+        let _ = writeln!(s, "runbook   {}", r.scope_runbook);
+    }
+    if !r.scope_runbook_url.is_empty() {
+        let _ = writeln!(s, "          {}", r.scope_runbook_url);
+    }
+    let _ = writeln!(s, "reason    {}", r.reason);
+    let ttl = r.ttl.map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0));
+    let _ = writeln!(
+        s,
+        "ttl       {}",
+        humantime::format_duration(std::time::Duration::from_secs(ttl))
+    );
+    if !r.ticket.is_empty() {
+        let _ = writeln!(s, "ticket    {}", r.ticket);
+    }
+    let _ = writeln!(
+        s,
+        "policy    {} of role {}; {} approved, {} denied; pending until {}",
+        r.quorum,
+        r.approver_role,
+        r.approvals,
+        r.denials,
+        ts(r.pending_until.as_ref())
+    );
+    for v in &r.votes {
+        let _ = writeln!(
+            s,
+            "  {} {} with key {} at {}",
+            v.operator,
+            if v.decision() == pb::Decision::Deny {
+                "denied"
+            } else {
+                "approved"
+            },
+            v.credential_id,
+            ts(v.at.as_ref())
+        );
+    }
+    if !r.grant_id.is_empty() {
+        let _ = writeln!(s, "grant     {}", r.grant_id);
+    }
+    let _ = write!(s, "digest    {}", hex::encode(&r.digest));
+    s
+}
+
+fn print_requests(out: Out, requests: &[pb::RequestInfo]) {
+    if out.json {
+        let all: Vec<_> = requests.iter().map(request_json).collect();
+        say(&serde_json::Value::Array(all).to_string());
+        return;
+    }
+    say(&format!(
+        "{:<24}  {:<9}  {:<16}  {:<24}  {:>5}  REASON",
+        "ID", "STATE", "SCOPE", "REQUESTER", "VOTES"
+    ));
+    for r in requests {
+        say(&format!(
+            "{:<24}  {:<9}  {:<16}  {:<24}  {:>2}/{:<2}  {}",
+            r.id,
+            request_state(r),
+            r.scope,
+            r.requester,
+            r.approvals,
+            r.quorum,
+            r.reason.lines().next().unwrap_or_default()
+        ));
+    }
+}
+
+fn cert_path(public_key: &Path) -> PathBuf {
+    let name = public_key
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".pub").unwrap_or(&name);
+    public_key.with_file_name(format!("{stem}-cert.pub"))
+}
+
+/// `latchkey request`: asks, then waits for the credential (unless `--no-wait`).
+pub async fn request(channel: Channel, out: Out, args: RequestArgs) -> Result<(), ClientError> {
+    let ssh_public_key = match &args.ssh_public_key {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| file_error(path, e))?,
+        None => String::new(),
+    };
+    let delivery_key = match &args.delivery_key {
+        Some(path) if path.exists() => {
+            DeliveryKey::read_file(path).map_err(|e| file_error(path, e))?
+        }
+        Some(path) => {
+            let key = DeliveryKey::generate();
+            key.write_file(path).map_err(|e| file_error(path, e))?;
+            key
+        }
+        None => DeliveryKey::generate(),
+    };
+    let draft = pb::RequestDraft {
+        scope: args.scope.clone(),
+        reason: args.reason.clone(),
+        ttl: args.ttl.map(|d| prost_types::Duration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        ticket: args.ticket.clone(),
+        ssh_public_key,
+        delivery_public_key: delivery_key.public_key().to_vec(),
+    };
+    let created = match &args.operator {
+        Some(name) => {
+            let mut key = args.key.open()?;
+            eprintln!("touch your key to sign the request");
+            access::request(
+                channel.clone(),
+                draft,
+                Some((name, key.as_mut(), args.key.origin.as_deref())),
+            )
+            .await?
+        }
+        None => access::request(channel.clone(), draft, None).await?,
+    };
+    if args.delivery_key.is_none() {
+        keep_delivery_key(&created.id, &delivery_key);
+    }
+    if args.no_wait {
+        if out.json {
+            say(&request_json(&created).to_string());
+        } else {
+            say(&created.id);
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "request {} for {}: waiting for {} approvals of role {} (until {})",
+        created.id,
+        created.scope,
+        created.quorum,
+        created.approver_role,
+        ts(created.pending_until.as_ref())
+    );
+    deliver(
+        channel,
+        out,
+        &created.id,
+        args.ssh_public_key.as_deref(),
+        Some(&delivery_key),
+    )
+    .await
+}
+
+/// Waits on a request and prints (and writes) the credential, its bearer token opened with
+/// `delivery_key`.
+pub async fn deliver(
+    channel: Channel,
+    out: Out,
+    id: &str,
+    ssh_public_key: Option<&Path>,
+    delivery_key: Option<&DeliveryKey>,
+) -> Result<(), ClientError> {
+    let mut seen = 0usize;
+    let (request, credential) = access::wait(channel, id, delivery_key, |r| {
+        for v in r.votes.iter().skip(seen) {
+            eprintln!(
+                "  {} {} ({} of {})",
+                v.operator,
+                if v.decision() == pb::Decision::Deny {
+                    "denied"
+                } else {
+                    "approved"
+                },
+                r.approvals,
+                r.quorum
+            );
+        }
+        seen = r.votes.len();
+    })
+    .await?;
+    let Some(credential) = credential else {
+        return Err(ClientError::Protocol(format!(
+            "request {} ended {} without a credential",
+            request.id,
+            request_state(&request)
+        )));
+    };
+    let mut cert_file = None;
+    if !credential.ssh_certificate.is_empty()
+        && let Some(public_key) = ssh_public_key
+    {
+        let path = cert_path(public_key);
+        std::fs::write(&path, format!("{}\n", credential.ssh_certificate))
+            .map_err(|e| file_error(&path, e))?;
+        cert_file = Some(path);
+    }
+    if out.json {
+        say(&serde_json::json!({
+            "request": request.id,
+            "grant_id": credential.grant_id,
+            "scope": credential.scope,
+            "expires_at": ts(credential.expires_at.as_ref()),
+            "bearer_token": credential.bearer_token,
+            "ssh_certificate": credential.ssh_certificate,
+            "ssh_certificate_file": cert_file.as_ref().map(|p| p.display().to_string()),
+        })
+        .to_string());
+    } else {
+        eprintln!(
+            "issued grant {} for {} until {}",
+            credential.grant_id,
+            credential.scope,
+            ts(credential.expires_at.as_ref())
+        );
+        if !credential.bearer_token.is_empty() {
+            say(&credential.bearer_token);
+        }
+        match cert_file {
+            Some(path) => eprintln!("SSH certificate written to {}", path.display()),
+            None if !credential.ssh_certificate.is_empty() => say(&credential.ssh_certificate),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// `latchkey requests`.
+pub async fn requests(
+    channel: Channel,
+    out: Out,
+    command: RequestsCommand,
+) -> Result<(), ClientError> {
+    let mut client = AccessServiceClient::new(channel);
+    match command {
+        RequestsCommand::List { state } => {
+            let state = match state.as_deref() {
+                None => pb::RequestState::Unspecified,
+                Some(s) => pb::RequestState::from_str_name(&format!(
+                    "REQUEST_STATE_{}",
+                    s.to_ascii_uppercase()
+                ))
+                .ok_or_else(|| ClientError::Protocol(format!("no request state {s}")))?,
+            };
+            let list = client
+                .list_requests(pb::ListRequestsRequest {
+                    state: state.into(),
+                })
+                .await?
+                .into_inner();
+            print_requests(out, &list.requests);
+        }
+        RequestsCommand::Show { id } => {
+            let r = client
+                .show_request(pb::ShowRequestRequest { id })
+                .await?
+                .into_inner()
+                .request
+                .ok_or_else(|| ClientError::Protocol("no request".into()))?;
+            if out.json {
+                say(&request_json(&r).to_string());
+            } else {
+                say(&request_text(&r));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `latchkey approve|deny` and `latchkey change approve|deny`.
+pub async fn vote(
+    channel: Channel,
+    out: Out,
+    target: Target,
+    decision: Decision,
+    args: VoteArgs,
+) -> Result<(), ClientError> {
+    let shown = access::shown(channel.clone(), &target).await?;
+    if !out.json {
+        match &target {
+            Target::Request(id) => {
+                let r = AccessServiceClient::new(channel.clone())
+                    .show_request(pb::ShowRequestRequest { id: id.clone() })
+                    .await?
+                    .into_inner()
+                    .request
+                    .ok_or_else(|| ClientError::Protocol("no request".into()))?;
+                eprintln!("{}", request_text(&r));
+            }
+            Target::Change(_) => eprintln!("{}", pretty(&shown.canonical_json)),
+        }
+        eprintln!(
+            "touch your key to {} (digest {})",
+            decision.as_str(),
+            hex::encode(shown.digest)
+        );
+    }
+    let mut key = args.key.open()?;
+    let result = access::vote(
+        channel,
+        &target,
+        &args.operator,
+        decision,
+        key.as_mut(),
+        args.key.origin.as_deref(),
+    )
+    .await?;
+    if out.json {
+        say(&serde_json::json!({
+            "state": result.state,
+            "approvals": result.approvals,
+            "denials": result.denials,
+            "quorum": result.quorum,
+            "audit_seq": result.audit_seq,
+            "grant_id": result.grant_id,
+        })
+        .to_string());
+    } else {
+        say(&format!(
+            "{}: {} of {} approvals, {} denials; now {}{}",
+            decision.as_str(),
+            result.approvals,
+            result.quorum,
+            result.denials,
+            result.state,
+            if result.grant_id.is_empty() {
+                String::new()
+            } else {
+                format!(" (grant {})", result.grant_id)
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// `latchkey cancel`.
+pub async fn cancel(channel: Channel, out: Out, id: String) -> Result<(), ClientError> {
+    let r = AccessServiceClient::new(channel)
+        .cancel_request(pb::CancelRequestRequest { id })
+        .await?
+        .into_inner()
+        .request
+        .ok_or_else(|| ClientError::Protocol("no request".into()))?;
+    if out.json {
+        say(&request_json(&r).to_string());
+    } else {
+        say(&format!("request {} cancelled", r.id));
+    }
+    Ok(())
+}
+
+/// `latchkey introspect`: exit status says active (0) or not (1).
+pub async fn introspect(channel: Channel, out: Out, token: String) -> Result<bool, ClientError> {
+    let token = if token == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| file_error(Path::new("stdin"), e))?;
+        line.trim().to_owned()
+    } else {
+        token
+    };
+    let answer = AccessServiceClient::new(channel)
+        .introspect(pb::IntrospectRequest { token })
+        .await?
+        .into_inner();
+    if out.json {
+        say(&serde_json::json!({
+            "active": answer.active,
+            "scope": answer.scope,
+            "grant_id": answer.grant_id,
+            "expires_at": ts(answer.expires_at.as_ref()),
+        })
+        .to_string());
+    } else if answer.active {
+        say(&format!(
+            "active  scope {}  grant {}  until {}",
+            answer.scope,
+            answer.grant_id,
+            ts(answer.expires_at.as_ref())
+        ));
+    } else {
+        say("inactive");
+    }
+    Ok(answer.active)
+}

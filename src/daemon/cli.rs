@@ -1,0 +1,233 @@
+//! The `latchkeyd` command line: `init`, `serve`, `doctor`, genesis admissions and
+//! `accept-rollback`. `src/bin/latchkeyd.rs` only sets the allocator and calls [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::base::clock::{Clock as _, SystemClock};
+use crate::base::constants::{
+    DEFAULT_ADMIN_ROLE, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH, DEFAULT_TRUST_STORE_QUORUM,
+};
+use crate::daemon;
+use crate::daemon::config::Config;
+use crate::domain::trust::TrustStorePolicy;
+use crate::domain::workload::Workload;
+use crate::service::hygiene::Level;
+use clap::{Parser, Subcommand};
+
+/// latchkeyd: independent break-glass authority daemon.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the trust store and the daemon's keys in DIR (refuses an existing store).
+    Init {
+        /// Data directory (created 0700).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Approvals needed for trust-store changes.
+        #[arg(long, default_value_t = DEFAULT_TRUST_STORE_QUORUM)]
+        trust_store_quorum: u32,
+        /// Role whose holders approve trust-store changes.
+        #[arg(long, default_value = DEFAULT_ADMIN_ROLE)]
+        admin_role: String,
+        /// DNS name or IP address for the TLS certificate (repeatable).
+        #[arg(long = "tls-name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])]
+        tls_names: Vec<String>,
+        /// Also write a config file for this data dir here.
+        #[arg(long)]
+        write_config: Option<PathBuf>,
+        /// Socket path for the written config.
+        #[arg(long, default_value = DEFAULT_SOCKET_PATH)]
+        socket: PathBuf,
+        /// Write `dev_mode = true` into the config (trusts software authenticators).
+        #[arg(long)]
+        dev_mode: bool,
+    },
+    /// Run the daemon.
+    Serve {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Check independence and hygiene (config, permissions, filesystems, name service, trust
+    /// store, drills, revocations). Prints PASS/WARN/FAIL lines; exits 1 if anything fails.
+    Doctor {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// One JSON object per finding instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// With the daemon stopped: serve a trust store that went back in time (restored from an
+    /// older backup, or damaged) after `serve` refused it. Records the acceptance in the audit
+    /// log. Check the KRL and revoke again whatever must stay revoked.
+    AcceptRollback {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Bootstrap only: pin a workload's TLS client certificate while genesis is open.
+    /// Run with the daemon stopped. After genesis, admit workloads through a quorum-approved change.
+    AdmitWorkload {
+        /// Data directory of the (stopped) daemon.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Workload name.
+        #[arg(long)]
+        name: String,
+        /// Who answers for the workload.
+        #[arg(long)]
+        owner: String,
+        /// The workload's PEM client certificate (its key is pinned, not the certificate).
+        #[arg(long)]
+        cert: PathBuf,
+        /// A scope it may request (repeat for several; the scope must also name the workload).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Let it introspect bearer tokens.
+        #[arg(long)]
+        introspect: bool,
+    },
+}
+
+/// Runs the daemon's command line and says how it went.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Doctor {
+        config,
+        json,
+        strict,
+    } = &cli.command
+    {
+        return doctor(config, *json, *strict);
+    }
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // Not `eprintln!`, which panics when stderr cannot be written (a full disk).
+            use std::io::Write as _;
+            let _unwritable = writeln!(std::io::stderr(), "latchkeyd: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn doctor(config: &std::path::Path, json: bool, strict: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("latchkeyd: error: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = runtime.block_on(daemon::doctor::run(
+        config,
+        &daemon::doctor::HostFiles::default(),
+    ));
+    if json {
+        for f in &findings {
+            println!("{}", serde_json::to_string(f).unwrap_or_default());
+        }
+    } else {
+        print!("{}", daemon::doctor::render(&findings));
+    }
+    match crate::service::hygiene::worst(&findings) {
+        Level::Fail => ExitCode::FAILURE,
+        Level::Warn if strict => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Init {
+            data_dir,
+            trust_store_quorum,
+            admin_role,
+            tls_names,
+            write_config,
+            socket,
+            dev_mode,
+        } => {
+            let opts = daemon::InitOptions {
+                data_dir: data_dir.clone(),
+                policy: TrustStorePolicy {
+                    quorum: trust_store_quorum,
+                    approver_role: admin_role,
+                },
+                tls_names,
+                write_config: write_config.clone(),
+                socket,
+                dev_mode,
+            };
+            let fp =
+                daemon::init(&opts, std::sync::Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+            println!("initialised trust store in {}", data_dir.display());
+            println!("  audit key        {}", fp.audit_key);
+            println!("  ssh user CA      {}", fp.ssh_user_ca);
+            println!("  tls certificate  {}", fp.tls_certificate);
+            if let Some(path) = write_config {
+                println!("wrote config {}", path.display());
+            }
+            Ok(())
+        }
+        Command::AcceptRollback { config } => {
+            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
+            let (before, now) = daemon::accept_rollback(&config).map_err(|e| e.to_string())?;
+            match before {
+                Some(before) => println!(
+                    "accepted: the store's audit log ends at record {} (record {} was durable before); anchored at {}",
+                    now.seq, before.seq, now.seq
+                ),
+                None => println!("anchored the store's audit head at record {}", now.seq),
+            }
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
+            crate::daemon::logging::init(config.log_format, &config.log_filter);
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+            runtime
+                .block_on(daemon::serve_until(&config, std::future::pending()))
+                .map_err(|e| e.to_string())
+        }
+        // Handled in `main` (it has its own exit status).
+        Command::Doctor { .. } => Ok(()),
+        Command::AdmitWorkload {
+            data_dir,
+            name,
+            owner,
+            cert,
+            scopes,
+            introspect,
+        } => {
+            let pem = std::fs::read(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+            let spki = crate::credential::keys::spki_sha256_of_pem(&pem)
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let workload = Workload {
+                name: name.clone(),
+                owner,
+                spki_sha256: hex::encode(spki),
+                admitted_at: SystemClock.now(),
+                scopes,
+                introspect,
+            };
+            daemon::admit_workload_at_genesis(&data_dir, &workload).map_err(|e| e.to_string())?;
+            println!(
+                "admitted workload {name} (SPKI SHA-256 {})",
+                workload.spki_sha256
+            );
+            Ok(())
+        }
+    }
+}
