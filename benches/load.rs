@@ -607,22 +607,12 @@ fn ms_of(t: Option<&prost_types::Timestamp>) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
 }
 
-/// Full break-glass cycles, durable: a workload requests (bearer + SSH), two operators approve
-/// with soft keys, the workload collects the credential, relinquishes it, and the cycle ends
-/// when the daemon reports the grant revoked with every sink confirmed. Also the KRL publication
-/// delay of these early revocations (revocation start → KRL sink confirmed, daemon timestamps).
-async fn cycles(profile: &Profile) {
-    use latchkey::client::access;
-    use pb::propose_change_request::Change as C;
-    let (dir, data, cert, key) = prepare(0, 0);
-    dev_mode(dir.path());
-    let daemon = start(dir);
-    let local = latchkey::client::connect_unix(&daemon.socket)
-        .await
-        .unwrap();
-    // Two approvers per worker: one key never signs two ceremonies at once.
+/// Soft-key approvers `op0`… with role `dba`, enrolled during genesis: two per worker, so
+/// one key never signs two ceremonies at once.
+async fn enroll_approvers(local: &Channel, count: usize) -> Vec<Arc<std::sync::Mutex<MemKey>>> {
+    let local = local.clone();
     let mut keys = Vec::new();
-    for i in 0..profile.concurrency * 2 {
+    for i in 0..count {
         let mut k = MemKey(
             webauthn_authenticator_rs::softtoken::SoftToken::new(true)
                 .unwrap()
@@ -640,6 +630,12 @@ async fn cycles(profile: &Profile) {
         .unwrap();
         keys.push(Arc::new(std::sync::Mutex::new(k)));
     }
+    keys
+}
+
+/// The scope `cycle` (bearer + SSH, two `dba` approvals) and the workload `bench` that asks.
+async fn put_cycle_scope(local: &Channel, cert: &Path) {
+    use pb::propose_change_request::Change as C;
     let mut trust = pb::trust_service_client::TrustServiceClient::new(local.clone());
     let secs = |s| prost_types::Duration {
         seconds: s,
@@ -670,7 +666,7 @@ async fn cycles(profile: &Profile) {
         C::PutWorkload(pb::PutWorkload {
             name: "bench".into(),
             owner: "bench".into(),
-            certificate_pem: std::fs::read_to_string(&cert).unwrap(),
+            certificate_pem: std::fs::read_to_string(cert).unwrap(),
             scopes: vec!["cycle".into()],
             introspect: true,
         }),
@@ -683,6 +679,137 @@ async fn cycles(profile: &Profile) {
             .await
             .unwrap();
     }
+}
+
+fn secs(s: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    }
+}
+
+/// Both approvers vote on `target`, as the CLI's `access::vote` does minus showing the text.
+async fn approve(
+    local: Channel,
+    target: &pb::VoteTarget,
+    approvers: &[(String, Arc<std::sync::Mutex<MemKey>>)],
+) {
+    let mut voting = pb::access_service_client::AccessServiceClient::new(local.clone());
+    for (name, key) in approvers {
+        // What the CLI's `access::vote` does, minus showing the text to a person.
+        let begun = voting
+            .begin_vote(pb::BeginVoteRequest {
+                target: Some(target.clone()),
+                operator: name.clone(),
+                decision: pb::Decision::Approve.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let credential_json = {
+            use latchkey::client::authenticator::Authenticator as _;
+            key.lock()
+                .unwrap()
+                .respond(None, &begun.request_options_json, &begun.piv_challenge)
+                .unwrap()
+        };
+        voting
+            .cast_vote(pb::CastVoteRequest {
+                target: Some(target.clone()),
+                decision: pb::Decision::Approve.into(),
+                ceremony_id: begun.ceremony_id,
+                credential_json,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+type Waiters = std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>;
+
+/// One cycle: request over mTLS, approvals, collection, relinquish, revoked with every sink
+/// confirmed; records the KRL delay.
+async fn one_cycle(
+    (tls, local): (Channel, Channel),
+    approvers: [(String, Arc<std::sync::Mutex<MemKey>>); 2],
+    ssh_public: String,
+    delays: Arc<std::sync::Mutex<Vec<i64>>>,
+    waiters: Arc<std::sync::Mutex<Waiters>>,
+) {
+    use latchkey::client::access;
+    let mut access_tls = pb::access_service_client::AccessServiceClient::new(tls.clone());
+    // The workload's own delivery key: the token comes back sealed to it.
+    let delivery_key = latchkey::credential::delivery::DeliveryKey::generate();
+    let created = access_tls
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(pb::RequestDraft {
+                scope: "cycle".into(),
+                reason: "load tool: one full break-glass cycle".into(),
+                ttl: Some(secs(300)),
+                ticket: String::new(),
+                ssh_public_key: ssh_public,
+                delivery_public_key: delivery_key.public_key().to_vec(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let target = pb::VoteTarget {
+        target: Some(pb::vote_target::Target::RequestId(created.id.clone())),
+    };
+    approve(local.clone(), &target, &approvers).await;
+    let (_, credential) = access::wait(tls.clone(), &created.id, Some(&delivery_key), |_| {})
+        .await
+        .unwrap();
+    let credential = credential.unwrap();
+    assert!(!credential.bearer_token.is_empty() && !credential.ssh_certificate.is_empty());
+    let (revoked_tx, revoked) = tokio::sync::oneshot::channel();
+    waiters
+        .lock()
+        .unwrap()
+        .insert(credential.grant_id.clone(), revoked_tx);
+    access_tls
+        .relinquish(pb::RelinquishRequest {
+            grant_id: credential.grant_id.clone(),
+        })
+        .await
+        .unwrap();
+    // The daemon's `grant.revoked` record: every sink confirmed.
+    revoked.await.unwrap();
+    let g = access_tls
+        .show_grant(pb::ShowGrantRequest {
+            id: credential.grant_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(g.state(), pb::GrantState::Revoked);
+    let started = ms_of(g.revocation_started_at.as_ref());
+    let krl = g.sinks.iter().find(|s| s.sink == "krl").unwrap();
+    delays
+        .lock()
+        .unwrap()
+        .push(ms_of(krl.confirmed_at.as_ref()) - started);
+}
+
+/// Full break-glass cycles, durable: a workload requests (bearer + SSH), two operators approve
+/// with soft keys, the workload collects the credential, relinquishes it, and the cycle ends
+/// when the daemon reports the grant revoked with every sink confirmed. Also the KRL publication
+/// delay of these early revocations (revocation start → KRL sink confirmed, daemon timestamps).
+async fn cycles(profile: &Profile) {
+    let (dir, data, cert, key) = prepare(0, 0);
+    dev_mode(dir.path());
+    let daemon = start(dir);
+    let local = latchkey::client::connect_unix(&daemon.socket)
+        .await
+        .unwrap();
+    let keys = enroll_approvers(&local, profile.concurrency * 2).await;
+    put_cycle_scope(&local, &cert).await;
     let server_cert = latchkey::client::read_certificate(&data.join("tls-cert.pem")).unwrap();
     let tls = latchkey::client::connect_tls(
         daemon.tls,
@@ -699,7 +826,6 @@ async fn cycles(profile: &Profile) {
     let krl_delays = Arc::new(std::sync::Mutex::new(Vec::new()));
     let delays = krl_delays.clone();
     // One follower of the audit log tells each worker when its grant is revoked (no polling).
-    type Waiters = std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>;
     let waiters: Arc<std::sync::Mutex<Waiters>> = Arc::default();
     let mut follow = pb::audit_service_client::AuditServiceClient::new(local.clone())
         .follow_records(pb::FollowRecordsRequest { from_seq: 1 })
@@ -736,95 +862,7 @@ async fn cycles(profile: &Profile) {
         let ssh_public = ssh_public.clone();
         let delays = delays.clone();
         let waiters = waiters.clone();
-        async move {
-            let mut access_tls = pb::access_service_client::AccessServiceClient::new(tls.clone());
-            // The workload's own delivery key: the token comes back sealed to it.
-            let delivery_key = latchkey::credential::delivery::DeliveryKey::generate();
-            let created = access_tls
-                .create_request(pb::CreateRequestRequest {
-                    draft: Some(pb::RequestDraft {
-                        scope: "cycle".into(),
-                        reason: "load tool: one full break-glass cycle".into(),
-                        ttl: Some(secs(300)),
-                        ticket: String::new(),
-                        ssh_public_key: ssh_public,
-                        delivery_public_key: delivery_key.public_key().to_vec(),
-                    }),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .request
-                .unwrap();
-            let target = pb::VoteTarget {
-                target: Some(pb::vote_target::Target::RequestId(created.id.clone())),
-            };
-            let mut voting = pb::access_service_client::AccessServiceClient::new(local.clone());
-            for (name, key) in &approvers {
-                // What the CLI's `access::vote` does, minus showing the text to a person.
-                let begun = voting
-                    .begin_vote(pb::BeginVoteRequest {
-                        target: Some(target.clone()),
-                        operator: name.clone(),
-                        decision: pb::Decision::Approve.into(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let credential_json = {
-                    use latchkey::client::authenticator::Authenticator as _;
-                    key.lock()
-                        .unwrap()
-                        .respond(None, &begun.request_options_json, &begun.piv_challenge)
-                        .unwrap()
-                };
-                voting
-                    .cast_vote(pb::CastVoteRequest {
-                        target: Some(target.clone()),
-                        decision: pb::Decision::Approve.into(),
-                        ceremony_id: begun.ceremony_id,
-                        credential_json,
-                    })
-                    .await
-                    .unwrap();
-            }
-            let (_, credential) =
-                access::wait(tls.clone(), &created.id, Some(&delivery_key), |_| {})
-                    .await
-                    .unwrap();
-            let credential = credential.unwrap();
-            assert!(!credential.bearer_token.is_empty() && !credential.ssh_certificate.is_empty());
-            let (revoked_tx, revoked) = tokio::sync::oneshot::channel();
-            waiters
-                .lock()
-                .unwrap()
-                .insert(credential.grant_id.clone(), revoked_tx);
-            access_tls
-                .relinquish(pb::RelinquishRequest {
-                    grant_id: credential.grant_id.clone(),
-                })
-                .await
-                .unwrap();
-            // The daemon's `grant.revoked` record: every sink confirmed.
-            revoked.await.unwrap();
-            let g = access_tls
-                .show_grant(pb::ShowGrantRequest {
-                    id: credential.grant_id.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .grant
-                .unwrap();
-            assert_eq!(g.state(), pb::GrantState::Revoked);
-            let started = ms_of(g.revocation_started_at.as_ref());
-            let krl = g.sinks.iter().find(|s| s.sink == "krl").unwrap();
-            delays
-                .lock()
-                .unwrap()
-                .push(ms_of(krl.confirmed_at.as_ref()) - started);
-        }
+        one_cycle((tls, local), approvers, ssh_public, delays, waiters)
     })
     .await;
     println!(

@@ -361,79 +361,16 @@ pub fn verify(
             line: line_no,
             reason,
         };
-        let line = line.map_err(|e| bad(format!("unreadable: {e}")))?;
-        if line.trim().is_empty() {
-            return Err(bad("blank line inside the log".to_owned()));
-        }
-        let record: AuditRecord = serde_json::from_str(&line)
-            .map_err(|e| bad(format!("not a valid audit record: {e}")))?;
-        if record.seq > expected_seq {
-            return Err(bad(format!(
-                "gap: records {expected_seq}..{} are missing",
-                record.seq - 1
-            )));
-        }
-        if record.seq < expected_seq {
-            return Err(bad(format!(
-                "out of order: found record {} where {expected_seq} belongs",
-                record.seq
-            )));
-        }
-        if record.prev_hash != prev_hash {
-            return Err(bad(
-                "prev_hash does not match the previous record's hash".to_owned()
-            ));
-        }
-        if record.compute_hash() != record.hash {
-            return Err(bad("content does not match its hash (altered)".to_owned()));
-        }
-        if let Some(cp) = &record.checkpoint {
-            if record.event != CHECKPOINT_EVENT
-                || cp.covers_seq + 1 != record.seq
-                || cp.head_hash != prev_hash
-            {
-                return Err(bad(
-                    "checkpoint does not cover the record before it".to_owned()
-                ));
-            }
-            let head = decode_hash(&cp.head_hash)
-                .ok_or_else(|| bad("checkpoint head hash is not hex".to_owned()))?;
-            let signature = B64
-                .decode(&cp.signature)
-                .ok()
-                .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok())
-                .ok_or_else(|| bad("checkpoint signature is malformed".to_owned()))?;
-            audit_key
-                .verify_strict(
-                    &checkpoint_message(cp.covers_seq, &head, record.time),
-                    &signature,
-                )
-                .map_err(|_| {
-                    bad("checkpoint signature does not verify under the audit key".to_owned())
-                })?;
+        let record = parse_line(line).map_err(&bad)?;
+        check_link(&record, expected_seq, &prev_hash).map_err(&bad)?;
+        check_checkpoint(&record, &prev_hash, audit_key).map_err(&bad)?;
+        if record.checkpoint.is_some() {
             last_checkpoint = Some(record.seq);
-        } else if record.event == CHECKPOINT_EVENT {
-            return Err(bad("checkpoint record without a signature".to_owned()));
         }
-        match record.event.as_str() {
-            ENROLLED_EVENT => {
-                let (id, key) = EnrolledKey::from_details(&record.details).map_err(&bad)?;
-                keys.insert(id, key);
-            }
-            REMOVED_EVENT => {
-                if let Some(id) = record.details.get("credential_id").and_then(|v| v.as_str()) {
-                    keys.remove(id);
-                }
-            }
-            _ => {}
-        }
+        track_keys(&mut keys, &record).map_err(&bad)?;
         bindings.learn(&record);
         if let Some(evidence) = &record.evidence {
-            verify_evidence(&keys, evidence)
-                .map_err(|why| bad(format!("forged or invalid approval evidence: {why}")))?;
-            bindings
-                .check(&record, evidence)
-                .map_err(|why| bad(format!("evidence not bound to this record: {why}")))?;
+            check_evidence(&keys, &mut bindings, &record, evidence).map_err(&bad)?;
             evidence_verified += 1;
         }
         prev_hash = record.hash;
@@ -455,4 +392,102 @@ pub fn verify(
         unverified_tail: (covered < records).then_some((covered + 1, records)),
         evidence_verified,
     })
+}
+
+/// One line of the export as a record: readable, not blank, valid JSON of an audit record.
+fn parse_line(line: std::io::Result<String>) -> Result<AuditRecord, String> {
+    let line = line.map_err(|e| format!("unreadable: {e}"))?;
+    if line.trim().is_empty() {
+        return Err("blank line inside the log".to_owned());
+    }
+    serde_json::from_str(&line).map_err(|e| format!("not a valid audit record: {e}"))
+}
+
+/// Checks that `record` is the one expected at this position: the next sequence number,
+/// linked to the previous record's hash, and with content matching its own hash.
+fn check_link(record: &AuditRecord, expected_seq: u64, prev_hash: &str) -> Result<(), String> {
+    if record.seq > expected_seq {
+        return Err(format!(
+            "gap: records {expected_seq}..{} are missing",
+            record.seq - 1
+        ));
+    }
+    if record.seq < expected_seq {
+        return Err(format!(
+            "out of order: found record {} where {expected_seq} belongs",
+            record.seq
+        ));
+    }
+    if record.prev_hash != prev_hash {
+        return Err("prev_hash does not match the previous record's hash".to_owned());
+    }
+    if record.compute_hash() != record.hash {
+        return Err("content does not match its hash (altered)".to_owned());
+    }
+    Ok(())
+}
+
+/// Checks a checkpoint: it covers the record before it and its signature verifies under the
+/// audit key. A checkpoint event without a signature is refused; other records pass.
+fn check_checkpoint(
+    record: &AuditRecord,
+    prev_hash: &str,
+    audit_key: &ed25519_dalek::VerifyingKey,
+) -> Result<(), String> {
+    let Some(cp) = &record.checkpoint else {
+        if record.event == CHECKPOINT_EVENT {
+            return Err("checkpoint record without a signature".to_owned());
+        }
+        return Ok(());
+    };
+    if record.event != CHECKPOINT_EVENT
+        || cp.covers_seq + 1 != record.seq
+        || cp.head_hash != prev_hash
+    {
+        return Err("checkpoint does not cover the record before it".to_owned());
+    }
+    let head =
+        decode_hash(&cp.head_hash).ok_or_else(|| "checkpoint head hash is not hex".to_owned())?;
+    let signature = B64
+        .decode(&cp.signature)
+        .ok()
+        .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok())
+        .ok_or_else(|| "checkpoint signature is malformed".to_owned())?;
+    audit_key
+        .verify_strict(
+            &checkpoint_message(cp.covers_seq, &head, record.time),
+            &signature,
+        )
+        .map_err(|_| "checkpoint signature does not verify under the audit key".to_owned())
+}
+
+/// Adds the key an enrollment record carries to `keys`, or drops the one a removal names.
+fn track_keys(keys: &mut HashMap<String, EnrolledKey>, record: &AuditRecord) -> Result<(), String> {
+    match record.event.as_str() {
+        ENROLLED_EVENT => {
+            let (id, key) = EnrolledKey::from_details(&record.details)?;
+            keys.insert(id, key);
+        }
+        REMOVED_EVENT => {
+            if let Some(id) = record.details.get("credential_id").and_then(|v| v.as_str()) {
+                keys.remove(id);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks that an enrolled key signed `evidence`, then that the evidence belongs to `record`.
+fn check_evidence(
+    keys: &HashMap<String, EnrolledKey>,
+    bindings: &mut Bindings,
+    record: &AuditRecord,
+    evidence: &Evidence,
+) -> Result<(), String> {
+    verify_evidence(keys, evidence)
+        .map_err(|why| format!("forged or invalid approval evidence: {why}"))?;
+    bindings
+        .check(record, evidence)
+        .map_err(|why| format!("evidence not bound to this record: {why}"))
 }

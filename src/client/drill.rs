@@ -212,422 +212,472 @@ fn check_certificate(
     Ok(())
 }
 
-/// Runs the drill; returns whether it passed (the daemon's verdict).
+/// Runs the drill; returns whether it passed (the daemon's verdict). The steps run in order;
+/// a step that leaves nothing for the next ones to do ends the drill, which is recorded
+/// whatever happened after the request was made.
 pub async fn drill(channel: Channel, out: Out, args: DrillArgs) -> Result<bool, ClientError> {
-    let mut report = Report {
-        steps: Vec::new(),
-        json: out.json,
-    };
-    let scope = crate::pb::trust_service_client::TrustServiceClient::new(channel.clone())
-        .show_scope(pb::ShowScopeRequest {
-            name: args.scope.clone(),
-        })
-        .await?
-        .into_inner()
-        .scope
-        .and_then(|s| s.scope)
-        .ok_or_else(|| ClientError::Protocol("no scope in the answer".into()))?;
-    let status = crate::pb::system_service_client::SystemServiceClient::new(channel.clone())
-        .status(pb::StatusRequest {})
-        .await?
-        .into_inner();
-    let principals = scope.ssh.as_ref().map(|s| s.principals.clone());
-    let scratch = Scratch::new()?;
-    let ssh_key = match &principals {
-        Some(_) => Some(ssh_key_pair(&scratch.0)?),
-        None => None,
-    };
-    if !out.json {
-        eprintln!(
-            "drill of scope {} (owner {}) as operator {}",
-            scope.name, scope.owner, args.operator
-        );
-    }
-
-    // request
-    let started = Instant::now();
-    let delivery_key = crate::credential::delivery::DeliveryKey::generate();
-    let draft = pb::RequestDraft {
-        scope: args.scope.clone(),
-        reason: format!(
-            "drill: exercising scope {} end to end (latchkey drill)",
-            args.scope
-        ),
-        ttl: Some(prost_types::Duration {
-            seconds: i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX),
-            nanos: 0,
-        }),
-        ticket: "drill".to_owned(),
-        ssh_public_key: ssh_key.as_ref().map(|(_, p)| p.clone()).unwrap_or_default(),
-        delivery_public_key: delivery_key.public_key().to_vec(),
-    };
-    let mut key = args.key.open()?;
-    if !out.json {
-        eprintln!("touch your key to sign the drill request");
-    }
-    let created = match access::request(
-        channel.clone(),
-        draft,
-        Some((&args.operator, key.as_mut(), args.key.origin.as_deref())),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            report.add("request", StepOutcome::Failed, started, e.to_string());
-            return Err(e);
+    let mut drill = Drill::prepare(channel, out, args).await?;
+    let id = drill.request().await?;
+    if let Some(mut minted) = drill.approvals(&id).await? {
+        drill.mint(&mut minted)?;
+        drill.introspect(&minted).await;
+        drill.ssh("ssh-login", &minted).await;
+        if drill.revoke(&minted).await {
+            drill.confirmation(&minted).await?;
+            drill.ssh("ssh-refused", &minted).await;
         }
-    };
-    report.add(
-        "request",
-        StepOutcome::Passed,
-        started,
-        format!(
-            "request {} needs {} approvals of role {}",
-            created.id, created.quorum, created.approver_role
-        ),
-    );
-    let id = created.id.clone();
+    }
+    let Drill {
+        channel, report, ..
+    } = drill;
+    record(channel, out, &id, report).await
+}
 
-    let finish = |report: Report| {
-        let channel = channel.clone();
-        let id = id.clone();
-        async move { record(channel, out, &id, report).await }
-    };
+/// One drill in progress: what every step needs, and the report so far.
+struct Drill {
+    channel: Channel,
+    out: Out,
+    args: DrillArgs,
+    scope: pb::Scope,
+    status: pb::StatusResponse,
+    /// The scope's SSH principals, if it mints certificates.
+    principals: Option<Vec<String>>,
+    /// The drill's SSH key (private key file, public key), if the scope mints certificates.
+    ssh_key: Option<(PathBuf, String)>,
+    delivery_key: crate::credential::delivery::DeliveryKey,
+    /// Approvals the request needs (known once it is made).
+    quorum: u32,
+    report: Report,
+    /// Holds the SSH key; removed when the drill ends.
+    _scratch: Scratch,
+}
 
-    // approvals (and the minted credential, which arrives with the last one)
-    let started = Instant::now();
-    let mut voted = Vec::new();
-    for spec in &args.approvers {
-        let (name, file) = parse_approver(spec)?;
-        let mut approver = SoftTokenKey::open_or_create(&file)?;
-        if let Err(e) = access::vote(
-            channel.clone(),
-            &Target::Request(id.clone()),
-            &name,
-            Decision::Approve,
-            &mut approver as &mut dyn Authenticator,
-            args.key.origin.as_deref(),
+/// What the approvals produced, for the steps after them.
+struct Minted {
+    credential: access::Collected,
+    /// The certificate written next to the SSH key, once checked.
+    cert_file: Option<PathBuf>,
+}
+
+impl Drill {
+    async fn prepare(channel: Channel, out: Out, args: DrillArgs) -> Result<Self, ClientError> {
+        let scope = crate::pb::trust_service_client::TrustServiceClient::new(channel.clone())
+            .show_scope(pb::ShowScopeRequest {
+                name: args.scope.clone(),
+            })
+            .await?
+            .into_inner()
+            .scope
+            .and_then(|s| s.scope)
+            .ok_or_else(|| ClientError::Protocol("no scope in the answer".into()))?;
+        let status = crate::pb::system_service_client::SystemServiceClient::new(channel.clone())
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner();
+        let principals = scope.ssh.as_ref().map(|s| s.principals.clone());
+        let scratch = Scratch::new()?;
+        let ssh_key = match &principals {
+            Some(_) => Some(ssh_key_pair(&scratch.0)?),
+            None => None,
+        };
+        if !out.json {
+            eprintln!(
+                "drill of scope {} (owner {}) as operator {}",
+                scope.name, scope.owner, args.operator
+            );
+        }
+        Ok(Self {
+            channel,
+            out,
+            args,
+            scope,
+            status,
+            principals,
+            ssh_key,
+            delivery_key: crate::credential::delivery::DeliveryKey::generate(),
+            quorum: 0,
+            report: Report {
+                steps: Vec::new(),
+                json: out.json,
+            },
+            _scratch: scratch,
+        })
+    }
+
+    /// `request`: the operator signs the drill's request. Returns its id; a failure ends the
+    /// drill without a record (there is no request to record it under).
+    async fn request(&mut self) -> Result<String, ClientError> {
+        let started = Instant::now();
+        let draft = pb::RequestDraft {
+            scope: self.args.scope.clone(),
+            reason: format!(
+                "drill: exercising scope {} end to end (latchkey drill)",
+                self.args.scope
+            ),
+            ttl: Some(prost_types::Duration {
+                seconds: i64::try_from(self.args.ttl.as_secs()).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            ticket: "drill".to_owned(),
+            ssh_public_key: self
+                .ssh_key
+                .as_ref()
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default(),
+            delivery_public_key: self.delivery_key.public_key().to_vec(),
+        };
+        let mut key = self.args.key.open()?;
+        if !self.out.json {
+            eprintln!("touch your key to sign the drill request");
+        }
+        let created = match access::request(
+            self.channel.clone(),
+            draft,
+            Some((
+                &self.args.operator,
+                key.as_mut(),
+                self.args.key.origin.as_deref(),
+            )),
         )
         .await
         {
-            report.add(
-                "approvals",
-                StepOutcome::Failed,
-                started,
-                format!("{name} could not approve: {e}"),
-            );
-            return finish(report).await;
-        }
-        voted.push(name);
-    }
-    if voted.is_empty() && !out.json {
-        eprintln!(
-            "waiting for {} approvals: ask approvers to run `latchkey approve {id} --operator NAME`",
-            created.quorum
-        );
-    }
-    let waited = tokio::time::timeout(
-        args.timeout,
-        access::wait(channel.clone(), &id, Some(&delivery_key), |_| {}),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "no quorum within {}",
-            humantime::format_duration(args.timeout)
-        )
-    });
-    let credential = match waited {
-        Ok(Ok((_, Some(credential)))) => credential,
-        Ok(Ok((request, None))) => {
-            report.add(
-                "approvals",
-                StepOutcome::Failed,
-                started,
-                format!("request ended {:?} without a credential", request.state()),
-            );
-            return finish(report).await;
-        }
-        Ok(Err(e)) => {
-            report.add("approvals", StepOutcome::Failed, started, e.to_string());
-            return finish(report).await;
-        }
-        Err(e) => {
-            report.add("approvals", StepOutcome::Failed, started, e);
-            return finish(report).await;
-        }
-    };
-    report.add(
-        "approvals",
-        StepOutcome::Passed,
-        started,
-        if voted.is_empty() {
-            "quorum reached".to_owned()
-        } else {
-            format!("approved by {}", voted.join(", "))
-        },
-    );
-
-    // mint
-    let started = Instant::now();
-    let grant_id = credential.grant_id.clone();
-    let now_secs = status
-        .now
-        .as_ref()
-        .map_or(0, |t| u64::try_from(t.seconds).unwrap_or(0));
-    let mut problems = Vec::new();
-    if scope.bearer
-        && !credential
-            .bearer_token
-            .starts_with(crate::base::constants::BEARER_TOKEN_PREFIX)
-    {
-        problems.push("no bearer token".to_owned());
-    }
-    let mut cert_file = None;
-    if let (Some(principals), Some((private, public))) = (&principals, &ssh_key) {
-        let ca = status
-            .fingerprints
-            .as_ref()
-            .map(|f| f.ssh_user_ca.clone())
-            .unwrap_or_default();
-        match check_certificate(
-            &credential.ssh_certificate,
-            public,
-            &grant_id,
-            principals,
-            &ca,
-            now_secs,
-        ) {
-            Ok(()) => {
-                let path = private.with_file_name("drill_ed25519-cert.pub");
-                std::fs::write(&path, format!("{}\n", credential.ssh_certificate.trim())).map_err(
-                    |e| ClientError::File {
-                        path: path.clone(),
-                        detail: e.to_string(),
-                    },
-                )?;
-                cert_file = Some(path);
+            Ok(c) => c,
+            Err(e) => {
+                self.report
+                    .add("request", StepOutcome::Failed, started, e.to_string());
+                return Err(e);
             }
-            Err(e) => problems.push(e),
-        }
+        };
+        self.report.add(
+            "request",
+            StepOutcome::Passed,
+            started,
+            format!(
+                "request {} needs {} approvals of role {}",
+                created.id, created.quorum, created.approver_role
+            ),
+        );
+        self.quorum = created.quorum;
+        Ok(created.id)
     }
-    if problems.is_empty() {
+
+    /// `approvals`: the given soft-token approvers vote, then the drill waits for quorum and
+    /// the credential that arrives with it. `None` ends the drill.
+    async fn approvals(&mut self, id: &str) -> Result<Option<Minted>, ClientError> {
+        let started = Instant::now();
+        let mut voted = Vec::new();
+        for spec in &self.args.approvers {
+            let (name, file) = parse_approver(spec)?;
+            let mut approver = SoftTokenKey::open_or_create(&file)?;
+            if let Err(e) = access::vote(
+                self.channel.clone(),
+                &Target::Request(id.to_owned()),
+                &name,
+                Decision::Approve,
+                &mut approver as &mut dyn Authenticator,
+                self.args.key.origin.as_deref(),
+            )
+            .await
+            {
+                self.report.add(
+                    "approvals",
+                    StepOutcome::Failed,
+                    started,
+                    format!("{name} could not approve: {e}"),
+                );
+                return Ok(None);
+            }
+            voted.push(name);
+        }
+        if voted.is_empty() && !self.out.json {
+            eprintln!(
+                "waiting for {} approvals: ask approvers to run `latchkey approve {id} --operator NAME`",
+                self.quorum
+            );
+        }
+        let waited = tokio::time::timeout(
+            self.args.timeout,
+            access::wait(self.channel.clone(), id, Some(&self.delivery_key), |_| {}),
+        )
+        .await;
+        let failure = match waited {
+            Ok(Ok((_, Some(credential)))) => {
+                self.report.add(
+                    "approvals",
+                    StepOutcome::Passed,
+                    started,
+                    if voted.is_empty() {
+                        "quorum reached".to_owned()
+                    } else {
+                        format!("approved by {}", voted.join(", "))
+                    },
+                );
+                return Ok(Some(Minted {
+                    credential,
+                    cert_file: None,
+                }));
+            }
+            Ok(Ok((request, None))) => {
+                format!("request ended {:?} without a credential", request.state())
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no quorum within {}",
+                humantime::format_duration(self.args.timeout)
+            ),
+        };
+        self.report
+            .add("approvals", StepOutcome::Failed, started, failure);
+        Ok(None)
+    }
+
+    /// `mint`: the credential is what the scope mints (a bearer token; an SSH certificate
+    /// from the daemon's CA for the drill's key), and the certificate is written out for the
+    /// SSH steps.
+    fn mint(&mut self, minted: &mut Minted) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let credential = &minted.credential;
+        let grant_id = &credential.grant_id;
+        let now_secs = self
+            .status
+            .now
+            .as_ref()
+            .map_or(0, |t| u64::try_from(t.seconds).unwrap_or(0));
+        let mut problems = Vec::new();
+        if self.scope.bearer
+            && !credential
+                .bearer_token
+                .starts_with(crate::base::constants::BEARER_TOKEN_PREFIX)
+        {
+            problems.push("no bearer token".to_owned());
+        }
+        if let (Some(principals), Some((private, public))) = (&self.principals, &self.ssh_key) {
+            let ca = self
+                .status
+                .fingerprints
+                .as_ref()
+                .map(|f| f.ssh_user_ca.clone())
+                .unwrap_or_default();
+            match check_certificate(
+                &credential.ssh_certificate,
+                public,
+                grant_id,
+                principals,
+                &ca,
+                now_secs,
+            ) {
+                Ok(()) => {
+                    let path = private.with_file_name("drill_ed25519-cert.pub");
+                    std::fs::write(&path, format!("{}\n", credential.ssh_certificate.trim()))
+                        .map_err(|e| ClientError::File {
+                            path: path.clone(),
+                            detail: e.to_string(),
+                        })?;
+                    minted.cert_file = Some(path);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if !problems.is_empty() {
+            self.report
+                .add("mint", StepOutcome::Failed, started, problems.join("; "));
+            return Ok(());
+        }
         let mut kinds = Vec::new();
-        if scope.bearer {
+        if self.scope.bearer {
             kinds.push("bearer token".to_owned());
         }
-        if let Some(p) = &principals {
+        if let Some(p) = &self.principals {
             kinds.push(format!("SSH certificate for {}", p.join(",")));
         }
-        report.add(
+        self.report.add(
             "mint",
             StepOutcome::Passed,
             started,
             format!("grant {grant_id}: {}", kinds.join(" + ")),
         );
-    } else {
-        report.add("mint", StepOutcome::Failed, started, problems.join("; "));
+        Ok(())
     }
 
-    // introspect
-    let started = Instant::now();
-    if credential.bearer_token.is_empty() {
-        report.add(
-            "introspect",
-            StepOutcome::Skipped,
-            started,
-            "the scope mints no bearer token".into(),
-        );
-    } else {
-        match AccessServiceClient::new(channel.clone())
+    /// `introspect`: the token is active for this grant and scope.
+    async fn introspect(&mut self, minted: &Minted) {
+        let started = Instant::now();
+        let credential = &minted.credential;
+        if credential.bearer_token.is_empty() {
+            self.report.add(
+                "introspect",
+                StepOutcome::Skipped,
+                started,
+                "the scope mints no bearer token".into(),
+            );
+            return;
+        }
+        let answer = AccessServiceClient::new(self.channel.clone())
             .introspect(pb::IntrospectRequest {
                 token: credential.bearer_token.clone(),
             })
-            .await
-        {
+            .await;
+        let (outcome, detail) = match answer {
             Ok(r) => {
                 let r = r.into_inner();
-                if r.active && r.grant_id == grant_id && r.scope == args.scope {
-                    report.add(
-                        "introspect",
+                if r.active && r.grant_id == credential.grant_id && r.scope == self.args.scope {
+                    (
                         StepOutcome::Passed,
-                        started,
-                        "token active for this grant and scope".into(),
-                    );
+                        "token active for this grant and scope".to_owned(),
+                    )
                 } else {
-                    report.add(
-                        "introspect",
+                    (
                         StepOutcome::Failed,
-                        started,
                         format!(
                             "answer: active={} grant={} scope={}",
                             r.active, r.grant_id, r.scope
                         ),
-                    );
+                    )
                 }
             }
-            Err(s) if s.code() == tonic::Code::PermissionDenied => report.add(
-                "introspect",
+            Err(s) if s.code() == tonic::Code::PermissionDenied => (
                 StepOutcome::Skipped,
-                started,
-                "this user may not introspect ([unix] introspect_uids)".into(),
+                "this user may not introspect ([unix] introspect_uids)".to_owned(),
             ),
-            Err(s) => report.add(
-                "introspect",
-                StepOutcome::Failed,
-                started,
-                s.message().to_owned(),
-            ),
-        }
+            Err(s) => (StepOutcome::Failed, s.message().to_owned()),
+        };
+        self.report.add("introspect", outcome, started, detail);
     }
 
-    // ssh-login
-    let ssh_target = match (&args.ssh, &principals) {
-        (Some(target), Some(p)) if target.contains('@') || !p.is_empty() => {
-            Some(if target.contains('@') {
-                target.clone()
-            } else {
-                format!(
-                    "{}@{target}",
-                    p.first().map(String::as_str).unwrap_or_default()
-                )
-            })
+    /// `USER@HOST` for the SSH steps, if a target was given and the scope mints certificates.
+    fn ssh_target(&self) -> Option<String> {
+        match (&self.args.ssh, &self.principals) {
+            (Some(target), _) if target.contains('@') => Some(target.clone()),
+            (Some(target), Some(p)) if !p.is_empty() => Some(format!(
+                "{}@{target}",
+                p.first().map(String::as_str).unwrap_or_default()
+            )),
+            _ => None,
         }
-        _ => None,
-    };
-    let started = Instant::now();
-    match (&ssh_target, &cert_file, &ssh_key) {
-        (Some(target), Some(cert), Some((private, _))) => {
-            match ssh_login(&args, target, private, cert).await {
-                Ok(()) => report.add(
-                    "ssh-login",
+        .filter(|_| self.principals.is_some())
+    }
+
+    /// `ssh-login` (the certificate logs in) or `ssh-refused` (after revocation it does not).
+    async fn ssh(&mut self, step: &str, minted: &Minted) {
+        let started = Instant::now();
+        let target = self.ssh_target();
+        let (Some(target), Some(cert), Some((private, _))) =
+            (target, &minted.cert_file, &self.ssh_key)
+        else {
+            let why = if step == "ssh-refused" {
+                "no SSH login to refuse"
+            } else if self.principals.is_none() {
+                "the scope mints no SSH certificate"
+            } else {
+                "no --ssh target given"
+            };
+            self.report
+                .add(step, StepOutcome::Skipped, started, why.into());
+            return;
+        };
+        let login = ssh_login(&self.args, &target, private, cert).await;
+        let (outcome, detail) = match (step, login) {
+            ("ssh-refused", Ok(())) => (
+                StepOutcome::Failed,
+                "the revoked certificate still logs in: point sshd's RevokedKeys at latchkey's KRL"
+                    .to_owned(),
+            ),
+            ("ssh-refused", Err(e)) => (StepOutcome::Passed, format!("refused: {e}")),
+            (_, Ok(())) => (
+                StepOutcome::Passed,
+                format!("{target} accepted the certificate"),
+            ),
+            (_, Err(e)) => (StepOutcome::Failed, e),
+        };
+        self.report.add(step, outcome, started, detail);
+    }
+
+    /// `revoke`: the drill relinquishes its grant. `false` ends the drill.
+    async fn revoke(&mut self, minted: &Minted) -> bool {
+        let started = Instant::now();
+        let relinquished = AccessServiceClient::new(self.channel.clone())
+            .relinquish(pb::RelinquishRequest {
+                grant_id: minted.credential.grant_id.clone(),
+            })
+            .await;
+        match relinquished {
+            Ok(r) => {
+                let state = r.into_inner().grant.map(|g| g.state());
+                self.report.add(
+                    "revoke",
                     StepOutcome::Passed,
                     started,
-                    format!("{target} accepted the certificate"),
-                ),
-                Err(e) => report.add("ssh-login", StepOutcome::Failed, started, e),
+                    format!(
+                        "relinquished; grant {}",
+                        state.map_or("unknown", grant_state_name)
+                    ),
+                );
+                true
             }
-        }
-        _ => report.add(
-            "ssh-login",
-            StepOutcome::Skipped,
-            started,
-            if principals.is_none() {
-                "the scope mints no SSH certificate".into()
-            } else {
-                "no --ssh target given".into()
-            },
-        ),
-    }
-
-    // revoke
-    let started = Instant::now();
-    match AccessServiceClient::new(channel.clone())
-        .relinquish(pb::RelinquishRequest {
-            grant_id: grant_id.clone(),
-        })
-        .await
-    {
-        Ok(r) => {
-            let state = r.into_inner().grant.map(|g| g.state());
-            report.add(
-                "revoke",
-                StepOutcome::Passed,
-                started,
-                format!(
-                    "relinquished; grant {}",
-                    state.map_or("unknown", grant_state_name)
-                ),
-            );
-        }
-        Err(s) => {
-            report.add(
-                "revoke",
-                StepOutcome::Failed,
-                started,
-                s.message().to_owned(),
-            );
-            return finish(report).await;
-        }
-    }
-
-    // confirmation
-    let started = Instant::now();
-    let confirmed = loop {
-        let g = AccessServiceClient::new(channel.clone())
-            .show_grant(pb::ShowGrantRequest {
-                id: grant_id.clone(),
-            })
-            .await?
-            .into_inner()
-            .grant
-            .ok_or_else(|| ClientError::Protocol("no grant in the answer".into()))?;
-        match g.state() {
-            pb::GrantState::Revoked => break Ok(g),
-            pb::GrantState::RevocationUnconfirmed => {
-                break Err(format!(
-                    "revocation unconfirmed past its deadline; sinks: {}",
-                    g.sinks
-                        .iter()
-                        .map(|s| format!(
-                            "{}={}",
-                            s.sink,
-                            if s.confirmed { "ok" } else { "pending" }
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-            _ if started.elapsed() > args.timeout => {
-                break Err(format!(
-                    "still {} after {}",
-                    grant_state_name(g.state()),
-                    humantime::format_duration(args.timeout)
-                ));
-            }
-            // The CLI polls the daemon; confirmation takes one scheduler round or a sink.
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    match confirmed {
-        Ok(g) => report.add(
-            "confirmation",
-            StepOutcome::Passed,
-            started,
-            format!("revoked; {} sink(s) confirmed", g.sinks.len()),
-        ),
-        Err(e) => report.add("confirmation", StepOutcome::Failed, started, e),
-    }
-
-    // ssh-refused
-    let started = Instant::now();
-    match (&ssh_target, &cert_file, &ssh_key) {
-        (Some(target), Some(cert), Some((private, _))) => {
-            match ssh_login(&args, target, private, cert).await {
-                Ok(()) => report.add(
-                    "ssh-refused",
+            Err(s) => {
+                self.report.add(
+                    "revoke",
                     StepOutcome::Failed,
                     started,
-                    "the revoked certificate still logs in: point sshd's RevokedKeys at latchkey's KRL".into(),
-                ),
-                Err(e) => report.add(
-                    "ssh-refused",
-                    StepOutcome::Passed,
-                    started,
-                    format!("refused: {e}"),
-                ),
+                    s.message().to_owned(),
+                );
+                false
             }
         }
-        _ => report.add(
-            "ssh-refused",
-            StepOutcome::Skipped,
-            started,
-            "no SSH login to refuse".into(),
-        ),
     }
-    drop(scratch);
-    finish(report).await
+
+    /// `confirmation`: every sink confirmed the revocation before the timeout.
+    async fn confirmation(&mut self, minted: &Minted) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let confirmed = loop {
+            let g = AccessServiceClient::new(self.channel.clone())
+                .show_grant(pb::ShowGrantRequest {
+                    id: minted.credential.grant_id.clone(),
+                })
+                .await?
+                .into_inner()
+                .grant
+                .ok_or_else(|| ClientError::Protocol("no grant in the answer".into()))?;
+            match g.state() {
+                pb::GrantState::Revoked => break Ok(g),
+                pb::GrantState::RevocationUnconfirmed => {
+                    break Err(format!(
+                        "revocation unconfirmed past its deadline; sinks: {}",
+                        g.sinks
+                            .iter()
+                            .map(|s| format!(
+                                "{}={}",
+                                s.sink,
+                                if s.confirmed { "ok" } else { "pending" }
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ));
+                }
+                _ if started.elapsed() > self.args.timeout => {
+                    break Err(format!(
+                        "still {} after {}",
+                        grant_state_name(g.state()),
+                        humantime::format_duration(self.args.timeout)
+                    ));
+                }
+                // The CLI polls the daemon; confirmation takes one scheduler round or a sink.
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        match confirmed {
+            Ok(g) => self.report.add(
+                "confirmation",
+                StepOutcome::Passed,
+                started,
+                format!("revoked; {} sink(s) confirmed", g.sinks.len()),
+            ),
+            Err(e) => self
+                .report
+                .add("confirmation", StepOutcome::Failed, started, e),
+        }
+        Ok(())
+    }
 }
 
 async fn record(channel: Channel, out: Out, id: &str, report: Report) -> Result<bool, ClientError> {

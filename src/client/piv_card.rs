@@ -308,7 +308,7 @@ pub struct UsbPiv {
 
 mod zeroize_string {
     /// A PIN held only as long as needed.
-    pub struct Secret(pub String);
+    pub(super) struct Secret(pub String);
     impl Drop for Secret {
         fn drop(&mut self) {
             // Overwrite before the allocation is freed.
@@ -365,13 +365,10 @@ impl UsbPiv {
         let algorithm = yubikey::piv::metadata(&mut yubikey, slot)
             .map_err(yk_error)?
             .algorithm;
-        let algorithm = match algorithm {
-            yubikey::piv::SlotAlgorithmId::Asymmetric(a) => a,
-            _ => {
-                return Err(KeyError::Device(
-                    "the slot holds no asymmetric key: generate one with --generate".into(),
-                ));
-            }
+        let yubikey::piv::SlotAlgorithmId::Asymmetric(algorithm) = algorithm else {
+            return Err(KeyError::Device(
+                "the slot holds no asymmetric key: generate one with --generate".into(),
+            ));
         };
         Ok(Self {
             yubikey,

@@ -170,8 +170,12 @@ fn run(command: Command) -> Result<(), String> {
                 socket,
                 dev_mode,
             };
-            let fp =
-                daemon::init(&opts, std::sync::Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+            let fp = daemon::init(
+                &opts,
+                &(std::sync::Arc::new(SystemClock)
+                    as std::sync::Arc<dyn crate::base::clock::Clock>),
+            )
+            .map_err(|e| e.to_string())?;
             println!("initialised trust store in {}", data_dir.display());
             println!("  audit key        {}", fp.audit_key);
             println!("  ssh user CA      {}", fp.ssh_user_ca);

@@ -351,127 +351,30 @@ impl Config {
                 raw.data_dir.display()
             )));
         }
-        for group in &raw.unix.allow_groups {
-            if nix::unistd::Group::from_name(group)
-                .map_err(|e| invalid(format!("looking up group {group}: {e}")))?
-                .is_none()
-            {
-                return Err(invalid(format!(
-                    "unix.allow_groups names group {group:?}, which does not exist on this host"
-                )));
-            }
-        }
+        check_groups_exist(&raw.unix.allow_groups).map_err(&invalid)?;
         let tls = raw
             .tls
-            .map(|t| {
-                t.listen
-                    .parse()
-                    .map(|listen| TlsConfig { listen })
-                    .map_err(|e| invalid(format!("tls.listen {:?}: {e}", t.listen)))
-            })
-            .transpose()?;
-        let records = raw
-            .audit
-            .checkpoint_every_records
-            .unwrap_or(DEFAULT_CHECKPOINT_EVERY_RECORDS);
-        let seconds = raw
-            .audit
-            .checkpoint_every_seconds
-            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL.as_secs());
-        if records == 0 || seconds == 0 {
-            return Err(invalid(
-                "audit.checkpoint_every_records and audit.checkpoint_every_seconds must be at least 1".to_owned(),
-            ));
-        }
-        let ttl = raw
-            .fido2
-            .challenge_ttl_seconds
-            .unwrap_or(DEFAULT_CHALLENGE_TTL.as_secs());
-        if ttl == 0 {
-            return Err(invalid(
-                "fido2.challenge_ttl_seconds must be at least 1".to_owned(),
-            ));
-        }
-        let fido2 = Fido2Config {
-            rp_id: raw.fido2.rp_id.unwrap_or_else(|| DEFAULT_RP_ID.to_owned()),
-            origin: raw
-                .fido2
-                .origin
-                .unwrap_or_else(|| DEFAULT_ORIGIN.to_owned()),
-            require_user_verification: raw.fido2.require_user_verification,
-            challenge_ttl: Duration::from_secs(ttl),
-            attestation_cas: raw.fido2.attestation_cas,
-            allowed_aaguids: raw
-                .fido2
-                .allowed_aaguids
-                .iter()
-                .map(|a| {
-                    a.parse()
-                        .map_err(|e| invalid(format!("fido2.allowed_aaguids {a:?}: {e}")))
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let krl_path = raw
-            .revocation
-            .krl_path
-            .unwrap_or_else(|| raw.data_dir.join(crate::base::constants::DEFAULT_KRL_FILE));
-        if !krl_path.is_absolute() {
-            return Err(invalid(format!(
-                "revocation.krl_path must be absolute, not {}",
-                krl_path.display()
-            )));
-        }
-        let metrics = match raw.metrics.listen {
-            None => None,
-            Some(listen) => {
-                let addr: SocketAddr = listen
-                    .parse()
-                    .map_err(|e| invalid(format!("metrics.listen {listen:?}: {e}")))?;
-                if !addr.ip().is_loopback() {
-                    return Err(invalid(format!(
-                        "metrics.listen {addr} is not a loopback address: metrics are unauthenticated and stay on this host"
-                    )));
-                }
-                Some(addr)
-            }
-        };
-        let drill_days = raw.drill.max_age_days.unwrap_or(DEFAULT_DRILL_MAX_AGE_DAYS);
-        if drill_days == 0 {
-            return Err(invalid("drill.max_age_days must be at least 1".to_owned()));
-        }
+            .as_ref()
+            .map(tls_config)
+            .transpose()
+            .map_err(&invalid)?;
+        let audit = audit_config(&raw.audit).map_err(&invalid)?;
+        let fido2 = fido2_config(raw.fido2).map_err(&invalid)?;
+        let revocation = revocation_config(raw.revocation, &raw.data_dir).map_err(&invalid)?;
+        let metrics = raw
+            .metrics
+            .listen
+            .as_deref()
+            .map(metrics_addr)
+            .transpose()
+            .map_err(&invalid)?;
+        let drill_max_age = max_drill_age(&raw.drill).map_err(&invalid)?;
         if !raw.piv.dev_roots.is_empty() && !raw.dev_mode {
             return Err(invalid(
                 "piv.dev_roots trusts software PIV keys and is refused outside dev_mode".to_owned(),
             ));
         }
-        let defaults = LimitsConfig::default();
-        let limits = LimitsConfig {
-            connections: raw.limits.connections.unwrap_or(defaults.connections),
-            connections_per_uid: raw
-                .limits
-                .connections_per_uid
-                .unwrap_or(defaults.connections_per_uid),
-            streams: raw.limits.streams.unwrap_or(defaults.streams),
-            streams_per_connection: raw
-                .limits
-                .streams_per_connection
-                .unwrap_or(defaults.streams_per_connection),
-            handshake: raw
-                .limits
-                .handshake_seconds
-                .map_or(defaults.handshake, Duration::from_secs),
-        };
-        if limits.connections == 0
-            || limits.connections_per_uid == 0
-            || limits.streams == 0
-            || limits.streams_per_connection == 0
-            || limits.handshake.is_zero()
-        {
-            return Err(invalid(
-                "every [limits] value must be at least 1 (leave one out for its default)"
-                    .to_owned(),
-            ));
-        }
+        let limits = limits_config(&raw.limits).map_err(&invalid)?;
         Ok(Self {
             limits,
             piv: PivConfig {
@@ -480,14 +383,11 @@ impl Config {
                 intermediates: raw.piv.intermediates,
                 dev_roots: raw.piv.dev_roots,
             },
-            revocation: RevocationConfig { krl_path },
+            revocation,
             metrics,
-            drill_max_age: Duration::from_secs(drill_days.saturating_mul(86_400)),
+            drill_max_age,
             fido2,
-            audit: AuditConfig {
-                checkpoint_every_records: records,
-                checkpoint_interval: Duration::from_secs(seconds),
-            },
+            audit,
             data_dir: raw.data_dir,
             dev_mode: raw.dev_mode,
             log_format: raw.log.format,
@@ -584,6 +484,139 @@ max_age_days = {drill_days}
             socket = socket.display(),
         )
     }
+}
+
+/// Refuses a group name in `unix.allow_groups` that does not exist on this host.
+fn check_groups_exist(groups: &[String]) -> Result<(), String> {
+    for group in groups {
+        if nix::unistd::Group::from_name(group)
+            .map_err(|e| format!("looking up group {group}: {e}"))?
+            .is_none()
+        {
+            return Err(format!(
+                "unix.allow_groups names group {group:?}, which does not exist on this host"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[tls]`: the listen address parsed.
+fn tls_config(raw: &RawTls) -> Result<TlsConfig, String> {
+    raw.listen
+        .parse()
+        .map(|listen| TlsConfig { listen })
+        .map_err(|e| format!("tls.listen {:?}: {e}", raw.listen))
+}
+
+/// `[audit]`: the checkpoint schedule, defaults filled in, neither bound zero.
+fn audit_config(raw: &RawAudit) -> Result<AuditConfig, String> {
+    let records = raw
+        .checkpoint_every_records
+        .unwrap_or(DEFAULT_CHECKPOINT_EVERY_RECORDS);
+    let seconds = raw
+        .checkpoint_every_seconds
+        .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL.as_secs());
+    if records == 0 || seconds == 0 {
+        return Err(
+            "audit.checkpoint_every_records and audit.checkpoint_every_seconds must be at least 1"
+                .to_owned(),
+        );
+    }
+    Ok(AuditConfig {
+        checkpoint_every_records: records,
+        checkpoint_interval: Duration::from_secs(seconds),
+    })
+}
+
+/// `[fido2]`: defaults filled in, a non-zero challenge lifetime, the AAGUIDs parsed.
+fn fido2_config(raw: RawFido2) -> Result<Fido2Config, String> {
+    let ttl = raw
+        .challenge_ttl_seconds
+        .unwrap_or(DEFAULT_CHALLENGE_TTL.as_secs());
+    if ttl == 0 {
+        return Err("fido2.challenge_ttl_seconds must be at least 1".to_owned());
+    }
+    Ok(Fido2Config {
+        rp_id: raw.rp_id.unwrap_or_else(|| DEFAULT_RP_ID.to_owned()),
+        origin: raw.origin.unwrap_or_else(|| DEFAULT_ORIGIN.to_owned()),
+        require_user_verification: raw.require_user_verification,
+        challenge_ttl: Duration::from_secs(ttl),
+        attestation_cas: raw.attestation_cas,
+        allowed_aaguids: raw
+            .allowed_aaguids
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| format!("fido2.allowed_aaguids {a:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// `[revocation]`: the KRL path (by default in `data_dir`), which must be absolute.
+fn revocation_config(raw: RawRevocation, data_dir: &Path) -> Result<RevocationConfig, String> {
+    let krl_path = raw
+        .krl_path
+        .unwrap_or_else(|| data_dir.join(crate::base::constants::DEFAULT_KRL_FILE));
+    if !krl_path.is_absolute() {
+        return Err(format!(
+            "revocation.krl_path must be absolute, not {}",
+            krl_path.display()
+        ));
+    }
+    Ok(RevocationConfig { krl_path })
+}
+
+/// `metrics.listen` parsed; only a loopback address is accepted.
+fn metrics_addr(listen: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("metrics.listen {listen:?}: {e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "metrics.listen {addr} is not a loopback address: metrics are unauthenticated and stay on this host"
+        ));
+    }
+    Ok(addr)
+}
+
+/// `drill.max_age_days` (default in [`crate::base::constants`]) as a duration; at least a day.
+fn max_drill_age(raw: &RawDrill) -> Result<Duration, String> {
+    let drill_days = raw.max_age_days.unwrap_or(DEFAULT_DRILL_MAX_AGE_DAYS);
+    if drill_days == 0 {
+        return Err("drill.max_age_days must be at least 1".to_owned());
+    }
+    Ok(Duration::from_secs(drill_days.saturating_mul(86_400)))
+}
+
+/// `[limits]`: defaults filled in, none of them zero.
+fn limits_config(raw: &RawLimits) -> Result<LimitsConfig, String> {
+    let defaults = LimitsConfig::default();
+    let limits = LimitsConfig {
+        connections: raw.connections.unwrap_or(defaults.connections),
+        connections_per_uid: raw
+            .connections_per_uid
+            .unwrap_or(defaults.connections_per_uid),
+        streams: raw.streams.unwrap_or(defaults.streams),
+        streams_per_connection: raw
+            .streams_per_connection
+            .unwrap_or(defaults.streams_per_connection),
+        handshake: raw
+            .handshake_seconds
+            .map_or(defaults.handshake, Duration::from_secs),
+    };
+    if limits.connections == 0
+        || limits.connections_per_uid == 0
+        || limits.streams == 0
+        || limits.streams_per_connection == 0
+        || limits.handshake.is_zero()
+    {
+        return Err(
+            "every [limits] value must be at least 1 (leave one out for its default)".to_owned(),
+        );
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ pub struct InitOptions {
 }
 
 /// Creates the store and the daemon's keys. Refuses a data dir that already holds a store.
-pub fn init(opts: &InitOptions, clock: Arc<dyn Clock>) -> Result<Fingerprints, DaemonError> {
+pub fn init(opts: &InitOptions, clock: &Arc<dyn Clock>) -> Result<Fingerprints, DaemonError> {
     fsperm::restrict_umask();
     let store_path = opts.data_dir.join(STORE_DIR);
     if store_path.exists() {
@@ -372,19 +372,9 @@ fn server_builder(limits: &crate::daemon::config::LimitsConfig) -> Server {
         .http2_keepalive_timeout(Some(crate::base::constants::KEEPALIVE_TIMEOUT))
 }
 
-/// Opens the store and keys, binds the listeners and starts serving.
-pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
-    start_layered(config, clock, None).await
-}
-
-/// [`start`], with the store wrapped by `layer` (fault-injection tests only).
-pub async fn start_layered(
-    config: &Config,
-    clock: Arc<dyn Clock>,
-    layer: Option<StoreLayer>,
-) -> Result<Running, DaemonError> {
-    fsperm::restrict_umask();
-    let (authority, keys) = open_layered_authority(config, clock, layer.as_ref())?;
+/// Revokes what expired while the daemon was down and writes the KRL, before any listener
+/// accepts a call.
+fn revoke_expired_before_serving(authority: &Authority) -> Result<(), DaemonError> {
     // Everything that expired while the daemon was down is revoked before any listener
     // accepts a call: one by one where a sink outside latchkey must confirm, by one audit
     // record for the rest (the scheduler rewrites those grants once serving).
@@ -401,12 +391,20 @@ pub async fn start_layered(
     }
     let listed = authority.publish_krl_now()?;
     tracing::info!(krl = %authority.krl_path().display(), revoked_serials = listed, "KRL written");
-    let (stop, _) = watch::channel(false);
-    let api = Api::new(authority.clone(), stop.subscribe(), config.limits.streams);
+    Ok(())
+}
 
-    let bound = listen::bind(config)?;
-    let mut addresses = bound.addresses();
-    let metrics_listener = match config.metrics {
+/// The optional metrics listener and its bound address (useful with port 0).
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<
+    (
+        Option<tokio::net::TcpListener>,
+        Option<std::net::SocketAddr>,
+    ),
+    DaemonError,
+> {
+    let metrics_listener = match addr {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
@@ -425,6 +423,75 @@ pub async fn start_layered(
         })?),
         None => None,
     };
+    Ok((metrics_listener, metrics_addr))
+}
+
+/// The daemon's own tasks beside the gRPC servers: the metrics listener, the revocation
+/// scheduler and the checkpoint timer.
+fn spawn_tasks(
+    servers: &mut JoinSet<Result<(), tonic::transport::Error>>,
+    authority: &Arc<Authority>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    config: &Config,
+    stop: &watch::Sender<bool>,
+) {
+    if let Some(listener) = metrics_listener {
+        servers.spawn(metrics_http::serve(
+            listener,
+            authority.clone(),
+            stopped(stop),
+        ));
+    }
+    servers.spawn(revocation_scheduler(authority.clone(), stopped(stop)));
+    servers.spawn(checkpoint_timer(
+        authority.clone(),
+        config.audit.checkpoint_interval,
+        stopped(stop),
+    ));
+}
+
+/// Resolves once `stop` says so, or once it is gone.
+fn stopped(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + use<> {
+    let mut rx = stop.subscribe();
+    async move {
+        // Either a `true` arrives or the sender is gone: stop in both cases.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The one line that says the daemon is up, where, and with which keys.
+fn log_serving(addresses: &[String], activated: bool, dev_mode: bool, fingerprints: &Fingerprints) {
+    tracing::info!(
+        listen = %addresses.join(" "),
+        socket_activated = activated,
+        dev_mode = dev_mode,
+        audit_key = %fingerprints.audit_key,
+        ssh_user_ca = %fingerprints.ssh_user_ca,
+        tls_certificate = %fingerprints.tls_certificate,
+        "latchkeyd serving"
+    );
+}
+
+/// Opens the store and keys, binds the listeners and starts serving.
+pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
+    start_layered(config, clock, None).await
+}
+
+/// [`start`], with the store wrapped by `layer` (fault-injection tests only).
+pub async fn start_layered(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    layer: Option<StoreLayer>,
+) -> Result<Running, DaemonError> {
+    fsperm::restrict_umask();
+    let (authority, keys) = open_layered_authority(config, clock, layer.as_ref())?;
+    revoke_expired_before_serving(&authority)?;
+    let (stop, _) = watch::channel(false);
+    let api = Api::new(authority.clone(), stop.subscribe(), config.limits.streams);
+
+    let bound = listen::bind(config)?;
+    let mut addresses = bound.addresses();
+    let (metrics_listener, metrics_addr) = bind_metrics(config.metrics).await?;
     if let Some(addr) = metrics_addr {
         addresses.push(format!("metrics:http://{addr}/metrics"));
     }
@@ -444,13 +511,6 @@ pub async fn start_layered(
         .build_v1alpha()
         .map_err(|e| DaemonError::Activation(format!("reflection: {e}")))?;
 
-    let stopped = |stop: &watch::Sender<bool>| {
-        let mut rx = stop.subscribe();
-        async move {
-            // Either a `true` arrives or the sender is gone: stop in both cases.
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     let mut servers = JoinSet::new();
     let mut socket_file = None;
 
@@ -501,29 +561,13 @@ pub async fn start_layered(
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
 
-    if let Some(listener) = metrics_listener {
-        servers.spawn(metrics_http::serve(
-            listener,
-            authority.clone(),
-            stopped(&stop),
-        ));
-    }
-    servers.spawn(revocation_scheduler(authority.clone(), stopped(&stop)));
-    servers.spawn(checkpoint_timer(
-        authority.clone(),
-        config.audit.checkpoint_interval,
-        stopped(&stop),
-    ));
+    spawn_tasks(&mut servers, &authority, metrics_listener, config, &stop);
 
-    let fingerprints = keys.fingerprints();
-    tracing::info!(
-        listen = %addresses.join(" "),
-        socket_activated = bound.activated,
-        dev_mode = config.dev_mode,
-        audit_key = %fingerprints.audit_key,
-        ssh_user_ca = %fingerprints.ssh_user_ca,
-        tls_certificate = %fingerprints.tls_certificate,
-        "latchkeyd serving"
+    log_serving(
+        &addresses,
+        bound.activated,
+        config.dev_mode,
+        keys.fingerprints(),
     );
     Ok(Running {
         addresses,
@@ -592,8 +636,10 @@ async fn revocation_scheduler(
                 for job in outcome.hooks {
                     let result = crate::service::revocation::run_hook(&job).await;
                     let worker = authority.clone();
-                    match tokio::task::spawn_blocking(move || worker.hook_finished(&job, result))
-                        .await
+                    match tokio::task::spawn_blocking(move || {
+                        worker.hook_finished(&job, result.as_ref().copied().map_err(String::as_str))
+                    })
+                    .await
                     {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::error!("recording a hook result: {e}"),

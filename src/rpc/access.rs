@@ -8,22 +8,13 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::convert;
 use super::identity::caller_of;
-use super::system::timestamp;
-use super::{blocking, status, to_status};
+use super::{blocking, to_status};
 use crate::base::caller::Caller;
-use crate::base::clock::Timestamp;
-use crate::base::error::ErrorKind;
-use crate::domain::drill::{DrillRecord, DrillStep, StepOutcome};
-use crate::domain::grant::{Grant, GrantState};
-use crate::domain::policy::Decision;
-use crate::domain::request::{Draft, RequestState};
+use crate::domain::request::RequestState;
 use crate::pb;
 use crate::service::authority::Authority;
-use crate::service::minting::Delivery;
-use crate::service::requests::RequestView;
-use crate::service::revocation::effective_state;
-use crate::service::votes::VoteTarget;
 
 /// Serves `AccessService`.
 #[derive(Debug, Clone)]
@@ -46,144 +37,6 @@ impl AccessApi {
             streams,
         }
     }
-}
-
-fn draft(d: Option<pb::RequestDraft>) -> Result<Draft, Status> {
-    let d = d.ok_or_else(|| {
-        status(
-            ErrorKind::InvalidInput,
-            "request.missing_draft",
-            "the request draft is missing",
-        )
-    })?;
-    let ttl_secs = match d.ttl {
-        None => None,
-        Some(t) if t.seconds < 0 || t.nanos != 0 => {
-            return Err(status(
-                ErrorKind::InvalidInput,
-                "request.invalid_ttl",
-                "TTL must be a whole, positive number of seconds",
-            ));
-        }
-        Some(t) => Some(u64::try_from(t.seconds).unwrap_or(0)),
-    };
-    Ok(Draft {
-        scope: d.scope,
-        reason: d.reason,
-        ttl_secs,
-        ticket: d.ticket,
-        ssh_public_key: d.ssh_public_key,
-        delivery_public_key: d.delivery_public_key,
-    })
-}
-
-pub(super) fn decision(value: i32) -> Result<Decision, Status> {
-    match pb::Decision::try_from(value) {
-        Ok(pb::Decision::Approve) => Ok(Decision::Approve),
-        Ok(pb::Decision::Deny) => Ok(Decision::Deny),
-        _ => Err(status(
-            ErrorKind::InvalidInput,
-            "approval.invalid_decision",
-            "decision must be APPROVE or DENY",
-        )),
-    }
-}
-
-fn decision_to_pb(d: Decision) -> pb::Decision {
-    match d {
-        Decision::Approve => pb::Decision::Approve,
-        Decision::Deny => pb::Decision::Deny,
-    }
-}
-
-fn target(t: Option<pb::VoteTarget>) -> Result<VoteTarget, Status> {
-    match t.and_then(|t| t.target) {
-        Some(pb::vote_target::Target::RequestId(id)) => Ok(VoteTarget::Request(id)),
-        Some(pb::vote_target::Target::ChangeId(id)) => Ok(VoteTarget::Change(id)),
-        None => Err(status(
-            ErrorKind::InvalidInput,
-            "approval.missing_target",
-            "say which request or change the vote is on",
-        )),
-    }
-}
-
-fn secs(s: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(s).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
-}
-
-fn state_to_pb(state: &RequestState) -> pb::RequestState {
-    match state {
-        RequestState::Pending => pb::RequestState::Pending,
-        RequestState::Issued { .. } => pb::RequestState::Issued,
-        RequestState::Denied { .. } => pb::RequestState::Denied,
-        RequestState::Cancelled { .. } => pb::RequestState::Cancelled,
-        RequestState::Expired { .. } => pb::RequestState::Expired,
-    }
-}
-
-/// A request as the API shows it.
-pub fn request_to_pb(view: &RequestView) -> pb::RequestInfo {
-    let r = &view.request;
-    let c = &r.canonical;
-    pb::RequestInfo {
-        id: c.id.clone(),
-        scope: c.scope.clone(),
-        requester: c.requester.clone(),
-        reason: c.reason.clone(),
-        ttl: Some(secs(c.ttl_secs)),
-        ticket: c.ticket.clone(),
-        ssh_public_key: c.ssh_public_key.clone(),
-        scope_owner: c.owner.clone(),
-        scope_runbook: c.runbook.clone(),
-        scope_runbook_url: c.runbook_url.clone(),
-        quorum: c.quorum,
-        approver_role: c.approver_role.clone(),
-        created_at: Some(timestamp(c.created_at)),
-        pending_until: Some(timestamp(c.pending_until)),
-        state: state_to_pb(&view.state).into(),
-        votes: r
-            .votes
-            .iter()
-            .map(|v| pb::VoteInfo {
-                operator: v.operator.clone(),
-                credential_id: v.credential_id.clone(),
-                decision: decision_to_pb(v.decision).into(),
-                user_verified: v.user_verified,
-                at: Some(timestamp(v.at)),
-            })
-            .collect(),
-        approvals: view.approvals,
-        denials: view.denials,
-        grant_id: match &view.state {
-            RequestState::Issued { grant_id, .. } => grant_id.clone(),
-            _ => String::new(),
-        },
-        canonical_json: r.canonical_text.clone(),
-        digest: r.digest().to_vec(),
-    }
-}
-
-fn credential_to_pb(d: Delivery) -> Result<pb::Credential, Status> {
-    let sealed_bearer_token = match d.sealed_bearer {
-        Some(sealed) => Some(pb::SealedToken {
-            encapsulated_key: sealed.encapsulated_key_bytes().map_err(|e| to_status(&e))?,
-            ciphertext: sealed.ciphertext_bytes().map_err(|e| to_status(&e))?,
-        }),
-        None => None,
-    };
-    #[allow(deprecated)] // the plaintext field stays in the proto, always empty
-    Ok(pb::Credential {
-        grant_id: d.grant_id,
-        bearer_token: String::new(),
-        ssh_certificate: d.ssh_certificate.unwrap_or_default(),
-        expires_at: Some(timestamp(d.expires_at)),
-        scope: d.scope,
-        sealed_bearer_token,
-    })
 }
 
 type WatchItem = Result<pb::WatchRequestResponse, Status>;
@@ -211,7 +64,7 @@ async fn watch_loop(
                     let delivery = authority
                         .collect_credential(&caller, &id)
                         .map_err(|e| to_status(&e))?;
-                    Some(credential_to_pb(delivery)?)
+                    Some(convert::credential_to_pb(delivery)?)
                 } else {
                     None
                 };
@@ -226,11 +79,14 @@ async fn watch_loop(
                 return;
             }
         };
-        let now_state = (state_to_pb(&view.state), view.request.votes.len());
+        let now_state = (
+            convert::request_state_to_pb(&view.state),
+            view.request.votes.len(),
+        );
         if last != Some(now_state) {
             last = Some(now_state);
             let item = pb::WatchRequestResponse {
-                request: Some(request_to_pb(&view)),
+                request: Some(convert::request_to_pb(&view)),
                 credential,
             };
             if tx.send(Ok(item)).await.is_err() {
@@ -275,7 +131,7 @@ impl pb::access_service_server::AccessService for AccessApi {
     ) -> Result<Response<pb::BeginRequestResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let draft = draft(req.draft)?;
+        let draft = convert::draft_from_pb(req.draft)?;
         let authority = self.authority.clone();
         let (opened, digest) = blocking(move || {
             authority
@@ -297,7 +153,7 @@ impl pb::access_service_server::AccessService for AccessApi {
     ) -> Result<Response<pb::CreateRequestResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let draft = draft(req.draft)?;
+        let draft = convert::draft_from_pb(req.draft)?;
         let authority = self.authority.clone();
         let view = blocking(move || {
             let assertion = (!req.ceremony_id.is_empty())
@@ -308,7 +164,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         })
         .await?;
         Ok(Response::new(pb::CreateRequestResponse {
-            request: Some(request_to_pb(&view)),
+            request: Some(convert::request_to_pb(&view)),
         }))
     }
 
@@ -317,18 +173,11 @@ impl pb::access_service_server::AccessService for AccessApi {
         request: Request<pb::ListRequestsRequest>,
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
         caller_of(&request)?;
-        let state = match pb::RequestState::try_from(request.into_inner().state) {
-            Ok(pb::RequestState::Pending) => Some("pending"),
-            Ok(pb::RequestState::Issued) => Some("issued"),
-            Ok(pb::RequestState::Denied) => Some("denied"),
-            Ok(pb::RequestState::Cancelled) => Some("cancelled"),
-            Ok(pb::RequestState::Expired) => Some("expired"),
-            _ => None,
-        };
+        let state = convert::request_state_filter(request.into_inner().state);
         let authority = self.authority.clone();
         let views = blocking(move || authority.requests(state).map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ListRequestsResponse {
-            requests: views.iter().map(request_to_pb).collect(),
+            requests: views.iter().map(convert::request_to_pb).collect(),
         }))
     }
 
@@ -341,7 +190,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         let authority = self.authority.clone();
         let view = blocking(move || authority.request(&id).map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ShowRequestResponse {
-            request: Some(request_to_pb(&view)),
+            request: Some(convert::request_to_pb(&view)),
         }))
     }
 
@@ -351,8 +200,8 @@ impl pb::access_service_server::AccessService for AccessApi {
     ) -> Result<Response<pb::BeginVoteResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let target = target(req.target)?;
-        let decision = decision(req.decision)?;
+        let target = convert::vote_target_from_pb(req.target)?;
+        let decision = convert::decision_from_pb(req.decision)?;
         let authority = self.authority.clone();
         let (opened, digest) = blocking(move || {
             authority
@@ -374,8 +223,8 @@ impl pb::access_service_server::AccessService for AccessApi {
     ) -> Result<Response<pb::CastVoteResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let target = target(req.target)?;
-        let decision = decision(req.decision)?;
+        let target = convert::vote_target_from_pb(req.target)?;
+        let decision = convert::decision_from_pb(req.decision)?;
         let authority = self.authority.clone();
         let result = blocking(move || {
             authority
@@ -413,7 +262,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         })
         .await?;
         Ok(Response::new(pb::CancelRequestResponse {
-            request: Some(request_to_pb(&view)),
+            request: Some(convert::request_to_pb(&view)),
         }))
     }
 
@@ -470,7 +319,7 @@ impl pb::access_service_server::AccessService for AccessApi {
             active: true,
             scope: answer.scope,
             grant_id: answer.grant_id,
-            expires_at: Some(timestamp(answer.expires_at)),
+            expires_at: Some(convert::timestamp_to_pb(answer.expires_at)),
         }))
     }
 
@@ -483,7 +332,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         let authority = self.authority.clone();
         let grant = blocking(move || authority.grant(&id).map_err(|e| to_status(&e))).await?;
         Ok(Response::new(pb::ShowGrantResponse {
-            grant: Some(grant_to_pb(&grant, self.authority.now())),
+            grant: Some(convert::grant_to_pb(&grant, self.authority.now())),
         }))
     }
 
@@ -492,18 +341,15 @@ impl pb::access_service_server::AccessService for AccessApi {
         request: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         caller_of(&request)?;
-        let state = match pb::GrantState::try_from(request.into_inner().state) {
-            Ok(pb::GrantState::Active) => Some(GrantState::Active),
-            Ok(pb::GrantState::Revoking) => Some(GrantState::Revoking),
-            Ok(pb::GrantState::Revoked) => Some(GrantState::Revoked),
-            Ok(pb::GrantState::RevocationUnconfirmed) => Some(GrantState::RevocationUnconfirmed),
-            _ => None,
-        };
+        let state = convert::grant_state_filter(request.into_inner().state);
         let authority = self.authority.clone();
         let grants = blocking(move || authority.grants(state).map_err(|e| to_status(&e))).await?;
         let now = self.authority.now();
         Ok(Response::new(pb::ListGrantsResponse {
-            grants: grants.iter().map(|g| grant_to_pb(g, now)).collect(),
+            grants: grants
+                .iter()
+                .map(|g| convert::grant_to_pb(g, now))
+                .collect(),
         }))
     }
 
@@ -548,7 +394,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         })
         .await?;
         Ok(Response::new(pb::RevokeResponse {
-            grant: Some(grant_to_pb(&grant, self.authority.now())),
+            grant: Some(convert::grant_to_pb(&grant, self.authority.now())),
         }))
     }
 
@@ -566,7 +412,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         })
         .await?;
         Ok(Response::new(pb::RevokeResponse {
-            grant: Some(grant_to_pb(&grant, self.authority.now())),
+            grant: Some(convert::grant_to_pb(&grant, self.authority.now())),
         }))
     }
 
@@ -579,7 +425,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         let steps = r
             .steps
             .iter()
-            .map(drill_step_from_pb)
+            .map(convert::drill_step_from_pb)
             .collect::<Result<Vec<_>, _>>()?;
         let authority = self.authority.clone();
         let record = blocking(move || {
@@ -589,7 +435,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         })
         .await?;
         Ok(Response::new(pb::RecordDrillResponse {
-            drill: Some(drill_to_pb(&record)),
+            drill: Some(convert::drill_to_pb(&record)),
         }))
     }
 
@@ -610,14 +456,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         })
         .await?;
         Ok(Response::new(pb::ListDrillsResponse {
-            scopes: drills
-                .iter()
-                .map(|h| pb::ScopeDrills {
-                    scope: h.scope.clone(),
-                    last: Some(drill_to_pb(&h.last)),
-                    last_passed: h.last_passed.as_ref().map(drill_to_pb),
-                })
-                .collect(),
+            scopes: drills.iter().map(convert::scope_drills_to_pb).collect(),
         }))
     }
 
@@ -670,7 +509,7 @@ impl pb::access_service_server::AccessService for AccessApi {
         })
         .await?;
         Ok(Response::new(pb::AcknowledgeRevocationResponse {
-            state: grant_state_to_pb(state).into(),
+            state: convert::grant_state_to_pb(state).into(),
         }))
     }
 }
@@ -707,7 +546,7 @@ async fn revocation_loop(
         for grant in waiting {
             if sent.insert(grant.id.clone()) {
                 let item = pb::WatchRevocationsResponse {
-                    grant: Some(grant_to_pb(&grant, now)),
+                    grant: Some(convert::grant_to_pb(&grant, now)),
                 };
                 if tx.send(Ok(item)).await.is_err() {
                     return;
@@ -726,128 +565,5 @@ async fn revocation_loop(
                 () = tx.closed() => return,
             }
         }
-    }
-}
-
-fn grant_state_to_pb(state: GrantState) -> pb::GrantState {
-    match state {
-        GrantState::Active => pb::GrantState::Active,
-        GrantState::Revoking => pb::GrantState::Revoking,
-        GrantState::Revoked => pb::GrantState::Revoked,
-        GrantState::RevocationUnconfirmed => pb::GrantState::RevocationUnconfirmed,
-    }
-}
-
-/// A grant as the API shows it, in its state at `now`.
-pub fn grant_to_pb(grant: &Grant, now: Timestamp) -> pb::GrantInfo {
-    let revocation = grant.revocation.as_ref();
-    pb::GrantInfo {
-        id: grant.id.clone(),
-        request_id: grant.request_id.clone(),
-        scope: grant.scope.clone(),
-        requester: grant.requester.label(),
-        issued_at: Some(timestamp(grant.issued_at)),
-        expires_at: Some(timestamp(grant.expires_at)),
-        state: grant_state_to_pb(effective_state(grant, now)).into(),
-        bearer: grant.bearer_sha256.is_some(),
-        ssh_serial: grant.ssh.as_ref().map_or(0, |s| s.serial),
-        ssh_principals: grant
-            .ssh
-            .as_ref()
-            .map(|s| s.principals.clone())
-            .unwrap_or_default(),
-        ssh_certificate: grant
-            .ssh
-            .as_ref()
-            .map(|s| s.certificate.clone())
-            .unwrap_or_default(),
-        revocation_reason: revocation.map(|r| r.reason.clone()).unwrap_or_default(),
-        revocation_started_at: revocation.map(|r| timestamp(r.started_at)),
-        revocation_deadline: revocation.map(|r| timestamp(r.deadline)),
-        revoked_at: revocation.and_then(|r| r.completed_at).map(timestamp),
-        sinks: revocation
-            .map(|r| {
-                r.sinks
-                    .iter()
-                    .map(|s| pb::SinkInfo {
-                        sink: s.sink.label(),
-                        confirmed: s.confirmed_at.is_some(),
-                        confirmed_at: s.confirmed_at.map(timestamp),
-                        detail: s.detail.clone(),
-                        attempts: s.attempts,
-                        last_error: s.last_error.clone().unwrap_or_default(),
-                        next_attempt_at: s
-                            .confirmed_at
-                            .is_none()
-                            .then(|| timestamp(s.next_attempt_at)),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
-
-fn drill_step_from_pb(s: &pb::DrillStep) -> Result<DrillStep, Status> {
-    let outcome = match s.outcome() {
-        pb::DrillStepOutcome::Passed => StepOutcome::Passed,
-        pb::DrillStepOutcome::Failed => StepOutcome::Failed,
-        pb::DrillStepOutcome::Skipped => StepOutcome::Skipped,
-        pb::DrillStepOutcome::Unspecified => {
-            return Err(status(
-                ErrorKind::InvalidInput,
-                "drill.malformed",
-                &format!("step {:?} has no outcome", s.name),
-            ));
-        }
-    };
-    let millis = match &s.took {
-        Some(d) if d.seconds >= 0 && d.nanos >= 0 => u64::try_from(d.seconds)
-            .unwrap_or(0)
-            .saturating_mul(1000)
-            .saturating_add(u64::try_from(d.nanos / 1_000_000).unwrap_or(0)),
-        Some(_) => {
-            return Err(status(
-                ErrorKind::InvalidInput,
-                "drill.malformed",
-                &format!("step {:?} took a negative time", s.name),
-            ));
-        }
-        None => 0,
-    };
-    Ok(DrillStep {
-        name: s.name.clone(),
-        outcome,
-        millis,
-        detail: s.detail.clone(),
-    })
-}
-
-/// A drill step on the wire.
-pub fn drill_step_to_pb(s: &DrillStep) -> pb::DrillStep {
-    let outcome = match s.outcome {
-        StepOutcome::Passed => pb::DrillStepOutcome::Passed,
-        StepOutcome::Failed => pb::DrillStepOutcome::Failed,
-        StepOutcome::Skipped => pb::DrillStepOutcome::Skipped,
-    };
-    pb::DrillStep {
-        name: s.name.clone(),
-        outcome: outcome.into(),
-        took: Some(prost_types::Duration {
-            seconds: i64::try_from(s.millis / 1000).unwrap_or(i64::MAX),
-            nanos: i32::try_from((s.millis % 1000) * 1_000_000).unwrap_or(0),
-        }),
-        detail: s.detail.clone(),
-    }
-}
-
-fn drill_to_pb(d: &DrillRecord) -> pb::DrillRecord {
-    pb::DrillRecord {
-        scope: d.scope.clone(),
-        request_id: d.request_id.clone(),
-        grant_id: d.grant_id.clone().unwrap_or_default(),
-        by: d.by.clone(),
-        recorded_at: Some(timestamp(d.recorded_at)),
-        passed: d.passed,
-        steps: d.steps.iter().map(drill_step_to_pb).collect(),
     }
 }

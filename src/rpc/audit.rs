@@ -6,10 +6,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::convert;
 use super::identity::caller_of;
-use super::system::timestamp;
 use super::{blocking, status, to_status};
-use crate::audit::AuditRecord;
 use crate::base::caller::Caller;
 use crate::base::constants::MAX_AUDIT_PAGE;
 use crate::base::error::ErrorKind;
@@ -57,19 +56,6 @@ fn page_size(limit: u32) -> usize {
     }
 }
 
-/// A record as the API carries it: summary fields plus the exact hashed JSON.
-pub fn record_to_pb(record: &AuditRecord) -> pb::AuditRecord {
-    pb::AuditRecord {
-        seq: record.seq,
-        time: Some(timestamp(record.time)),
-        event: record.event.clone(),
-        subject: record.subject.clone(),
-        hash: record.hash.clone(),
-        checkpoint: record.checkpoint.is_some(),
-        json: serde_json::to_string(record).unwrap_or_default(),
-    }
-}
-
 type FollowItem = Result<pb::FollowRecordsResponse, Status>;
 
 /// Sends stored records from `*next` on until the store has no more. False if the client left.
@@ -100,7 +86,7 @@ async fn send_backlog(
         for record in page {
             *next = record.seq + 1;
             let item = pb::FollowRecordsResponse {
-                record: Some(record_to_pb(&record)),
+                record: Some(convert::record_to_pb(&record)),
             };
             if tx.send(Ok(item)).await.is_err() {
                 return false;
@@ -126,7 +112,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         })
         .await?;
         Ok(Response::new(pb::ReadRecordsResponse {
-            records: records.iter().map(record_to_pb).collect(),
+            records: records.iter().map(convert::record_to_pb).collect(),
             head_seq: self.authority.audit().head_seq(),
         }))
     }
@@ -158,7 +144,9 @@ impl pb::audit_service_server::AuditService for AuditApi {
                         Ok(record) if record.seq < next => {}
                         Ok(record) if record.seq == next => {
                             next += 1;
-                            let item = pb::FollowRecordsResponse { record: Some(record_to_pb(&record)) };
+                            let item = pb::FollowRecordsResponse {
+                                record: Some(convert::record_to_pb(&record)),
+                            };
                             if tx.send(Ok(item)).await.is_err() {
                                 return;
                             }
@@ -192,7 +180,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         })
         .await?;
         Ok(Response::new(pb::ListCheckpointsResponse {
-            checkpoints: checkpoints.iter().map(record_to_pb).collect(),
+            checkpoints: checkpoints.iter().map(convert::record_to_pb).collect(),
         }))
     }
 
@@ -210,7 +198,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         })
         .await?;
         Ok(Response::new(pb::WriteCheckpointResponse {
-            checkpoint: written.as_ref().map(record_to_pb),
+            checkpoint: written.as_ref().map(convert::record_to_pb),
             head_seq: self.authority.audit().head_seq(),
             checkpoint_seq,
         }))

@@ -24,7 +24,7 @@ const MAX_FRAME: usize = 16_384;
 const MAX_BLOCK: usize = 1 << 20;
 
 /// The rewriting state of one connection.
-pub struct Rewriter {
+pub(super) struct Rewriter {
     input: Vec<u8>,
     output: Vec<u8>,
     sent: usize,
@@ -62,12 +62,12 @@ fn invalid(what: &str) -> io::Error {
 
 impl Rewriter {
     /// Bytes ready for the server.
-    pub fn ready(&self) -> &[u8] {
+    pub(super) fn ready(&self) -> &[u8] {
         &self.output[self.sent..]
     }
 
     /// The server took `n` of the ready bytes.
-    pub fn consume(&mut self, n: usize) {
+    pub(super) fn consume(&mut self, n: usize) {
         self.sent += n;
         if self.sent == self.output.len() {
             self.output.clear();
@@ -76,7 +76,7 @@ impl Rewriter {
     }
 
     /// Takes bytes the client sent; whole frames become ready, rewritten where needed.
-    pub fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.passthrough {
             self.output.extend_from_slice(bytes);
             return Ok(());

@@ -5,10 +5,10 @@ mod access;
 mod audit;
 mod authority_fix;
 pub mod codec;
+mod convert;
 pub mod identity;
 mod operator;
 mod system;
-pub use system::finding_from_pb;
 mod trust;
 mod workload;
 
@@ -17,11 +17,15 @@ use std::sync::Arc;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
-pub use access::{AccessApi, drill_step_to_pb, request_to_pb};
-pub use audit::{AuditApi, record_to_pb};
+pub use access::AccessApi;
+pub use audit::AuditApi;
+pub use convert::{
+    change_to_pb, drill_step_to_pb, finding_from_pb, record_to_pb, request_to_pb, scope_from_pb,
+    scope_to_pb,
+};
 pub use operator::OperatorApi;
 pub use system::SystemApi;
-pub use trust::{TrustApi, change_to_pb, scope_from_pb, scope_to_pb};
+pub use trust::TrustApi;
 pub use workload::WorkloadApi;
 
 use crate::base::error::{Coded, ErrorKind};

@@ -4,12 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::blocking;
 use super::identity::caller_of;
-use super::{status, to_status};
-use crate::base::error::ErrorKind;
-use crate::domain::operator::AuthenticatorState;
-use crate::domain::trust::Genesis;
+use super::{blocking, convert, to_status};
 use crate::pb;
 use crate::service::authority::Authority;
 
@@ -24,16 +20,6 @@ impl OperatorApi {
     pub fn new(authority: Arc<Authority>) -> Self {
         Self { authority }
     }
-}
-
-fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
-    bytes.try_into().map_err(|_| {
-        status(
-            ErrorKind::InvalidInput,
-            "assertion.invalid_digest",
-            &format!("digest must be 32 bytes (SHA-256), got {}", bytes.len()),
-        )
-    })
 }
 
 #[tonic::async_trait]
@@ -71,10 +57,6 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 .map_err(|e| to_status(&e))
         })
         .await?;
-        let genesis = match genesis {
-            Genesis::Open => pb::GenesisState::Open,
-            Genesis::Closed { .. } => pb::GenesisState::Closed,
-        };
         Ok(Response::new(pb::FinishEnrollmentResponse {
             operator: authenticator.operator,
             credential_id: authenticator.credential_id,
@@ -82,7 +64,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 .aaguid
                 .map(|u| u.to_string())
                 .unwrap_or_default(),
-            genesis: genesis.into(),
+            genesis: convert::genesis_to_pb(genesis).into(),
             change_id: change.map(|c| c.change.id).unwrap_or_default(),
         }))
     }
@@ -93,7 +75,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
     ) -> Result<Response<pb::BeginAssertionResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let digest = digest(&req.digest)?;
+        let digest = convert::digest_from_pb(&req.digest)?;
         let authority = self.authority.clone();
         let opened = blocking(move || {
             authority
@@ -114,7 +96,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
     ) -> Result<Response<pb::FinishAssertionResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.into_inner();
-        let digest = digest(&req.digest)?;
+        let digest = convert::digest_from_pb(&req.digest)?;
         let authority = self.authority.clone();
         let verified = blocking(move || {
             authority
@@ -143,47 +125,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         Ok(Response::new(pb::ShowOperatorResponse {
             name: operator.name,
             roles: operator.roles,
-            authenticators: keys
-                .into_iter()
-                .map(|a| {
-                    let piv = a.piv().cloned();
-                    let (state, reason) = match a.state {
-                        AuthenticatorState::Active => {
-                            (pb::AuthenticatorState::Active, String::new())
-                        }
-                        AuthenticatorState::Suspended { reason, .. } => {
-                            (pb::AuthenticatorState::Suspended, reason)
-                        }
-                        AuthenticatorState::Removed { .. } => {
-                            (pb::AuthenticatorState::Removed, String::new())
-                        }
-                    };
-                    pb::AuthenticatorInfo {
-                        kind: if piv.is_some() { "piv" } else { "fido2" }.to_owned(),
-                        piv_serial: piv.as_ref().map_or(0, |p| p.serial),
-                        piv_slot: piv.as_ref().map(|p| p.slot.clone()).unwrap_or_default(),
-                        piv_firmware: piv
-                            .as_ref()
-                            .map(|p| format!("{}.{}.{}", p.firmware.0, p.firmware.1, p.firmware.2))
-                            .unwrap_or_default(),
-                        piv_pin_policy: piv
-                            .as_ref()
-                            .map(|p| p.pin_policy.to_string())
-                            .unwrap_or_default(),
-                        piv_touch_policy: piv
-                            .as_ref()
-                            .map(|p| p.touch_policy.to_string())
-                            .unwrap_or_default(),
-                        credential_id: a.credential_id,
-                        algorithm: a.algorithm,
-                        aaguid: a.aaguid.map(|u| u.to_string()).unwrap_or_default(),
-                        counter: a.counter,
-                        state: state.into(),
-                        suspended_reason: reason,
-                        attested: a.attested,
-                    }
-                })
-                .collect(),
+            authenticators: keys.into_iter().map(convert::authenticator_to_pb).collect(),
         }))
     }
 }

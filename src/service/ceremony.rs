@@ -195,28 +195,8 @@ impl Operators<'_> {
             return Err(OperatorError::WrongCeremony(ceremony_id.to_owned()));
         };
         let (meta, meta_bytes) = trust_store::read_meta(self.store)?;
-        let registered = if is_piv_response(response_json) {
-            self.register_piv(response_json, piv_challenge, &ceremony.operator)?
-        } else {
-            // A key enrolled already: say so, instead of webauthn-rs's refusal of an excluded
-            // credential (which reads as a wrong algorithm).
-            if let Some(id) = serde_json::from_str::<serde_json::Value>(response_json)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
-                && let Some(existing) = store::read::<Authenticator>(self.store, id.as_bytes())?
-            {
-                return Err(OperatorError::CredentialTaken(existing.operator));
-            }
-            let r = self.fido2.finish_registration(response_json, state)?;
-            Registered {
-                credential_id: r.credential_id,
-                key: KeyMaterial::Fido2 { key: r.key },
-                algorithm: r.algorithm.to_owned(),
-                public_key_spki: r.public_key_spki,
-                aaguid: r.aaguid,
-                attested: r.attested,
-            }
-        };
+        let registered =
+            self.registered(response_json, state, piv_challenge, &ceremony.operator)?;
         if let Some(existing) =
             store::read::<Authenticator>(self.store, registered.credential_id.as_bytes())?
         {
@@ -276,26 +256,7 @@ impl Operators<'_> {
             evidence: None,
         }];
 
-        // Quorum reachable now? Count distinct operators holding the approver role.
-        let mut approvers: std::collections::BTreeSet<String> = authenticators(self.store)?
-            .into_iter()
-            .filter(|a| a.state == AuthenticatorState::Active)
-            .map(|a| a.operator)
-            .collect();
-        approvers.insert(operator.name.clone());
-        let mut approver_count = 0u32;
-        for name in &approvers {
-            let roles = if *name == operator.name {
-                operator.roles.clone()
-            } else {
-                store::read::<Operator>(self.store, name.as_bytes())?
-                    .map(|o| o.roles)
-                    .unwrap_or_default()
-            };
-            if roles.contains(&meta.policy.approver_role) {
-                approver_count += 1;
-            }
-        }
+        let approver_count = self.approvers_with(&operator, &meta.policy.approver_role)?;
         if approver_count >= meta.policy.quorum {
             let mut closed = meta.clone();
             closed.genesis = Genesis::Closed { at: now };
@@ -314,6 +275,64 @@ impl Operators<'_> {
         }
         self.audit.commit_events(txn, events)?;
         Ok(Enrollment::Enrolled(Box::new(authenticator)))
+    }
+
+    /// The key an enrollment response registers: a PIV slot key proven by its attestation,
+    /// or a FIDO2 credential verified by webauthn-rs. A key enrolled already is refused.
+    fn registered(
+        &self,
+        response_json: &str,
+        state: &webauthn_rs::prelude::SecurityKeyRegistration,
+        piv_challenge: &str,
+        operator: &str,
+    ) -> Result<Registered, OperatorError> {
+        if is_piv_response(response_json) {
+            self.register_piv(response_json, piv_challenge, operator)
+        } else {
+            // A key enrolled already: say so, instead of webauthn-rs's refusal of an excluded
+            // credential (which reads as a wrong algorithm).
+            if let Some(id) = serde_json::from_str::<serde_json::Value>(response_json)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+                && let Some(existing) = store::read::<Authenticator>(self.store, id.as_bytes())?
+            {
+                return Err(OperatorError::CredentialTaken(existing.operator));
+            }
+            let r = self.fido2.finish_registration(response_json, state)?;
+            Ok(Registered {
+                credential_id: r.credential_id,
+                key: KeyMaterial::Fido2 { key: r.key },
+                algorithm: r.algorithm.to_owned(),
+                public_key_spki: r.public_key_spki,
+                aaguid: r.aaguid,
+                attested: r.attested,
+            })
+        }
+    }
+
+    /// How many distinct operators with an active key hold `role`, counting `operator` (being
+    /// enrolled now) with its roles.
+    fn approvers_with(&self, operator: &Operator, role: &str) -> Result<u32, OperatorError> {
+        let mut approvers: std::collections::BTreeSet<String> = authenticators(self.store)?
+            .into_iter()
+            .filter(|a| a.state == AuthenticatorState::Active)
+            .map(|a| a.operator)
+            .collect();
+        approvers.insert(operator.name.clone());
+        let mut approver_count = 0u32;
+        for name in &approvers {
+            let roles = if *name == operator.name {
+                operator.roles.clone()
+            } else {
+                store::read::<Operator>(self.store, name.as_bytes())?
+                    .map(|o| o.roles)
+                    .unwrap_or_default()
+            };
+            if roles.iter().any(|r| r == role) {
+                approver_count += 1;
+            }
+        }
+        Ok(approver_count)
     }
 
     /// Starts an assertion by `operator` over `digest`. Returns the ceremony id and the WebAuthn
@@ -374,6 +393,81 @@ impl Operators<'_> {
         Ok(self.ceremony(ceremony_id)?.0.operator)
     }
 
+    /// The stored key `credential_id` that `operator` asserts with, with its bytes: refused
+    /// unless it is theirs and active.
+    fn asserting_key(
+        &self,
+        operator: &str,
+        credential_id: &str,
+    ) -> Result<(Authenticator, Vec<u8>), OperatorError> {
+        let (authenticator, raw) = match self
+            .store
+            .get(Keyspace::Authenticators, credential_id.as_bytes())?
+        {
+            Some(raw) => (store::decode::<Authenticator>(&raw)?, raw),
+            None => return Err(Fido2Error::UnknownCredential.into()),
+        };
+        if authenticator.operator != operator {
+            return Err(Fido2Error::UnknownCredential.into());
+        }
+        match &authenticator.state {
+            AuthenticatorState::Active => Ok((authenticator, raw)),
+            AuthenticatorState::Suspended { reason, .. } => Err(
+                OperatorError::AuthenticatorSuspended(credential_id.to_owned(), reason.clone()),
+            ),
+            AuthenticatorState::Removed { .. } => Err(OperatorError::AuthenticatorSuspended(
+                credential_id.to_owned(),
+                "removed by an approved change".to_owned(),
+            )),
+        }
+    }
+
+    /// Verifies a FIDO2 assertion with webauthn-rs and updates `authenticator` (credential
+    /// state, counter). A counter that went backwards suspends the key — committed here, the
+    /// one write a refusal makes — and is refused. Returns the evidence, whether the user was
+    /// verified, and the new counter.
+    fn verify_fido2(
+        &self,
+        (authenticator, auth_raw): (&mut Authenticator, Vec<u8>),
+        mut key: SecurityKey,
+        (response_json, state, require_uv): (
+            &str,
+            &webauthn_rs::prelude::SecurityKeyAuthentication,
+            bool,
+        ),
+        challenge: &[u8; 32],
+    ) -> Result<(Evidence, bool, u32), OperatorError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (response, result) = match self
+            .fido2
+            .finish_assertion(response_json, state, require_uv)
+        {
+            Ok(ok) => ok,
+            Err(Fido2Error::CounterRegressed) => {
+                self.suspend(
+                    authenticator,
+                    auth_raw,
+                    "signature counter went backwards (possible clone)",
+                )?;
+                return Err(Fido2Error::CounterRegressed.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        key.update_credential(&result);
+        authenticator.key = KeyMaterial::Fido2 { key };
+        // Two ceremonies answered at once by one key: never store the lower counter.
+        authenticator.counter = authenticator.counter.max(result.counter());
+        let evidence = Evidence::Webauthn {
+            credential_id: authenticator.credential_id.clone(),
+            challenge: b64.encode(challenge),
+            authenticator_data: b64.encode::<&[u8]>(response.response.authenticator_data.as_ref()),
+            client_data_json: b64.encode::<&[u8]>(response.response.client_data_json.as_ref()),
+            signature: b64.encode::<&[u8]>(response.response.signature.as_ref()),
+        };
+        Ok((evidence, result.user_verified(), result.counter()))
+    }
+
     /// Verifies an assertion over `digest` without committing it: see [`PreparedAssertion`].
     /// A counter regression still suspends the key at once (audited) and fails.
     pub fn prepare_assertion(
@@ -404,33 +498,8 @@ impl Operators<'_> {
             .and_then(|v| v.as_str())
             .ok_or_else(|| Fido2Error::Malformed("missing credential id".to_owned()))?
             .to_owned();
-        let (mut authenticator, auth_raw) = match self
-            .store
-            .get(Keyspace::Authenticators, credential_id.as_bytes())?
-        {
-            Some(raw) => (store::decode::<Authenticator>(&raw)?, raw),
-            None => return Err(Fido2Error::UnknownCredential.into()),
-        };
-        if authenticator.operator != ceremony.operator {
-            return Err(Fido2Error::UnknownCredential.into());
-        }
-        match &authenticator.state {
-            AuthenticatorState::Active => {}
-            AuthenticatorState::Suspended { reason, .. } => {
-                return Err(OperatorError::AuthenticatorSuspended(
-                    credential_id,
-                    reason.clone(),
-                ));
-            }
-            AuthenticatorState::Removed { .. } => {
-                return Err(OperatorError::AuthenticatorSuspended(
-                    credential_id,
-                    "removed by an approved change".to_owned(),
-                ));
-            }
-        }
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD;
+        let (mut authenticator, auth_raw) =
+            self.asserting_key(&ceremony.operator, &credential_id)?;
         let nonce_bytes = hex::decode(nonce).map_err(|e| StoreError::Corrupt {
             keyspace: "ceremonies",
             detail: e.to_string(),
@@ -443,28 +512,8 @@ impl Operators<'_> {
 
         let (evidence, user_verified, counter, piv) = match authenticator.key.clone() {
             KeyMaterial::Piv { attested } => {
-                let signature = claimed
-                    .get("signature")
-                    .and_then(|v| v.as_str())
-                    .and_then(|v| b64.decode(v).ok())
-                    .ok_or_else(|| OperatorError::PivResponse("missing signature".into()))?;
-                crate::verify::piv::verify_signature(
-                    &attested.algorithm,
-                    &attested.public_key_spki,
-                    &challenge,
-                    &signature,
-                )
-                .map_err(OperatorError::PivResponse)?;
-                // A PIV key verifies its user when its PIN policy makes it ask for the PIN.
-                let user_verified = attested.pin_policy != crate::verify::piv::PinPolicy::Never;
-                if *require_uv && !user_verified {
-                    return Err(Fido2Error::UserVerificationRequired.into());
-                }
-                let evidence = Evidence::Piv {
-                    key_id: credential_id.clone(),
-                    challenge: b64.encode(challenge),
-                    signature: b64.encode(&signature),
-                };
+                let (evidence, user_verified) =
+                    verify_piv(&claimed, &attested, &challenge, &credential_id, *require_uv)?;
                 (
                     evidence,
                     user_verified,
@@ -472,40 +521,17 @@ impl Operators<'_> {
                     Some(attested),
                 )
             }
-            KeyMaterial::Fido2 { mut key } => {
+            KeyMaterial::Fido2 { key } => {
                 let Some(state) = state else {
                     return Err(Fido2Error::UnknownCredential.into());
                 };
-                let (response, result) =
-                    match self
-                        .fido2
-                        .finish_assertion(response_json, state, *require_uv)
-                    {
-                        Ok(ok) => ok,
-                        Err(Fido2Error::CounterRegressed) => {
-                            self.suspend(
-                                &mut authenticator,
-                                auth_raw,
-                                "signature counter went backwards (possible clone)",
-                            )?;
-                            return Err(Fido2Error::CounterRegressed.into());
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                key.update_credential(&result);
-                authenticator.key = KeyMaterial::Fido2 { key };
-                // Two ceremonies answered at once by one key: never store the lower counter.
-                authenticator.counter = authenticator.counter.max(result.counter());
-                let evidence = Evidence::Webauthn {
-                    credential_id: credential_id.clone(),
-                    challenge: b64.encode(challenge),
-                    authenticator_data: b64
-                        .encode::<&[u8]>(response.response.authenticator_data.as_ref()),
-                    client_data_json: b64
-                        .encode::<&[u8]>(response.response.client_data_json.as_ref()),
-                    signature: b64.encode::<&[u8]>(response.response.signature.as_ref()),
-                };
-                (evidence, result.user_verified(), result.counter(), None)
+                let (evidence, user_verified, counter) = self.verify_fido2(
+                    (&mut authenticator, auth_raw.clone()),
+                    key,
+                    (response_json, state, *require_uv),
+                    &challenge,
+                )?;
+                (evidence, user_verified, counter, None)
             }
         };
         let mut txn = Txn::new();
@@ -634,4 +660,39 @@ impl Operators<'_> {
         )?;
         Ok(())
     }
+}
+
+/// Verifies a PIV key's signature over the ceremony's challenge. Returns the evidence and
+/// whether the user was verified (the key's PIN policy makes it ask for the PIN).
+fn verify_piv(
+    claimed: &serde_json::Value,
+    attested: &crate::verify::piv::Attested,
+    challenge: &[u8; 32],
+    credential_id: &str,
+    require_uv: bool,
+) -> Result<(Evidence, bool), OperatorError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let signature = claimed
+        .get("signature")
+        .and_then(|v| v.as_str())
+        .and_then(|v| b64.decode(v).ok())
+        .ok_or_else(|| OperatorError::PivResponse("missing signature".into()))?;
+    crate::verify::piv::verify_signature(
+        &attested.algorithm,
+        &attested.public_key_spki,
+        challenge,
+        &signature,
+    )
+    .map_err(OperatorError::PivResponse)?;
+    let user_verified = attested.pin_policy != crate::verify::piv::PinPolicy::Never;
+    if require_uv && !user_verified {
+        return Err(Fido2Error::UserVerificationRequired.into());
+    }
+    let evidence = Evidence::Piv {
+        key_id: credential_id.to_owned(),
+        challenge: b64.encode(challenge),
+        signature: b64.encode(&signature),
+    };
+    Ok((evidence, user_verified))
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::audit::{Actor, Event};
 use crate::base::caller::Caller;
+use crate::base::clock::Timestamp;
 use crate::base::constants::{MAX_LIST, MAX_TEXT_LEN, MIN_PROOFING_NOTE_LEN};
 
 use crate::domain::change::{self, Change, ChangeKind, ChangeState};
@@ -425,240 +426,327 @@ impl Authority {
         txn: &mut Txn,
         events: &mut Vec<Event>,
     ) -> Result<(), WorkflowError> {
-        let store = self.store.as_ref();
-        let invalid = |m: String| WorkflowError::ChangeInvalid(m);
         let now = self.clock.now();
-        let read_key = |operator: &str,
-                        credential_id: &str|
-         -> Result<(Authenticator, Vec<u8>), WorkflowError> {
-            let raw = store
-                .get(Keyspace::Authenticators, credential_id.as_bytes())?
-                .ok_or_else(|| invalid(format!("no key {credential_id}")))?;
-            let key: Authenticator = store::decode(&raw)?;
-            if key.operator != operator {
-                return Err(invalid(format!("key {credential_id} is not {operator}'s")));
-            }
-            Ok((key, raw))
-        };
-        let read_operator = |name: &str| -> Result<(Operator, Vec<u8>), WorkflowError> {
-            let raw = store
-                .get(Keyspace::Operators, name.as_bytes())?
-                .ok_or_else(|| OperatorError::UnknownOperator(name.to_owned()))?;
-            Ok((store::decode(&raw)?, raw))
-        };
-        let daemon_event =
-            |event: &'static str, subject: String, details: serde_json::Value| Event {
-                event,
-                actor: Actor::Daemon,
-                subject,
-                details,
-                evidence: None,
-            };
         match kind {
             ChangeKind::AddAuthenticator {
                 operator,
                 new_operator_roles,
                 authenticator,
-            } => {
-                if let Some(existing) =
-                    store::read::<Authenticator>(store, authenticator.credential_id.as_bytes())?
-                {
-                    return Err(OperatorError::CredentialTaken(existing.operator).into());
-                }
-                let roles = match (read_operator(operator), new_operator_roles) {
-                    (Ok((op, raw)), _) => {
-                        txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw);
-                        op.roles
-                    }
-                    (Err(_), Some(roles)) => {
-                        for role in roles {
-                            operator::check_name("role", role)?;
-                        }
-                        let op = Operator {
-                            name: operator.clone(),
-                            roles: roles.clone(),
-                            user_id: webauthn_rs::prelude::Uuid::new_v4(),
-                            enrolled_at: now,
-                        };
-                        txn.require_absent(Keyspace::Operators, operator.as_bytes())
-                            .put(operator.as_bytes(), &op)?;
-                        roles.clone()
-                    }
-                    (Err(e), None) => return Err(e),
-                };
-                let mut key = (**authenticator).clone();
-                key.enrolled_at = now;
-                operator::enrol_key(txn, &key)?;
-                events.push(daemon_event(
-                    crate::audit::verify::ENROLLED_EVENT,
-                    format!("operator/{operator}"),
-                    serde_json::json!({
-                        "operator": operator,
-                        "roles": roles,
-                        "credential_id": key.credential_id,
-                        "algorithm": key.algorithm,
-                        "public_key": key.public_key,
-                        "aaguid": key.aaguid.map(|u| u.to_string()),
-                        "attested": key.attested,
-                        "path": format!("change/{change_id}"),
-                    }),
-                ));
-            }
+            } => self.apply_add_authenticator(
+                operator,
+                new_operator_roles.as_deref(),
+                authenticator,
+                (change_id, now),
+                txn,
+                events,
+            ),
             ChangeKind::RemoveAuthenticator {
                 operator,
                 credential_id,
-            } => {
-                let (mut key, raw) = read_key(operator, credential_id)?;
-                if matches!(key.state, AuthenticatorState::Removed { .. }) {
-                    return Err(invalid(format!("key {credential_id} is already removed")));
-                }
-                key.state = AuthenticatorState::Removed { at: now };
-                txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), raw)
-                    .put(credential_id.as_bytes(), &key)?;
-                self.check_trust_quorum_after(
-                    After {
-                        removed_key: Some(credential_id),
-                        ..After::default()
-                    },
-                    txn,
-                )?;
-                events.push(daemon_event(
-                    crate::audit::verify::REMOVED_EVENT,
-                    format!("operator/{operator}"),
-                    serde_json::json!({ "credential_id": credential_id, "path": format!("change/{change_id}") }),
-                ));
-            }
+            } => self.apply_remove_authenticator(
+                operator,
+                credential_id,
+                (change_id, now),
+                txn,
+                events,
+            ),
             ChangeKind::ReinstateAuthenticator {
                 operator,
                 credential_id,
-            } => {
-                let (mut key, raw) = read_key(operator, credential_id)?;
-                if !matches!(key.state, AuthenticatorState::Suspended { .. }) {
-                    return Err(invalid(format!("key {credential_id} is not suspended")));
-                }
-                key.state = AuthenticatorState::Active;
-                txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), raw)
-                    .put(credential_id.as_bytes(), &key)?;
-                events.push(daemon_event(
-                    "authenticator.reinstated",
-                    format!("operator/{operator}"),
-                    serde_json::json!({ "credential_id": credential_id }),
-                ));
-            }
+            } => self.apply_reinstate_authenticator(operator, credential_id, txn, events),
             ChangeKind::RemoveOperator { operator } => {
-                let (_, raw) = read_operator(operator)?;
-                txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
-                    .delete(Keyspace::Operators, operator.as_bytes());
-                for key in operator::keys_of(store, operator)? {
-                    if matches!(key.state, AuthenticatorState::Removed { .. }) {
-                        continue;
-                    }
-                    let raw = store::encode(&key)?;
-                    let mut removed = key.clone();
-                    removed.state = AuthenticatorState::Removed { at: now };
-                    txn.require_equals(Keyspace::Authenticators, key.credential_id.as_bytes(), raw)
-                        .put(key.credential_id.as_bytes(), &removed)?;
-                    events.push(daemon_event(
-                        crate::audit::verify::REMOVED_EVENT,
-                        format!("operator/{operator}"),
-                        serde_json::json!({ "credential_id": key.credential_id }),
-                    ));
-                }
-                self.check_trust_quorum_after(
-                    After {
-                        operator: Some(operator),
-                        ..After::default()
-                    },
-                    txn,
-                )?;
+                self.apply_remove_operator(operator, now, txn, events)
             }
             ChangeKind::SetOperatorRoles { operator, roles } => {
+                self.apply_set_operator_roles(operator, roles, txn)
+            }
+            ChangeKind::PutScope { scope } => self.apply_put_scope(scope, txn),
+            ChangeKind::RemoveScope { name } => self.apply_remove_scope(name, txn),
+            ChangeKind::PutWorkload { workload } => self.apply_put_workload(workload, txn),
+            ChangeKind::RemoveWorkload { name } => self.apply_remove_workload(name, txn),
+            ChangeKind::SetTrustPolicy { policy } => self.apply_set_trust_policy(policy, txn),
+        }
+    }
+
+    /// The stored key `credential_id` of `operator`, with its bytes.
+    fn stored_key(
+        &self,
+        operator: &str,
+        credential_id: &str,
+    ) -> Result<(Authenticator, Vec<u8>), WorkflowError> {
+        let raw = self
+            .store
+            .get(Keyspace::Authenticators, credential_id.as_bytes())?
+            .ok_or_else(|| WorkflowError::ChangeInvalid(format!("no key {credential_id}")))?;
+        let key: Authenticator = store::decode(&raw)?;
+        if key.operator != operator {
+            return Err(WorkflowError::ChangeInvalid(format!(
+                "key {credential_id} is not {operator}'s"
+            )));
+        }
+        Ok((key, raw))
+    }
+
+    /// The stored operator `name`, with its bytes.
+    fn stored_operator(&self, name: &str) -> Result<(Operator, Vec<u8>), WorkflowError> {
+        let raw = self
+            .store
+            .get(Keyspace::Operators, name.as_bytes())?
+            .ok_or_else(|| OperatorError::UnknownOperator(name.to_owned()))?;
+        Ok((store::decode(&raw)?, raw))
+    }
+
+    fn apply_add_authenticator(
+        &self,
+        operator: &str,
+        new_operator_roles: Option<&[String]>,
+        authenticator: &Authenticator,
+        (change_id, now): (&str, Timestamp),
+        txn: &mut Txn,
+        events: &mut Vec<Event>,
+    ) -> Result<(), WorkflowError> {
+        let store = self.store.as_ref();
+        if let Some(existing) =
+            store::read::<Authenticator>(store, authenticator.credential_id.as_bytes())?
+        {
+            return Err(OperatorError::CredentialTaken(existing.operator).into());
+        }
+        let roles = match (self.stored_operator(operator), new_operator_roles) {
+            (Ok((op, raw)), _) => {
+                txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw);
+                op.roles
+            }
+            (Err(_), Some(roles)) => {
                 for role in roles {
                     operator::check_name("role", role)?;
                 }
-                let (mut op, raw) = read_operator(operator)?;
-                op.roles = roles.clone();
-                txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
-                    .put(operator.as_bytes(), &op)?;
-                self.check_trust_quorum_after(
-                    After {
-                        operator: Some(operator),
-                        roles: Some(roles),
-                        removed_key: None,
-                    },
-                    txn,
-                )?;
-            }
-            ChangeKind::PutScope { scope } => {
-                scope.validate()?;
-                match store.get(Keyspace::Scopes, scope.name.as_bytes())? {
-                    Some(raw) => txn.require_equals(Keyspace::Scopes, scope.name.as_bytes(), raw),
-                    None => txn.require_absent(Keyspace::Scopes, scope.name.as_bytes()),
+                let op = Operator {
+                    name: operator.to_owned(),
+                    roles: roles.to_vec(),
+                    user_id: webauthn_rs::prelude::Uuid::new_v4(),
+                    enrolled_at: now,
                 };
-                txn.put(scope.name.as_bytes(), &**scope)?;
+                txn.require_absent(Keyspace::Operators, operator.as_bytes())
+                    .put(operator.as_bytes(), &op)?;
+                roles.to_vec()
             }
-            ChangeKind::RemoveScope { name } => {
-                let raw = store
-                    .get(Keyspace::Scopes, name.as_bytes())?
-                    .ok_or_else(|| WorkflowError::UnknownScope(name.clone()))?;
-                txn.require_equals(Keyspace::Scopes, name.as_bytes(), raw)
-                    .delete(Keyspace::Scopes, name.as_bytes());
+            (Err(e), None) => return Err(e),
+        };
+        let mut key = authenticator.clone();
+        key.enrolled_at = now;
+        operator::enrol_key(txn, &key)?;
+        events.push(daemon_event(
+            crate::audit::verify::ENROLLED_EVENT,
+            format!("operator/{operator}"),
+            serde_json::json!({
+                "operator": operator,
+                "roles": roles,
+                "credential_id": key.credential_id,
+                "algorithm": key.algorithm,
+                "public_key": key.public_key,
+                "aaguid": key.aaguid.map(|u| u.to_string()),
+                "attested": key.attested,
+                "path": format!("change/{change_id}"),
+            }),
+        ));
+        Ok(())
+    }
+
+    fn apply_remove_authenticator(
+        &self,
+        operator: &str,
+        credential_id: &str,
+        (change_id, now): (&str, Timestamp),
+        txn: &mut Txn,
+        events: &mut Vec<Event>,
+    ) -> Result<(), WorkflowError> {
+        let (mut key, raw) = self.stored_key(operator, credential_id)?;
+        if matches!(key.state, AuthenticatorState::Removed { .. }) {
+            return Err(WorkflowError::ChangeInvalid(format!(
+                "key {credential_id} is already removed"
+            )));
+        }
+        key.state = AuthenticatorState::Removed { at: now };
+        txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), raw)
+            .put(credential_id.as_bytes(), &key)?;
+        self.check_trust_quorum_after(
+            After {
+                removed_key: Some(credential_id),
+                ..After::default()
+            },
+            txn,
+        )?;
+        events.push(daemon_event(
+            crate::audit::verify::REMOVED_EVENT,
+            format!("operator/{operator}"),
+            serde_json::json!({ "credential_id": credential_id, "path": format!("change/{change_id}") }),
+        ));
+        Ok(())
+    }
+
+    fn apply_reinstate_authenticator(
+        &self,
+        operator: &str,
+        credential_id: &str,
+        txn: &mut Txn,
+        events: &mut Vec<Event>,
+    ) -> Result<(), WorkflowError> {
+        let (mut key, raw) = self.stored_key(operator, credential_id)?;
+        if !matches!(key.state, AuthenticatorState::Suspended { .. }) {
+            return Err(WorkflowError::ChangeInvalid(format!(
+                "key {credential_id} is not suspended"
+            )));
+        }
+        key.state = AuthenticatorState::Active;
+        txn.require_equals(Keyspace::Authenticators, credential_id.as_bytes(), raw)
+            .put(credential_id.as_bytes(), &key)?;
+        events.push(daemon_event(
+            "authenticator.reinstated",
+            format!("operator/{operator}"),
+            serde_json::json!({ "credential_id": credential_id }),
+        ));
+        Ok(())
+    }
+
+    fn apply_remove_operator(
+        &self,
+        operator: &str,
+        now: Timestamp,
+        txn: &mut Txn,
+        events: &mut Vec<Event>,
+    ) -> Result<(), WorkflowError> {
+        let (_, raw) = self.stored_operator(operator)?;
+        txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
+            .delete(Keyspace::Operators, operator.as_bytes());
+        for key in operator::keys_of(self.store.as_ref(), operator)? {
+            if matches!(key.state, AuthenticatorState::Removed { .. }) {
+                continue;
             }
-            ChangeKind::PutWorkload { workload } => {
-                workloads::validate(workload)?;
-                if let Some(owner) =
-                    store.get(Keyspace::WorkloadPins, workload.spki_sha256.as_bytes())?
-                    && owner != workload.name.as_bytes()
-                {
-                    return Err(WorkloadError::PinTaken(
-                        String::from_utf8_lossy(&owner).into_owned(),
-                    )
-                    .into());
-                }
-                match store.get(Keyspace::Workloads, workload.name.as_bytes())? {
-                    Some(raw) => {
-                        let old: Workload = store::decode(&raw)?;
-                        txn.require_equals(Keyspace::Workloads, workload.name.as_bytes(), raw)
-                            .delete(Keyspace::WorkloadPins, old.spki_sha256.as_bytes());
-                    }
-                    None => {
-                        txn.require_absent(Keyspace::Workloads, workload.name.as_bytes());
-                    }
-                }
-                txn.put(workload.name.as_bytes(), workload)?.put_raw(
-                    Keyspace::WorkloadPins,
-                    workload.spki_sha256.as_bytes(),
-                    workload.name.as_bytes(),
-                );
-            }
-            ChangeKind::RemoveWorkload { name } => {
-                let raw = store
-                    .get(Keyspace::Workloads, name.as_bytes())?
-                    .ok_or_else(|| invalid(format!("no workload {name}")))?;
+            let raw = store::encode(&key)?;
+            let mut removed = key.clone();
+            removed.state = AuthenticatorState::Removed { at: now };
+            txn.require_equals(Keyspace::Authenticators, key.credential_id.as_bytes(), raw)
+                .put(key.credential_id.as_bytes(), &removed)?;
+            events.push(daemon_event(
+                crate::audit::verify::REMOVED_EVENT,
+                format!("operator/{operator}"),
+                serde_json::json!({ "credential_id": key.credential_id }),
+            ));
+        }
+        self.check_trust_quorum_after(
+            After {
+                operator: Some(operator),
+                ..After::default()
+            },
+            txn,
+        )
+    }
+
+    fn apply_set_operator_roles(
+        &self,
+        operator: &str,
+        roles: &[String],
+        txn: &mut Txn,
+    ) -> Result<(), WorkflowError> {
+        for role in roles {
+            operator::check_name("role", role)?;
+        }
+        let (mut op, raw) = self.stored_operator(operator)?;
+        op.roles = roles.to_vec();
+        txn.require_equals(Keyspace::Operators, operator.as_bytes(), raw)
+            .put(operator.as_bytes(), &op)?;
+        self.check_trust_quorum_after(
+            After {
+                operator: Some(operator),
+                roles: Some(roles),
+                removed_key: None,
+            },
+            txn,
+        )
+    }
+
+    fn apply_put_scope(&self, scope: &Scope, txn: &mut Txn) -> Result<(), WorkflowError> {
+        scope.validate()?;
+        match self.store.get(Keyspace::Scopes, scope.name.as_bytes())? {
+            Some(raw) => txn.require_equals(Keyspace::Scopes, scope.name.as_bytes(), raw),
+            None => txn.require_absent(Keyspace::Scopes, scope.name.as_bytes()),
+        };
+        txn.put(scope.name.as_bytes(), scope)?;
+        Ok(())
+    }
+
+    fn apply_remove_scope(&self, name: &str, txn: &mut Txn) -> Result<(), WorkflowError> {
+        let raw = self
+            .store
+            .get(Keyspace::Scopes, name.as_bytes())?
+            .ok_or_else(|| WorkflowError::UnknownScope(name.to_owned()))?;
+        txn.require_equals(Keyspace::Scopes, name.as_bytes(), raw)
+            .delete(Keyspace::Scopes, name.as_bytes());
+        Ok(())
+    }
+
+    fn apply_put_workload(&self, workload: &Workload, txn: &mut Txn) -> Result<(), WorkflowError> {
+        let store = self.store.as_ref();
+        workloads::validate(workload)?;
+        if let Some(owner) = store.get(Keyspace::WorkloadPins, workload.spki_sha256.as_bytes())?
+            && owner != workload.name.as_bytes()
+        {
+            return Err(
+                WorkloadError::PinTaken(String::from_utf8_lossy(&owner).into_owned()).into(),
+            );
+        }
+        match store.get(Keyspace::Workloads, workload.name.as_bytes())? {
+            Some(raw) => {
                 let old: Workload = store::decode(&raw)?;
-                txn.require_equals(Keyspace::Workloads, name.as_bytes(), raw)
-                    .delete(Keyspace::Workloads, name.as_bytes())
+                txn.require_equals(Keyspace::Workloads, workload.name.as_bytes(), raw)
                     .delete(Keyspace::WorkloadPins, old.spki_sha256.as_bytes());
             }
-            ChangeKind::SetTrustPolicy { policy } => {
-                if policy.quorum == 0 || policy.quorum > crate::base::constants::MAX_QUORUM {
-                    return Err(invalid("quorum must be between 1 and 32".into()));
-                }
-                operator::check_name("role", &policy.approver_role)?;
-                let eligible =
-                    self.eligible_approvers(&policy.approver_role, After::default(), txn)?;
-                if eligible < policy.quorum {
-                    return Err(invalid(format!(
-                        "only {eligible} operators with an active key hold role {}: a quorum of {} could never be met",
-                        policy.approver_role, policy.quorum
-                    )));
-                }
-                let (mut meta, raw) = trust_store::read_meta(store)?;
-                meta.policy = policy.clone();
-                txn.require_equals(Keyspace::Meta, META_KEY, raw)
-                    .put(META_KEY, &meta)?;
+            None => {
+                txn.require_absent(Keyspace::Workloads, workload.name.as_bytes());
             }
         }
+        txn.put(workload.name.as_bytes(), workload)?.put_raw(
+            Keyspace::WorkloadPins,
+            workload.spki_sha256.as_bytes(),
+            workload.name.as_bytes(),
+        );
+        Ok(())
+    }
+
+    fn apply_remove_workload(&self, name: &str, txn: &mut Txn) -> Result<(), WorkflowError> {
+        let raw = self
+            .store
+            .get(Keyspace::Workloads, name.as_bytes())?
+            .ok_or_else(|| WorkflowError::ChangeInvalid(format!("no workload {name}")))?;
+        let old: Workload = store::decode(&raw)?;
+        txn.require_equals(Keyspace::Workloads, name.as_bytes(), raw)
+            .delete(Keyspace::Workloads, name.as_bytes())
+            .delete(Keyspace::WorkloadPins, old.spki_sha256.as_bytes());
+        Ok(())
+    }
+
+    fn apply_set_trust_policy(
+        &self,
+        policy: &trust::TrustStorePolicy,
+        txn: &mut Txn,
+    ) -> Result<(), WorkflowError> {
+        if policy.quorum == 0 || policy.quorum > crate::base::constants::MAX_QUORUM {
+            return Err(WorkflowError::ChangeInvalid(
+                "quorum must be between 1 and 32".into(),
+            ));
+        }
+        operator::check_name("role", &policy.approver_role)?;
+        let eligible = self.eligible_approvers(&policy.approver_role, After::default(), txn)?;
+        if eligible < policy.quorum {
+            return Err(WorkflowError::ChangeInvalid(format!(
+                "only {eligible} operators with an active key hold role {}: a quorum of {} could never be met",
+                policy.approver_role, policy.quorum
+            )));
+        }
+        let (mut meta, raw) = trust_store::read_meta(self.store.as_ref())?;
+        meta.policy = policy.clone();
+        txn.require_equals(Keyspace::Meta, META_KEY, raw)
+            .put(META_KEY, &meta)?;
         Ok(())
     }
 
@@ -731,4 +819,15 @@ impl Authority {
     }
 
     // ----- listings ------------------------------------------------------------------------
+}
+
+/// An audit event by the daemon itself (what applying a change did).
+fn daemon_event(event: &'static str, subject: String, details: serde_json::Value) -> Event {
+    Event {
+        event,
+        actor: Actor::Daemon,
+        subject,
+        details,
+        evidence: None,
+    }
 }

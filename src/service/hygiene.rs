@@ -7,9 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::audit::AuditRecord;
+use crate::base::clock::Timestamp;
 use crate::base::constants::TRUST_STORE_SCOPE;
 use crate::domain::grant::GrantState;
 use crate::domain::operator::AuthenticatorState;
+use crate::domain::scope::Scope;
 use crate::domain::trust::Genesis;
 use crate::service::authority::Authority;
 use crate::service::trust_store::{self};
@@ -76,7 +78,7 @@ const CLOCK_WINDOW: u64 = 1000;
 impl Authority {
     /// The audit log is written with the authority's clock: its recent records must not go
     /// back in time, and now must not be before any of them.
-    fn clock_finding(&self, now: crate::base::clock::Timestamp) -> Result<Finding, WorkflowError> {
+    fn clock_finding(&self, now: Timestamp) -> Result<Finding, WorkflowError> {
         let head = self.audit.head_seq();
         let from = head.saturating_sub(CLOCK_WINDOW - 1).max(1);
         let records: Vec<AuditRecord> = self
@@ -135,41 +137,58 @@ impl Authority {
     /// dev mode. `drill_max_age` is how old a scope's last passed drill may be.
     pub fn diagnose(&self, drill_max_age: Duration) -> Result<Vec<Finding>, WorkflowError> {
         let now = self.clock.now();
-        let mut out = Vec::new();
+        let mut out = vec![self.dev_mode_finding()];
+        out.extend(self.genesis_findings()?);
+        out.push(self.clock_finding(now)?);
+        out.extend(self.operator_key_findings()?);
+        let scopes = self.scopes()?;
+        out.extend(accountability_findings(&scopes));
+        out.extend(self.drill_findings(&scopes, now, drill_max_age)?);
+        out.push(self.revocation_finding()?);
+        Ok(out)
+    }
 
+    /// Whether dev mode is on: it trusts software authenticators, which only tests and demos
+    /// may.
+    fn dev_mode_finding(&self) -> Finding {
         if self.dev_mode() {
-            out.push(Finding::new(
+            Finding::new(
                 Level::Fail,
                 "daemon.dev_mode",
                 "dev_mode is on: software authenticators are trusted (tests and demos only, never a bastion)",
-            ));
+            )
         } else {
-            out.push(Finding::new(
+            Finding::new(
                 Level::Pass,
                 "daemon.dev_mode",
                 "off: only attested hardware keys are trusted",
-            ));
+            )
         }
+    }
 
+    /// Whether genesis is still open, and whether trust-store changes need more than one
+    /// approval.
+    fn genesis_findings(&self) -> Result<Vec<Finding>, WorkflowError> {
         let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
-        match meta.genesis {
-            Genesis::Open => out.push(Finding::new(
+        let genesis = match meta.genesis {
+            Genesis::Open => Finding::new(
                 Level::Warn,
                 "trust_store.genesis",
                 format!(
                     "genesis is open: enroll operators until {} of role {} can approve, which closes it",
                     meta.policy.quorum, meta.policy.approver_role
                 ),
-            )),
-            Genesis::Closed { .. } => out.push(Finding::new(
+            ),
+            Genesis::Closed { .. } => Finding::new(
                 Level::Pass,
                 "trust_store.genesis",
                 format!(
                     "closed: changes need {} approvals of role {}",
                     meta.policy.quorum, meta.policy.approver_role
                 ),
-            )),
-        }
+            ),
+        };
+        let mut out = vec![genesis];
         if meta.policy.quorum < 2 {
             out.push(Finding::new(
                 Level::Warn,
@@ -177,9 +196,12 @@ impl Authority {
                 "trust-store changes need a single approval: one stolen key can add an attacker's key",
             ));
         }
+        Ok(out)
+    }
 
-        out.push(self.clock_finding(now)?);
-
+    /// Operators with fewer than two active keys (one lost key locks them out).
+    fn operator_key_findings(&self) -> Result<Vec<Finding>, WorkflowError> {
+        let mut out = Vec::new();
         let mut single = 0usize;
         for (op, keys) in self.operators_list()? {
             let active = keys
@@ -205,30 +227,18 @@ impl Authority {
                 "every operator has at least two active keys",
             ));
         }
+        Ok(out)
+    }
 
-        let scopes = self.scopes()?;
-        let mut unaccountable = 0usize;
-        for scope in &scopes {
-            for problem in scope.findings() {
-                unaccountable += 1;
-                out.push(Finding::new(
-                    Level::Warn,
-                    "scopes.accountability",
-                    format!("{problem}: every scope names an owner and a runbook"),
-                ));
-            }
-        }
-        if unaccountable == 0 {
-            out.push(Finding::new(
-                Level::Pass,
-                "scopes.accountability",
-                format!(
-                    "{} scope(s), each with an owner and a runbook",
-                    scopes.len()
-                ),
-            ));
-        }
-
+    /// Per scope other than the trust store's: how long ago its last drill passed (against
+    /// `drill_max_age`), and whether its latest drill failed.
+    fn drill_findings(
+        &self,
+        scopes: &[Scope],
+        now: Timestamp,
+        drill_max_age: Duration,
+    ) -> Result<Vec<Finding>, WorkflowError> {
+        let mut out = Vec::new();
         let drills = self.drills()?;
         let max_secs = i64::try_from(drill_max_age.as_secs()).unwrap_or(i64::MAX);
         for scope in scopes.iter().filter(|s| s.name != TRUST_STORE_SCOPE) {
@@ -271,7 +281,11 @@ impl Authority {
                 ));
             }
         }
+        Ok(out)
+    }
 
+    /// Grants whose revocation is past its deadline and still unconfirmed.
+    fn revocation_finding(&self) -> Result<Finding, WorkflowError> {
         let mut stuck = Vec::new();
         for (key, _) in self
             .store
@@ -283,14 +297,14 @@ impl Authority {
                 stuck.push(g.id);
             }
         }
-        if stuck.is_empty() {
-            out.push(Finding::new(
+        Ok(if stuck.is_empty() {
+            Finding::new(
                 Level::Pass,
                 "revocations.unconfirmed",
                 "no revocation is past its deadline",
-            ));
+            )
         } else {
-            out.push(Finding::new(
+            Finding::new(
                 Level::Fail,
                 "revocations.unconfirmed",
                 format!(
@@ -298,10 +312,36 @@ impl Authority {
                     stuck.len(),
                     stuck.join(", ")
                 ),
+            )
+        })
+    }
+}
+
+/// Scopes that do not name an owner and a runbook.
+fn accountability_findings(scopes: &[Scope]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut unaccountable = 0usize;
+    for scope in scopes {
+        for problem in scope.findings() {
+            unaccountable += 1;
+            out.push(Finding::new(
+                Level::Warn,
+                "scopes.accountability",
+                format!("{problem}: every scope names an owner and a runbook"),
             ));
         }
-        Ok(out)
     }
+    if unaccountable == 0 {
+        out.push(Finding::new(
+            Level::Pass,
+            "scopes.accountability",
+            format!(
+                "{} scope(s), each with an owner and a runbook",
+                scopes.len()
+            ),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use crate::audit::{Actor, Event};
 use crate::base::caller::Caller;
+use crate::base::clock::Timestamp;
 use crate::base::constants::MAX_LIST;
 use crate::credential::mint::MintError;
 use crate::domain::operator::Opened;
@@ -10,6 +11,7 @@ use crate::domain::request::{Canonical, Draft, DraftError, Request, RequestState
 use crate::domain::scope::Scope;
 use crate::domain::workload::Workload;
 use crate::service::authority::Authority;
+use crate::service::ceremony::PreparedAssertion;
 use crate::service::workflow::*;
 use crate::store::{self, Keyspace, Txn};
 
@@ -118,13 +120,45 @@ impl Authority {
         assertion: Option<(&str, &str)>,
     ) -> Result<RequestView, WorkflowError> {
         let now = self.clock.now();
-        let (requester, prepared) = match caller {
-            Caller::Workload(w) => (
+        let (requester, prepared) = self.requester_of(caller, draft, assertion)?;
+        let (scope, ttl) = self.check_draft(draft, &requester)?;
+        if let Some(p) = &prepared {
+            policy::check_key(
+                &scope.policy,
+                &p.verified.credential_id,
+                p.attested,
+                p.verified.user_verified,
+            )?;
+        }
+        let id = new_id()?;
+        let request = new_request(&id, &scope, requester, draft, ttl, now);
+        let (mut txn, event) = creation_event(&request, draft, prepared);
+        txn.require_absent(Keyspace::Requests, id.as_bytes())
+            .put(id.as_bytes(), &request)?;
+        self.audit.commit(txn, event)?;
+        Ok(RequestView {
+            state: request.state.clone(),
+            request,
+            approvals: 0,
+            denials: 0,
+        })
+    }
+
+    /// Who asks: the workload calling, or the operator whose key signed the draft (the
+    /// assertion prepared, not yet committed).
+    fn requester_of(
+        &self,
+        caller: &Caller,
+        draft: &Draft,
+        assertion: Option<(&str, &str)>,
+    ) -> Result<(Requester, Option<PreparedAssertion>), WorkflowError> {
+        match caller {
+            Caller::Workload(w) => Ok((
                 Requester::Workload {
                     name: w.name.clone(),
                 },
                 None,
-            ),
+            )),
             Caller::Local(peer) => {
                 let Some((ceremony_id, credential_json)) = assertion else {
                     return Err(WorkflowError::AssertionRequired);
@@ -143,102 +177,9 @@ impl Authority {
                     "request.created",
                     String::new(),
                 )?;
-                (requester, Some(prepared))
+                Ok((requester, Some(prepared)))
             }
-        };
-        let (scope, ttl) = self.check_draft(draft, &requester)?;
-        if let Some(p) = &prepared {
-            policy::check_key(
-                &scope.policy,
-                &p.verified.credential_id,
-                p.attested,
-                p.verified.user_verified,
-            )?;
         }
-        let id = new_id()?;
-        let canonical = Canonical {
-            id: id.clone(),
-            scope: scope.name.clone(),
-            owner: scope.owner.clone(),
-            runbook: scope.runbook.clone(),
-            runbook_url: scope.runbook_url.clone(),
-            requester: requester.label(),
-            reason: draft.reason.clone(),
-            ttl_secs: ttl,
-            ticket: draft.ticket.clone(),
-            ssh_public_key: draft.ssh_public_key.trim().to_owned(),
-            delivery_public_key: hex::encode(&draft.delivery_public_key),
-            created_at: now,
-            pending_until: now.plus(std::time::Duration::from_secs(
-                scope.policy.pending_timeout_secs,
-            )),
-            quorum: scope.policy.quorum,
-            approver_role: scope.policy.approver_role.clone(),
-        };
-        let canonical_text = canonical.text();
-        let request = Request {
-            canonical,
-            canonical_text,
-            requester: requester.clone(),
-            policy: scope.policy.clone(),
-            votes: Vec::new(),
-            state: RequestState::Pending,
-        };
-        let details = serde_json::json!({
-            "scope": scope.name,
-            "requester": requester.label(),
-            "reason": draft.reason,
-            "ttl_secs": ttl,
-            "ticket": draft.ticket,
-            "digest": hex::encode(request.digest()),
-            "request_digest": hex::encode(request.digest()),
-            "pending_until": request.canonical.pending_until,
-            // The draft as signed, so `audit verify` can recompute the digest the
-            // requester's key signed.
-            "draft_ttl_secs": draft.ttl_secs,
-            "ssh_public_key": draft.ssh_public_key,
-            "delivery_public_key": hex::encode(&draft.delivery_public_key),
-        });
-        let (mut txn, event) = match prepared {
-            Some(p) => {
-                let mut event = p.event;
-                event.subject = format!("request/{id}");
-                if let (Some(map), Some(extra)) =
-                    (event.details.as_object_mut(), details.as_object())
-                {
-                    // `digest` stays the one the requester's key signed (the draft's).
-                    map.extend(
-                        extra
-                            .iter()
-                            .filter(|(k, _)| k.as_str() != "digest")
-                            .map(|(k, v)| (k.clone(), v.clone())),
-                    );
-                }
-                (p.txn, event)
-            }
-            None => (
-                Txn::new(),
-                Event {
-                    event: "request.created",
-                    actor: match &requester {
-                        Requester::Workload { name } => Actor::Workload { name: name.clone() },
-                        Requester::Operator { name, .. } => Actor::Operator { name: name.clone() },
-                    },
-                    subject: format!("request/{id}"),
-                    details,
-                    evidence: None,
-                },
-            ),
-        };
-        txn.require_absent(Keyspace::Requests, id.as_bytes())
-            .put(id.as_bytes(), &request)?;
-        self.audit.commit(txn, event)?;
-        Ok(RequestView {
-            state: request.state.clone(),
-            request,
-            approvals: 0,
-            denials: 0,
-        })
     }
 
     pub(crate) fn load_request(&self, id: &str) -> Result<(Request, Vec<u8>), WorkflowError> {
@@ -350,5 +291,98 @@ impl Authority {
         self.require_requester(caller, &request)?;
         let view = self.view(request)?;
         self.settled(view)
+    }
+}
+
+/// A pending request with its canonical text, as `draft` asks it of `scope`.
+fn new_request(
+    id: &str,
+    scope: &Scope,
+    requester: Requester,
+    draft: &Draft,
+    ttl: u64,
+    now: Timestamp,
+) -> Request {
+    let canonical = Canonical {
+        id: id.to_owned(),
+        scope: scope.name.clone(),
+        owner: scope.owner.clone(),
+        runbook: scope.runbook.clone(),
+        runbook_url: scope.runbook_url.clone(),
+        requester: requester.label(),
+        reason: draft.reason.clone(),
+        ttl_secs: ttl,
+        ticket: draft.ticket.clone(),
+        ssh_public_key: draft.ssh_public_key.trim().to_owned(),
+        delivery_public_key: hex::encode(&draft.delivery_public_key),
+        created_at: now,
+        pending_until: now.plus(std::time::Duration::from_secs(
+            scope.policy.pending_timeout_secs,
+        )),
+        quorum: scope.policy.quorum,
+        approver_role: scope.policy.approver_role.clone(),
+    };
+    let canonical_text = canonical.text();
+    Request {
+        canonical,
+        canonical_text,
+        requester,
+        policy: scope.policy.clone(),
+        votes: Vec::new(),
+        state: RequestState::Pending,
+    }
+}
+
+/// The transaction and `request.created` event of a new request: the operator's prepared
+/// assertion (its evidence, the digest their key signed) or a workload's plain event.
+fn creation_event(
+    request: &Request,
+    draft: &Draft,
+    prepared: Option<PreparedAssertion>,
+) -> (Txn, Event) {
+    let id = request.id();
+    let details = serde_json::json!({
+        "scope": request.canonical.scope,
+        "requester": request.requester.label(),
+        "reason": draft.reason,
+        "ttl_secs": request.canonical.ttl_secs,
+        "ticket": draft.ticket,
+        "digest": hex::encode(request.digest()),
+        "request_digest": hex::encode(request.digest()),
+        "pending_until": request.canonical.pending_until,
+        // The draft as signed, so `audit verify` can recompute the digest the
+        // requester's key signed.
+        "draft_ttl_secs": draft.ttl_secs,
+        "ssh_public_key": draft.ssh_public_key,
+        "delivery_public_key": hex::encode(&draft.delivery_public_key),
+    });
+    match prepared {
+        Some(p) => {
+            let mut event = p.event;
+            event.subject = format!("request/{id}");
+            if let (Some(map), Some(extra)) = (event.details.as_object_mut(), details.as_object()) {
+                // `digest` stays the one the requester's key signed (the draft's).
+                map.extend(
+                    extra
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "digest")
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+            }
+            (p.txn, event)
+        }
+        None => (
+            Txn::new(),
+            Event {
+                event: "request.created",
+                actor: match &request.requester {
+                    Requester::Workload { name } => Actor::Workload { name: name.clone() },
+                    Requester::Operator { name, .. } => Actor::Operator { name: name.clone() },
+                },
+                subject: format!("request/{id}"),
+                details,
+                evidence: None,
+            },
+        ),
     }
 }

@@ -292,6 +292,25 @@ impl Authority {
     /// when to come back.
     pub fn drive_revocations(&self) -> Result<DriveOutcome, WorkflowError> {
         let now = self.clock.now();
+        let grants = self.pending_revocations()?;
+        let published = self.publish_krl_if_due(&grants, now);
+        let mut outcome = DriveOutcome::default();
+        // Each grant's update is its own transaction; they are applied after the loop and made
+        // durable by one flush for the whole round (group commit).
+        let mut writes: Vec<(Txn, Vec<Event>)> = Vec::new();
+        for (grant, raw) in grants {
+            if let Some(write) =
+                self.drive_grant(grant, raw, published.as_ref(), now, &mut outcome)?
+            {
+                writes.push(write);
+            }
+        }
+        self.apply_round(writes)?;
+        Ok(outcome)
+    }
+
+    /// The grants whose revocation is not complete, with their stored bytes.
+    fn pending_revocations(&self) -> Result<Vec<(Grant, Vec<u8>)>, WorkflowError> {
         let ids: Vec<String> = self
             .store
             .scan_from(Keyspace::RevocationsPending, b"", usize::MAX)?
@@ -304,122 +323,136 @@ impl Authority {
                 grants.push((store::decode::<Grant>(&raw)?, raw));
             }
         }
-        let krl_due = grants.iter().any(|(g, _)| {
+        Ok(grants)
+    }
+
+    /// Publishes the KRL if a grant waits for it now: the serials it read back, or why not.
+    fn publish_krl_if_due(
+        &self,
+        grants: &[(Grant, Vec<u8>)],
+        now: Timestamp,
+    ) -> Option<Result<Vec<u64>, WorkflowError>> {
+        let waits_for_krl = |g: &Grant, due: bool| {
             g.revocation.as_ref().is_some_and(|r| {
                 r.sinks.iter().any(|s| {
-                    s.sink == Sink::Krl && s.confirmed_at.is_none() && s.next_attempt_at <= now
+                    s.sink == Sink::Krl
+                        && s.confirmed_at.is_none()
+                        && (!due || s.next_attempt_at <= now)
                 })
             })
-        });
-        let published = if krl_due {
-            let revoking: Vec<(u64, i64)> = grants
-                .iter()
-                .filter(|(g, _)| {
-                    g.revocation.as_ref().is_some_and(|r| {
-                        r.sinks
-                            .iter()
-                            .any(|s| s.sink == Sink::Krl && s.confirmed_at.is_none())
-                    })
-                })
-                .filter_map(|(g, _)| {
-                    g.ssh
-                        .as_ref()
-                        .map(|ssh| (ssh.serial, g.expires_at.unix_millis()))
-                })
-                .collect();
-            Some(self.publish_krl(now, &revoking))
-        } else {
-            None
         };
-        let mut outcome = DriveOutcome::default();
-        // Each grant's update is its own transaction; they are applied after the loop and made
-        // durable by one flush for the whole round (group commit).
-        let mut writes: Vec<(Txn, Vec<Event>)> = Vec::new();
-        for (mut grant, raw) in grants {
-            let Some(mut revocation) = grant.revocation.take() else {
-                continue;
-            };
-            let before = revocation.clone();
-            let before_state = grant.state;
-            let mut events = Vec::new();
-            for sink in &mut revocation.sinks {
-                if sink.confirmed_at.is_some() || sink.next_attempt_at > now {
-                    continue;
-                }
-                match (&sink.sink, &published, &grant.ssh) {
-                    (Sink::Krl, Some(Ok(serials)), Some(ssh)) => {
-                        if serials.contains(&ssh.serial) {
-                            sink.confirmed_at = Some(now);
-                            sink.detail = format!(
-                                "serial {} read back from {}",
-                                ssh.serial,
-                                self.krl.path.display()
-                            );
-                            events.push(("krl", None));
-                        } else {
-                            sink.attempts += 1;
-                            sink.last_error = Some("serial missing after re-reading".into());
-                            sink.next_attempt_at = now.plus(backoff(sink.attempts));
-                        }
-                    }
-                    (Sink::Krl, Some(Err(e)), _) => {
-                        sink.attempts += 1;
-                        sink.last_error = Some(e.to_string());
-                        sink.next_attempt_at = now.plus(backoff(sink.attempts));
-                        events.push(("krl", Some(e.to_string())));
-                    }
-                    (Sink::Hook, _, _) => {
-                        let spec = self.scope_revocation(&grant.scope)?;
-                        outcome.hooks.push(HookJob {
-                            grant_id: grant.id.clone(),
-                            command: spec.hook,
-                            timeout: Duration::from_secs(spec.hook_timeout_secs),
-                            env: hook_env(&grant, &revocation_reason(&before)),
-                        });
-                        // Not due again until this attempt reports (or times out).
-                        sink.next_attempt_at =
-                            now.plus(Duration::from_secs(spec.hook_timeout_secs + 1));
-                    }
-                    _ => {}
-                }
-            }
-            let mut names = Vec::new();
-            for (sink, error) in events {
-                names.push(match error {
-                    None => Event {
-                        event: "revocation.sink_confirmed",
-                        actor: Actor::Daemon,
-                        subject: format!("grant/{}", grant.id),
-                        details: serde_json::json!({ "sink": sink }),
-                        evidence: None,
-                    },
-                    Some(error) => Event {
-                        event: "revocation.sink_failed",
-                        actor: Actor::Daemon,
-                        subject: format!("grant/{}", grant.id),
-                        details: serde_json::json!({ "sink": sink, "error": error }),
-                        evidence: None,
-                    },
-                });
-            }
-            self.settle(&mut grant, &mut revocation, now, &mut names);
-            if let Some(next) = next_due(&grant, &revocation) {
-                outcome.next_due = Some(outcome.next_due.map_or(next, |n: Timestamp| n.min(next)));
-            }
-            if revocation == before && grant.state == before_state {
-                continue;
-            }
-            let id = grant.id.clone();
-            let complete = grant.state == GrantState::Revoked;
-            grant.revocation = Some(revocation);
-            let mut txn = Txn::new();
-            txn.require_equals(Keyspace::Grants, id.as_bytes(), raw)
-                .put(id.as_bytes(), &grant)?;
-            if complete {
-                txn.delete(Keyspace::RevocationsPending, id.as_bytes());
-            }
-            writes.push((txn, names));
+        if !grants.iter().any(|(g, _)| waits_for_krl(g, true)) {
+            return None;
         }
+        let revoking: Vec<(u64, i64)> = grants
+            .iter()
+            .filter(|(g, _)| waits_for_krl(g, false))
+            .filter_map(|(g, _)| {
+                g.ssh
+                    .as_ref()
+                    .map(|ssh| (ssh.serial, g.expires_at.unix_millis()))
+            })
+            .collect();
+        Some(self.publish_krl(now, &revoking))
+    }
+
+    /// Works the due sinks of one grant; returns its update and audit events if it changed.
+    fn drive_grant(
+        &self,
+        mut grant: Grant,
+        raw: Vec<u8>,
+        published: Option<&Result<Vec<u64>, WorkflowError>>,
+        now: Timestamp,
+        outcome: &mut DriveOutcome,
+    ) -> Result<Option<(Txn, Vec<Event>)>, WorkflowError> {
+        let Some(mut revocation) = grant.revocation.take() else {
+            return Ok(None);
+        };
+        let before = revocation.clone();
+        let before_state = grant.state;
+        let mut events = Vec::new();
+        for sink in &mut revocation.sinks {
+            if sink.confirmed_at.is_some() || sink.next_attempt_at > now {
+                continue;
+            }
+            match (&sink.sink, &published, &grant.ssh) {
+                (Sink::Krl, Some(Ok(serials)), Some(ssh)) => {
+                    if serials.contains(&ssh.serial) {
+                        sink.confirmed_at = Some(now);
+                        sink.detail = format!(
+                            "serial {} read back from {}",
+                            ssh.serial,
+                            self.krl.path.display()
+                        );
+                        events.push(("krl", None));
+                    } else {
+                        sink.attempts += 1;
+                        sink.last_error = Some("serial missing after re-reading".into());
+                        sink.next_attempt_at = now.plus(backoff(sink.attempts));
+                    }
+                }
+                (Sink::Krl, Some(Err(e)), _) => {
+                    sink.attempts += 1;
+                    sink.last_error = Some(e.to_string());
+                    sink.next_attempt_at = now.plus(backoff(sink.attempts));
+                    events.push(("krl", Some(e.to_string())));
+                }
+                (Sink::Hook, _, _) => {
+                    let spec = self.scope_revocation(&grant.scope)?;
+                    outcome.hooks.push(HookJob {
+                        grant_id: grant.id.clone(),
+                        command: spec.hook,
+                        timeout: Duration::from_secs(spec.hook_timeout_secs),
+                        env: hook_env(&grant, &revocation_reason(&before)),
+                    });
+                    // Not due again until this attempt reports (or times out).
+                    sink.next_attempt_at =
+                        now.plus(Duration::from_secs(spec.hook_timeout_secs + 1));
+                }
+                _ => {}
+            }
+        }
+        let mut names = Vec::new();
+        for (sink, error) in events {
+            names.push(match error {
+                None => Event {
+                    event: "revocation.sink_confirmed",
+                    actor: Actor::Daemon,
+                    subject: format!("grant/{}", grant.id),
+                    details: serde_json::json!({ "sink": sink }),
+                    evidence: None,
+                },
+                Some(error) => Event {
+                    event: "revocation.sink_failed",
+                    actor: Actor::Daemon,
+                    subject: format!("grant/{}", grant.id),
+                    details: serde_json::json!({ "sink": sink, "error": error }),
+                    evidence: None,
+                },
+            });
+        }
+        self.settle(&mut grant, &mut revocation, now, &mut names);
+        if let Some(next) = next_due(&grant, &revocation) {
+            outcome.next_due = Some(outcome.next_due.map_or(next, |n: Timestamp| n.min(next)));
+        }
+        if revocation == before && grant.state == before_state {
+            return Ok(None);
+        }
+        let id = grant.id.clone();
+        let complete = grant.state == GrantState::Revoked;
+        grant.revocation = Some(revocation);
+        let mut txn = Txn::new();
+        txn.require_equals(Keyspace::Grants, id.as_bytes(), raw)
+            .put(id.as_bytes(), &grant)?;
+        if complete {
+            txn.delete(Keyspace::RevocationsPending, id.as_bytes());
+        }
+        Ok(Some((txn, names)))
+    }
+
+    /// Applies one round's updates, makes what was applied durable and published even if a
+    /// later one failed, and reports the first failure.
+    fn apply_round(&self, writes: Vec<(Txn, Vec<Event>)>) -> Result<(), WorkflowError> {
         let mut applied = Vec::new();
         let mut plain = false;
         let mut failed = None;
@@ -445,7 +478,7 @@ impl Authority {
         }
         match failed {
             Some(e) => Err(e),
-            None => Ok(outcome),
+            None => Ok(()),
         }
     }
 
@@ -502,7 +535,7 @@ impl Authority {
     pub fn hook_finished(
         &self,
         job: &HookJob,
-        result: Result<(), String>,
+        result: Result<(), &str>,
     ) -> Result<(), WorkflowError> {
         self.update_sink(&job.grant_id, |sink, now| {
             if sink.sink != Sink::Hook || sink.confirmed_at.is_some() {
@@ -524,7 +557,7 @@ impl Authority {
                 }
                 Err(error) => {
                     tracing::warn!(grant = %job.grant_id, attempt = sink.attempts, "revocation hook failed: {error}");
-                    sink.last_error = Some(error.clone());
+                    sink.last_error = Some((*error).to_owned());
                     sink.next_attempt_at = now.plus(backoff(sink.attempts));
                     Event {
                         event: "revocation.sink_failed",

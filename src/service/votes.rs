@@ -53,6 +53,7 @@ pub struct VoteResult {
     pub grant_id: Option<String>,
 }
 
+/// Refuses a vote whose key does not meet the policy (UV, attestation, PIV touch and PIN);
 /// returns the vote's audit event with the decision in its details.
 pub(in crate::service) fn key_meets_policy(
     policy: &ApprovalPolicy,

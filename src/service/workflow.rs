@@ -256,8 +256,7 @@ impl WorkflowError {
     }
 }
 
-/// Refuses a vote whose key does not meet the policy (UV, attestation, PIV touch and PIN);
-
+/// A fresh request or change id: 12 random bytes, hex.
 pub(in crate::service) fn new_id() -> Result<String, WorkflowError> {
     let mut id = [0u8; 12];
     getrandom::fill(&mut id).map_err(|e| MintError::Randomness(e.to_string()))?;

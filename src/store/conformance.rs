@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{Entry, Keyspace, Store, StoreError, Txn, scan_prefix};
 
 /// One property check: `Err` says what did not hold.
-pub type Check = fn(&dyn Store) -> Result<(), String>;
+pub(crate) type Check = fn(&dyn Store) -> Result<(), String>;
 
 /// Threads of the concurrency checks.
 const THREADS: usize = 4;
@@ -70,7 +70,7 @@ impl<T> Context<T> for Result<T, StoreError> {
 ///
 /// For a backend on disk, `open` can create each store in its own directory under one
 /// temporary directory that outlives the call.
-pub fn run_all<S: Store>(open: impl Fn() -> S) {
+pub(crate) fn run_all<S: Store>(open: impl Fn() -> S) {
     let mut failed = Vec::new();
     for &(name, check) in CHECKS {
         let store = open();
@@ -103,7 +103,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 macro_rules! checks {
     ($($check:ident),+ $(,)?) => {
         /// Every check of the suite, by name, in the order [`run_all`] runs them.
-        pub const CHECKS: &[(&str, Check)] = &[$((stringify!($check), $check as Check)),+];
+        pub(crate) const CHECKS: &[(&str, Check)] = &[$((stringify!($check), $check as Check)),+];
     };
 }
 
@@ -244,7 +244,7 @@ fn sorted(mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 // The checks.
 
 /// Every keyspace of a new store is empty, and an empty transaction and a flush succeed.
-pub fn an_empty_store_holds_nothing(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn an_empty_store_holds_nothing(store: &dyn Store) -> Result<(), String> {
     for &ks in Keyspace::ALL {
         let name = ks.name();
         ensure_eq!(value(store, ks, b"")?, None, "{name}: the empty key");
@@ -275,7 +275,7 @@ pub fn an_empty_store_holds_nothing(store: &dyn Store) -> Result<(), String> {
 
 /// Every write of a committed transaction is visible, in every keyspace it touched; an
 /// applied one is visible at once, before any flush.
-pub fn a_committed_transaction_is_visible_whole_across_keyspaces(
+pub(crate) fn a_committed_transaction_is_visible_whole_across_keyspaces(
     store: &dyn Store,
 ) -> Result<(), String> {
     let mut seed = Txn::new();
@@ -332,7 +332,7 @@ pub fn a_committed_transaction_is_visible_whole_across_keyspaces(
 
 /// A transaction whose last precondition fails writes nothing, through `commit` and `apply`
 /// alike: no put, no overwrite, no delete, in any keyspace.
-pub fn a_failed_precondition_writes_nothing_of_the_transaction(
+pub(crate) fn a_failed_precondition_writes_nothing_of_the_transaction(
     store: &dyn Store,
 ) -> Result<(), String> {
     let mut seed = Txn::new();
@@ -387,7 +387,9 @@ pub fn a_failed_precondition_writes_nothing_of_the_transaction(
 
 /// `require_absent` holds on an absent key only: a present key, even one with an empty value,
 /// is a conflict; a deleted key is absent again; a key that only shares a prefix is not it.
-pub fn require_absent_holds_only_while_the_key_is_absent(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn require_absent_holds_only_while_the_key_is_absent(
+    store: &dyn Store,
+) -> Result<(), String> {
     let mut first = Txn::new();
     first
         .require_absent(Keyspace::Scopes, "s")
@@ -456,7 +458,7 @@ pub fn require_absent_holds_only_while_the_key_is_absent(store: &dyn Store) -> R
 
 /// `require_equals` holds only when the key exists with exactly the expected bytes: not a
 /// prefix of them, not a longer value, not on an absent key, not with a stale value.
-pub fn require_equals_holds_only_for_the_exact_current_value(
+pub(crate) fn require_equals_holds_only_for_the_exact_current_value(
     store: &dyn Store,
 ) -> Result<(), String> {
     let mut seed = Txn::new();
@@ -537,7 +539,9 @@ pub fn require_equals_holds_only_for_the_exact_current_value(
 
 /// One failed precondition among several that hold is a conflict, wherever it is in the list
 /// and whichever keyspace it is about.
-pub fn every_precondition_of_a_transaction_must_hold(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn every_precondition_of_a_transaction_must_hold(
+    store: &dyn Store,
+) -> Result<(), String> {
     let mut seed = Txn::new();
     seed.put_raw(Keyspace::Meta, "a", "1")
         .put_raw(Keyspace::Changes, "b", "2");
@@ -590,7 +594,7 @@ pub fn every_precondition_of_a_transaction_must_hold(store: &dyn Store) -> Resul
 
 /// Preconditions are checked against the store before any write of their own transaction:
 /// a transaction may require a key absent and put it, or require its value and replace it.
-pub fn preconditions_see_the_store_as_it_was_before_the_transaction(
+pub(crate) fn preconditions_see_the_store_as_it_was_before_the_transaction(
     store: &dyn Store,
 ) -> Result<(), String> {
     let mut create = Txn::new();
@@ -631,7 +635,7 @@ pub fn preconditions_see_the_store_as_it_was_before_the_transaction(
 }
 
 /// Writes of one transaction apply in order: the last write to a key wins.
-pub fn later_writes_of_a_transaction_override_earlier_ones(
+pub(crate) fn later_writes_of_a_transaction_override_earlier_ones(
     store: &dyn Store,
 ) -> Result<(), String> {
     let mut seed = Txn::new();
@@ -672,7 +676,7 @@ pub fn later_writes_of_a_transaction_override_earlier_ones(
 /// A delete removes its key and nothing else; deleting an absent key succeeds and changes
 /// nothing; deleting the greatest key moves `last` back; deleting everything empties the
 /// keyspace.
-pub fn deletes_remove_only_their_key_and_deleting_an_absent_key_succeeds(
+pub(crate) fn deletes_remove_only_their_key_and_deleting_an_absent_key_succeeds(
     store: &dyn Store,
 ) -> Result<(), String> {
     let keys = sorted(vec![
@@ -744,7 +748,7 @@ pub fn deletes_remove_only_their_key_and_deleting_an_absent_key_succeeds(
 
 /// The same key in every keyspace holds a separate value; deleting it, scanning, counting
 /// and preconditions in one keyspace do not see the others.
-pub fn keyspaces_are_independent(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn keyspaces_are_independent(store: &dyn Store) -> Result<(), String> {
     let mut txn = Txn::new();
     for &ks in Keyspace::ALL {
         txn.put_raw(ks, "same", ks.name());
@@ -800,7 +804,9 @@ pub fn keyspaces_are_independent(store: &dyn Store) -> Result<(), String> {
 
 /// A scan returns the keys `>= start` in byte order (lexicographic, unsigned, shorter first
 /// on a shared prefix), at most `limit` of them, each with its value.
-pub fn scans_return_keys_in_byte_order_from_the_start_key(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn scans_return_keys_in_byte_order_from_the_start_key(
+    store: &dyn Store,
+) -> Result<(), String> {
     let keys = awkward_keys();
     let (first_half, second_half) = keys.split_at(keys.len() / 2);
     // Two transactions, neither in order.
@@ -858,7 +864,7 @@ pub fn scans_return_keys_in_byte_order_from_the_start_key(store: &dyn Store) -> 
 
 /// `last` is the entry with the greatest key in byte order (not the longest, not the newest),
 /// with its current value.
-pub fn last_is_the_entry_with_the_greatest_key(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn last_is_the_entry_with_the_greatest_key(store: &dyn Store) -> Result<(), String> {
     let keys = awkward_keys();
     put_keys_as_values(store, Keyspace::GrantExpiry, &keys)?;
     ensure_eq!(
@@ -901,7 +907,7 @@ pub fn last_is_the_entry_with_the_greatest_key(store: &dyn Store) -> Result<(), 
 /// start with the prefix, in order: the prefix itself is under it, keys that share a shorter
 /// or longer prefix are not, 0xff bytes and the end of the keyspace are no special case, and
 /// more keys than a page holds come back whole.
-pub fn prefix_scans_return_exactly_the_keys_under_the_prefix(
+pub(crate) fn prefix_scans_return_exactly_the_keys_under_the_prefix(
     store: &dyn Store,
 ) -> Result<(), String> {
     let mut keys: Vec<Vec<u8>> = [
@@ -968,7 +974,7 @@ pub fn prefix_scans_return_exactly_the_keys_under_the_prefix(
 
 /// `count` follows puts of new keys, not overwrites; deletes of present keys, not of absent
 /// ones; and counts one keyspace only.
-pub fn counts_follow_puts_overwrites_and_deletes(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn counts_follow_puts_overwrites_and_deletes(store: &dyn Store) -> Result<(), String> {
     let count = |ks| store.count(ks).context("count");
     put_keys_as_values(store, Keyspace::Operators, &awkward_keys())?;
     let n = u64::try_from(awkward_keys().len()).map_err(|e| e.to_string())?;
@@ -1008,7 +1014,7 @@ pub fn counts_follow_puts_overwrites_and_deletes(store: &dyn Store) -> Result<()
 
 /// `count_below(end)` counts the keys `< end` in byte order: a key equal to the bound is not
 /// counted, a key that is a prefix of the bound is.
-pub fn count_below_counts_exactly_the_keys_that_sort_before_the_bound(
+pub(crate) fn count_below_counts_exactly_the_keys_that_sort_before_the_bound(
     store: &dyn Store,
 ) -> Result<(), String> {
     let keys = awkward_keys();
@@ -1051,7 +1057,9 @@ pub fn count_below_counts_exactly_the_keys_that_sort_before_the_bound(
 
 /// A multi-megabyte value and a long key round-trip; compare-and-set compares the whole value
 /// (a difference in its last byte is a conflict); several large values fit in one transaction.
-pub fn large_keys_and_values_round_trip_and_compare_whole(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn large_keys_and_values_round_trip_and_compare_whole(
+    store: &dyn Store,
+) -> Result<(), String> {
     let big: Vec<u8> = (0..(2 << 20) + 17)
         .map(|i: usize| (i % 251) as u8)
         .collect();
@@ -1126,7 +1134,9 @@ pub fn large_keys_and_values_round_trip_and_compare_whole(store: &dyn Store) -> 
 
 /// Thousands of keys, written out of order over two transactions, count, scan whole and page
 /// (resuming just past the last key of a page) without gap or repeat.
-pub fn many_keys_scan_in_order_and_page_without_gaps(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn many_keys_scan_in_order_and_page_without_gaps(
+    store: &dyn Store,
+) -> Result<(), String> {
     const N: u32 = 5000;
     // 7919 is prime, so this visits every i below N once, out of order.
     let scrambled: Vec<u32> = (0..N).map(|i| (i * 7919) % N).collect();
@@ -1207,7 +1217,7 @@ pub fn many_keys_scan_in_order_and_page_without_gaps(store: &dyn Store) -> Resul
 
 /// Applied transactions stay visible across flushes, a flush with nothing new succeeds, and
 /// commits after a flush work as before.
-pub fn flush_keeps_everything_applied_so_far(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn flush_keeps_everything_applied_so_far(store: &dyn Store) -> Result<(), String> {
     for i in 0u8..10 {
         let mut txn = Txn::new();
         txn.put_raw(Keyspace::Drills, vec![i], vec![i]);
@@ -1235,7 +1245,7 @@ pub fn flush_keeps_everything_applied_so_far(store: &dyn Store) -> Result<(), St
 /// Several threads commit, round after round, a transaction that requires the round's key
 /// absent and puts it: exactly one wins each round, the others get a conflict, and the
 /// winner's writes (in two keyspaces) are the only ones that landed.
-pub fn racing_transactions_on_one_key_have_exactly_one_winner(
+pub(crate) fn racing_transactions_on_one_key_have_exactly_one_winner(
     store: &dyn Store,
 ) -> Result<(), String> {
     const ROUNDS: usize = 25;
@@ -1319,7 +1329,7 @@ pub fn racing_transactions_on_one_key_have_exactly_one_winner(
 /// Several threads each add one to a shared counter many times, by reading it and applying
 /// a compare-and-set (absent or equal to what they read), retrying on a conflict: the counter
 /// ends at exactly threads × increments.
-pub fn a_counter_incremented_by_compare_and_set_from_many_threads_loses_no_increment(
+pub(crate) fn a_counter_incremented_by_compare_and_set_from_many_threads_loses_no_increment(
     store: &dyn Store,
 ) -> Result<(), String> {
     const INCREMENTS: u64 = 100;
@@ -1380,7 +1390,7 @@ pub fn a_counter_incremented_by_compare_and_set_from_many_threads_loses_no_incre
 /// While one thread applies transactions that set a group of keys to a new generation, a
 /// scan of that group (a few entries: one page of any backend) from other threads always
 /// sees every key at the same generation: all of a transaction or none of it.
-pub fn readers_never_see_part_of_a_transaction(store: &dyn Store) -> Result<(), String> {
+pub(crate) fn readers_never_see_part_of_a_transaction(store: &dyn Store) -> Result<(), String> {
     const KEYS: u8 = 16;
     const GENERATIONS: u32 = 300;
     let write_generation = |generation: u32| -> Result<(), String> {

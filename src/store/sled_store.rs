@@ -84,13 +84,13 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(crate::base::constants::STORE_CACHE_BYTES)
             .open()
-            .map_err(|e| backend(path, e))?;
+            .map_err(|e| backend(path, &e))?;
         let mut trees = HashMap::new();
         for ks in Keyspace::ALL {
-            let tree = db.open_tree(ks.name()).map_err(|e| backend(path, e))?;
+            let tree = db.open_tree(ks.name()).map_err(|e| backend(path, &e))?;
             trees.insert(*ks, tree);
         }
-        let journal = db.open_tree(JOURNAL_TREE).map_err(|e| backend(path, e))?;
+        let journal = db.open_tree(JOURNAL_TREE).map_err(|e| backend(path, &e))?;
         let store = Self {
             path: path.to_path_buf(),
             db,
@@ -108,7 +108,7 @@ impl SledStore {
         let Some(recorded) = self
             .journal
             .get(JOURNAL_KEY)
-            .map_err(|e| backend(&self.path, e))?
+            .map_err(|e| backend(&self.path, &e))?
         else {
             return Ok(());
         };
@@ -120,7 +120,7 @@ impl SledStore {
         self.write_all(&writes)?;
         self.journal
             .remove(JOURNAL_KEY)
-            .map_err(|e| backend(&self.path, e))?;
+            .map_err(|e| backend(&self.path, &e))?;
         self.flush_log()
     }
 
@@ -130,12 +130,12 @@ impl SledStore {
                 Write::Put(ks, key, value) => {
                     self.tree(*ks)?
                         .insert(key.as_slice(), value.as_slice())
-                        .map_err(|e| backend(&self.path, e))?;
+                        .map_err(|e| backend(&self.path, &e))?;
                 }
                 Write::Delete(ks, key) => {
                     self.tree(*ks)?
                         .remove(key.as_slice())
-                        .map_err(|e| backend(&self.path, e))?;
+                        .map_err(|e| backend(&self.path, &e))?;
                 }
             }
         }
@@ -146,7 +146,7 @@ impl SledStore {
         self.db
             .flush()
             .map(|_| ())
-            .map_err(|e| backend(&self.path, e))
+            .map_err(|e| backend(&self.path, &e))
     }
 
     /// Refuses every call once the store is broken: a write failed half-way, a flush failed
@@ -179,7 +179,7 @@ impl SledStore {
     fn journal_and_write(&self, txn: &Txn, limit: usize) -> Result<(), StoreError> {
         self.journal
             .insert(JOURNAL_KEY, encode_journal(txn.writes()))
-            .map_err(|e| backend(&self.path, e))?;
+            .map_err(|e| backend(&self.path, &e))?;
         let writes = txn.writes();
         self.write_all(&writes[..limit.min(writes.len())])?;
         if limit < writes.len() {
@@ -187,7 +187,7 @@ impl SledStore {
         }
         self.journal
             .remove(JOURNAL_KEY)
-            .map_err(|e| backend(&self.path, e))?;
+            .map_err(|e| backend(&self.path, &e))?;
         Ok(())
     }
 
@@ -221,7 +221,7 @@ fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn backend(path: &Path, e: sled::Error) -> StoreError {
+fn backend(path: &Path, e: &sled::Error) -> StoreError {
     StoreError::Backend(format!("{}: {e}", path.display()))
 }
 
@@ -231,7 +231,7 @@ impl Store for SledStore {
         let _shared = self.shared()?;
         Ok(tree
             .get(key)
-            .map_err(|e| backend(&self.path, e))?
+            .map_err(|e| backend(&self.path, &e))?
             .map(|v| v.to_vec()))
     }
 
@@ -260,7 +260,7 @@ impl Store for SledStore {
                     )),
                 };
                 for item in range.take(page) {
-                    let (k, v) = item.map_err(|e| backend(&self.path, e))?;
+                    let (k, v) = item.map_err(|e| backend(&self.path, &e))?;
                     out.push((k.to_vec(), v.to_vec()));
                 }
             }
@@ -278,7 +278,7 @@ impl Store for SledStore {
         self.usable()?;
         let mut n = 0u64;
         for item in self.tree(ks)?.iter().keys() {
-            item.map_err(|e| backend(&self.path, e))?;
+            item.map_err(|e| backend(&self.path, &e))?;
             n += 1;
         }
         Ok(n)
@@ -289,7 +289,7 @@ impl Store for SledStore {
         self.usable()?;
         let mut n = 0u64;
         for item in self.tree(ks)?.range(..end).keys() {
-            item.map_err(|e| backend(&self.path, e))?;
+            item.map_err(|e| backend(&self.path, &e))?;
             n += 1;
         }
         Ok(n)
@@ -300,7 +300,7 @@ impl Store for SledStore {
         let _shared = self.shared()?;
         Ok(tree
             .last()
-            .map_err(|e| backend(&self.path, e))?
+            .map_err(|e| backend(&self.path, &e))?
             .map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
@@ -328,7 +328,7 @@ impl Store for SledStore {
                     let found = self
                         .tree(*ks)?
                         .contains_key(key)
-                        .map_err(|e| backend(&self.path, e))?;
+                        .map_err(|e| backend(&self.path, &e))?;
                     if found {
                         return Err(StoreError::Conflict(format!(
                             "{}/{} already exists",
@@ -341,7 +341,7 @@ impl Store for SledStore {
                     let current = self
                         .tree(*ks)?
                         .get(key)
-                        .map_err(|e| backend(&self.path, e))?;
+                        .map_err(|e| backend(&self.path, &e))?;
                     if current.as_deref() != Some(expected.as_slice()) {
                         return Err(StoreError::Conflict(format!(
                             "{}/{} changed concurrently",

@@ -27,13 +27,13 @@ use webauthn_rs::prelude::{
 
 use crate::support::{ClientCert, DaemonDir, server_cert};
 
-pub const ORIGIN: &str = "https://latchkey.local";
+pub(crate) const ORIGIN: &str = "https://latchkey.local";
 
 /// A software key held in memory.
-pub struct MemKey(SoftToken);
+pub(crate) struct MemKey(SoftToken);
 
 impl MemKey {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(SoftToken::new(true).unwrap().0)
     }
 }
@@ -60,7 +60,7 @@ impl Authenticator for MemKey {
     }
 }
 
-pub struct Bg {
+pub(crate) struct Bg {
     /// Wraps the store on every start (fault-injection tests).
     pub layer: Option<daemon::StoreLayer>,
     pub dir: DaemonDir,
@@ -70,7 +70,7 @@ pub struct Bg {
     pub keys: HashMap<String, Vec<Box<dyn Authenticator + Send>>>,
 }
 
-pub fn code(status: &tonic::Status) -> String {
+pub(crate) fn code(status: &tonic::Status) -> String {
     status
         .metadata()
         .get(ERROR_CODE_METADATA)
@@ -83,7 +83,7 @@ fn refused<T>(r: Result<T, tonic::Status>, expected: &str) {
     assert_eq!(code(&err), expected, "{err}");
 }
 
-pub fn secs(s: i64) -> prost_types::Duration {
+pub(crate) fn secs(s: i64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: s,
         nanos: 0,
@@ -91,7 +91,7 @@ pub fn secs(s: i64) -> prost_types::Duration {
 }
 
 /// The `db-root` scope of the acceptance: 2 approvals of `dba-oncall`.
-pub fn db_root(pending_timeout: i64) -> pb::Scope {
+pub(crate) fn db_root(pending_timeout: i64) -> pb::Scope {
     pb::Scope {
         name: "db-root".into(),
         owner: "dba-team".into(),
@@ -117,17 +117,17 @@ pub fn db_root(pending_timeout: i64) -> pb::Scope {
 }
 
 impl Bg {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(DaemonDir::init(), "").await
     }
 
     /// Starts on `dir` with `extra` appended to the config (e.g. a `[piv]` table).
-    pub async fn start_with(dir: DaemonDir, extra: &str) -> Self {
+    pub(crate) async fn start_with(dir: DaemonDir, extra: &str) -> Self {
         Self::start_layered(dir, extra, None).await
     }
 
     /// Starts with the store wrapped by `layer`, here and on every restart.
-    pub async fn start_layered(
+    pub(crate) async fn start_layered(
         dir: DaemonDir,
         extra: &str,
         layer: Option<daemon::StoreLayer>,
@@ -156,7 +156,7 @@ impl Bg {
 
     /// Stops the daemon and starts it again on the same store, config and clock (whatever
     /// the test did to the store or the clock in between is what it finds).
-    pub async fn restart(&mut self, between: impl FnOnce(&DaemonDir)) {
+    pub(crate) async fn restart(&mut self, between: impl FnOnce(&DaemonDir)) {
         if let Some(running) = self.running.take() {
             running.shutdown().await.unwrap();
         }
@@ -182,17 +182,17 @@ impl Bg {
         panic!("the store's lock was not released within 5 s");
     }
 
-    pub fn running(&self) -> &Running {
+    pub(crate) fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }
 
-    pub async fn local(&self) -> Channel {
+    pub(crate) async fn local(&self) -> Channel {
         latchkey::client::connect_unix(&self.dir.socket)
             .await
             .unwrap()
     }
 
-    pub async fn tls(&self, cert: &ClientCert) -> Channel {
+    pub(crate) async fn tls(&self, cert: &ClientCert) -> Channel {
         latchkey::client::connect_tls(
             self.running().tls_addr().unwrap(),
             server_cert(&self.dir.data),
@@ -203,7 +203,7 @@ impl Bg {
     }
 
     /// Everything in the store but pending challenges, which are not state.
-    pub fn snapshot(&self) -> Vec<(Keyspace, Vec<latchkey::store::Entry>)> {
+    pub(crate) fn snapshot(&self) -> Vec<(Keyspace, Vec<latchkey::store::Entry>)> {
         let store = self.running().authority().store();
         Keyspace::ALL
             .iter()
@@ -213,7 +213,7 @@ impl Bg {
     }
 
     /// Enrolls a new key for `operator` (genesis: at once; after: a proposed change).
-    pub async fn enroll(
+    pub(crate) async fn enroll(
         &mut self,
         operator: &str,
         role: &str,
@@ -224,7 +224,7 @@ impl Bg {
     }
 
     /// Enrolls `key` (FIDO2 or PIV) for `operator`; it is kept for later votes either way.
-    pub async fn enroll_key(
+    pub(crate) async fn enroll_key(
         &mut self,
         operator: &str,
         role: &str,
@@ -247,7 +247,7 @@ impl Bg {
         })
     }
 
-    pub async fn propose(
+    pub(crate) async fn propose(
         &self,
         note: &str,
         change: pb::propose_change_request::Change,
@@ -262,7 +262,7 @@ impl Bg {
     }
 
     /// Votes with the operator's `key_index`th key, through the CLI's client code.
-    pub async fn vote(
+    pub(crate) async fn vote(
         &mut self,
         target: Target,
         operator: &str,
@@ -279,7 +279,7 @@ impl Bg {
             })
     }
 
-    pub async fn begin_vote(
+    pub(crate) async fn begin_vote(
         &self,
         target: pb::vote_target::Target,
         operator: &str,
@@ -301,7 +301,7 @@ impl Bg {
         ))
     }
 
-    pub fn sign(
+    pub(crate) fn sign(
         &mut self,
         operator: &str,
         key_index: usize,
@@ -311,7 +311,7 @@ impl Bg {
         serde_json::to_string(&key.assert(&Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap()
     }
 
-    pub async fn cast(
+    pub(crate) async fn cast(
         &self,
         channel: Channel,
         target: pb::vote_target::Target,
@@ -332,7 +332,7 @@ impl Bg {
             .map(|r| r.into_inner())
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await.unwrap();
         }
@@ -342,25 +342,25 @@ impl Bg {
 /// The world of the acceptance tests: dba-oncall operators carol and dave (dave holds two
 /// keys), erin of web-oncall, the `db-root` scope, workloads `vault-db` (requests db-root) and
 /// `vault-plugin` (introspects), then admins alice, bob and frank, which closes genesis.
-pub struct World {
+pub(crate) struct World {
     pub bg: Bg,
     pub vault_db: ClientCert,
     pub plugin: ClientCert,
 }
 
-pub async fn world(pending_timeout: i64, ssh: Option<pb::SshSpec>) -> World {
+pub(crate) async fn world(pending_timeout: i64, ssh: Option<pb::SshSpec>) -> World {
     let mut scope = db_root(pending_timeout);
     scope.ssh = ssh;
     world_with(scope).await
 }
 
 /// The world with `scope` in place of the plain `db-root`.
-pub async fn world_with(scope: pb::Scope) -> World {
+pub(crate) async fn world_with(scope: pb::Scope) -> World {
     world_layered(scope, None).await
 }
 
 /// The world with its store wrapped by `layer`.
-pub async fn world_layered(scope: pb::Scope, layer: Option<daemon::StoreLayer>) -> World {
+pub(crate) async fn world_layered(scope: pb::Scope, layer: Option<daemon::StoreLayer>) -> World {
     use pb::propose_change_request::Change as C;
     let mut bg = Bg::start_layered(DaemonDir::init(), "", layer).await;
     for (name, role) in [
@@ -428,11 +428,11 @@ pub async fn world_layered(scope: pb::Scope, layer: Option<daemon::StoreLayer>) 
 
 /// The delivery key of every test request: a fixed X25519 secret, so a test can open any
 /// credential it collects.
-pub fn delivery_key() -> latchkey::credential::delivery::DeliveryKey {
+pub(crate) fn delivery_key() -> latchkey::credential::delivery::DeliveryKey {
     latchkey::credential::delivery::DeliveryKey::from_secret(&[7u8; 32]).unwrap()
 }
 
-pub fn draft(ttl: Option<i64>) -> pb::RequestDraft {
+pub(crate) fn draft(ttl: Option<i64>) -> pb::RequestDraft {
     pb::RequestDraft {
         delivery_public_key: delivery_key().public_key().to_vec(),
         scope: "db-root".into(),
@@ -443,7 +443,7 @@ pub fn draft(ttl: Option<i64>) -> pb::RequestDraft {
     }
 }
 
-pub async fn workload_request(w: &World, ttl: Option<i64>) -> pb::RequestInfo {
+pub(crate) async fn workload_request(w: &World, ttl: Option<i64>) -> pb::RequestInfo {
     AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
         .create_request(pb::CreateRequestRequest {
             draft: Some(draft(ttl)),
@@ -456,7 +456,7 @@ pub async fn workload_request(w: &World, ttl: Option<i64>) -> pb::RequestInfo {
         .unwrap()
 }
 
-pub async fn introspect(w: &World, token: &str) -> pb::IntrospectResponse {
+pub(crate) async fn introspect(w: &World, token: &str) -> pb::IntrospectResponse {
     AccessServiceClient::new(w.bg.tls(&w.plugin).await)
         .introspect(pb::IntrospectRequest {
             token: token.into(),

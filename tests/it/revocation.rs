@@ -19,7 +19,7 @@ use crate::support::DaemonDir;
 
 /// Waits (on the audit log's live stream, no polling) for the first record from `from` on
 /// that `matches`.
-pub async fn await_record(
+pub(crate) async fn await_record(
     bg: &Bg,
     from: u64,
     matches: impl Fn(&pb::AuditRecord) -> bool,
@@ -77,7 +77,11 @@ async fn show_via(channel: tonic::transport::Channel, id: &str) -> pb::GrantInfo
 }
 
 /// vault-db asks, carol and dave approve; returns the grant id and the credential.
-pub async fn issue(w: &mut World, ssh_public_key: Option<&Path>, ttl: i64) -> access::Collected {
+pub(crate) async fn issue(
+    w: &mut World,
+    ssh_public_key: Option<&Path>,
+    ttl: i64,
+) -> access::Collected {
     let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
         .create_request(pb::CreateRequestRequest {
             draft: Some(pb::RequestDraft {
@@ -118,7 +122,7 @@ pub async fn issue(w: &mut World, ssh_public_key: Option<&Path>, ttl: i64) -> ac
 }
 
 /// An executable shell script in `dir`.
-pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+pub(crate) fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -284,7 +288,7 @@ async fn an_early_revocation_reaches_a_real_sshd_through_the_krl_long_before_exp
 }
 
 /// erin revokes `grant_id` with a key touch; returns once the revocation is complete.
-pub async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
+pub(crate) async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
     let revoking = start_revocation(w, grant_id, reason).await;
     let subject = format!("grant/{grant_id}");
     await_record(&w.bg, 1, |r| {
@@ -295,7 +299,7 @@ pub async fn revoke_early(w: &mut World, grant_id: &str, reason: &str) -> pb::Gr
 }
 
 /// erin revokes `grant_id` early; returns as soon as the revocation has started.
-pub async fn start_revocation(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
+pub(crate) async fn start_revocation(w: &mut World, grant_id: &str, reason: &str) -> pb::GrantInfo {
     let begun = AccessServiceClient::new(w.bg.local().await)
         .begin_revoke(pb::BeginRevokeRequest {
             grant_id: grant_id.into(),

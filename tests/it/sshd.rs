@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 /// The outcome of one `ssh` login.
 #[derive(Debug, PartialEq, Eq)]
-pub enum LoginOutcome {
+pub(crate) enum LoginOutcome {
     /// Authenticated and ran `true`.
     Accepted,
     /// Refused; `ssh`'s stderr.
@@ -18,7 +18,7 @@ pub enum LoginOutcome {
 }
 
 /// A running sshd; killed on drop.
-pub struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
@@ -37,7 +37,7 @@ fn write_private(path: &Path, text: &str) {
 }
 
 /// A new Ed25519 key written as `dir/name` (0600) and `dir/name.pub`.
-pub fn user_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn user_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).unwrap();
     let key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
@@ -51,7 +51,7 @@ pub fn user_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 impl Sshd {
     /// Starts sshd trusting `ca_public_openssh`, optionally with `RevokedKeys`, and returns
     /// once it logged that it listens.
-    pub fn start(ca_public_openssh: &str, revoked_keys: Option<&Path>) -> Sshd {
+    pub(crate) fn start(ca_public_openssh: &str, revoked_keys: Option<&Path>) -> Sshd {
         // sshd refuses to start without its privilege-separation directory.
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -109,12 +109,12 @@ impl Sshd {
     }
 
     /// What sshd logged so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
     /// Logs in as `user` with the key and certificate and runs `true`.
-    pub fn login(&self, user: &str, private_key: &Path, certificate: &Path) -> LoginOutcome {
+    pub(crate) fn login(&self, user: &str, private_key: &Path, certificate: &Path) -> LoginOutcome {
         let out = Command::new("ssh")
             .args([
                 "-F",

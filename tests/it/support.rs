@@ -16,16 +16,16 @@ use tonic::transport::Channel;
 /// Upper bound on waiting for the daemon: a hang guard, not a timing assertion.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-pub fn latchkeyd() -> Command {
+pub(crate) fn latchkeyd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_latchkeyd"))
 }
 
-pub fn latchkey_cli() -> Command {
+pub(crate) fn latchkey_cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_latchkey"))
 }
 
 /// A data dir initialised by `latchkeyd init`, with a config file beside it.
-pub struct DaemonDir {
+pub(crate) struct DaemonDir {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub config: PathBuf,
@@ -34,7 +34,7 @@ pub struct DaemonDir {
 }
 
 impl DaemonDir {
-    pub fn init() -> Self {
+    pub(crate) fn init() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let socket = dir.path().join("latchkeyd.sock");
@@ -63,7 +63,7 @@ impl DaemonDir {
 
     /// Writes a config for this dir with a TLS listener on an ephemeral port; `extra_unix`
     /// goes into the `[unix]` table.
-    pub fn write_config(&self, extra_unix: &str) {
+    pub(crate) fn write_config(&self, extra_unix: &str) {
         let text = format!(
             "version = 1\ndata_dir = \"{}\"\n\n[log]\nformat = \"json\"\n\n[unix]\npath = \"{}\"\n{extra_unix}\n\n[tls]\nlisten = \"127.0.0.1:0\"\n",
             self.data.display(),
@@ -72,12 +72,12 @@ impl DaemonDir {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    pub fn write_raw_config(&self, text: &str) {
+    pub(crate) fn write_raw_config(&self, text: &str) {
         std::fs::write(&self.config, text).unwrap();
     }
 
     /// Starts `latchkeyd serve` and waits for READY.
-    pub fn start(&self) -> Daemon {
+    pub(crate) fn start(&self) -> Daemon {
         let log = std::fs::File::create(self.log_path()).unwrap();
         self.start_with(
             latchkeyd()
@@ -91,7 +91,11 @@ impl DaemonDir {
 
     /// Starts a command that ends up exec'ing `latchkeyd serve`, runs `on_spawn` on the child
     /// (whose stderr goes to the daemon log unless the command piped it), and waits for READY.
-    pub fn start_with(&self, command: &mut Command, on_spawn: impl FnOnce(&mut Child)) -> Daemon {
+    pub(crate) fn start_with(
+        &self,
+        command: &mut Command,
+        on_spawn: impl FnOnce(&mut Child),
+    ) -> Daemon {
         let notify_path = self.dir.path().join(format!("notify-{}", rand_suffix()));
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify
@@ -124,7 +128,7 @@ impl DaemonDir {
     }
 
     /// Runs `latchkeyd serve` expecting it to refuse to start.
-    pub fn serve_expecting_failure(&self) -> Output {
+    pub(crate) fn serve_expecting_failure(&self) -> Output {
         let out = latchkeyd()
             .arg("serve")
             .arg("--config")
@@ -144,7 +148,7 @@ fn rand_suffix() -> String {
 }
 
 /// A running `latchkeyd` process. Killed on drop if still running.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     notify: UnixDatagram,
     log: PathBuf,
@@ -180,15 +184,15 @@ impl Daemon {
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap()
     }
 
-    pub fn tls_addr(&self) -> SocketAddr {
+    pub(crate) fn tls_addr(&self) -> SocketAddr {
         self.addresses
             .iter()
             .find_map(|a| a.strip_prefix("tls:"))
@@ -197,7 +201,7 @@ impl Daemon {
             .unwrap()
     }
 
-    pub fn socket_path(&self) -> PathBuf {
+    pub(crate) fn socket_path(&self) -> PathBuf {
         PathBuf::from(
             self.addresses
                 .iter()
@@ -206,19 +210,19 @@ impl Daemon {
         )
     }
 
-    pub async fn unix_channel(&self) -> Channel {
+    pub(crate) async fn unix_channel(&self) -> Channel {
         client::connect_unix(&self.socket_path()).await.unwrap()
     }
 
     /// Kills the process with SIGKILL (no cleanup) and reaps it.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         use nix::sys::signal::{Signal, kill};
         kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGKILL).unwrap();
         self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the process to exit (and for STOPPING=1 first).
-    pub fn terminate(mut self) -> ExitStatus {
+    pub(crate) fn terminate(mut self) -> ExitStatus {
         use nix::sys::signal::{Signal, kill};
         kill(nix::unistd::Pid::from_raw(self.pid()), Signal::SIGTERM).unwrap();
         self.wait_for_notification("STOPPING=1");
@@ -249,13 +253,13 @@ impl Drop for Daemon {
 }
 
 /// A self-signed client certificate and key, written as PEM files.
-pub struct ClientCert {
+pub(crate) struct ClientCert {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 impl ClientCert {
-    pub fn generate(dir: &Path, name: &str) -> Self {
+    pub(crate) fn generate(dir: &Path, name: &str) -> Self {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let params = rcgen::CertificateParams::new(vec![format!("{name}.example")]).unwrap();
         let cert = params.self_signed(&key).unwrap();
@@ -269,12 +273,12 @@ impl ClientCert {
         }
     }
 
-    pub fn identity(&self) -> ClientIdentity {
+    pub(crate) fn identity(&self) -> ClientIdentity {
         ClientIdentity::from_pem_files(&self.cert, &self.key).unwrap()
     }
 
     /// Pins this certificate's key as a workload with `latchkeyd admit-workload`.
-    pub fn admit(&self, data_dir: &Path, name: &str) {
+    pub(crate) fn admit(&self, data_dir: &Path, name: &str) {
         let out = latchkeyd()
             .args(["admit-workload", "--owner", "platform-team", "--name", name])
             .arg("--data-dir")
@@ -292,11 +296,11 @@ impl ClientCert {
 }
 
 /// The daemon's TLS certificate, which TLS clients pin.
-pub fn server_cert(data_dir: &Path) -> CertificateDer<'static> {
+pub(crate) fn server_cert(data_dir: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(data_dir.join("tls-cert.pem")).unwrap()
 }
 
-pub async fn tls_channel(daemon: &Daemon, data_dir: &Path, cert: &ClientCert) -> Channel {
+pub(crate) async fn tls_channel(daemon: &Daemon, data_dir: &Path, cert: &ClientCert) -> Channel {
     client::connect_tls(daemon.tls_addr(), server_cert(data_dir), cert.identity())
         .await
         .unwrap()

@@ -4,7 +4,7 @@ use super::*;
 
 /// `latchkey change`.
 #[derive(clap::Subcommand, Debug)]
-pub enum ChangeCommand {
+pub(super) enum ChangeCommand {
     /// List trust-store changes, newest first.
     List {
         /// Only in this state: pending, applied, denied, expired.
@@ -74,7 +74,7 @@ fn print_change(out: Out, c: &pb::ChangeInfo) {
 }
 
 /// Sends a proposal and prints the change.
-pub async fn propose(
+pub(super) async fn propose(
     channel: Channel,
     out: Out,
     note: String,
@@ -100,7 +100,11 @@ pub async fn propose(
 }
 
 /// `latchkey change`.
-pub async fn change(channel: Channel, out: Out, command: ChangeCommand) -> Result<(), ClientError> {
+pub(super) async fn change(
+    channel: Channel,
+    out: Out,
+    command: ChangeCommand,
+) -> Result<(), ClientError> {
     match command {
         ChangeCommand::List { state } => {
             let state = match state.as_deref() {

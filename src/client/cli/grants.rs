@@ -107,7 +107,7 @@ pub fn grant_text(g: &pb::GrantInfo) -> String {
 
 /// `latchkey grant`.
 #[derive(clap::Subcommand, Debug)]
-pub enum GrantCommand {
+pub(super) enum GrantCommand {
     /// Show a grant (never its token) and every revocation sink's state.
     Show {
         /// Grant id.
@@ -116,7 +116,7 @@ pub enum GrantCommand {
 }
 
 /// `latchkey grant show`.
-pub async fn show_grant(channel: Channel, out: Out, id: String) -> Result<(), ClientError> {
+pub(super) async fn show_grant(channel: Channel, out: Out, id: String) -> Result<(), ClientError> {
     let g = AccessServiceClient::new(channel)
         .show_grant(pb::ShowGrantRequest { id })
         .await?
@@ -132,7 +132,11 @@ pub async fn show_grant(channel: Channel, out: Out, id: String) -> Result<(), Cl
 }
 
 /// `latchkey grants`.
-pub async fn grants(channel: Channel, out: Out, state: Option<String>) -> Result<(), ClientError> {
+pub(super) async fn grants(
+    channel: Channel,
+    out: Out,
+    state: Option<String>,
+) -> Result<(), ClientError> {
     let state = match state.as_deref() {
         None => pb::GrantState::Unspecified,
         Some(s) => pb::GrantState::from_str_name(&format!(
@@ -176,7 +180,7 @@ pub async fn grants(channel: Channel, out: Out, state: Option<String>) -> Result
 }
 
 /// `latchkey revoke`: any operator, with a key touch.
-pub async fn revoke(
+pub(super) async fn revoke(
     channel: Channel,
     out: Out,
     id: String,
@@ -226,7 +230,7 @@ pub async fn revoke(
 }
 
 /// `latchkey relinquish`: the holder gives its grant up.
-pub async fn relinquish(channel: Channel, out: Out, id: String) -> Result<(), ClientError> {
+pub(super) async fn relinquish(channel: Channel, out: Out, id: String) -> Result<(), ClientError> {
     let g = AccessServiceClient::new(channel)
         .relinquish(pb::RelinquishRequest { grant_id: id })
         .await?

@@ -4,7 +4,7 @@ use super::*;
 
 /// `latchkey operator` (besides `show`).
 #[derive(clap::Subcommand, Debug)]
-pub enum OperatorChange {
+pub(super) enum OperatorChange {
     /// List operators with their roles and key counts.
     List,
     /// Propose replacing an operator's roles.
@@ -63,7 +63,7 @@ pub enum OperatorChange {
 }
 
 /// `latchkey operator list|set-roles|remove|remove-key|reinstate-key|set-trust-policy`.
-pub async fn operator(
+pub(super) async fn operator(
     channel: Channel,
     out: Out,
     command: OperatorChange,

@@ -4,7 +4,7 @@ use super::*;
 
 /// `latchkey request`.
 #[derive(clap::Args, Debug)]
-pub struct RequestArgs {
+pub(super) struct RequestArgs {
     /// Scope to open.
     #[arg(long)]
     pub scope: String,
@@ -39,7 +39,7 @@ pub struct RequestArgs {
 }
 
 /// Where the delivery key of request `id` is kept by default, if a state directory is known.
-pub fn default_delivery_key_path(id: &str) -> Option<PathBuf> {
+pub(super) fn default_delivery_key_path(id: &str) -> Option<PathBuf> {
     let base = match std::env::var_os("XDG_STATE_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
@@ -86,7 +86,7 @@ fn keep_delivery_key(id: &str, key: &DeliveryKey) -> Option<PathBuf> {
 
 /// `latchkey requests`.
 #[derive(clap::Subcommand, Debug)]
-pub enum RequestsCommand {
+pub(super) enum RequestsCommand {
     /// List requests, newest first.
     List {
         /// Only in this state: pending, issued, denied, cancelled, expired.
@@ -102,7 +102,7 @@ pub enum RequestsCommand {
 
 /// `latchkey approve|deny`.
 #[derive(clap::Args, Debug)]
-pub struct VoteArgs {
+pub(super) struct VoteArgs {
     /// Request id.
     pub id: String,
     /// Your operator name.
@@ -238,7 +238,11 @@ fn cert_path(public_key: &Path) -> PathBuf {
 }
 
 /// `latchkey request`: asks, then waits for the credential (unless `--no-wait`).
-pub async fn request(channel: Channel, out: Out, args: RequestArgs) -> Result<(), ClientError> {
+pub(super) async fn request(
+    channel: Channel,
+    out: Out,
+    args: RequestArgs,
+) -> Result<(), ClientError> {
     let ssh_public_key = match &args.ssh_public_key {
         Some(path) => std::fs::read_to_string(path).map_err(|e| file_error(path, e))?,
         None => String::new(),
@@ -309,7 +313,7 @@ pub async fn request(channel: Channel, out: Out, args: RequestArgs) -> Result<()
 
 /// Waits on a request and prints (and writes) the credential, its bearer token opened with
 /// `delivery_key`.
-pub async fn deliver(
+pub(super) async fn deliver(
     channel: Channel,
     out: Out,
     id: &str,
@@ -381,7 +385,7 @@ pub async fn deliver(
 }
 
 /// `latchkey requests`.
-pub async fn requests(
+pub(super) async fn requests(
     channel: Channel,
     out: Out,
     command: RequestsCommand,
@@ -423,7 +427,7 @@ pub async fn requests(
 }
 
 /// `latchkey approve|deny` and `latchkey change approve|deny`.
-pub async fn vote(
+pub(super) async fn vote(
     channel: Channel,
     out: Out,
     target: Target,
@@ -489,7 +493,7 @@ pub async fn vote(
 }
 
 /// `latchkey cancel`.
-pub async fn cancel(channel: Channel, out: Out, id: String) -> Result<(), ClientError> {
+pub(super) async fn cancel(channel: Channel, out: Out, id: String) -> Result<(), ClientError> {
     let r = AccessServiceClient::new(channel)
         .cancel_request(pb::CancelRequestRequest { id })
         .await?
@@ -505,7 +509,11 @@ pub async fn cancel(channel: Channel, out: Out, id: String) -> Result<(), Client
 }
 
 /// `latchkey introspect`: exit status says active (0) or not (1).
-pub async fn introspect(channel: Channel, out: Out, token: String) -> Result<bool, ClientError> {
+pub(super) async fn introspect(
+    channel: Channel,
+    out: Out,
+    token: String,
+) -> Result<bool, ClientError> {
     let token = if token == "-" {
         let mut line = String::new();
         std::io::stdin()

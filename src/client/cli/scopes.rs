@@ -4,7 +4,7 @@ use super::*;
 
 /// `latchkey scope`.
 #[derive(clap::Subcommand, Debug)]
-pub enum ScopeCommand {
+pub(super) enum ScopeCommand {
     /// List scopes, flagging any without owner or runbook.
     List,
     /// Show one scope (`trust-store` shows the trust-store policy).
@@ -32,7 +32,11 @@ pub enum ScopeCommand {
 }
 
 /// `latchkey scope`.
-pub async fn scope(channel: Channel, out: Out, command: ScopeCommand) -> Result<(), ClientError> {
+pub(super) async fn scope(
+    channel: Channel,
+    out: Out,
+    command: ScopeCommand,
+) -> Result<(), ClientError> {
     use pb::propose_change_request::Change as C;
     let mut client = TrustServiceClient::new(channel.clone());
     match command {

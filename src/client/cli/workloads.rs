@@ -4,7 +4,7 @@ use super::*;
 
 /// `latchkey workload` (besides `admit`).
 #[derive(clap::Subcommand, Debug)]
-pub enum WorkloadChange {
+pub(super) enum WorkloadChange {
     /// List workloads.
     List,
     /// Propose admitting a workload, or changing an admitted one's scopes or introspection.
@@ -39,7 +39,7 @@ pub enum WorkloadChange {
 }
 
 /// `latchkey workload list|put|remove`.
-pub async fn workload(
+pub(super) async fn workload(
     channel: Channel,
     out: Out,
     command: WorkloadChange,
