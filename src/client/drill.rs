@@ -35,7 +35,7 @@ pub struct DrillArgs {
     /// TTL of the drill's grant (capped by the scope's maximum).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub ttl: Duration,
-    /// Bastion to log in to with the drill's SSH certificate: [USER@]HOST (USER defaults to the
+    /// Bastion to log in to with the drill's SSH certificate: `[USER@]HOST` (USER defaults to the
     /// scope's first principal). Without it the SSH steps are skipped.
     #[arg(long)]
     pub ssh: Option<String>,

@@ -154,7 +154,7 @@ impl Grant {
     }
 }
 
-/// Key of a grant in [`Keyspace::GrantExpiry`]: expiry (ms, big-endian, order-preserving)
+/// Key of a grant in the `grant_expiry` keyspace: expiry (ms, big-endian, order-preserving)
 /// then the id, so a scan from the start yields the grants that expire first.
 pub fn expiry_key(expires_at: Timestamp, id: &str) -> Vec<u8> {
     // Flip the sign bit so negative times sort before positive ones.
@@ -174,7 +174,7 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(Timestamp, String)> {
     ))
 }
 
-/// The value of a grant's entry in [`Keyspace::GrantExpiry`]: what the token index and the
+/// The value of a grant's entry in the `grant_expiry` keyspace: what the token index and the
 /// start-up revocation need, so neither reads the grant itself. Entries written before this
 /// existed are empty; [`ExpiryEntry::decode`] answers `None` for them and readers fall back to
 /// the grant.

@@ -229,8 +229,8 @@ pub fn is_piv_response(json: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The [`Keyspace::OperatorKeys`] entry of one key. Operator names cannot hold `/`
-/// ([`check_name`]), so one operator's entries never run into another's.
+/// The `operator_keys` entry of one key. Operator names cannot hold `/`
+/// (`service::operators::check_name`), so one operator's entries never run into another's.
 pub fn key_index_entry(operator: &str, credential_id: &str) -> Vec<u8> {
     format!("{operator}/{credential_id}").into_bytes()
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::clock::Timestamp;
 
-/// Key of [`TrustStoreMeta`] in [`Keyspace::Meta`].
+/// Key of [`TrustStoreMeta`] in the `meta` keyspace.
 pub const META_KEY: &[u8] = b"trust_store";
 
 /// Who must approve changes to the trust store itself.

@@ -292,7 +292,7 @@ macro_rules! delegate_write {
     };
 }
 
-/// Reads what the client sent through the rewriter (see [`super::authority_fix`]).
+/// Reads what the client sent through the rewriter (see `rpc::authority_fix`).
 impl AsyncRead for UnixConn {
     fn poll_read(
         mut self: Pin<&mut Self>,

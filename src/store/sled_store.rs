@@ -235,7 +235,7 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
-    /// Reads in pages of [`SCAN_PAGE`] entries, taking the store's lock per page: each page
+    /// Reads in pages of `SCAN_PAGE` entries, taking the store's lock per page: each page
     /// sees whole transactions, and a long scan never holds commits out for its whole length
     /// (a transaction may land between two pages: a long scan is not a snapshot).
     fn scan_from(
