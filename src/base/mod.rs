@@ -8,3 +8,4 @@ pub mod error;
 pub mod fsperm;
 #[cfg(test)]
 pub(crate) mod fuzzing;
+pub mod names;

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::credential::tls::HandshakeSignatures;
 use crate::pb;
 
 pub mod access;
@@ -125,7 +125,7 @@ impl ClientIdentity {
 #[derive(Debug)]
 struct PinnedServer {
     cert: CertificateDer<'static>,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -152,7 +152,7 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -161,11 +161,11 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -175,10 +175,10 @@ pub async fn connect_tls(
     server_cert: CertificateDer<'static>,
     identity: ClientIdentity,
 ) -> Result<Channel, ClientError> {
-    let provider = crate::daemon::tls::provider();
+    let provider = crate::credential::tls::provider();
     let verifier = Arc::new(PinnedServer {
         cert: server_cert,
-        algorithms: provider.signature_verification_algorithms,
+        signatures: HandshakeSignatures::of(&provider),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -6,3 +6,4 @@ pub mod keys;
 pub mod krl;
 pub mod mint;
 pub mod sshcert;
+pub mod tls;

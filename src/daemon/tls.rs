@@ -5,17 +5,17 @@
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use crate::credential::keys::DaemonKeys;
+use crate::credential::tls::HandshakeSignatures;
 
 /// Requires a client certificate and checks the handshake signature with its key; trusts no CA.
 #[derive(Debug)]
 struct ProofOfPossession {
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: HandshakeSignatures,
 }
 
 impl ClientCertVerifier for ProofOfPossession {
@@ -41,7 +41,7 @@ impl ClientCertVerifier for ProofOfPossession {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -50,24 +50,21 @@ impl ClientCertVerifier for ProofOfPossession {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
-/// The crypto provider latchkey uses for TLS (ring).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use crate::credential::tls::provider;
 
 /// Server config for the daemon's certificate, requiring client certificates.
 pub fn server_config(keys: &DaemonKeys) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(ProofOfPossession {
-        algorithms: provider.signature_verification_algorithms,
+        signatures: HandshakeSignatures::of(&provider),
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -45,12 +45,7 @@ impl Coded for ScopeError {
 
 /// Checks a name: 1-64 characters of `[a-z0-9._-]`.
 pub fn check_name(what: &'static str, value: &str) -> Result<(), ScopeError> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_NAME_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if ok {
+    if crate::base::names::is_valid_name(value) {
         Ok(())
     } else {
         Err(ScopeError::InvalidName {

@@ -10,6 +10,7 @@ use crate::base::caller::{Actor, Caller};
 use crate::base::clock::Timestamp;
 use crate::base::error::ErrorKind;
 use crate::credential::keys::Fingerprints;
+use crate::domain::change::ChangeKind;
 use crate::domain::change::ChangeState;
 use crate::domain::drill::{DrillHistory, DrillRecord, DrillStep, StepOutcome};
 use crate::domain::grant::{Grant, GrantState};
@@ -678,23 +679,27 @@ pub(super) fn proposal_from_pb(
                 "say what to change",
             ));
         }
-        Some(C::RemoveAuthenticator(c)) => Proposal::RemoveAuthenticator {
+        Some(C::RemoveAuthenticator(c)) => Proposal::Change(ChangeKind::RemoveAuthenticator {
             operator: c.operator,
             credential_id: c.credential_id,
-        },
-        Some(C::ReinstateAuthenticator(c)) => Proposal::ReinstateAuthenticator {
+        }),
+        Some(C::ReinstateAuthenticator(c)) => {
+            Proposal::Change(ChangeKind::ReinstateAuthenticator {
+                operator: c.operator,
+                credential_id: c.credential_id,
+            })
+        }
+        Some(C::RemoveOperator(c)) => Proposal::Change(ChangeKind::RemoveOperator {
             operator: c.operator,
-            credential_id: c.credential_id,
-        },
-        Some(C::RemoveOperator(c)) => Proposal::RemoveOperator {
-            operator: c.operator,
-        },
-        Some(C::SetOperatorRoles(c)) => Proposal::SetOperatorRoles {
+        }),
+        Some(C::SetOperatorRoles(c)) => Proposal::Change(ChangeKind::SetOperatorRoles {
             operator: c.operator,
             roles: c.roles,
-        },
-        Some(C::PutScope(s)) => Proposal::PutScope(Box::new(scope_from_pb(s)?)),
-        Some(C::RemoveScope(c)) => Proposal::RemoveScope(c.name),
+        }),
+        Some(C::PutScope(s)) => Proposal::Change(ChangeKind::PutScope {
+            scope: Box::new(scope_from_pb(s)?),
+        }),
+        Some(C::RemoveScope(c)) => Proposal::Change(ChangeKind::RemoveScope { name: c.name }),
         Some(C::PutWorkload(w)) => Proposal::PutWorkload {
             name: w.name,
             owner: w.owner,
@@ -702,10 +707,12 @@ pub(super) fn proposal_from_pb(
             scopes: w.scopes,
             introspect: w.introspect,
         },
-        Some(C::RemoveWorkload(c)) => Proposal::RemoveWorkload(c.name),
-        Some(C::SetTrustPolicy(p)) => Proposal::SetTrustPolicy(TrustStorePolicy {
-            quorum: p.quorum,
-            approver_role: p.approver_role,
+        Some(C::RemoveWorkload(c)) => Proposal::Change(ChangeKind::RemoveWorkload { name: c.name }),
+        Some(C::SetTrustPolicy(p)) => Proposal::Change(ChangeKind::SetTrustPolicy {
+            policy: TrustStorePolicy {
+                quorum: p.quorum,
+                approver_role: p.approver_role,
+            },
         }),
     })
 }

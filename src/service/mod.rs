@@ -2,6 +2,7 @@
 //! delivery, trust-store changes, revocation, drills and reports. [`authority::Authority`] is
 //! the composition root every transport calls.
 
+pub mod apply;
 pub mod authority;
 pub mod ceremony;
 pub mod changes;

@@ -1,7 +1,6 @@
 //! Operators as the service reads and writes them: errors, names, listing, the key index.
 
 use crate::audit::AuditError;
-use crate::base::constants::MAX_NAME_LEN;
 use crate::base::error::{Coded, ErrorKind};
 use crate::domain::operator::*;
 use crate::service::trust_store::TrustError;
@@ -149,19 +148,12 @@ pub fn key_standing(
 }
 
 pub(crate) fn random32() -> Result<[u8; 32], OperatorError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
-    Ok(bytes)
+    crate::base::names::random_bytes::<32>().map_err(|e| StoreError::Backend(e.to_string()).into())
 }
 
 /// Checks an operator name or role.
 pub fn check_name(what: &'static str, value: &str) -> Result<(), OperatorError> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_NAME_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if ok {
+    if crate::base::names::is_valid_name(value) {
         Ok(())
     } else {
         Err(OperatorError::InvalidName {
@@ -172,9 +164,7 @@ pub fn check_name(what: &'static str, value: &str) -> Result<(), OperatorError> 
 }
 
 pub(crate) fn new_id() -> Result<String, OperatorError> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
-    Ok(hex::encode(id))
+    crate::base::names::random_id::<16>().map_err(|e| StoreError::Backend(e.to_string()).into())
 }
 
 /// All authenticators (small: people and their keys).

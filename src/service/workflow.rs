@@ -258,9 +258,7 @@ impl WorkflowError {
 
 /// A fresh request or change id: 12 random bytes, hex.
 pub(in crate::service) fn new_id() -> Result<String, WorkflowError> {
-    let mut id = [0u8; 12];
-    getrandom::fill(&mut id).map_err(|e| MintError::Randomness(e.to_string()))?;
-    Ok(hex::encode(id))
+    crate::base::names::random_id::<12>().map_err(|e| MintError::Randomness(e.to_string()).into())
 }
 
 pub(in crate::service) fn scan_all<R: store::Record>(

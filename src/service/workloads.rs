@@ -106,12 +106,7 @@ pub fn list(store: &dyn Store) -> Result<Vec<Workload>, StoreError> {
 }
 
 fn check_name(name: &str) -> Result<(), WorkloadError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if ok {
+    if crate::base::names::is_valid_name(name) {
         Ok(())
     } else {
         Err(WorkloadError::InvalidName(name.to_owned()))

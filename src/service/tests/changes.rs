@@ -6,10 +6,10 @@ fn propose_roles(w: &World, operator: &str, roles: &[&str]) -> ChangeView {
     w.authority
         .propose_change(
             &local(),
-            Proposal::SetOperatorRoles {
+            Proposal::Change(ChangeKind::SetOperatorRoles {
                 operator: operator.into(),
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            },
+            }),
             NOTE,
         )
         .unwrap()
@@ -40,9 +40,11 @@ fn a_trust_quorum_above_the_approvers_enrolled_is_refused_and_stores_nothing() {
         .authority
         .propose_change(
             &local(),
-            Proposal::SetTrustPolicy(TrustStorePolicy {
-                quorum: 3,
-                approver_role: TRUST_ADMIN.into(),
+            Proposal::Change(ChangeKind::SetTrustPolicy {
+                policy: TrustStorePolicy {
+                    quorum: 3,
+                    approver_role: TRUST_ADMIN.into(),
+                },
             }),
             NOTE,
         )
@@ -59,10 +61,10 @@ fn removing_a_trust_admin_that_the_quorum_needs_is_refused_and_stores_nothing() 
         .authority
         .propose_change(
             &local(),
-            Proposal::SetOperatorRoles {
+            Proposal::Change(ChangeKind::SetOperatorRoles {
                 operator: "bob".into(),
                 roles: vec![DBA.into()],
-            },
+            }),
             NOTE,
         )
         .unwrap_err();
@@ -76,8 +78,34 @@ fn during_genesis_a_scope_applies_at_once() {
     let w = World::genesis();
     let view = w
         .authority
-        .propose_change(&local(), Proposal::PutScope(Box::new(db_root())), NOTE)
+        .propose_change(
+            &local(),
+            Proposal::Change(ChangeKind::PutScope {
+                scope: Box::new(db_root()),
+            }),
+            NOTE,
+        )
         .unwrap();
     assert_eq!(w.authority.scope_named("db-root").unwrap(), db_root());
     assert_eq!(view.approvals, 0);
+}
+
+#[test]
+fn a_key_or_a_pinned_workload_cannot_be_proposed_directly() {
+    let w = World::ready();
+    let (_, keys) = w.authority.operator("carol").unwrap();
+    let before = w.snapshot();
+    let key = Proposal::Change(ChangeKind::AddAuthenticator {
+        operator: "mallory".into(),
+        new_operator_roles: Some(vec![TRUST_ADMIN.into()]),
+        authenticator: Box::new(keys[0].clone()),
+    });
+    assert_eq!(
+        w.authority
+            .propose_change(&local(), key, NOTE)
+            .unwrap_err()
+            .code(),
+        "change.invalid"
+    );
+    assert_eq!(w.snapshot(), before);
 }

@@ -20,6 +20,7 @@ use crate::base::error::Coded;
 use crate::client::authenticator::{Authenticator as _, SoftTokenKey};
 use crate::credential::delivery::DeliveryKey;
 use crate::credential::keys::DaemonKeys;
+use crate::domain::change::ChangeKind;
 use crate::domain::operator::Opened;
 use crate::domain::policy::{ApprovalPolicy, Decision};
 use crate::domain::request::Draft;
@@ -146,7 +147,13 @@ impl World {
     fn ready() -> Self {
         let mut w = Self::genesis();
         w.authority
-            .propose_change(&local(), Proposal::PutScope(Box::new(db_root())), NOTE)
+            .propose_change(
+                &local(),
+                Proposal::Change(ChangeKind::PutScope {
+                    scope: Box::new(db_root()),
+                }),
+                NOTE,
+            )
             .unwrap();
         w.enroll("carol", &[DBA]);
         w.enroll("alice", &[DBA, TRUST_ADMIN]);

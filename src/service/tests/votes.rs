@@ -11,10 +11,10 @@ fn requester_cannot_approve_own_request() {
     w.authority
         .propose_change(
             &local(),
-            Proposal::SetOperatorRoles {
+            Proposal::Change(ChangeKind::SetOperatorRoles {
                 operator: "carol".into(),
                 roles: vec![DBA.into()],
-            },
+            }),
             NOTE,
         )
         .unwrap();
