@@ -146,7 +146,6 @@ pub struct Event {
     pub actor: Actor,
     /// What it is about.
     pub subject: String,
-    /// Details.
     pub details: serde_json::Value,
     /// Signed evidence, for approvals.
     pub evidence: Option<Evidence>,

@@ -179,7 +179,6 @@ pub struct Collected {
     pub ssh_certificate: String,
     /// Expiry.
     pub expires_at: Option<prost_types::Timestamp>,
-    /// Scope.
     pub scope: String,
 }
 

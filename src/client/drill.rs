@@ -39,7 +39,6 @@ pub struct DrillArgs {
     /// scope's first principal). Without it the SSH steps are skipped.
     #[arg(long)]
     pub ssh: Option<String>,
-    /// SSH port.
     #[arg(long, default_value_t = 22)]
     pub ssh_port: u16,
     /// Extra `ssh -o` option (repeatable), e.g. `UserKnownHostsFile=/etc/latchkey/known_hosts`.

@@ -221,7 +221,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct StatusView {
     /// Daemon version.
     pub version: String,
-    /// Store schema version.
     pub store_schema_version: u32,
     /// `open` or `closed`.
     pub genesis: String,

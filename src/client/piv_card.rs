@@ -87,9 +87,7 @@ pub struct SoftPivState {
     pub attestation_pem: String,
     /// The slot key, PKCS#8 PEM.
     pub slot_key_pem: String,
-    /// Serial.
     pub serial: u32,
-    /// Slot.
     pub slot: String,
 }
 

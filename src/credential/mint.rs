@@ -67,7 +67,6 @@ pub struct SshRequest<'a> {
     pub serial: u64,
     /// Grant id (the certificate's key id).
     pub grant_id: &'a str,
-    /// Principals.
     pub principals: &'a [String],
     /// Issue time.
     pub issued_at: Timestamp,

@@ -21,7 +21,6 @@ const CHANGE_TAG: &[u8] = b"latchkey.change.v1\n";
 pub enum ChangeKind {
     /// Add a key to an operator; creates the operator with `new_operator_roles` if new.
     AddAuthenticator {
-        /// Operator.
         operator: String,
         /// Roles, when the operator is new.
         new_operator_roles: Option<Vec<String>>,
@@ -30,26 +29,18 @@ pub enum ChangeKind {
     },
     /// Remove one key for good.
     RemoveAuthenticator {
-        /// Operator.
         operator: String,
-        /// Credential id.
         credential_id: String,
     },
     /// Make a suspended key count again.
     ReinstateAuthenticator {
-        /// Operator.
         operator: String,
-        /// Credential id.
         credential_id: String,
     },
     /// Remove an operator and all their keys.
-    RemoveOperator {
-        /// Operator.
-        operator: String,
-    },
+    RemoveOperator { operator: String },
     /// Replace an operator's roles.
     SetOperatorRoles {
-        /// Operator.
         operator: String,
         /// New roles.
         roles: Vec<String>,
@@ -60,20 +51,14 @@ pub enum ChangeKind {
         scope: Box<Scope>,
     },
     /// Remove a scope.
-    RemoveScope {
-        /// Name.
-        name: String,
-    },
+    RemoveScope { name: String },
     /// Admit (or re-admit with new settings) a workload.
     PutWorkload {
         /// The workload.
         workload: Workload,
     },
     /// Remove a workload and its pin.
-    RemoveWorkload {
-        /// Name.
-        name: String,
-    },
+    RemoveWorkload { name: String },
     /// Change who approves trust-store changes.
     SetTrustPolicy {
         /// New policy.
@@ -192,7 +177,6 @@ impl ChangeState {
 /// A proposed change.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Change {
-    /// Id.
     pub id: String,
     /// What.
     pub kind: ChangeKind,
@@ -202,7 +186,6 @@ pub struct Change {
     pub note: String,
     /// When proposed.
     pub created_at: Timestamp,
-    /// Pending until.
     pub pending_until: Timestamp,
     /// The text the digest covers (summary, note, proposer, times).
     pub canonical_text: String,

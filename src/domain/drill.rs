@@ -52,7 +52,6 @@ impl StepOutcome {
 pub struct DrillStep {
     /// One of [`STEPS`].
     pub name: String,
-    /// Outcome.
     pub outcome: StepOutcome,
     /// How long it took, milliseconds.
     pub millis: u64,
@@ -82,7 +81,6 @@ pub struct DrillRecord {
 /// The drills of one scope: the latest and the latest that passed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrillHistory {
-    /// Scope.
     pub scope: String,
     /// The latest drill, passed or not.
     pub last: DrillRecord,

@@ -1,10 +1,6 @@
-//! Grants (issued credentials) and the in-memory introspection index.
-//!
-//! The index maps the SHA-256 of a bearer token to what introspection answers, so the hot path
-//! is one hash and one map lookup. It is filled from the expiry queue at start (each entry
-//! carries its grant's token hash and scope: see [`ExpiryEntry`]) and updated after every
-//! committed mint or revocation; expiry needs no update because every answer compares the
-//! grant's expiry with the clock at that instant.
+//! Grants (issued credentials) as records: their state and revocation, the expiry queue's
+//! keys and entries, token hashes, and the digest an early revocation signs. The in-memory
+//! introspection index built from them is `service::token_index`.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -58,10 +54,7 @@ pub enum Sink {
     /// The SSH KRL file, re-read after writing.
     Krl,
     /// A consumer workload's acknowledgement on its own mTLS identity.
-    Consumer {
-        /// Workload.
-        workload: String,
-    },
+    Consumer { workload: String },
     /// The scope's revocation hook, by its exit status.
     Hook,
 }
@@ -124,7 +117,6 @@ pub struct Grant {
     pub id: String,
     /// The request it answers.
     pub request_id: String,
-    /// Scope.
     pub scope: String,
     /// Who holds it.
     pub requester: Requester,

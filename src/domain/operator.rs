@@ -173,7 +173,6 @@ pub struct VerifiedAssertion {
 /// no FIDO2 key) and the challenge a PIV key signs (ECDSA over these 32 bytes).
 #[derive(Clone, Debug)]
 pub struct Opened {
-    /// Ceremony id.
     pub ceremony_id: String,
     /// WebAuthn options JSON.
     pub options_json: String,

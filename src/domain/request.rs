@@ -30,7 +30,6 @@ pub enum DraftError {
     /// The TTL is above the scope's maximum. Ask for less.
     #[error("TTL {asked} s is above scope {scope}'s maximum of {max} s")]
     TtlTooLong {
-        /// Scope.
         scope: String,
         /// Asked for.
         asked: u64,
@@ -201,7 +200,6 @@ pub struct Canonical {
     pub delivery_public_key: String,
     /// When made.
     pub created_at: Timestamp,
-    /// Pending until.
     pub pending_until: Timestamp,
     /// Approvals needed.
     pub quorum: u32,
@@ -299,7 +297,6 @@ pub struct Request {
 }
 
 impl Request {
-    /// Id.
     pub fn id(&self) -> &str {
         &self.canonical.id
     }

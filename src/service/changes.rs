@@ -39,9 +39,7 @@ pub enum Proposal {
     Change(ChangeKind),
     /// Admit a workload, or change an admitted one's settings (`certificate_pem` empty).
     PutWorkload {
-        /// Name.
         name: String,
-        /// Owner.
         owner: String,
         /// Client certificate PEM; empty keeps the current pin.
         certificate_pem: String,

@@ -17,7 +17,6 @@ use crate::store::{self, Keyspace, Txn};
 pub struct Delivery {
     /// Grant.
     pub grant_id: String,
-    /// Scope.
     pub scope: String,
     /// The bearer token sealed to the requester's delivery key, if one was minted.
     pub sealed_bearer: Option<crate::credential::delivery::SealedToken>,

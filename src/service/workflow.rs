@@ -42,7 +42,6 @@ pub enum WorkflowError {
     RequesterNotAllowed {
         /// Who asked.
         requester: String,
-        /// Scope.
         scope: String,
     },
     /// Workloads request and route; they never approve or deny.
@@ -57,7 +56,6 @@ pub enum WorkflowError {
     /// The request is no longer pending.
     #[error("request {id} is {state}, not pending")]
     RequestClosed {
-        /// Id.
         id: String,
         /// Its state.
         state: &'static str,
@@ -68,7 +66,6 @@ pub enum WorkflowError {
     /// The change is no longer pending.
     #[error("change {id} is {state}, not pending")]
     ChangeClosed {
-        /// Id.
         id: String,
         /// Its state.
         state: &'static str,
@@ -127,12 +124,7 @@ pub enum WorkflowError {
     NotConsumer(String),
     /// The grant is not active (already revoking, revoked or expired).
     #[error("grant {id} is {state}, not active")]
-    GrantNotActive {
-        /// Id.
-        id: String,
-        /// State.
-        state: &'static str,
-    },
+    GrantNotActive { id: String, state: &'static str },
     /// Only the holder (the requester) may relinquish a grant.
     #[error("only the holder of grant {0} may relinquish it")]
     NotHolder(String),

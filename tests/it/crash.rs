@@ -14,7 +14,7 @@ use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 use tokio::sync::Mutex;
 
-use crate::breakglass::{MemKey, ORIGIN, db_root, delivery_key, draft};
+use crate::support::world::{MemKey, ORIGIN, db_root, delivery_key, draft};
 use crate::support::{ClientCert, Daemon, DaemonDir, tls_channel};
 
 type Key = Arc<Mutex<Box<dyn Authenticator + Send>>>;

@@ -9,7 +9,7 @@ use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 use latchkey::store::{Entry, Keyspace, Store, StoreError, Txn};
 
-use crate::breakglass::{
+use crate::support::world::{
     World, code, db_root, delivery_key, introspect, workload_request, world, world_layered,
 };
 
@@ -85,14 +85,14 @@ async fn three_votes_racing_on_a_two_of_three_request_deliver_the_one_grant_mint
     )
     .await;
     add_third_approver(&mut w).await;
-    let (_, ssh_public) = crate::sshd::user_key(w.bg.dir.dir.path(), "responder");
+    let (_, ssh_public) = crate::support::sshd::user_key(w.bg.dir.dir.path(), "responder");
     let ssh_public = std::fs::read_to_string(ssh_public).unwrap();
     for round in 0..12 {
         let created = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
             .create_request(pb::CreateRequestRequest {
                 draft: Some(pb::RequestDraft {
                     ssh_public_key: ssh_public.clone(),
-                    ..crate::breakglass::draft(None)
+                    ..crate::support::world::draft(None)
                 }),
                 ..Default::default()
             })
@@ -492,7 +492,7 @@ async fn a_bearer_scope_refuses_a_request_without_a_delivery_key_and_stores_noth
             .create_request(pb::CreateRequestRequest {
                 draft: Some(pb::RequestDraft {
                     delivery_public_key: key,
-                    ..crate::breakglass::draft(None)
+                    ..crate::support::world::draft(None)
                 }),
                 ..Default::default()
             })

@@ -10,8 +10,8 @@ use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 use latchkey::store::{Keyspace, SledStore, Store as _};
 
-use crate::breakglass::{World, db_root, world_with};
-use crate::revocation::{issue, start_revocation};
+use crate::support::grants::{issue, start_revocation};
+use crate::support::world::{World, db_root, world_with};
 
 fn fixture() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-store.jsonl")
@@ -63,10 +63,10 @@ async fn every_kind_of_record() -> World {
     scope.revocation_consumers = vec!["vault-plugin".into()];
     let mut w = world_with(scope).await;
     let home = w.bg.dir.dir.path().to_owned();
-    let (_, public) = crate::sshd::user_key(&home, "golden");
+    let (_, public) = crate::support::sshd::user_key(&home, "golden");
     let revoked = issue(&mut w, Some(&public), 3600).await;
     start_revocation(&mut w, &revoked.grant_id, "golden records").await;
-    let (_, public) = crate::sshd::user_key(&home, "golden-active");
+    let (_, public) = crate::support::sshd::user_key(&home, "golden-active");
     let active = issue(&mut w, Some(&public), 3600).await;
     let grant = AccessServiceClient::new(w.bg.local().await)
         .show_grant(pb::ShowGrantRequest {
@@ -90,12 +90,12 @@ async fn every_kind_of_record() -> World {
         .await
         .unwrap();
     // Pending: a request, a change, a vote ceremony.
-    let (_, public) = crate::sshd::user_key(&home, "golden-pending");
+    let (_, public) = crate::support::sshd::user_key(&home, "golden-pending");
     let pending = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
         .create_request(pb::CreateRequestRequest {
             draft: Some(pb::RequestDraft {
                 ssh_public_key: std::fs::read_to_string(public).unwrap(),
-                ..crate::breakglass::draft(None)
+                ..crate::support::world::draft(None)
             }),
             ..Default::default()
         })

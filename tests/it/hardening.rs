@@ -13,7 +13,7 @@ use latchkey::pb::trust_service_client::TrustServiceClient;
 use latchkey::service::authority::Authority;
 use latchkey::store::{Entry, Keyspace, Store, StoreError, Txn};
 
-use crate::breakglass::{db_root, world_layered};
+use crate::support::world::{db_root, world_layered};
 
 type Hook = Box<dyn FnOnce() + Send>;
 
@@ -176,7 +176,7 @@ async fn two_changes_that_each_keep_the_quorum_cannot_both_apply_when_together_t
         ),
         Err(s) => assert!(
             ["change.invalid", "approval.not_approver"]
-                .contains(&crate::breakglass::code(&s).as_str()),
+                .contains(&crate::support::world::code(&s).as_str()),
             "{s:?}"
         ),
     }
@@ -250,7 +250,7 @@ struct RawShowRequest {
 
 #[tokio::test]
 async fn an_undecodable_message_is_invalid_argument_with_a_stable_code() {
-    let bg = crate::breakglass::Bg::start().await;
+    let bg = crate::support::world::Bg::start().await;
     let mut grpc = tonic::client::Grpc::new(bg.local().await);
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
@@ -268,13 +268,16 @@ async fn an_undecodable_message_is_invalid_argument_with_a_stable_code() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert_eq!(crate::breakglass::code(&status), "rpc.malformed_message");
+    assert_eq!(
+        crate::support::world::code(&status),
+        "rpc.malformed_message"
+    );
     bg.stop().await;
 }
 
 /// A daemon with small `[limits]`.
-async fn limited() -> crate::breakglass::Bg {
-    crate::breakglass::Bg::start_with(
+async fn limited() -> crate::support::world::Bg {
+    crate::support::world::Bg::start_with(
         crate::support::DaemonDir::init(),
         "[limits]\nstreams = 2\nconnections_per_uid = 3\nhandshake_seconds = 1\n",
     )
@@ -299,7 +302,7 @@ async fn live_streams_past_the_limit_are_refused_with_a_stable_code() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-    assert_eq!(crate::breakglass::code(&err), "rpc.too_many_streams");
+    assert_eq!(crate::support::world::code(&err), "rpc.too_many_streams");
     drop(open);
     bg.stop().await;
 }

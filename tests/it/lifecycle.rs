@@ -147,7 +147,7 @@ async fn a_store_restored_from_an_older_copy_is_refused_until_the_rollback_is_ac
             .propose_change(pb::ProposeChangeRequest {
                 note: "bootstrap".into(),
                 change: Some(pb::propose_change_request::Change::PutScope(
-                    crate::breakglass::db_root(600),
+                    crate::support::world::db_root(600),
                 )),
             })
             .await
@@ -376,7 +376,7 @@ async fn a_flipped_byte_anywhere_in_the_log_never_serves_an_older_state() {
     let dir = DaemonDir::init();
     let daemon = dir.start();
     for name in ["a", "b", "c"] {
-        let mut scope = crate::breakglass::db_root(600);
+        let mut scope = crate::support::world::db_root(600);
         scope.name = format!("scope-{name}");
         pb::trust_service_client::TrustServiceClient::new(daemon.unix_channel().await)
             .propose_change(pb::ProposeChangeRequest {

@@ -21,5 +21,4 @@ mod piv;
 mod python;
 mod revocation;
 mod serving;
-mod sshd;
 mod support;

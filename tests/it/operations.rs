@@ -16,9 +16,9 @@ use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 use latchkey::service::hygiene::{Finding, Level};
 
-use crate::breakglass::{Bg, code, db_root, secs, world_with};
-use crate::revocation::{await_record, issue, script};
-use crate::sshd::Sshd;
+use crate::support::grants::{await_record, issue, script};
+use crate::support::sshd::Sshd;
+use crate::support::world::{Bg, code, db_root, secs, world_with};
 use crate::support::{DaemonDir, latchkey_cli, latchkeyd};
 
 /// Runs a CLI command off the async workers (the daemon under test runs on them).

@@ -11,8 +11,8 @@ use latchkey::pb;
 use latchkey::pb::operator_service_client::OperatorServiceClient;
 use latchkey::verify::piv::{PinPolicy, TouchPolicy};
 
-use crate::breakglass::{Bg, code, db_root};
 use crate::support::DaemonDir;
+use crate::support::world::{Bg, code, db_root};
 
 fn soft(serial: u32, touch: TouchPolicy, attested: bool) -> SoftPiv {
     SoftPiv::generate(&SoftPivSpec {
@@ -287,7 +287,7 @@ async fn fido2_and_piv_approvals_count_toward_one_quorum_and_one_operator_counts
     .unwrap();
     let request = pb::access_service_client::AccessServiceClient::new(bg.tls(&vault).await)
         .create_request(pb::CreateRequestRequest {
-            draft: Some(crate::breakglass::draft(None)),
+            draft: Some(crate::support::world::draft(None)),
             ..Default::default()
         })
         .await

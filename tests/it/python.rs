@@ -27,7 +27,7 @@ async fn a_stock_grpcio_client_is_served_over_the_unix_socket_with_its_default_a
         "LATCHKEY_PYTHON is not set: run the suite through scripts/test (scripts/install-deps \
          makes the grpcio venv)",
     );
-    let bg = crate::breakglass::Bg::start().await;
+    let bg = crate::support::world::Bg::start().await;
     let work = tempfile::tempdir().unwrap();
     let stubs = work.path().join("stubs");
     std::fs::create_dir(&stubs).unwrap();

@@ -16,9 +16,7 @@ pub(super) struct YubicoExtensions {
     pub(super) serial: u32,
     /// Firmware version.
     pub(super) firmware: (u8, u8, u8),
-    /// PIN policy.
     pub(super) pin_policy: PinPolicy,
-    /// Touch policy.
     pub(super) touch_policy: TouchPolicy,
     /// Form factor byte, when present.
     pub(super) form_factor: Option<u8>,

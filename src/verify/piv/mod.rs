@@ -112,7 +112,6 @@ impl Coded for PivError {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum PinPolicy {
-    /// Never.
     Never,
     /// Once per session.
     Once,
@@ -124,7 +123,6 @@ pub enum PinPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TouchPolicy {
-    /// Never.
     Never,
     /// For every signature.
     Always,
@@ -170,9 +168,7 @@ pub struct Attested {
     pub serial: u32,
     /// Firmware version.
     pub firmware: (u8, u8, u8),
-    /// PIN policy.
     pub pin_policy: PinPolicy,
-    /// Touch policy.
     pub touch_policy: TouchPolicy,
     /// Form factor byte (e.g. 4 = USB-C nano), when present.
     pub form_factor: Option<u8>,

@@ -1,6 +1,10 @@
 //! Test harness: a data dir made by the real `latchkeyd init`, and a real daemon process whose
 //! readiness is learned from its sd_notify READY message (no sleeps).
 
+pub(crate) mod grants;
+pub(crate) mod sshd;
+pub(crate) mod world;
+
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
