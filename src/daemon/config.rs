@@ -425,6 +425,8 @@ path = "{socket}"
 # The daemon's own user is always allowed. Add users and groups that may run `latchkey`.
 allow_uids = []
 allow_groups = []
+# Local users (e.g. a vault plugin on this host) that may introspect bearer tokens.
+introspect_uids = []
 
 # Mutual TLS for workloads (vault plugins, automation). Callers are identified by the SHA-256
 # of their certificate's SubjectPublicKeyInfo, pinned in the trust store.
@@ -461,6 +463,15 @@ krl_path = "{krl}"
 [drill]
 # `latchkeyd doctor` warns when a scope's last passed drill (`latchkey drill`) is older.
 max_age_days = {drill_days}
+
+# PIV keys (YubiKey PIV applet): the least touch and PIN policy an enrolled key must have,
+# Yubico's intermediates for firmware >= 5.7.4 (pinned by fingerprint), and software roots
+# (dev mode only).
+# [piv]
+# require_touch = "always"   # always | cached | never
+# require_pin = "once"       # always | once | never
+# intermediates = "/etc/latchkey/yubico-intermediates.pem"
+# dev_roots = []
 
 # What callers can hold open; past a limit a new connection is closed or a stream refused
 # (rpc.too_many_streams). Defaults shown.
@@ -715,5 +726,46 @@ mod tests {
         );
         let config = parse(&text).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/latchkey"));
+    }
+
+    /// The configuration block README.md shows.
+    fn readme_config() -> &'static str {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\nversion = ").unwrap() + "```toml\n".len();
+        let end = readme[start..].find("```").unwrap();
+        &readme[start..start + end]
+    }
+
+    #[test]
+    fn the_readme_configuration_parses_with_this_parser() {
+        // The `latchkey` group exists once the package is installed; this host may lack it.
+        let text = readme_config().replace(r#"["latchkey"]"#, r#"["root"]"#);
+        let config = Config::parse(&text, Path::new("README.md")).unwrap();
+        assert!(config.piv.require_touch.is_some());
+        assert!(config.metrics.is_some());
+    }
+
+    #[test]
+    fn the_example_config_shows_every_section_and_key_the_readme_shows() {
+        let example = Config::example(
+            Path::new("/var/lib/latchkey"),
+            Path::new("/run/latchkey/latchkeyd.sock"),
+            false,
+        );
+        for line in readme_config().lines() {
+            let Some(name) = line
+                .split('#')
+                .next()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| l.split('=').next().unwrap_or(l).trim())
+            else {
+                continue;
+            };
+            assert!(
+                example.contains(name),
+                "README's config shows {name}, `init --write-config` does not"
+            );
+        }
     }
 }
