@@ -49,6 +49,13 @@ enum Command {
         #[arg(long)]
         dev_mode: bool,
     },
+    /// Check a config file as `serve` would read it (syntax, unknown keys, values, groups,
+    /// who may write it) without starting anything. Exits 1 with the line to fix.
+    CheckConfig {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Run the daemon.
     Serve {
         /// Config file.
@@ -183,6 +190,24 @@ fn run(command: Command) -> Result<(), String> {
             if let Some(path) = write_config {
                 println!("wrote config {}", path.display());
             }
+            Ok(())
+        }
+        Command::CheckConfig { config: path } => {
+            let config = Config::load_for_serving(&path).map_err(|e| e.to_string())?;
+            println!(
+                "{}: OK (data dir {}, socket {}{}{}{})",
+                path.display(),
+                config.data_dir.display(),
+                config.unix.path.display(),
+                config
+                    .tls
+                    .as_ref()
+                    .map_or(String::new(), |t| format!(", tls {}", t.listen)),
+                config
+                    .metrics
+                    .map_or(String::new(), |m| format!(", metrics {m}")),
+                if config.dev_mode { ", DEV MODE" } else { "" }
+            );
             Ok(())
         }
         Command::AcceptRollback { config } => {

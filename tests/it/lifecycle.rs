@@ -98,6 +98,39 @@ fn a_config_with_an_unknown_field_stops_startup() {
 }
 
 #[test]
+fn check_config_accepts_a_good_config_and_names_the_line_of_a_bad_one() {
+    let dir = DaemonDir::init();
+    let ok = crate::support::latchkeyd()
+        .args(["check-config", "--config"])
+        .arg(&dir.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains(": OK (data dir"), "{stdout}");
+    dir.write_raw_config(&format!(
+        "version = 1\ndata_dir = \"{}\"\nlisten_everywhere = true\n",
+        dir.data.display()
+    ));
+    let bad = crate::support::latchkeyd()
+        .args(["check-config", "--config"])
+        .arg(&dir.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr.contains("unknown field `listen_everywhere`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3"), "{stderr}");
+}
+
+#[test]
 fn a_world_readable_key_file_stops_startup() {
     let dir = DaemonDir::init();
     let key = dir.data.join("ssh-user-ca");
