@@ -155,6 +155,26 @@ fn doctor(config: &std::path::Path, json: bool, strict: bool) -> ExitCode {
     }
 }
 
+/// `latchkeyd check-config`: the config as `serve` reads it, summarised.
+fn check_config(path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load_for_serving(path).map_err(|e| e.to_string())?;
+    println!(
+        "{}: OK (data dir {}, socket {}{}{}{})",
+        path.display(),
+        config.data_dir.display(),
+        config.unix.path.display(),
+        config
+            .tls
+            .as_ref()
+            .map_or(String::new(), |t| format!(", tls {}", t.listen)),
+        config
+            .metrics
+            .map_or(String::new(), |m| format!(", metrics {m}")),
+        if config.dev_mode { ", DEV MODE" } else { "" }
+    );
+    Ok(())
+}
+
 fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Init {
@@ -192,24 +212,7 @@ fn run(command: Command) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::CheckConfig { config: path } => {
-            let config = Config::load_for_serving(&path).map_err(|e| e.to_string())?;
-            println!(
-                "{}: OK (data dir {}, socket {}{}{}{})",
-                path.display(),
-                config.data_dir.display(),
-                config.unix.path.display(),
-                config
-                    .tls
-                    .as_ref()
-                    .map_or(String::new(), |t| format!(", tls {}", t.listen)),
-                config
-                    .metrics
-                    .map_or(String::new(), |m| format!(", metrics {m}")),
-                if config.dev_mode { ", DEV MODE" } else { "" }
-            );
-            Ok(())
-        }
+        Command::CheckConfig { config } => check_config(&config),
         Command::AcceptRollback { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
             let (before, now) = daemon::accept_rollback(&config).map_err(|e| e.to_string())?;
