@@ -390,8 +390,9 @@ impl Drill {
         }
         if voted.is_empty() && !self.out.json {
             eprintln!(
-                "waiting for {} approvals: ask approvers to run `latchkey approve {id} --operator NAME`",
-                self.quorum
+                "waiting for {} approvals: ask approvers to run `{}`",
+                self.quorum,
+                super::cli::hints::approve_request(id)
             );
         }
         let waited = tokio::time::timeout(
@@ -739,7 +740,10 @@ pub async fn list(channel: Channel, out: Out) -> Result<(), ClientError> {
         return Ok(());
     }
     if scopes.is_empty() {
-        say("no drills recorded yet: run `latchkey drill --scope NAME`");
+        say(&format!(
+            "no drills recorded yet: run `{}`",
+            super::cli::hints::drill("SCOPE")
+        ));
     }
     for s in &scopes {
         say(&format!(

@@ -248,7 +248,7 @@ impl Authority {
                     Level::Warn,
                     "drills.age",
                     format!(
-                        "scope {} has never passed a drill: run `latchkey drill --scope {}`",
+                        "scope {} has never passed a drill: run `latchkey drill --scope {} --operator YOU`",
                         scope.name, scope.name
                     ),
                 )),

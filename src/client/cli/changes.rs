@@ -92,8 +92,10 @@ pub(super) async fn propose(
     print_change(out, &c);
     if !out.json && c.state() == pb::ChangeState::Pending {
         eprintln!(
-            "proposed: {} approvals of role {} needed (`latchkey change approve {}`)",
-            c.quorum, c.approver_role, c.id
+            "proposed: {} approvals of role {} needed (`{}`)",
+            c.quorum,
+            c.approver_role,
+            hints::approve_change(&c.id)
         );
     }
     Ok(())

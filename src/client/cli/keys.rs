@@ -122,11 +122,11 @@ pub(super) async fn run(channel: Channel, command: KeyCommand) -> Result<(), Cli
 fn report_enrolled(enrolled: &pb::FinishEnrollmentResponse) {
     if !enrolled.change_id.is_empty() {
         say!(
-            "key {} for operator {} proposed as change {}: admins approve it with `latchkey change approve {}`",
+            "key {} for operator {} proposed as change {}: admins approve it with `{}`",
             enrolled.credential_id,
             enrolled.operator,
             enrolled.change_id,
-            enrolled.change_id
+            hints::approve_change(&enrolled.change_id)
         );
         return;
     }

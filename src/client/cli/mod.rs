@@ -13,6 +13,7 @@ macro_rules! say {
 mod audit;
 mod changes;
 mod grants;
+pub(crate) mod hints;
 mod keys;
 mod operators;
 mod requests;

@@ -100,10 +100,10 @@ pub(super) enum RequestsCommand {
     },
 }
 
-/// `latchkey approve|deny`.
+/// `latchkey approve|deny` and `latchkey change approve|deny`.
 #[derive(clap::Args, Debug)]
 pub(super) struct VoteArgs {
-    /// Request id.
+    /// Id of the request (`approve`, `deny`) or of the change (`change approve`, `change deny`).
     pub id: String,
     /// Your operator name.
     #[arg(long)]
