@@ -179,7 +179,14 @@ impl Authenticator for SoftTokenKey {
         let response = self
             .token
             .do_authentication(origin.clone(), options)
-            .map_err(|e| KeyError::Device(format!("{e:?}")))?;
+            .map_err(|e| {
+                KeyError::Device(format!(
+                    "the soft token {} could not sign ({e:?}): it holds none of the keys enrolled \
+                     for this operator? Check --soft-token and --operator (`latchkey operator \
+                     show NAME` lists their keys)",
+                    self.path.display()
+                ))
+            })?;
         self.save()?;
         Ok(response)
     }

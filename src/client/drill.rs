@@ -367,6 +367,13 @@ impl Drill {
         let mut voted = Vec::new();
         for spec in &self.args.approvers {
             let (name, file) = parse_approver(spec)?;
+            if !file.exists() {
+                return Err(crate::client::authenticator::KeyError::SoftToken {
+                    path: file,
+                    detail: "no such file: --approver names an enrolled soft token".to_owned(),
+                }
+                .into());
+            }
             let mut approver = SoftTokenKey::open_or_create(&file)?;
             if let Err(e) = access::vote(
                 self.channel.clone(),

@@ -28,7 +28,7 @@ pub mod piv_card;
 #[non_exhaustive]
 pub enum ClientError {
     /// The daemon could not be reached. Is it running, and is the socket path right?
-    #[error("cannot reach latchkeyd at {target}: {detail}")]
+    #[error("cannot reach latchkeyd at {target}: {detail}{}", connect_hint(.detail))]
     Connect {
         /// Socket path or address.
         target: String,
@@ -205,15 +205,35 @@ pub async fn connect_tls(
         })
 }
 
+/// An error and its causes, each said once (a cause whose text the chain holds already is
+/// skipped: hyper and io both report `(os error 2)`).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out
+}
+
+/// What to do when the daemon cannot be reached, from what the connection said.
+fn connect_hint(detail: &str) -> &'static str {
+    if detail.contains("os error 2)") {
+        " (no socket there: is latchkeyd running, e.g. `systemctl start latchkeyd.socket`, and \
+         is --socket or LATCHKEY_SOCKET right?)"
+    } else if detail.contains("os error 13)") {
+        " (not allowed to open the socket: join the group in `[unix] allow_groups`, e.g. \
+         `usermod -aG latchkey $USER`, then log in again)"
+    } else if detail.contains("os error 111)") {
+        " (nothing is listening: start latchkeyd)"
+    } else {
+        ""
+    }
 }
 
 /// What `latchkey status` shows.

@@ -48,7 +48,11 @@ pub enum WorkflowError {
     #[error("workloads cannot vote; an operator must approve with a hardware key")]
     WorkloadCannotVote,
     /// An operator request needs the operator's hardware assertion (BeginRequest first).
-    #[error("an operator request needs a hardware assertion: call BeginRequest and sign")]
+    #[error(
+        "a request over the local socket must be signed by the requesting operator's key \
+         (`latchkey request --operator NAME` does this; API clients call BeginRequest, sign, \
+         then CreateRequest with the assertion)"
+    )]
     AssertionRequired,
     /// The request waited longer than its policy allows. Make a new request.
     #[error("request {0} expired before reaching quorum")]
@@ -74,7 +78,11 @@ pub enum WorkflowError {
     #[error("only the requester may do this with request {0}")]
     NotRequester(String),
     /// The caller may not introspect tokens. Admit the workload with `introspect`.
-    #[error("this caller may not introspect tokens")]
+    #[error(
+        "this caller may not introspect tokens: a local user needs its uid in `[unix] \
+         introspect_uids` of latchkeyd.toml; a workload needs `latchkey workload put NAME \
+         --introspect` (a trust-store change)"
+    )]
     IntrospectionNotAllowed,
     /// Trust-store changes are proposed from the bastion's local socket.
     #[error("trust-store changes can only be proposed over the local socket")]

@@ -16,6 +16,7 @@ mod fido2;
 mod golden;
 mod hardening;
 mod lifecycle;
+mod newcomer;
 mod operations;
 mod piv;
 mod python;

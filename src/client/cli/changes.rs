@@ -7,8 +7,8 @@ use super::*;
 pub(super) enum ChangeCommand {
     /// List trust-store changes, newest first.
     List {
-        /// Only in this state: pending, applied, denied, expired.
-        #[arg(long)]
+        /// Only in this state.
+        #[arg(long, value_parser = ["pending", "applied", "denied", "expired"])]
         state: Option<String>,
     },
     /// Show a change and its canonical text.

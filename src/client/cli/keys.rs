@@ -97,7 +97,7 @@ pub(super) async fn run(channel: Channel, command: KeyCommand) -> Result<(), Cli
                     piv_pin()?,
                 )?)
             } else {
-                key.open()?
+                key.open_or_create()?
             };
             let enrolled = client::enroll(
                 channel,

@@ -46,8 +46,8 @@ pub use requests::{delivery_key_for, request_text};
 /// Which authenticator to use.
 #[derive(clap::Args, Debug, Clone)]
 pub struct KeyChoice {
-    /// Use a software token kept in this file (created if missing). Tests, demos and drills
-    /// only: a daemon outside dev mode refuses it.
+    /// Use a software token kept in this file (`key enroll` creates it). Tests, demos and
+    /// drills only: a daemon outside dev mode refuses it.
     #[arg(long)]
     pub soft_token: Option<PathBuf>,
     /// With several USB keys plugged in, use number N (see `latchkey key devices`).
@@ -62,15 +62,38 @@ pub struct KeyChoice {
     /// PIV slot.
     #[arg(long, default_value = "9a")]
     pub slot: String,
-    /// Use a software PIV key kept in this file (created if missing; its synthetic root must
-    /// be in the daemon's `[piv] dev_roots`: dev mode only).
+    /// Use a software PIV key kept in this file (`key enroll` creates it; its synthetic root
+    /// must be in the daemon's `[piv] dev_roots`: dev mode only).
     #[arg(long, conflicts_with_all = ["soft_token", "piv"])]
     pub soft_piv: Option<PathBuf>,
 }
 
 impl KeyChoice {
-    /// Opens the chosen authenticator.
+    /// Opens the chosen authenticator to sign. A software key file must exist: a mistyped path
+    /// would otherwise sign with a new key nobody enrolled.
     pub fn open(&self) -> Result<Box<dyn Authenticator>, ClientError> {
+        self.check_files()?;
+        self.open_or_create()
+    }
+
+    /// Refuses a software key file that does not exist (nothing is opened or prompted).
+    pub fn check_files(&self) -> Result<(), ClientError> {
+        for path in [&self.soft_token, &self.soft_piv].into_iter().flatten() {
+            if !path.exists() {
+                return Err(client::authenticator::KeyError::SoftToken {
+                    path: path.clone(),
+                    detail: "no such file (a typo? `latchkey key enroll` with this path creates \
+                             and enrolls one)"
+                        .to_owned(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the chosen authenticator, creating a software key file if missing (enrollment).
+    pub fn open_or_create(&self) -> Result<Box<dyn Authenticator>, ClientError> {
         if let Some(path) = &self.soft_piv {
             return Ok(Box::new(super::piv_card::SoftPiv::open_or_create(path)?));
         }
@@ -212,8 +235,8 @@ enum Command {
     Grant(grants::GrantCommand),
     /// List grants, newest first (`--state revocation-unconfirmed` shows what needs attention).
     Grants {
-        /// Only in this state: active, revoking, revoked, revocation-unconfirmed.
-        #[arg(long)]
+        /// Only in this state.
+        #[arg(long, value_parser = ["active", "revoking", "revoked", "revocation-unconfirmed"])]
         state: Option<String>,
     },
     /// Revoke a grant now, with your key (any operator; no quorum: revoking is always safe).

@@ -89,8 +89,8 @@ fn keep_delivery_key(id: &str, key: &DeliveryKey) -> Option<PathBuf> {
 pub(super) enum RequestsCommand {
     /// List requests, newest first.
     List {
-        /// Only in this state: pending, issued, denied, cancelled, expired.
-        #[arg(long)]
+        /// Only in this state.
+        #[arg(long, value_parser = ["pending", "issued", "denied", "cancelled", "expired"])]
         state: Option<String>,
     },
     /// Show everything an approver should read.
@@ -434,6 +434,8 @@ pub(super) async fn vote(
     decision: Decision,
     args: VoteArgs,
 ) -> Result<(), ClientError> {
+    // A mistyped key file fails before anything is fetched or shown.
+    args.key.check_files()?;
     let shown = access::shown(channel.clone(), &target).await?;
     if !out.json {
         match &target {

@@ -95,11 +95,12 @@ fn only_allowed_callers_introspect() {
         gid: UID + 1,
         pid: None,
     });
-    assert_eq!(
-        w.authority
-            .introspect(&stranger, &token)
-            .unwrap_err()
-            .code(),
-        "introspect.not_allowed"
+    let refused = w.authority.introspect(&stranger, &token).unwrap_err();
+    assert_eq!(refused.code(), "introspect.not_allowed");
+    // The message names both ways to allow it.
+    let message = refused.to_string();
+    assert!(
+        message.contains("introspect_uids") && message.contains("--introspect"),
+        "{message}"
     );
 }

@@ -1,0 +1,58 @@
+//! What a newcomer sees (issue 27): every CLI error names its fix, hints run as printed.
+
+use crate::support::{DaemonDir, latchkey_cli};
+
+fn stderr_of(args: &[&str]) -> (Option<i32>, String) {
+    let out = latchkey_cli().args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unreachable_daemon_is_named_once_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-daemon.sock");
+    let (code, stderr) = stderr_of(&["--socket", socket.to_str().unwrap(), "status"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no socket there"), "{stderr}");
+    assert!(
+        stderr.contains("systemctl start latchkeyd.socket"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_mistyped_soft_token_path_is_refused_and_never_created() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let typo = dir.dir.path().join("alcie.softtoken");
+    let out = latchkey_cli()
+        .arg("--socket")
+        .arg(daemon.socket_path())
+        .args(["approve", "c0ffee", "--operator", "alice", "--soft-token"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Refused before anything is signed, and no new key appeared.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no such file (a typo?"), "{stderr}");
+    assert!(stderr.contains("key enroll"), "{stderr}");
+    assert!(!typo.exists());
+}
+
+#[test]
+fn an_unknown_state_filter_is_refused_by_the_cli_with_the_valid_ones() {
+    let (code, stderr) = stderr_of(&["requests", "list", "--state", "bogus"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pending") && stderr.contains("expired"),
+        "{stderr}"
+    );
+    let (code, stderr) = stderr_of(&["grants", "--state", "bogus"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("revocation-unconfirmed"), "{stderr}");
+}
