@@ -15,7 +15,7 @@ fn an_unreachable_daemon_is_named_once_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("no-daemon.sock");
     let (code, stderr) = stderr_of(&["--socket", socket.to_str().unwrap(), "status"]);
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(5), "unreachable: {stderr}");
     assert!(stderr.contains("no socket there"), "{stderr}");
     assert!(
         stderr.contains("systemctl start latchkeyd.socket"),
@@ -38,7 +38,7 @@ fn a_mistyped_soft_token_path_is_refused_and_never_created() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Refused before anything is signed, and no new key appeared.
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(6), "a local problem: {stderr}");
     assert!(stderr.contains("no such file (a typo?"), "{stderr}");
     assert!(stderr.contains("key enroll"), "{stderr}");
     assert!(!typo.exists());
@@ -55,4 +55,44 @@ fn an_unknown_state_filter_is_refused_by_the_cli_with_the_valid_ones() {
     let (code, stderr) = stderr_of(&["grants", "--state", "bogus"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("revocation-unconfirmed"), "{stderr}");
+}
+
+#[test]
+fn introspect_tells_inactive_refused_and_unreachable_apart_by_exit_code() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let introspect = |socket: &std::path::Path| {
+        latchkey_cli()
+            .arg("--socket")
+            .arg(socket)
+            .args(["introspect", "lkbg_no-such-token"])
+            .output()
+            .unwrap()
+    };
+    // Not in `introspect_uids`: refused, and the error says which setting allows it.
+    let refused = introspect(&daemon.socket_path());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("introspect_uids"), "{stderr}");
+    drop(daemon);
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir.dir.path()).unwrap());
+    dir.write_config(&format!("introspect_uids = [{uid}]"));
+    let daemon = dir.start();
+    // Allowed: an unknown token is inactive.
+    let inactive = introspect(&daemon.socket_path());
+    assert_eq!(
+        inactive.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&inactive.stderr)
+    );
+    assert!(String::from_utf8_lossy(&inactive.stdout).contains("inactive"));
+    drop(daemon);
+    let gone = introspect(&dir.socket);
+    assert_eq!(
+        gone.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
 }

@@ -72,7 +72,7 @@ pub(super) fn verify_offline(file: &PathBuf, audit_key: &str) -> ExitCode {
 }
 
 /// `audit verify`: the log checks out but ends with records no checkpoint covers.
-const EXIT_UNVERIFIED_TAIL: u8 = 3;
+pub(super) const EXIT_UNVERIFIED_TAIL: u8 = 3;
 
 /// `latchkey audit export` and `follow` (`verify` runs offline: [`verify_offline`]).
 pub(super) async fn run(channel: Channel, command: AuditCommand) -> Result<(), ClientError> {

@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod audit;
 mod changes;
+pub(crate) mod exit;
 mod grants;
 pub(crate) mod hints;
 mod keys;
@@ -158,7 +159,7 @@ fn pretty(json: &str) -> String {
 
 /// latchkey: talk to latchkeyd.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = exit::HELP)]
 struct Cli {
     /// The daemon's local socket.
     #[arg(long, global = true, env = SOCKET_ENV, default_value = DEFAULT_SOCKET_PATH)]
@@ -294,7 +295,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("latchkey: error: {e}");
-            ExitCode::FAILURE
+            exit::for_error(&e)
         }
     }
 }
@@ -320,7 +321,7 @@ fn success_if(yes: bool) -> ExitCode {
     if yes {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(exit::NO)
     }
 }
 
