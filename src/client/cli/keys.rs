@@ -140,9 +140,11 @@ fn report_enrolled(enrolled: &pb::FinishEnrollmentResponse) {
             &enrolled.aaguid
         },
         if enrolled.genesis() == pb::GenesisState::Closed {
-            "closed"
+            "closed: from now on every operator, scope and workload needs the trust-store quorum \
+             of admin approvals"
         } else {
-            "open"
+            "still open: enrollments and changes apply at once until enrolled admins reach the \
+             trust-store quorum (enroll the quorum-completing admin last)"
         }
     );
 }
