@@ -68,7 +68,7 @@ fn print_change(out: Out, c: &pb::ChangeInfo) {
             c.quorum,
             c.approver_role,
             c.note,
-            pretty(&c.canonical_json)
+            change_card(&c.canonical_json)
         ));
     }
 }
@@ -164,4 +164,152 @@ pub(super) async fn change(
         }
     }
     Ok(())
+}
+
+/// A change as an approver reads it: what it does, field by field, with times in RFC 3339
+/// and public keys as their SHA-256 fingerprint; rendered from exactly the canonical text the
+/// vote's digest covers, never from anything else the daemon sent.
+pub(crate) fn change_card(canonical_json: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(canonical_json) else {
+        // Not JSON: show it as it is (the digest still covers exactly this).
+        return canonical_json.to_owned();
+    };
+    let mut out = String::new();
+    let field = |v: &serde_json::Value, key: &str| v.get(key).cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "change {}  {}",
+        field(&value, "id").as_str().unwrap_or_default(),
+        field(&field(&value, "kind"), "change")
+            .as_str()
+            .unwrap_or_default()
+            .replace('_', " ")
+    );
+    card_lines(&mut out, &field(&value, "kind"), 1, &["change"]);
+    for (label, key) in [
+        ("proposed by", "proposer"),
+        ("note", "note"),
+        ("created", "created_at"),
+        ("pending until", "pending_until"),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {label:<14} {}",
+            card_value(key, &field(&value, key))
+        );
+    }
+    out.trim_end().to_owned()
+}
+
+/// One line per field of `value` (nested objects indented), skipping `skip`.
+fn card_lines(out: &mut String, value: &serde_json::Value, depth: usize, skip: &[&str]) {
+    let Some(map) = value.as_object() else {
+        return;
+    };
+    let indent = "  ".repeat(depth);
+    for (key, v) in map.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+        let label = key.replace('_', " ");
+        if v.is_object() && key != "proposer" {
+            let _ = writeln!(out, "{indent}{label}:");
+            card_lines(out, v, depth + 1, &[]);
+        } else {
+            let width = 14usize.saturating_sub(indent.len() - 2);
+            let _ = writeln!(out, "{indent}{label:<width$} {}", card_value(key, v));
+        }
+    }
+}
+
+/// A field's value as text: times (Unix ms) in RFC 3339, public keys (base64 SPKI) as their
+/// SHA-256, lists joined, actors as `kind/name`.
+fn card_value(key: &str, v: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) if key == "public_key" => {
+            match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(der) => {
+                    use sha2::Digest as _;
+                    format!("SHA256:{}", hex::encode(sha2::Sha256::digest(der)))
+                }
+                Err(_) => s.clone(),
+            }
+        }
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) if key.ends_with("_at") || key == "pending_until" => n
+            .as_i64()
+            .map(|ms| {
+                ts(Some(&prost_types::Timestamp {
+                    seconds: ms.div_euclid(1000),
+                    nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+                }))
+            })
+            .unwrap_or_else(|| n.to_string()),
+        serde_json::Value::Array(items) if items.is_empty() => "(none)".to_owned(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|i| card_value(key, i))
+            .collect::<Vec<_>>()
+            .join(", "),
+        serde_json::Value::Object(map) => {
+            // An actor: {"kind": "local", "uid": 1000} → local/1000.
+            let kind = map.get("kind").and_then(|k| k.as_str()).unwrap_or("?");
+            let who = map
+                .iter()
+                .filter(|(k, _)| k.as_str() != "kind")
+                .map(|(_, v)| card_value("", v))
+                .collect::<Vec<_>>()
+                .join("/");
+            if who.is_empty() {
+                kind.to_owned()
+            } else {
+                format!("{kind}/{who}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_card_shows_fields_times_and_key_fingerprints_not_json() {
+        let canonical = serde_json::json!({
+            "id": "c0ffee",
+            "kind": {
+                "change": "add_authenticator",
+                "operator": "dave",
+                "new_operator_roles": ["dba"],
+                "credential_id": "AbCd",
+                "algorithm": "es256",
+                "public_key": "AAEC",
+                "aaguid": null,
+                "attested": true,
+            },
+            "proposer": {"kind": "local", "uid": 1000},
+            "note": "checked dave's badge in person",
+            "created_at": 1_765_000_000_000_i64,
+            "pending_until": 1_765_000_600_000_i64,
+        })
+        .to_string();
+        let card = change_card(&canonical);
+        assert!(
+            card.starts_with("change c0ffee  add authenticator"),
+            "{card}"
+        );
+        assert!(card.contains("operator"), "{card}");
+        assert!(card.contains("dba"), "{card}");
+        // SHA-256 of the bytes 00 01 02, not the base64.
+        assert!(
+            card.contains(
+                "SHA256:ae4b3280e56e2faf83f414a6e3dabe9d5fbe18976544c05fed121accb85b53fc"
+            ),
+            "{card}"
+        );
+        assert!(!card.contains("AAEC"), "{card}");
+        assert!(card.contains("2025-12-06T05:46:40Z"), "{card}");
+        assert!(card.contains("local/1000"), "{card}");
+        assert!(!card.contains('{'), "no JSON left: {card}");
+    }
 }

@@ -143,7 +143,7 @@ fn report_enrolled(enrolled: &pb::FinishEnrollmentResponse) {
             "closed: from now on every operator, scope and workload needs the trust-store quorum \
              of admin approvals"
         } else {
-            "still open: enrollments and changes apply at once until enrolled admins reach the \
+            "open: enrollments and changes apply at once until enrolled admins reach the \
              trust-store quorum (enroll the quorum-completing admin last)"
         }
     );

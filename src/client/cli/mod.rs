@@ -150,13 +150,6 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> ClientError {
     }
 }
 
-fn pretty(json: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| json.to_owned())
-}
-
 /// latchkey: talk to latchkeyd.
 #[derive(Parser)]
 #[command(version, about, after_help = exit::HELP)]

@@ -448,7 +448,7 @@ pub(super) async fn vote(
                     .ok_or_else(|| ClientError::Protocol("no request".into()))?;
                 eprintln!("{}", request_text(&r));
             }
-            Target::Change(_) => eprintln!("{}", pretty(&shown.canonical_json)),
+            Target::Change(_) => eprintln!("{}", changes::change_card(&shown.canonical_json)),
         }
         eprintln!(
             "touch your key to {} (digest {})",
