@@ -614,7 +614,7 @@ fn the_cli_walks_a_request_from_scope_to_introspection() {
     ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("approval.requester"));
-    let first = ok(&[
+    let first = run(&[
         "approve",
         id,
         "--operator",
@@ -622,6 +622,14 @@ fn the_cli_walks_a_request_from_scope_to_introspection() {
         "--soft-token",
         &token("dave"),
     ]);
+    // The approver sees what approving mints and which SSH key it certifies.
+    let card = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        card.contains("mints     a bearer token and an SSH certificate for postgres"),
+        "{card}"
+    );
+    assert!(card.contains("ssh key   ssh-ed25519 SHA256:"), "{card}");
+    let first = String::from_utf8_lossy(&first.stdout).into_owned();
     assert!(first.contains("1 of 2"), "{first}");
     let second = ok(&[
         "approve",

@@ -752,7 +752,7 @@ async fn the_cli_enrolls_and_signs_with_a_soft_token_file() {
     let listed = ok(&cli(&daemon, &["change", "list", "--state", "pending"]));
     assert!(listed.contains(&change_id), "{listed}");
     for (who, token) in [("alice", a), ("bob", b)] {
-        let voted = ok(&cli(
+        let out = cli(
             &daemon,
             &[
                 "change",
@@ -763,7 +763,16 @@ async fn the_cli_enrolls_and_signs_with_a_soft_token_file() {
                 "--soft-token",
                 token,
             ],
-        ));
+        );
+        // The approver reads a card (fields, RFC 3339 times), not JSON.
+        let card = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(card.contains(&format!("change {change_id}")), "{card}");
+        assert!(card.contains("pending until"), "{card}");
+        assert!(
+            !card.contains("{\""),
+            "raw JSON shown to the approver: {card}"
+        );
+        let voted = ok(&out);
         assert!(voted.contains("approve"), "{voted}");
     }
     let shown = ok(&cli(&daemon, &["operator", "show", "carol"]));

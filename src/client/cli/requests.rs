@@ -174,6 +174,19 @@ pub fn request_text(r: &pb::RequestInfo) -> String {
     if !r.ticket.is_empty() {
         let _ = writeln!(s, "ticket    {}", r.ticket);
     }
+    if !r.ssh_public_key.is_empty() {
+        let key = ssh_key::PublicKey::from_openssh(r.ssh_public_key.trim()).map_or_else(
+            |e| format!("unreadable ({e})"),
+            |k| {
+                format!(
+                    "{} {}",
+                    k.algorithm().as_str(),
+                    k.fingerprint(ssh_key::HashAlg::Sha256)
+                )
+            },
+        );
+        let _ = writeln!(s, "ssh key   {key}");
+    }
     let _ = writeln!(
         s,
         "policy    {} of role {}; {} approved, {} denied; pending until {}",
@@ -447,6 +460,7 @@ pub(super) async fn vote(
                     .request
                     .ok_or_else(|| ClientError::Protocol("no request".into()))?;
                 eprintln!("{}", request_text(&r));
+                eprintln!("{}", mints(channel.clone(), &r.scope).await);
             }
             Target::Change(_) => eprintln!("{}", changes::change_card(&shown.canonical_json)),
         }
@@ -548,4 +562,35 @@ pub(super) async fn introspect(
         say("inactive");
     }
     Ok(answer.active)
+}
+
+/// What approving mints, from the scope as it stands now (the scope is not part of what the
+/// key signs: its name, owner and runbook are).
+async fn mints(channel: Channel, scope: &str) -> String {
+    let shown = TrustServiceClient::new(channel)
+        .show_scope(pb::ShowScopeRequest {
+            name: scope.to_owned(),
+        })
+        .await;
+    let Some(scope) = shown
+        .ok()
+        .and_then(|s| s.into_inner().scope)
+        .and_then(|s| s.scope)
+    else {
+        return "mints     (the scope could not be read)".to_owned();
+    };
+    let mut kinds = Vec::new();
+    if scope.bearer {
+        kinds.push("a bearer token".to_owned());
+    }
+    if let Some(ssh) = &scope.ssh {
+        kinds.push(format!(
+            "an SSH certificate for {}",
+            ssh.principals.join(", ")
+        ));
+    }
+    if kinds.is_empty() {
+        kinds.push("nothing".to_owned());
+    }
+    format!("mints     {}", kinds.join(" and "))
 }
