@@ -239,3 +239,49 @@ pub async fn wait(
     last.map(|r| (r, None))
         .ok_or_else(|| ClientError::Protocol("the watch ended without a word".into()))
 }
+
+/// Waits until the grant's revocation is confirmed by every sink: the grant, or why not
+/// (unconfirmed past its deadline, or still revoking after `timeout`). Polls the daemon:
+/// confirmation takes one scheduler round or a sink's answer.
+pub async fn await_revocation(
+    channel: Channel,
+    grant_id: &str,
+    timeout: std::time::Duration,
+) -> Result<Result<pb::GrantInfo, String>, ClientError> {
+    let started = std::time::Instant::now();
+    loop {
+        let g = AccessServiceClient::new(channel.clone())
+            .show_grant(pb::ShowGrantRequest {
+                id: grant_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .grant
+            .ok_or_else(|| ClientError::Protocol("no grant in the answer".into()))?;
+        match g.state() {
+            pb::GrantState::Revoked => return Ok(Ok(g)),
+            pb::GrantState::RevocationUnconfirmed => {
+                let sinks = g
+                    .sinks
+                    .iter()
+                    .map(|s| format!("{}={}", s.sink, if s.confirmed { "ok" } else { "pending" }))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return Ok(Err(format!(
+                    "revocation unconfirmed past its deadline; sinks: {sinks}"
+                )));
+            }
+            state if started.elapsed() > timeout => {
+                return Ok(Err(format!(
+                    "still {} after {}",
+                    state
+                        .as_str_name()
+                        .trim_start_matches("GRANT_STATE_")
+                        .to_ascii_lowercase(),
+                    humantime::format_duration(timeout)
+                )));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -636,42 +636,12 @@ impl Drill {
     /// `confirmation`: every sink confirmed the revocation before the timeout.
     async fn confirmation(&mut self, minted: &Minted) -> Result<(), ClientError> {
         let started = Instant::now();
-        let confirmed = loop {
-            let g = AccessServiceClient::new(self.channel.clone())
-                .show_grant(pb::ShowGrantRequest {
-                    id: minted.credential.grant_id.clone(),
-                })
-                .await?
-                .into_inner()
-                .grant
-                .ok_or_else(|| ClientError::Protocol("no grant in the answer".into()))?;
-            match g.state() {
-                pb::GrantState::Revoked => break Ok(g),
-                pb::GrantState::RevocationUnconfirmed => {
-                    break Err(format!(
-                        "revocation unconfirmed past its deadline; sinks: {}",
-                        g.sinks
-                            .iter()
-                            .map(|s| format!(
-                                "{}={}",
-                                s.sink,
-                                if s.confirmed { "ok" } else { "pending" }
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ));
-                }
-                _ if started.elapsed() > self.args.timeout => {
-                    break Err(format!(
-                        "still {} after {}",
-                        grant_state_name(g.state()),
-                        humantime::format_duration(self.args.timeout)
-                    ));
-                }
-                // The CLI polls the daemon; confirmation takes one scheduler round or a sink.
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let confirmed = access::await_revocation(
+            self.channel.clone(),
+            &minted.credential.grant_id,
+            self.args.timeout,
+        )
+        .await?;
         match confirmed {
             Ok(g) => self.report.add(
                 "confirmation",

@@ -656,6 +656,38 @@ fn the_cli_walks_a_request_from_scope_to_introspection() {
     assert_eq!(cert.valid_principals(), ["postgres".to_owned()].as_slice());
     assert_eq!(cert.key_id(), delivered["grant_id"].as_str().unwrap());
 
+    // Without --ssh-public-key the certificate lands next to the matching key in ~/.ssh,
+    // where ssh finds it, not on stdout.
+    let other_home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other_home.path().join(".ssh")).unwrap();
+    std::fs::copy(&public, other_home.path().join(".ssh/id_ed25519.pub")).unwrap();
+    let again = crate::support::latchkey_cli()
+        .env("HOME", other_home.path())
+        // The delivery key stays where `request` kept it.
+        .env(
+            "XDG_STATE_HOME",
+            std::env::var_os("XDG_STATE_HOME").map_or_else(
+                || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/state"),
+                std::path::PathBuf::from,
+            ),
+        )
+        .arg("--socket")
+        .arg(daemon.socket_path())
+        .args(["wait", id])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let beside = other_home.path().join(".ssh/id_ed25519-cert.pub");
+    assert_eq!(
+        ssh_key::Certificate::read_file(&beside).unwrap().key_id(),
+        cert.key_id()
+    );
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("-cert-v01@openssh.com"));
+
     let tls = |args: &[&str]| {
         crate::support::latchkey_cli()
             .arg("--tls")
@@ -676,6 +708,30 @@ fn the_cli_walks_a_request_from_scope_to_introspection() {
     let unknown = tls(&["introspect", "lkbg_forged"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stdout).contains("inactive"));
+
+    // `revoke --wait` returns once every sink (here the KRL) confirmed.
+    let grant_id = delivered["grant_id"].as_str().unwrap();
+    let revoked = run(&[
+        "--json",
+        "revoke",
+        grant_id,
+        "--reason",
+        "incident over",
+        "--operator",
+        "dave",
+        "--soft-token",
+        &token("dave"),
+        "--wait",
+        "2m",
+    ]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&revoked.stdout).unwrap();
+    assert_eq!(shown["state"], "revoked", "{shown}");
+    assert_eq!(tls(&["introspect", &bearer]).status.code(), Some(1));
 }
 
 #[tokio::test]

@@ -183,12 +183,12 @@ pub(super) async fn grants(
 pub(super) async fn revoke(
     channel: Channel,
     out: Out,
-    id: String,
-    reason: String,
+    (id, reason): (String, String),
     operator: String,
     key: KeyChoice,
-) -> Result<(), ClientError> {
-    let mut client = AccessServiceClient::new(channel);
+    wait: Option<std::time::Duration>,
+) -> Result<bool, ClientError> {
+    let mut client = AccessServiceClient::new(channel.clone());
     let begun = client
         .begin_revoke(pb::BeginRevokeRequest {
             grant_id: id.clone(),
@@ -221,12 +221,35 @@ pub(super) async fn revoke(
         .into_inner()
         .grant
         .ok_or_else(|| ClientError::Protocol("no grant".into()))?;
-    if out.json {
-        say(&grant_json(&g).to_string());
-    } else {
-        say(&grant_text(&g));
+    let Some(timeout) = wait else {
+        print_grant(out, &g);
+        return Ok(true);
+    };
+    if !out.json {
+        eprintln!(
+            "revoking: waiting until every sink confirms (at most {})",
+            humantime::format_duration(timeout)
+        );
     }
-    Ok(())
+    match access::await_revocation(channel, &g.id, timeout).await? {
+        Ok(revoked) => {
+            print_grant(out, &revoked);
+            Ok(true)
+        }
+        Err(why) => {
+            print_grant(out, &g);
+            eprintln!("latchkey: not confirmed: {why}");
+            Ok(false)
+        }
+    }
+}
+
+fn print_grant(out: Out, g: &pb::GrantInfo) {
+    if out.json {
+        say(&grant_json(g).to_string());
+    } else {
+        say(&grant_text(g));
+    }
 }
 
 /// `latchkey relinquish`: the holder gives its grant up.

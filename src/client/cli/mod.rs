@@ -245,6 +245,10 @@ enum Command {
         operator: String,
         #[command(flatten)]
         key: KeyChoice,
+        /// Wait until every sink confirmed the revocation (at most this long, default 10m);
+        /// exit 1 if it is not confirmed by then.
+        #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "10m")]
+        wait: Option<std::time::Duration>,
     },
     /// Give up a grant you hold (the requester's user, or the workload over --tls).
     Relinquish {
@@ -358,7 +362,11 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             reason,
             operator,
             key,
-        } => grants::revoke(channel, out, id, reason, operator, key).await?,
+            wait,
+        } => {
+            let revoked = grants::revoke(channel, out, (id, reason), operator, key, wait).await?;
+            return Ok(success_if(revoked));
+        }
         Command::Relinquish { id } => grants::relinquish(channel, out, id).await?,
         Command::Scope(command) => scopes::scope(channel, out, command).await?,
         Command::Change(command) => changes::change(channel, out, command).await?,

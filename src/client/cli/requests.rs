@@ -241,6 +241,46 @@ fn print_requests(out: Out, requests: &[pb::RequestInfo]) {
     }
 }
 
+/// Where the SSH certificate goes: next to the public key given, else next to the key in
+/// `~/.ssh` the request certifies (where `ssh` finds it by itself), else in latchkey's state
+/// directory (`$XDG_STATE_HOME/latchkey/certs/GRANT-cert.pub`).
+fn certificate_path(
+    given: Option<&Path>,
+    request: &pb::RequestInfo,
+    grant_id: &str,
+) -> Option<PathBuf> {
+    if let Some(public_key) = given {
+        return Some(cert_path(public_key));
+    }
+    let wanted = openssh_key_body(&request.ssh_public_key)?;
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    let matching = std::fs::read_dir(home.join(".ssh"))
+        .ok()
+        .and_then(|entries| {
+            entries.flatten().map(|e| e.path()).find(|p| {
+                p.extension().is_some_and(|x| x == "pub")
+                    && std::fs::read_to_string(p)
+                        .ok()
+                        .and_then(|text| openssh_key_body(&text))
+                        .is_some_and(|body| body == wanted)
+            })
+        });
+    match matching {
+        Some(public_key) => Some(cert_path(&public_key)),
+        None => default_delivery_key_path(grant_id).and_then(|p| {
+            p.parent()
+                .and_then(Path::parent)
+                .map(|state| state.join("certs").join(format!("{grant_id}-cert.pub")))
+        }),
+    }
+}
+
+/// An OpenSSH public key line without its comment: `TYPE BASE64`.
+fn openssh_key_body(line: &str) -> Option<String> {
+    let mut words = line.split_whitespace();
+    Some(format!("{} {}", words.next()?, words.next()?))
+}
+
 fn cert_path(public_key: &Path) -> PathBuf {
     let name = public_key
         .file_name()
@@ -360,9 +400,11 @@ pub(super) async fn deliver(
     };
     let mut cert_file = None;
     if !credential.ssh_certificate.is_empty()
-        && let Some(public_key) = ssh_public_key
+        && let Some(path) = certificate_path(ssh_public_key, &request, &credential.grant_id)
     {
-        let path = cert_path(public_key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        }
         std::fs::write(&path, format!("{}\n", credential.ssh_certificate))
             .map_err(|e| file_error(&path, e))?;
         cert_file = Some(path);
