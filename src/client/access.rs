@@ -219,11 +219,78 @@ pub async fn wait(
     key: Option<&DeliveryKey>,
     mut progress: impl FnMut(&pb::RequestInfo),
 ) -> Result<(pb::RequestInfo, Option<Collected>), ClientError> {
+    let mut last = None;
+    let mut lost_since: Option<std::time::Instant> = None;
+    let mut backoff = RECONNECT_FIRST;
+    loop {
+        let mut heard = false;
+        let watched = watch_once(
+            channel.clone(),
+            id,
+            key,
+            &mut progress,
+            (&mut last, &mut heard),
+        );
+        let outcome = watched.await;
+        if heard {
+            // The daemon answered since the last loss: a later loss starts the clock anew.
+            lost_since = None;
+            backoff = RECONNECT_FIRST;
+        }
+        let lost = match outcome {
+            Ok(Some(done)) => return Ok(done),
+            // A stream that ends while the request is still pending: the daemon stopped.
+            Ok(None)
+                if last
+                    .as_ref()
+                    .is_some_and(|r| r.state() == pb::RequestState::Pending) =>
+            {
+                tonic::Status::unavailable("the daemon closed the watch")
+            }
+            Ok(None) => {
+                return last
+                    .map(|r| (r, None))
+                    .ok_or_else(|| ClientError::Protocol("the watch ended without a word".into()));
+            }
+            Err(ClientError::Refused(status)) if is_connection_loss(&status) => status,
+            Err(e) => return Err(e),
+        };
+        // The daemon restarted or the connection broke: watch again (the request and its
+        // credential are durable), until it has been gone too long.
+        let since = *lost_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > RECONNECT_FOR {
+            return Err(ClientError::Refused(lost));
+        }
+        eprintln!(
+            "latchkey: lost latchkeyd ({}); watching request {id} again in {}",
+            lost.message(),
+            humantime::format_duration(backoff)
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// First pause before watching again after the connection to the daemon was lost.
+const RECONNECT_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+/// Longest pause between attempts.
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the daemon may stay unreachable before `wait` gives up.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// One watch stream: `Some` once the request is decided with its credential, `None` if the
+/// stream ended; updates `last` with every state seen and sets `heard` once anything came.
+async fn watch_once(
+    channel: Channel,
+    id: &str,
+    key: Option<&DeliveryKey>,
+    progress: &mut impl FnMut(&pb::RequestInfo),
+    (last, heard): (&mut Option<pb::RequestInfo>, &mut bool),
+) -> Result<Option<(pb::RequestInfo, Option<Collected>)>, ClientError> {
     let mut stream = AccessServiceClient::new(channel)
         .watch_request(pb::WatchRequestRequest { id: id.to_owned() })
         .await?
         .into_inner();
-    let mut last = None;
     while let Some(item) = stream.message().await? {
         if let Some(request) = &item.request {
             progress(request);
@@ -232,12 +299,27 @@ pub async fn wait(
             let request = item
                 .request
                 .ok_or_else(|| ClientError::Protocol("credential without request".into()))?;
-            return Ok((request, Some(open_credential(credential, key)?)));
+            return Ok(Some((request, Some(open_credential(credential, key)?))));
         }
-        last = item.request;
+        *last = item.request;
+        *heard = true;
     }
-    last.map(|r| (r, None))
-        .ok_or_else(|| ClientError::Protocol("the watch ended without a word".into()))
+    Ok(None)
+}
+
+/// Whether a failed call lost the connection rather than being refused by latchkeyd (its
+/// refusals always carry a stable code).
+fn is_connection_loss(status: &tonic::Status) -> bool {
+    !status
+        .metadata()
+        .contains_key(crate::rpc::ERROR_CODE_METADATA)
+        && matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        )
 }
 
 /// Waits until the grant's revocation is confirmed by every sink: the grant, or why not

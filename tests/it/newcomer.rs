@@ -96,3 +96,53 @@ fn introspect_tells_inactive_refused_and_unreachable_apart_by_exit_code() {
         String::from_utf8_lossy(&gone.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_requesters_wait_survives_a_daemon_restart() {
+    use latchkey::client::access::{self, Target};
+    use latchkey::domain::policy::Decision;
+
+    use crate::support::world::{ORIGIN, db_root, delivery_key, draft, world_with};
+    let mut scope = db_root(600);
+    scope.policy.as_mut().unwrap().quorum = 1;
+    let mut w = world_with(scope).await;
+    let mut dave = w.bg.keys.get_mut("dave").unwrap().remove(0);
+    let asked = access::request(
+        w.bg.local().await,
+        draft(None),
+        Some(("dave", dave.as_mut(), Some(ORIGIN))),
+    )
+    .await
+    .unwrap();
+    w.bg.keys.get_mut("dave").unwrap().insert(0, dave);
+
+    let channel = latchkey::client::connect_unix(&w.bg.dir.socket)
+        .await
+        .unwrap();
+    let id = asked.id.clone();
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    let mut seen_tx = Some(seen_tx);
+    let waiter = tokio::spawn(async move {
+        access::wait(channel, &id, Some(&delivery_key()), move |_| {
+            if let Some(tx) = seen_tx.take() {
+                let _ = tx.send(());
+            }
+        })
+        .await
+    });
+    // The wait is watching the pending request when the daemon goes away and comes back.
+    seen.await.unwrap();
+    w.bg.restart(|_| {}).await;
+    w.bg.vote(
+        Target::Request(asked.id.clone()),
+        "carol",
+        Decision::Approve,
+        0,
+    )
+    .await
+    .unwrap();
+    let (request, credential) = waiter.await.unwrap().unwrap();
+    assert_eq!(request.state(), latchkey::pb::RequestState::Issued);
+    assert!(credential.unwrap().bearer_token.starts_with("lkbg_"));
+    w.bg.stop().await;
+}
