@@ -258,6 +258,8 @@ pub struct StatusView {
     pub caller: String,
     /// The audit public key (OpenSSH), for `latchkey audit verify --audit-key`.
     pub audit_public_key: String,
+    /// The SSH user CA's public key (OpenSSH), for sshd's `TrustedUserCAKeys`.
+    pub ssh_user_ca_public_key: String,
 }
 
 impl From<pb::StatusResponse> for StatusView {
@@ -285,6 +287,7 @@ impl From<pb::StatusResponse> for StatusView {
             tls_spki: fp.tls_spki,
             caller,
             audit_public_key: r.audit_public_key,
+            ssh_user_ca_public_key: r.ssh_user_ca_public_key,
         }
     }
 }

@@ -42,6 +42,7 @@ impl pb::system_service_server::SystemService for SystemApi {
             now: Some(convert::timestamp_to_pb(report.now)),
             caller: Some(convert::caller_to_pb(&caller)),
             audit_public_key: self.authority.audit_public_key(),
+            ssh_user_ca_public_key: self.authority.ssh_user_ca_public_key(),
         }))
     }
 

@@ -327,6 +327,15 @@ impl Authority {
             .unwrap_or_default()
     }
 
+    /// The SSH user CA's public key in OpenSSH form, for sshd's `TrustedUserCAKeys`.
+    pub fn ssh_user_ca_public_key(&self) -> String {
+        self.keys
+            .ssh_ca
+            .public_key()
+            .to_openssh()
+            .unwrap_or_default()
+    }
+
     /// Admits a workload during genesis. Only local callers may; after genesis this is a
     /// quorum-approved change.
     pub fn admit_workload_at_genesis(

@@ -146,3 +146,21 @@ async fn a_requesters_wait_survives_a_daemon_restart() {
     assert!(credential.unwrap().bearer_token.starts_with("lkbg_"));
     w.bg.stop().await;
 }
+
+#[test]
+fn ssh_ca_prints_the_line_sshd_trusts() {
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let out = latchkey_cli()
+        .arg("--socket")
+        .arg(daemon.socket_path())
+        .arg("ssh-ca")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys = latchkey::credential::keys::DaemonKeys::load(&dir.data).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        keys.ssh_ca.public_key().to_openssh().unwrap()
+    );
+}

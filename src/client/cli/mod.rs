@@ -267,6 +267,9 @@ enum Command {
     Drill(crate::client::drill::DrillArgs),
     /// Each scope's latest drill and latest passed drill.
     Drills,
+    /// Print the SSH user CA's public key: the line for sshd's `TrustedUserCAKeys` file
+    /// (`latchkey ssh-ca > /etc/ssh/latchkey_user_ca.pub`).
+    SshCa,
 }
 
 /// Runs the CLI: parses the arguments, does the command, and says how it went.
@@ -374,6 +377,10 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             return Ok(success_if(client::drill::drill(channel, out, args).await?));
         }
         Command::Drills => client::drill::list(channel, out).await?,
+        Command::SshCa => {
+            let view = client::status(channel).await?;
+            say!("{}", view.ssh_user_ca_public_key);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
