@@ -200,3 +200,86 @@ fn the_layer_check_catches_what_it_is_for() {
     assert!(violations("domain", tested).is_empty());
     assert!(violations("daemon", "use crate::service::authority::Authority;\n").is_empty());
 }
+
+/// Code-like literals (`"area.reason"`) that follow `prefix` in `text`.
+fn codes_after(text: &str, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    let mut rest = text;
+    while let Some(i) = rest.find(prefix) {
+        rest = &rest[i + prefix.len()..];
+        let Some(literal) = rest.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let Some(end) = literal.find('"') else {
+            continue;
+        };
+        let code = &literal[..end];
+        let is_code = code.split_once('.').is_some_and(|(area, reason)| {
+            !area.is_empty()
+                && !reason.is_empty()
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        });
+        if is_code {
+            out.insert(code.to_owned());
+        }
+    }
+}
+
+#[test]
+fn every_stable_error_code_is_in_the_catalogue_and_the_catalogue_has_no_other() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut codes = std::collections::BTreeSet::new();
+    for file in files
+        .iter()
+        .filter(|f| !f.components().any(|c| c.as_os_str() == "tests"))
+    {
+        let text = production_code(&std::fs::read_to_string(file).unwrap());
+        if let Some(i) = text.find("impl Coded for") {
+            codes_after(&text[i..], "=> ", &mut codes);
+        }
+        for kind in [
+            "InvalidInput",
+            "NotFound",
+            "PermissionDenied",
+            "Unauthenticated",
+            "FailedPrecondition",
+            "Conflict",
+            "Unavailable",
+            "Internal",
+            "ResourceExhausted",
+        ] {
+            codes_after(&text, &format!("ErrorKind::{kind},"), &mut codes);
+        }
+    }
+    assert!(
+        codes.len() > 100,
+        "only {} codes found: is the scan right?",
+        codes.len()
+    );
+    let catalogue =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/errors.md"))
+            .unwrap();
+    let missing: Vec<_> = codes
+        .iter()
+        .filter(|c| !catalogue.contains(&format!("| `{c}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/errors.md (run scripts/error-catalogue): {missing:?}"
+    );
+    let mut listed = std::collections::BTreeSet::new();
+    codes_after(&catalogue, "| `", &mut std::collections::BTreeSet::new());
+    for line in catalogue.lines() {
+        if let Some(code) = line.strip_prefix("| `").and_then(|l| l.split('`').next()) {
+            listed.insert(code.to_owned());
+        }
+    }
+    let stale: Vec<_> = listed.difference(&codes).collect();
+    assert!(
+        stale.is_empty(),
+        "docs/errors.md lists codes nothing returns: {stale:?}"
+    );
+}

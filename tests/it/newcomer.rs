@@ -157,7 +157,11 @@ fn ssh_ca_prints_the_line_sshd_trusts() {
         .arg("ssh-ca")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let keys = latchkey::credential::keys::DaemonKeys::load(&dir.data).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
