@@ -22,51 +22,74 @@ pub(super) enum AuditCommand {
     Verify {
         /// The JSON Lines export.
         file: PathBuf,
-        /// Audit public key: `ssh-ed25519 AAAA...` or a file holding it (see `latchkey status`).
+        /// Audit public key: `ssh-ed25519 AAAA...` or a file holding it. Without it the key
+        /// is asked of the running daemon (`latchkey status`): fine for a routine check, but a
+        /// key kept apart from the bastion is what proves the bastion did not rewrite the log.
         #[arg(long)]
-        audit_key: String,
+        audit_key: Option<String>,
     },
 }
 
-pub(super) fn verify_offline(file: &PathBuf, audit_key: &str) -> ExitCode {
+/// `latchkey audit verify`: the export checked with only the audit public key.
+pub(super) fn verify_offline(file: &Path, audit_key: &str, json: bool) -> ExitCode {
+    let problem = |e: String| {
+        eprintln!("latchkey: error: {e}");
+        ExitCode::from(exit::LOCAL)
+    };
     let key = match client::audit_key(audit_key) {
         Ok(key) => key,
-        Err(e) => {
-            eprintln!("latchkey: error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return problem(e.to_string()),
     };
     let reader = match std::fs::File::open(file) {
         Ok(f) => std::io::BufReader::new(f),
-        Err(e) => {
-            eprintln!("latchkey: error: {}: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return problem(format!("{}: {e}", file.display())),
     };
-    match crate::audit::verify::verify(reader, &key) {
+    let verified = crate::audit::verify::verify(reader, &key);
+    if json {
+        let value = match &verified {
+            Ok(report) => serde_json::json!({
+                "verified": true,
+                "records": report.records,
+                "evidence_verified": report.evidence_verified,
+                "last_checkpoint": report.last_checkpoint,
+                "unverified_tail": report.unverified_tail.map(|(first, last)| [first, last]),
+            }),
+            Err(tampered) => {
+                serde_json::json!({ "verified": false, "tampered": tampered.to_string() })
+            }
+        };
+        say!("{value}");
+    }
+    match verified {
         Ok(report) => {
-            say!(
-                "verified {} records; {} approvals re-verified against enrolled keys; last checkpoint at {}",
-                report.records,
-                report.evidence_verified,
-                report
-                    .last_checkpoint
-                    .map_or("(none)".to_owned(), |s| s.to_string())
-            );
+            if !json {
+                say!(
+                    "verified {} records; {} approvals re-verified against enrolled keys; last checkpoint at {}",
+                    report.records,
+                    report.evidence_verified,
+                    report
+                        .last_checkpoint
+                        .map_or("(none)".to_owned(), |s| s.to_string())
+                );
+            }
             match report.unverified_tail {
                 None => ExitCode::SUCCESS,
                 Some((first, last)) => {
-                    say!(
-                        "unverified tail: records {first}..{last} are chained but no checkpoint covers them; \
-                         records cut off after them could not be detected"
-                    );
+                    if !json {
+                        say!(
+                            "unverified tail: records {first}..{last} are chained but no checkpoint covers them; \
+                             records cut off after them could not be detected"
+                        );
+                    }
                     ExitCode::from(EXIT_UNVERIFIED_TAIL)
                 }
             }
         }
         Err(tampered) => {
-            say!("TAMPERED: {tampered}");
-            ExitCode::FAILURE
+            if !json {
+                say!("TAMPERED: {tampered}");
+            }
+            ExitCode::from(exit::NO)
         }
     }
 }

@@ -275,8 +275,12 @@ enum Command {
 /// Runs the CLI: parses the arguments, does the command, and says how it went.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Audit(audit::AuditCommand::Verify { file, audit_key }) = &cli.command {
-        return audit::verify_offline(file, audit_key);
+    if let Command::Audit(audit::AuditCommand::Verify {
+        file,
+        audit_key: Some(key),
+    }) = &cli.command
+    {
+        return audit::verify_offline(file, key, cli.json);
     }
     if let Command::Key(keys::KeyCommand::Devices) = &cli.command {
         return keys::devices();
@@ -330,6 +334,16 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let out = Out { json: cli.json };
     match cli.command {
         Command::Status => status(channel, out).await?,
+        Command::Audit(audit::AuditCommand::Verify {
+            file,
+            audit_key: None,
+        }) => {
+            let key = client::status(channel).await?.audit_public_key;
+            if !out.json {
+                eprintln!("audit key from the running daemon: {key}");
+            }
+            return Ok(audit::verify_offline(&file, &key, out.json));
+        }
         Command::Audit(command) => audit::run(channel, command).await?,
         Command::Key(command) => keys::run(channel, command).await?,
         Command::Operator(command) => operators::run(channel, out, command).await?,
