@@ -56,6 +56,11 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Run the daemon.
     Serve {
         /// Config file.
@@ -213,6 +218,17 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::CheckConfig { config } => check_config(&config),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "latchkeyd", &mut script);
+            {
+                use std::io::Write as _;
+                let _closed_pipe = std::io::stdout().write_all(&script);
+            }
+            Ok(())
+        }
         Command::AcceptRollback { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
             let (before, now) = daemon::accept_rollback(&config).map_err(|e| e.to_string())?;

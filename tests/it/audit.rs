@@ -155,7 +155,10 @@ async fn flipping_any_byte_of_a_record_is_named_by_its_sequence_number() {
 async fn verify_asks_the_daemon_for_the_key_when_none_is_given_and_speaks_json() {
     let (dir, daemon, _, _) = exported_log().await;
     let file = dir.dir.path().join("audit.jsonl");
-    let out = cli(&daemon, &["--json", "audit", "verify", file.to_str().unwrap()]);
+    let out = cli(
+        &daemon,
+        &["--json", "audit", "verify", file.to_str().unwrap()],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -165,7 +168,10 @@ async fn verify_asks_the_daemon_for_the_key_when_none_is_given_and_speaks_json()
     let text = std::fs::read_to_string(&file).unwrap();
     let bad = dir.dir.path().join("bad.jsonl");
     std::fs::write(&bad, text.replacen("vault-plugin", "vault-plugjn", 1)).unwrap();
-    let out = cli(&daemon, &["--json", "audit", "verify", bad.to_str().unwrap()]);
+    let out = cli(
+        &daemon,
+        &["--json", "audit", "verify", bad.to_str().unwrap()],
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(report["verified"], false, "{report}");

@@ -168,3 +168,24 @@ fn ssh_ca_prints_the_line_sshd_trusts() {
         keys.ssh_ca.public_key().to_openssh().unwrap()
     );
 }
+
+#[test]
+fn both_binaries_print_shell_completions_from_their_clap_trees() {
+    let out = latchkey_cli()
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        script.contains("_latchkey()") && script.contains("approve"),
+        "{script}"
+    );
+    let out = crate::support::latchkeyd()
+        .args(["completions", "zsh"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(script.starts_with("#compdef latchkeyd") && script.contains("check-config"));
+}

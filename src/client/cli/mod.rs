@@ -270,6 +270,12 @@ enum Command {
     /// Print the SSH user CA's public key: the line for sshd's `TrustedUserCAKeys` file
     /// (`latchkey ssh-ca > /etc/ssh/latchkey_user_ca.pub`).
     SshCa,
+    /// Print a shell completion script (`latchkey completions bash >
+    /// /etc/bash_completion.d/latchkey`; also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the CLI: parses the arguments, does the command, and says how it went.
@@ -284,6 +290,17 @@ pub fn main() -> ExitCode {
     }
     if let Command::Key(keys::KeyCommand::Devices) = &cli.command {
         return keys::devices();
+    }
+    if let Command::Completions { shell } = &cli.command {
+        use clap::CommandFactory as _;
+        // Into memory first: clap_complete panics on a failed write (a closed pipe).
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "latchkey", &mut script);
+        {
+            use std::io::Write as _;
+            let _closed_pipe = std::io::stdout().write_all(&script);
+        }
+        return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -391,6 +408,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             return Ok(success_if(client::drill::drill(channel, out, args).await?));
         }
         Command::Drills => client::drill::list(channel, out).await?,
+        Command::Completions { .. } => {}
         Command::SshCa => {
             let view = client::status(channel).await?;
             say!("{}", view.ssh_user_ca_public_key);
