@@ -586,13 +586,18 @@ pub(super) async fn introspect(
         .await?
         .into_inner();
     if out.json {
-        say(&serde_json::json!({
-            "active": answer.active,
-            "scope": answer.scope,
-            "grant_id": answer.grant_id,
-            "expires_at": ts(answer.expires_at.as_ref()),
-        })
-        .to_string());
+        // RFC 7662: an inactive answer says only that.
+        let value = if answer.active {
+            serde_json::json!({
+                "active": true,
+                "scope": answer.scope,
+                "grant_id": answer.grant_id,
+                "expires_at": ts(answer.expires_at.as_ref()),
+            })
+        } else {
+            serde_json::json!({ "active": false })
+        };
+        say(&value.to_string());
     } else if answer.active {
         say(&format!(
             "active  scope {}  grant {}  until {}",
