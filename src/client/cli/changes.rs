@@ -47,9 +47,41 @@ fn change_json(c: &pb::ChangeInfo) -> serde_json::Value {
         "subjects": c.subjects,
         "created_at": ts(c.created_at.as_ref()),
         "pending_until": ts(c.pending_until.as_ref()),
-        "canonical": serde_json::from_str::<serde_json::Value>(&c.canonical_json).unwrap_or_default(),
+        // What the change does, with times in RFC 3339 like every other time latchkey prints;
+        // `canonical_json` is the exact text the digest covers.
+        "change": serde_json::from_str::<serde_json::Value>(&c.canonical_json)
+            .ok()
+            .and_then(|v| v.get("kind").cloned())
+            .map(rfc3339_times)
+            .unwrap_or_default(),
+        "canonical_json": c.canonical_json,
         "digest": hex::encode(&c.digest),
     })
+}
+
+/// `value` with every time field (`*_at`, `pending_until`: Unix ms) as RFC 3339 text.
+fn rfc3339_times(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::Number(_)
+                            if k.ends_with("_at") || k == "pending_until" =>
+                        {
+                            card_value(&k, &v).into()
+                        }
+                        other => rfc3339_times(other),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(rfc3339_times).collect())
+        }
+        other => other,
+    }
 }
 
 fn print_change(out: Out, c: &pb::ChangeInfo) {
@@ -311,5 +343,16 @@ mod tests {
         assert!(card.contains("2025-12-06T05:46:40Z"), "{card}");
         assert!(card.contains("local/1000"), "{card}");
         assert!(!card.contains('{'), "no JSON left: {card}");
+    }
+
+    #[test]
+    fn change_json_gives_every_time_in_rfc3339() {
+        let kind = serde_json::json!({
+            "change": "put_workload",
+            "workload": {"name": "vault-db", "admitted_at": 1_765_000_000_000_i64, "scopes": ["db-root"]},
+        });
+        let shown = rfc3339_times(kind);
+        assert_eq!(shown["workload"]["admitted_at"], "2025-12-06T05:46:40Z");
+        assert_eq!(shown["workload"]["scopes"][0], "db-root");
     }
 }
