@@ -81,11 +81,13 @@ pub(super) async fn scope(
                         scope.name,
                         scope.owner,
                         format!("{} of {}", policy.quorum, policy.approver_role),
+                        // To a String first: humantime's Display ignores width and padding.
                         humantime::format_duration(std::time::Duration::from_secs(
                             scope
                                 .max_ttl
                                 .map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0))
-                        )),
+                        ))
+                        .to_string(),
                         mints
                     ));
                     for finding in &s.findings {
