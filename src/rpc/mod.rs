@@ -74,8 +74,21 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| status(ErrorKind::Internal, "rpc.task_failed", &e.to_string()))?
 }
 
+/// The `google.rpc.ErrorInfo` domain of every latchkey error.
+pub const ERROR_DOMAIN: &str = "latchkey";
+
+/// A status whose message starts with the stable `code`, which is also in the
+/// `latchkey-error-code` metadata and in a `google.rpc.ErrorInfo` detail (`reason` = code,
+/// `domain` = `latchkey`) for clients that read standard error details.
 pub fn status(kind: ErrorKind, code: &'static str, message: &str) -> Status {
-    let mut status = Status::new(grpc_code(kind), format!("{code}: {message}"));
+    use tonic_types::StatusExt as _;
+    let details = tonic_types::ErrorDetails::with_error_info(
+        code,
+        ERROR_DOMAIN,
+        std::collections::HashMap::<String, String>::new(),
+    );
+    let mut status =
+        Status::with_error_details(grpc_code(kind), format!("{code}: {message}"), details);
     status
         .metadata_mut()
         .insert(ERROR_CODE_METADATA, MetadataValue::from_static(code));

@@ -189,3 +189,29 @@ fn both_binaries_print_shell_completions_from_their_clap_trees() {
     assert!(out.status.success());
     assert!(script.starts_with("#compdef latchkeyd") && script.contains("check-config"));
 }
+
+#[tokio::test]
+async fn every_refusal_carries_a_standard_error_info_with_its_code() {
+    use tonic_types::StatusExt as _;
+    let dir = DaemonDir::init();
+    let daemon = dir.start();
+    let channel = latchkey::client::connect_unix(&daemon.socket_path())
+        .await
+        .unwrap();
+    let refused = latchkey::pb::access_service_client::AccessServiceClient::new(channel)
+        .show_request(latchkey::pb::ShowRequestRequest {
+            id: "no-such-request".into(),
+        })
+        .await
+        .unwrap_err();
+    let info = refused.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "request.unknown");
+    assert_eq!(info.domain, "latchkey");
+    assert_eq!(
+        refused
+            .metadata()
+            .get(latchkey::rpc::ERROR_CODE_METADATA)
+            .unwrap(),
+        "request.unknown"
+    );
+}
