@@ -18,6 +18,13 @@ pub fn is_valid_name(value: &str) -> bool {
 #[error("no randomness: {0}")]
 pub struct NoRandomness(String);
 
+impl NoRandomness {
+    /// What the OS said.
+    pub fn detail(&self) -> &str {
+        &self.0
+    }
+}
+
 /// `N` random bytes from the OS.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], NoRandomness> {
     let mut bytes = [0u8; N];

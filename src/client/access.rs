@@ -309,7 +309,7 @@ async fn watch_once(
 
 /// Whether a failed call lost the connection rather than being refused by latchkeyd (its
 /// refusals always carry a stable code).
-fn is_connection_loss(status: &tonic::Status) -> bool {
+pub(crate) fn is_connection_loss(status: &tonic::Status) -> bool {
     !status
         .metadata()
         .contains_key(crate::rpc::ERROR_CODE_METADATA)
@@ -322,14 +322,14 @@ fn is_connection_loss(status: &tonic::Status) -> bool {
         )
 }
 
-/// Waits until the grant's revocation is confirmed by every sink: the grant, or why not
-/// (unconfirmed past its deadline, or still revoking after `timeout`). Polls the daemon:
+/// Waits until the grant's revocation is confirmed by every sink: the grant, or the grant as
+/// last seen and why not (unconfirmed past its deadline, or still revoking after `timeout`). Polls the daemon:
 /// confirmation takes one scheduler round or a sink's answer.
 pub async fn await_revocation(
     channel: Channel,
     grant_id: &str,
     timeout: std::time::Duration,
-) -> Result<Result<pb::GrantInfo, String>, ClientError> {
+) -> Result<Result<pb::GrantInfo, (pb::GrantInfo, String)>, ClientError> {
     let started = std::time::Instant::now();
     loop {
         let g = AccessServiceClient::new(channel.clone())
@@ -349,19 +349,21 @@ pub async fn await_revocation(
                     .map(|s| format!("{}={}", s.sink, if s.confirmed { "ok" } else { "pending" }))
                     .collect::<Vec<_>>()
                     .join(" ");
-                return Ok(Err(format!(
-                    "revocation unconfirmed past its deadline; sinks: {sinks}"
+                return Ok(Err((
+                    g,
+                    format!("revocation unconfirmed past its deadline; sinks: {sinks}"),
                 )));
             }
             state if started.elapsed() > timeout => {
-                return Ok(Err(format!(
+                let why = format!(
                     "still {} after {}",
                     state
                         .as_str_name()
                         .trim_start_matches("GRANT_STATE_")
                         .to_ascii_lowercase(),
                     humantime::format_duration(timeout)
-                )));
+                );
+                return Ok(Err((g, why)));
             }
             _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }

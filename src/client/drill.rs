@@ -260,6 +260,18 @@ struct Minted {
 
 impl Drill {
     async fn prepare(channel: Channel, out: Out, args: DrillArgs) -> Result<Self, ClientError> {
+        // Every key file must be there before the drill asks for anything.
+        args.key.check_files()?;
+        for spec in &args.approvers {
+            let (_, file) = parse_approver(spec)?;
+            if !file.exists() {
+                return Err(crate::client::authenticator::KeyError::SoftToken {
+                    path: file,
+                    detail: "no such file: --approver names an enrolled soft token".to_owned(),
+                }
+                .into());
+            }
+        }
         let scope = crate::pb::trust_service_client::TrustServiceClient::new(channel.clone())
             .show_scope(pb::ShowScopeRequest {
                 name: args.scope.clone(),
@@ -367,13 +379,6 @@ impl Drill {
         let mut voted = Vec::new();
         for spec in &self.args.approvers {
             let (name, file) = parse_approver(spec)?;
-            if !file.exists() {
-                return Err(crate::client::authenticator::KeyError::SoftToken {
-                    path: file,
-                    detail: "no such file: --approver names an enrolled soft token".to_owned(),
-                }
-                .into());
-            }
             let mut approver = SoftTokenKey::open_or_create(&file)?;
             if let Err(e) = access::vote(
                 self.channel.clone(),
@@ -649,9 +654,9 @@ impl Drill {
                 started,
                 format!("revoked; {} sink(s) confirmed", g.sinks.len()),
             ),
-            Err(e) => self
+            Err((_, why)) => self
                 .report
-                .add("confirmation", StepOutcome::Failed, started, e),
+                .add("confirmation", StepOutcome::Failed, started, why),
         }
         Ok(())
     }

@@ -57,6 +57,16 @@ pub enum ClientError {
     #[error("refusing to sign: {0}")]
     DigestMismatch(String),
     /// The answer was not what the API promises.
+    /// The request ended (denied, cancelled or expired) before a credential was minted: the
+    /// answer is no. Make a new request if you still need access.
+    #[error("request {id} ended {state} without a credential")]
+    RequestEnded {
+        /// The request.
+        id: String,
+        /// How it ended (`denied`, `cancelled`, `expired`).
+        state: String,
+    },
+    /// latchkeyd answered something this client cannot use. Check both versions.
     #[error("unexpected answer from latchkeyd: {0}")]
     Protocol(String),
 }

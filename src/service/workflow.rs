@@ -258,7 +258,8 @@ impl WorkflowError {
 
 /// A fresh request or change id: 12 random bytes, hex.
 pub(in crate::service) fn new_id() -> Result<String, WorkflowError> {
-    crate::base::names::random_id::<12>().map_err(|e| MintError::Randomness(e.to_string()).into())
+    crate::base::names::random_id::<12>()
+        .map_err(|e| MintError::Randomness(e.detail().to_owned()).into())
 }
 
 pub(in crate::service) fn scan_all<R: store::Record>(

@@ -215,3 +215,45 @@ async fn every_refusal_carries_a_standard_error_info_with_its_code() {
         "request.unknown"
     );
 }
+
+#[tokio::test]
+async fn waiting_on_a_denied_request_exits_1_the_answer_is_no() {
+    use latchkey::client::access::{self, Target};
+    use latchkey::domain::policy::Decision;
+
+    use crate::support::world::{ORIGIN, delivery_key, draft, world};
+    let mut w = world(600, None).await;
+    let mut dave = w.bg.keys.get_mut("dave").unwrap().remove(0);
+    let asked = access::request(
+        w.bg.local().await,
+        draft(None),
+        Some(("dave", dave.as_mut(), Some(ORIGIN))),
+    )
+    .await
+    .unwrap();
+    w.bg.keys.get_mut("dave").unwrap().insert(0, dave);
+    w.bg.vote(
+        Target::Request(asked.id.clone()),
+        "carol",
+        Decision::Deny,
+        0,
+    )
+    .await
+    .unwrap();
+    let key_file = w.bg.dir.dir.path().join("delivery.key");
+    delivery_key().write_file(&key_file).unwrap();
+    let mut wait = latchkey_cli();
+    wait.arg("--socket")
+        .arg(&w.bg.dir.socket)
+        .args(["wait", &asked.id, "--delivery-key"])
+        .arg(&key_file);
+    // Off the runtime's thread: the daemon under test runs on it.
+    let out = tokio::task::spawn_blocking(move || wait.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ended denied"), "{stderr}");
+    w.bg.stop().await;
+}

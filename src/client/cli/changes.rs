@@ -266,7 +266,17 @@ fn card_value(key: &str, v: &serde_json::Value) -> String {
                 Err(_) => s.clone(),
             }
         }
-        serde_json::Value::String(s) => s.clone(),
+        // Control characters (a newline in a note) could fake lines of the card: escaped.
+        serde_json::Value::String(s) => s
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
         serde_json::Value::Number(n) if key.ends_with("_at") || key == "pending_until" => n
             .as_i64()
             .map(|ms| {

@@ -7,7 +7,8 @@ use crate::client::ClientError;
 
 /// The answer is no: an inactive token, a failed drill, a tampered audit log.
 pub(crate) const NO: u8 = 1;
-/// latchkeyd refused the call; the message carries its stable code.
+/// latchkeyd refused the call (the message carries its stable code), or answered something
+/// this CLI cannot use.
 pub(crate) const REFUSED: u8 = 4;
 /// latchkeyd could not be reached (or the connection broke).
 pub(crate) const UNREACHABLE: u8 = 5;
@@ -24,15 +25,12 @@ latchkeyd unreachable; 6 a local problem (key, file, TLS).";
 pub(crate) fn for_error(e: &ClientError) -> ExitCode {
     ExitCode::from(match e {
         ClientError::Connect { .. } => UNREACHABLE,
-        // A stable code means latchkeyd decided; without one the connection failed.
-        ClientError::Refused(status)
-            if status
-                .metadata()
-                .contains_key(crate::rpc::ERROR_CODE_METADATA) =>
-        {
-            REFUSED
+        ClientError::RequestEnded { .. } => NO,
+        // The same rule `wait` reconnects by: no stable code and a transport-shaped status.
+        ClientError::Refused(status) if crate::client::access::is_connection_loss(status) => {
+            UNREACHABLE
         }
-        ClientError::Refused(_) => UNREACHABLE,
+        ClientError::Refused(_) | ClientError::Protocol(_) => REFUSED,
         _ => LOCAL,
     })
 }

@@ -188,6 +188,8 @@ pub(super) async fn revoke(
     key: KeyChoice,
     wait: Option<std::time::Duration>,
 ) -> Result<bool, ClientError> {
+    // A mistyped key file fails before a ceremony is opened.
+    key.check_files()?;
     let mut client = AccessServiceClient::new(channel.clone());
     let begun = client
         .begin_revoke(pb::BeginRevokeRequest {
@@ -236,8 +238,8 @@ pub(super) async fn revoke(
             print_grant(out, &revoked);
             Ok(true)
         }
-        Err(why) => {
-            print_grant(out, &g);
+        Err((last, why)) => {
+            print_grant(out, &last);
             eprintln!("latchkey: not confirmed: {why}");
             Ok(false)
         }

@@ -411,6 +411,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         Command::Completions { .. } => {}
         Command::SshCa => {
             let view = client::status(channel).await?;
+            if view.ssh_user_ca_public_key.is_empty() {
+                return Err(ClientError::Protocol(format!(
+                    "latchkeyd {} does not say its SSH CA key: run `ssh-keygen -y -f \
+                     DATA_DIR/ssh-user-ca` on the bastion instead",
+                    view.version
+                )));
+            }
             say!("{}", view.ssh_user_ca_public_key);
         }
     }

@@ -241,9 +241,10 @@ fn print_requests(out: Out, requests: &[pb::RequestInfo]) {
     }
 }
 
-/// Where the SSH certificate goes: next to the public key given, else next to the key in
-/// `~/.ssh` the request certifies (where `ssh` finds it by itself), else in latchkey's state
-/// directory (`$XDG_STATE_HOME/latchkey/certs/GRANT-cert.pub`).
+/// Where the SSH certificate goes: next to the public key given; else next to the key in
+/// `~/.ssh` the request certifies (where `ssh` finds it by itself), unless a certificate is
+/// there already; else in latchkey's state directory
+/// (`$XDG_STATE_HOME/latchkey/certs/GRANT-cert.pub`).
 fn certificate_path(
     given: Option<&Path>,
     request: &pb::RequestInfo,
@@ -252,27 +253,35 @@ fn certificate_path(
     if let Some(public_key) = given {
         return Some(cert_path(public_key));
     }
-    let wanted = openssh_key_body(&request.ssh_public_key)?;
-    let home = PathBuf::from(std::env::var_os("HOME")?);
-    let matching = std::fs::read_dir(home.join(".ssh"))
-        .ok()
-        .and_then(|entries| {
-            entries.flatten().map(|e| e.path()).find(|p| {
-                p.extension().is_some_and(|x| x == "pub")
-                    && std::fs::read_to_string(p)
-                        .ok()
-                        .and_then(|text| openssh_key_body(&text))
-                        .is_some_and(|body| body == wanted)
-            })
-        });
-    match matching {
-        Some(public_key) => Some(cert_path(&public_key)),
-        None => default_delivery_key_path(grant_id).and_then(|p| {
+    let beside_key = matching_ssh_key(&request.ssh_public_key)
+        .map(|public_key| cert_path(&public_key))
+        .filter(|cert| !cert.exists());
+    beside_key.or_else(|| {
+        default_delivery_key_path(grant_id).and_then(|p| {
             p.parent()
                 .and_then(Path::parent)
                 .map(|state| state.join("certs").join(format!("{grant_id}-cert.pub")))
-        }),
-    }
+        })
+    })
+}
+
+/// The first public key file in `~/.ssh` (by name) that holds `key_line`'s key.
+fn matching_ssh_key(key_line: &str) -> Option<PathBuf> {
+    let wanted = openssh_key_body(key_line)?;
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(home.join(".ssh"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+        .collect();
+    candidates.sort();
+    candidates.into_iter().find(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|text| openssh_key_body(&text))
+            .is_some_and(|body| body == wanted)
+    })
 }
 
 /// An OpenSSH public key line without its comment: `TYPE BASE64`.
@@ -296,6 +305,8 @@ pub(super) async fn request(
     out: Out,
     args: RequestArgs,
 ) -> Result<(), ClientError> {
+    // A mistyped key file fails before anything is written or asked.
+    args.key.check_files()?;
     let ssh_public_key = match &args.ssh_public_key {
         Some(path) => std::fs::read_to_string(path).map_err(|e| file_error(path, e))?,
         None => String::new(),
@@ -392,11 +403,10 @@ pub(super) async fn deliver(
     })
     .await?;
     let Some(credential) = credential else {
-        return Err(ClientError::Protocol(format!(
-            "request {} ended {} without a credential",
-            request.id,
-            request_state(&request)
-        )));
+        return Err(ClientError::RequestEnded {
+            id: request.id.clone(),
+            state: request_state(&request).to_owned(),
+        });
     };
     let mut cert_file = None;
     if !credential.ssh_certificate.is_empty()
