@@ -73,7 +73,7 @@ enum Command {
         /// Config file.
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
-        /// One JSON object per finding instead of text.
+        /// One JSON array of findings instead of text.
         #[arg(long)]
         json: bool,
         /// Exit 1 on warnings too.
@@ -147,9 +147,8 @@ fn doctor(config: &std::path::Path, json: bool, strict: bool) -> ExitCode {
         &daemon::doctor::HostFiles::default(),
     ));
     if json {
-        for f in &findings {
-            println!("{}", serde_json::to_string(f).unwrap_or_default());
-        }
+        // One JSON array, like every list latchkey prints as JSON.
+        println!("{}", serde_json::to_string(&findings).unwrap_or_default());
     } else {
         print!("{}", daemon::doctor::render(&findings));
     }

@@ -140,15 +140,7 @@ async fn every_rule_of_approval_refuses_with_a_stable_code_and_changes_nothing()
     let rid = || T::RequestId(request.id.clone());
 
     // An operator's own request: dave asks (with his key), then tries to approve it.
-    let mut dave = w.bg.keys.get_mut("dave").unwrap().remove(0);
-    let own = access::request(
-        w.bg.local().await,
-        draft(None),
-        Some(("dave", dave.as_mut(), Some(ORIGIN))),
-    )
-    .await
-    .unwrap();
-    w.bg.keys.get_mut("dave").unwrap().insert(0, dave);
+    let own = operator_request(&mut w, "dave").await;
     assert_eq!(own.requester, "operator/dave");
 
     let before = w.bg.snapshot();

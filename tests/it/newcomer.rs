@@ -102,19 +102,11 @@ async fn a_requesters_wait_survives_a_daemon_restart() {
     use latchkey::client::access::{self, Target};
     use latchkey::domain::policy::Decision;
 
-    use crate::support::world::{ORIGIN, db_root, delivery_key, draft, world_with};
+    use crate::support::world::{db_root, delivery_key, operator_request, world_with};
     let mut scope = db_root(600);
     scope.policy.as_mut().unwrap().quorum = 1;
     let mut w = world_with(scope).await;
-    let mut dave = w.bg.keys.get_mut("dave").unwrap().remove(0);
-    let asked = access::request(
-        w.bg.local().await,
-        draft(None),
-        Some(("dave", dave.as_mut(), Some(ORIGIN))),
-    )
-    .await
-    .unwrap();
-    w.bg.keys.get_mut("dave").unwrap().insert(0, dave);
+    let asked = operator_request(&mut w, "dave").await;
 
     let channel = latchkey::client::connect_unix(&w.bg.dir.socket)
         .await
@@ -218,20 +210,12 @@ async fn every_refusal_carries_a_standard_error_info_with_its_code() {
 
 #[tokio::test]
 async fn waiting_on_a_denied_request_exits_1_the_answer_is_no() {
-    use latchkey::client::access::{self, Target};
+    use latchkey::client::access::Target;
     use latchkey::domain::policy::Decision;
 
-    use crate::support::world::{ORIGIN, delivery_key, draft, world};
+    use crate::support::world::{delivery_key, operator_request, world};
     let mut w = world(600, None).await;
-    let mut dave = w.bg.keys.get_mut("dave").unwrap().remove(0);
-    let asked = access::request(
-        w.bg.local().await,
-        draft(None),
-        Some(("dave", dave.as_mut(), Some(ORIGIN))),
-    )
-    .await
-    .unwrap();
-    w.bg.keys.get_mut("dave").unwrap().insert(0, dave);
+    let asked = operator_request(&mut w, "dave").await;
     w.bg.vote(
         Target::Request(asked.id.clone()),
         "carol",
@@ -256,4 +240,21 @@ async fn waiting_on_a_denied_request_exits_1_the_answer_is_no() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ended denied"), "{stderr}");
     w.bg.stop().await;
+}
+
+#[test]
+fn doctor_json_is_one_array_like_every_list() {
+    let dir = DaemonDir::init();
+    let out = crate::support::latchkeyd()
+        .args(["doctor", "--json", "--config"])
+        .arg(&dir.config)
+        .output()
+        .unwrap();
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!findings.is_empty());
+    assert!(
+        findings
+            .iter()
+            .all(|f| f["check"].is_string() && f["level"].is_string())
+    );
 }

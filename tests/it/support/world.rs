@@ -460,3 +460,17 @@ pub(crate) async fn introspect(w: &World, token: &str) -> pb::IntrospectResponse
         .unwrap()
         .into_inner()
 }
+
+/// `operator` asks for `db-root` with their first key, as `latchkey request` does.
+pub(crate) async fn operator_request(w: &mut World, operator: &str) -> pb::RequestInfo {
+    let mut key = w.bg.keys.get_mut(operator).unwrap().remove(0);
+    let asked = access::request(
+        w.bg.local().await,
+        draft(None),
+        Some((operator, key.as_mut(), Some(ORIGIN))),
+    )
+    .await
+    .unwrap();
+    w.bg.keys.get_mut(operator).unwrap().insert(0, key);
+    asked
+}
