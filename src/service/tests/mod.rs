@@ -217,6 +217,35 @@ impl World {
         (view, delivery)
     }
 
+    /// `operator`'s key answering a vote's ceremony: the ceremony id and the response, not
+    /// yet cast.
+    fn signed_vote(
+        &mut self,
+        operator: &str,
+        target: &VoteTarget,
+        decision: Decision,
+    ) -> (String, String) {
+        let (opened, _) = self
+            .authority
+            .begin_vote(&local(), target, operator, decision)
+            .unwrap();
+        let response = self.sign(operator, &opened);
+        (opened.ceremony_id, response)
+    }
+
+    /// Casts a signed vote; the error's stable code if refused.
+    fn cast(
+        &self,
+        target: &VoteTarget,
+        decision: Decision,
+        ceremony: &str,
+        response: &str,
+    ) -> Result<VoteResult, &'static str> {
+        self.authority
+            .cast_vote(&local(), target, decision, ceremony, response)
+            .map_err(|e| e.code())
+    }
+
     /// `operator` votes on `target`; the error's stable code if refused.
     fn vote(
         &mut self,
@@ -229,9 +258,7 @@ impl World {
             .begin_vote(&local(), target, operator, decision)
             .map_err(|e| e.code())?;
         let response = self.sign(operator, &opened);
-        self.authority
-            .cast_vote(&local(), target, decision, &opened.ceremony_id, &response)
-            .map_err(|e| e.code())
+        self.cast(target, decision, &opened.ceremony_id, &response)
     }
 
     /// Every key of every keyspace with its value: two equal snapshots mean nothing changed.

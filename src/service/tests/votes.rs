@@ -6,18 +6,8 @@ use crate::domain::request::RequestState;
 #[test]
 fn requester_cannot_approve_own_request() {
     let mut w = World::ready();
+    // carol holds the scope's approver role, but she asked.
     let (view, _) = w.request("carol");
-    // carol holds the approver role of the scope, but she asked.
-    w.authority
-        .propose_change(
-            &local(),
-            Proposal::Change(ChangeKind::SetOperatorRoles {
-                operator: "carol".into(),
-                roles: vec![DBA.into()],
-            }),
-            NOTE,
-        )
-        .unwrap();
     let before = w.snapshot();
     let target = VoteTarget::Request(view.request.id().to_owned());
     assert_eq!(
@@ -81,35 +71,14 @@ fn a_replayed_assertion_is_refused_and_changes_nothing() {
     let mut w = World::ready();
     let (view, _) = w.request("carol");
     let target = VoteTarget::Request(view.request.id().to_owned());
-    let (opened, _) = w
-        .authority
-        .begin_vote(&local(), &target, "alice", Decision::Approve)
-        .unwrap();
-    let response = w.sign("alice", &opened);
-    w.authority
-        .cast_vote(
-            &local(),
-            &target,
-            Decision::Approve,
-            &opened.ceremony_id,
-            &response,
-        )
+    let (ceremony, response) = w.signed_vote("alice", &target, Decision::Approve);
+    w.cast(&target, Decision::Approve, &ceremony, &response)
         .unwrap();
     let before = w.snapshot();
-    let replayed = w
-        .authority
-        .cast_vote(
-            &local(),
-            &target,
-            Decision::Approve,
-            &opened.ceremony_id,
-            &response,
-        )
-        .unwrap_err();
-    assert!(
-        ["assertion.challenge_reused", "approval.already_counted"].contains(&replayed.code()),
-        "{}",
-        replayed.code()
+    assert_eq!(
+        w.cast(&target, Decision::Approve, &ceremony, &response)
+            .unwrap_err(),
+        "assertion.challenge_reused"
     );
     assert_eq!(w.snapshot(), before);
 }
@@ -119,22 +88,29 @@ fn an_assertion_for_one_decision_cannot_cast_the_other() {
     let mut w = World::ready();
     let (view, _) = w.request("carol");
     let target = VoteTarget::Request(view.request.id().to_owned());
-    let (opened, _) = w
-        .authority
-        .begin_vote(&local(), &target, "alice", Decision::Deny)
-        .unwrap();
-    let response = w.sign("alice", &opened);
+    let (ceremony, response) = w.signed_vote("alice", &target, Decision::Deny);
     let before = w.snapshot();
-    let refused = w
-        .authority
-        .cast_vote(
-            &local(),
-            &target,
-            Decision::Approve,
-            &opened.ceremony_id,
-            &response,
-        )
-        .unwrap_err();
-    assert_eq!(refused.code(), "assertion.wrong_digest");
+    assert_eq!(
+        w.cast(&target, Decision::Approve, &ceremony, &response)
+            .unwrap_err(),
+        "assertion.wrong_digest"
+    );
+    assert_eq!(w.snapshot(), before);
+}
+
+#[test]
+fn an_assertion_answered_after_its_challenge_expired_is_refused_and_changes_nothing() {
+    let mut w = World::ready();
+    let (view, _) = w.request("carol");
+    let target = VoteTarget::Request(view.request.id().to_owned());
+    let (ceremony, response) = w.signed_vote("alice", &target, Decision::Approve);
+    w.clock
+        .advance(crate::base::constants::DEFAULT_CHALLENGE_TTL + Duration::from_secs(1));
+    let before = w.snapshot();
+    assert_eq!(
+        w.cast(&target, Decision::Approve, &ceremony, &response)
+            .unwrap_err(),
+        "assertion.challenge_expired"
+    );
     assert_eq!(w.snapshot(), before);
 }
