@@ -36,7 +36,7 @@ pub enum ClientError {
         detail: String,
     },
     /// The daemon answered with an error; the message carries its stable code.
-    #[error("latchkeyd refused: {}", .0.message())]
+    #[error("latchkeyd refused: {}{}", .0.message(), refusal_hint(.0))]
     Refused(tonic::Status),
     /// A certificate or key file could not be read.
     #[error("{path}: {detail}")]
@@ -232,6 +232,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// What to do when the daemon cannot be reached, from what the connection said.
+/// The CLI's words for a refusal whose fix is a flag (the daemon's message names no flags:
+/// other clients call it too).
+fn refusal_hint(status: &tonic::Status) -> &'static str {
+    let code = status
+        .metadata()
+        .get(crate::rpc::ERROR_CODE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match code {
+        "change.proofing_note_required" => {
+            " (add --note \"...\" saying who checked the operator's identity and how)"
+        }
+        _ => "",
+    }
+}
+
 fn connect_hint(detail: &str) -> &'static str {
     if detail.contains("os error 2)") {
         " (no socket there: is latchkeyd running, e.g. `systemctl start latchkeyd.socket`, and \

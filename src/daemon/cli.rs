@@ -190,6 +190,13 @@ fn run(command: Command) -> Result<(), String> {
             socket,
             dev_mode,
         } => {
+            // The written config is read from anywhere (a unit, another shell): paths in it
+            // are absolute, as `serve` requires.
+            let absolute = |p: &std::path::Path| {
+                std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            let data_dir = absolute(&data_dir)?;
+            let socket = absolute(&socket)?;
             let opts = daemon::InitOptions {
                 data_dir: data_dir.clone(),
                 policy: TrustStorePolicy {

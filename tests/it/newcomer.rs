@@ -1,5 +1,7 @@
 //! What a newcomer sees (issue 27): every CLI error names its fix, hints run as printed.
 
+use std::process::Output;
+
 use crate::support::{DaemonDir, latchkey_cli};
 
 fn stderr_of(args: &[&str]) -> (Option<i32>, String) {
@@ -257,4 +259,217 @@ fn doctor_json_is_one_array_like_every_list() {
             .iter()
             .all(|f| f["check"].is_string() && f["level"].is_string())
     );
+}
+
+/// The commands of README's "Your first ten minutes", continuation lines joined, comments
+/// dropped.
+fn readme_walkthrough() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split_once("### Your first ten minutes")
+        .expect("README has the walkthrough")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("the walkthrough has a sh block")
+        .0;
+    let mut commands = Vec::new();
+    let mut pending = String::new();
+    for line in block.lines() {
+        if pending.is_empty() && line.trim_start().starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => pending.push_str(head),
+            None => {
+                pending.push_str(line);
+                commands.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    commands
+}
+
+/// Runs one walkthrough line as a newcomer's shell would, in the clone.
+fn shell(clone: &std::path::Path, env: &[(&str, std::ffi::OsString)], line: &str) -> Output {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", line]).current_dir(clone);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn shown(line: &str, out: &Output) -> String {
+    format!(
+        "$ {line}\nexit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Key touches so far, as the daemon recorded them: one per enrolled key, one per signed
+/// assertion (every assertion is kept as evidence).
+fn touches_in_audit(clone: &std::path::Path, env: &[(&str, std::ffi::OsString)]) -> usize {
+    let out = shell(clone, env, "latchkey audit export -o .latchkey/audit.jsonl");
+    assert!(out.status.success(), "{}", shown("audit export", &out));
+    std::fs::read_to_string(clone.join(".latchkey/audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "authenticator.enrolled" || r.get("evidence").is_some())
+        .count()
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one walkthrough, read top to bottom like the README
+fn the_readme_walkthrough_runs_as_printed_from_init_to_drill() {
+    let clone = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(clone.path().join("docs/examples")).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/db-root.toml"),
+        clone.path().join("docs/examples/db-root.toml"),
+    )
+    .unwrap();
+    // What scripts/dev-up does, from the clone: init on relative paths, then serve.
+    let init = crate::support::latchkeyd()
+        .current_dir(clone.path())
+        .args(["init", "--data-dir", ".latchkey/data"])
+        .args(["--write-config", ".latchkey/latchkeyd.toml"])
+        .args(["--socket", ".latchkey/latchkeyd.sock", "--dev-mode"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", shown("init", &init));
+    let dir = DaemonDir {
+        data: clone.path().join(".latchkey/data"),
+        config: clone.path().join(".latchkey/latchkeyd.toml"),
+        socket: clone.path().join(".latchkey/latchkeyd.sock"),
+        init_stdout: String::from_utf8(init.stdout).unwrap(),
+        dir: clone,
+    };
+    let daemon = dir.start();
+    let clone = dir.dir.path();
+
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_latchkey"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut path = std::ffi::OsString::from(&bin_dir);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let env = [
+        ("PATH", path),
+        ("LATCHKEY_SOCKET", daemon.socket_path().into_os_string()),
+        ("HOME", home.path().as_os_str().to_owned()),
+        ("XDG_STATE_HOME", home.path().join("state").into_os_string()),
+    ];
+
+    let commands = readme_walkthrough();
+    assert_eq!(
+        commands[0],
+        r#"export PATH="$PWD/target/debug:$PATH" LATCHKEY_SOCKET="$PWD/.latchkey/latchkeyd.sock""#,
+        "the first line sets what this test sets in `env`"
+    );
+    let mut request_id = None;
+    let mut touches_before_request = None;
+    let mut seen = Vec::new();
+    for command in &commands[1..] {
+        let line = match &request_id {
+            Some(id) => command.replace(" ID ", &format!(" {id} ")),
+            None => command.clone(),
+        };
+        assert!(
+            !line.split_whitespace().any(|w| w == "ID"),
+            "a placeholder before the request that fills it: {line}"
+        );
+        if line.starts_with("latchkey request ") {
+            touches_before_request = Some(touches_in_audit(clone, &env));
+        }
+        let out = shell(clone, &env, &line);
+        let text = shown(&line, &out);
+        assert!(out.status.success(), "{text}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if line.starts_with("latchkey request ") {
+            let id = stdout.trim().to_owned();
+            assert_eq!(id.len(), 24, "stdout is the request id alone: {text}");
+            // The hint it prints is what the README's approve lines run (YOU filled in).
+            let hint = format!("latchkey approve {id} --operator YOU");
+            assert!(stderr.contains(&format!("`{hint}`")), "{text}");
+            assert!(stderr.contains(&format!("`latchkey wait {id}`")), "{text}");
+            request_id = Some(id);
+        }
+        if line.starts_with("latchkey approve ") {
+            let hint = format!(
+                "latchkey approve {} --operator ",
+                request_id.as_deref().unwrap()
+            );
+            assert!(line.starts_with(&hint), "README runs the hint: {line}");
+            // A card, not JSON: who, what, why, what will be minted.
+            for label in ["requester", "scope", "runbook", "reason", "ttl", "mints"] {
+                assert!(
+                    stderr.lines().any(|l| l.starts_with(label)),
+                    "{label}: {text}"
+                );
+            }
+            assert!(!stdout.contains("{\"") && !stderr.contains("{\""), "{text}");
+        }
+        seen.push(text);
+    }
+    let all = seen.join("\n");
+    assert!(all.contains("genesis closed"), "{all}");
+    assert!(
+        all.contains("now issued (grant"),
+        "the second approval issued: {all}"
+    );
+    assert!(all.contains("lkbg_"), "wait printed the token: {all}");
+    let cert = std::fs::read_to_string(clone.join(".latchkey/carol_ed25519-cert.pub")).unwrap();
+    assert!(
+        cert.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{cert}"
+    );
+    assert!(all.contains("drill of db-root PASSED"), "{all}");
+    // The first setup cost one touch per operator enrolled, nothing else (five operators;
+    // the last admin closed genesis, so no approvals were needed).
+    assert_eq!(touches_before_request, Some(5), "{all}");
+
+    // After genesis: a new operator is a change. Without a note the refusal names the flag;
+    // with one, the printed hint runs as shown by both admins.
+    let late =
+        "latchkey key enroll --operator frank --role dba-oncall --soft-token .latchkey/frank.tok";
+    let out = shell(clone, &env, late);
+    let text = shown(late, &out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("add --note"), "{text}");
+    let with_note = format!("{late} --note \"video call with frank; badge checked by alice\"");
+    let out = shell(clone, &env, &with_note);
+    let text = shown(&with_note, &out);
+    assert!(out.status.success(), "{text}");
+    let hint = String::from_utf8_lossy(&out.stdout)
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("a hint in backquotes: {text}"))
+        .to_owned();
+    assert!(hint.starts_with("latchkey change approve "), "{text}");
+    for (admin, outcome) in [("alice", "now pending"), ("bob", "now applied")] {
+        let line = format!(
+            "{} --soft-token .latchkey/{admin}.tok",
+            hint.replace("YOU", admin)
+        );
+        let out = shell(clone, &env, &line);
+        let text = shown(&line, &out);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(outcome), "{text}");
+        assert!(!text.contains("{\""), "a card, not JSON: {text}");
+    }
+    let out = shell(clone, &env, "latchkey operator show frank");
+    assert!(
+        out.status.success(),
+        "{}",
+        shown("operator show frank", &out)
+    );
+    drop(daemon);
 }

@@ -12,6 +12,11 @@ pub(crate) fn approve_request(id: &str) -> String {
     format!("latchkey approve {id} --operator YOU")
 }
 
+/// Collecting a request's credential.
+pub(crate) fn wait(id: &str) -> String {
+    format!("latchkey wait {id}")
+}
+
 /// Drilling a scope.
 pub(crate) fn drill(scope: &str) -> String {
     format!("latchkey drill --scope {scope} --operator YOU")
@@ -28,6 +33,7 @@ mod tests {
         for hint in [
             super::approve_change("c0ffee"),
             super::approve_request("c0ffee"),
+            super::wait("c0ffee"),
             super::drill("db-root"),
             // Printed by the daemon (service::hygiene), with a scope name filled in.
             "latchkey drill --scope db-root --operator YOU".to_owned(),

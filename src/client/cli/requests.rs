@@ -349,22 +349,29 @@ pub(super) async fn request(
     if args.delivery_key.is_none() {
         keep_delivery_key(&created.id, &delivery_key);
     }
-    if args.no_wait {
-        if out.json {
-            say(&request_json(&created).to_string());
-        } else {
-            say(&created.id);
-        }
-        return Ok(());
-    }
-    eprintln!(
-        "request {} for {}: waiting for {} approvals of role {} (until {})",
+    let needs = format!(
+        "request {} for {}: needs {} approvals of role {} (until {}); ask approvers to run `{}`",
         created.id,
         created.scope,
         created.quorum,
         created.approver_role,
-        ts(created.pending_until.as_ref())
+        ts(created.pending_until.as_ref()),
+        super::hints::approve_request(&created.id)
     );
+    if args.no_wait {
+        if out.json {
+            say(&request_json(&created).to_string());
+        } else {
+            // The id alone on stdout (for scripts); what to do next on stderr.
+            say(&created.id);
+            eprintln!(
+                "{needs}; collect the credential with `{}`",
+                super::hints::wait(&created.id)
+            );
+        }
+        return Ok(());
+    }
+    eprintln!("{needs}; waiting");
     deliver(
         channel,
         out,
@@ -386,7 +393,12 @@ pub(super) async fn deliver(
 ) -> Result<(), ClientError> {
     let mut seen = 0usize;
     let (request, credential) = access::wait(channel, id, delivery_key, |r| {
-        for v in r.votes.iter().skip(seen) {
+        for (i, v) in r.votes.iter().enumerate().skip(seen) {
+            // The count as of this vote (votes cast before the wait began are replayed).
+            let approvals_then = r.votes[..=i]
+                .iter()
+                .filter(|v| v.decision() != pb::Decision::Deny)
+                .count();
             eprintln!(
                 "  {} {} ({} of {})",
                 v.operator,
@@ -395,7 +407,9 @@ pub(super) async fn deliver(
                 } else {
                     "approved"
                 },
-                r.approvals,
+                u32::try_from(approvals_then)
+                    .unwrap_or(u32::MAX)
+                    .min(r.approvals),
                 r.quorum
             );
         }
