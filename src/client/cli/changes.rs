@@ -159,22 +159,21 @@ pub(super) async fn change(
                 let all: Vec<_> = list.changes.iter().map(change_json).collect();
                 say(&serde_json::Value::Array(all).to_string());
             } else {
-                say(&format!(
-                    "{:<24}  {:<8}  {:<24}  {:<28}  {:>5}  NOTE",
-                    "ID", "STATE", "KIND", "SUBJECT", "VOTES"
-                ));
+                let mut rows = super::table::table(
+                    &["ID", "STATE", "KIND", "SUBJECT", "VOTES", "NOTE"],
+                    &["VOTES"],
+                );
                 for c in &list.changes {
-                    say(&format!(
-                        "{:<24}  {:<8}  {:<24}  {:<28}  {:>2}/{:<2}  {}",
-                        c.id,
-                        change_state(c),
-                        c.kind,
-                        c.subject,
-                        c.approvals,
-                        c.quorum,
-                        c.note.lines().next().unwrap_or_default()
-                    ));
+                    rows.add_row(vec![
+                        c.id.clone(),
+                        change_state(c).to_owned(),
+                        c.kind.clone(),
+                        c.subject.clone(),
+                        format!("{}/{}", c.approvals, c.quorum),
+                        c.note.lines().next().unwrap_or_default().to_owned(),
+                    ]);
                 }
+                say(&super::table::render(&rows));
             }
         }
         ChangeCommand::Show { id } => {

@@ -156,26 +156,26 @@ pub(super) async fn grants(
         say(&serde_json::Value::Array(all).to_string());
         return Ok(());
     }
-    say(&format!(
-        "{:<24}  {:<22}  {:<16}  {:<24}  {:<20}  SINKS",
-        "GRANT", "STATE", "SCOPE", "REQUESTER", "EXPIRES"
-    ));
+    let mut rows = super::table::table(
+        &["GRANT", "STATE", "SCOPE", "REQUESTER", "EXPIRES", "SINKS"],
+        &[],
+    );
     for g in &list.grants {
         let confirmed = g.sinks.iter().filter(|s| s.confirmed).count();
-        say(&format!(
-            "{:<24}  {:<22}  {:<16}  {:<24}  {:<20}  {}",
-            g.id,
-            grant_state(g),
-            g.scope,
-            g.requester,
+        rows.add_row(vec![
+            g.id.clone(),
+            grant_state(g).to_owned(),
+            g.scope.clone(),
+            g.requester.clone(),
             ts(g.expires_at.as_ref()),
             if g.sinks.is_empty() {
                 String::new()
             } else {
                 format!("{confirmed}/{} confirmed", g.sinks.len())
-            }
-        ));
+            },
+        ]);
     }
+    say(&super::table::render(&rows));
     Ok(())
 }
 

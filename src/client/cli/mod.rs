@@ -19,6 +19,7 @@ mod keys;
 mod operators;
 mod requests;
 mod scopes;
+mod table;
 mod workloads;
 
 use std::fmt::Write as _;

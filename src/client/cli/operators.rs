@@ -88,19 +88,19 @@ pub(super) async fn operator(
                     .collect();
                 say(&serde_json::Value::Array(all).to_string());
             } else {
-                say(&format!(
-                    "{:<20}  {:<30}  {:>6}  {:>9}",
-                    "OPERATOR", "ROLES", "ACTIVE", "SUSPENDED"
-                ));
+                let mut rows = super::table::table(
+                    &["OPERATOR", "ROLES", "ACTIVE", "SUSPENDED"],
+                    &["ACTIVE", "SUSPENDED"],
+                );
                 for o in &list.operators {
-                    say(&format!(
-                        "{:<20}  {:<30}  {:>6}  {:>9}",
-                        o.name,
+                    rows.add_row(vec![
+                        o.name.clone(),
                         o.roles.join(","),
-                        o.active_keys,
-                        o.suspended_keys
-                    ));
+                        o.active_keys.to_string(),
+                        o.suspended_keys.to_string(),
+                    ]);
                 }
+                say(&super::table::render(&rows));
             }
             return Ok(());
         }

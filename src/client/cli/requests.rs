@@ -223,22 +223,21 @@ fn print_requests(out: Out, requests: &[pb::RequestInfo]) {
         say(&serde_json::Value::Array(all).to_string());
         return;
     }
-    say(&format!(
-        "{:<24}  {:<9}  {:<16}  {:<24}  {:>5}  REASON",
-        "ID", "STATE", "SCOPE", "REQUESTER", "VOTES"
-    ));
+    let mut rows = super::table::table(
+        &["ID", "STATE", "SCOPE", "REQUESTER", "VOTES", "REASON"],
+        &["VOTES"],
+    );
     for r in requests {
-        say(&format!(
-            "{:<24}  {:<9}  {:<16}  {:<24}  {:>2}/{:<2}  {}",
-            r.id,
-            request_state(r),
-            r.scope,
-            r.requester,
-            r.approvals,
-            r.quorum,
-            r.reason.lines().next().unwrap_or_default()
-        ));
+        rows.add_row(vec![
+            r.id.clone(),
+            request_state(r).to_owned(),
+            r.scope.clone(),
+            r.requester.clone(),
+            format!("{}/{}", r.approvals, r.quorum),
+            r.reason.lines().next().unwrap_or_default().to_owned(),
+        ]);
     }
+    say(&super::table::render(&rows));
 }
 
 /// Where the SSH certificate goes: next to the public key given; else next to the key in

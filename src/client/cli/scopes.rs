@@ -64,10 +64,9 @@ pub(super) async fn scope(
                     .collect();
                 say(&serde_json::Value::Array(all).to_string());
             } else {
-                say(&format!(
-                    "{:<20}  {:<16}  {:<18}  {:<10}  MINTS",
-                    "SCOPE", "OWNER", "POLICY", "MAX TTL"
-                ));
+                let mut rows =
+                    super::table::table(&["SCOPE", "OWNER", "POLICY", "MAX TTL", "MINTS"], &[]);
+                let mut warnings = Vec::new();
                 for s in &list.scopes {
                     let Some(scope) = &s.scope else { continue };
                     let policy = scope.policy.clone().unwrap_or_default();
@@ -76,23 +75,25 @@ pub(super) async fn scope(
                         (true, None) => "bearer",
                         (false, _) => "ssh",
                     };
-                    say(&format!(
-                        "{:<20}  {:<16}  {:<18}  {:<10}  {}",
-                        scope.name,
-                        scope.owner,
+                    rows.add_row(vec![
+                        scope.name.clone(),
+                        scope.owner.clone(),
                         format!("{} of {}", policy.quorum, policy.approver_role),
-                        // To a String first: humantime's Display ignores width and padding.
                         humantime::format_duration(std::time::Duration::from_secs(
                             scope
                                 .max_ttl
-                                .map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0))
+                                .map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0)),
                         ))
                         .to_string(),
-                        mints
-                    ));
+                        mints.to_owned(),
+                    ]);
                     for finding in &s.findings {
-                        say(&format!("  WARN {finding}"));
+                        warnings.push(format!("WARN {}: {finding}", scope.name));
                     }
+                }
+                say(&super::table::render(&rows));
+                for warning in warnings {
+                    say(&warning);
                 }
             }
         }

@@ -64,20 +64,18 @@ pub(super) async fn workload(
                     .collect();
                 say(&serde_json::Value::Array(all).to_string());
             } else {
-                say(&format!(
-                    "{:<20}  {:<16}  {:<10}  {:<16}  SCOPES",
-                    "WORKLOAD", "OWNER", "INTROSPECT", "PIN"
-                ));
+                let mut rows =
+                    super::table::table(&["WORKLOAD", "OWNER", "INTROSPECT", "PIN", "SCOPES"], &[]);
                 for w in &list.workloads {
-                    say(&format!(
-                        "{:<20}  {:<16}  {:<10}  {:<16}  {}",
-                        w.name,
-                        w.owner,
-                        if w.introspect { "yes" } else { "no" },
-                        w.spki_sha256.get(..16).unwrap_or_default(),
-                        w.scopes.join(",")
-                    ));
+                    rows.add_row(vec![
+                        w.name.clone(),
+                        w.owner.clone(),
+                        if w.introspect { "yes" } else { "no" }.to_owned(),
+                        w.spki_sha256.get(..16).unwrap_or_default().to_owned(),
+                        w.scopes.join(","),
+                    ]);
                 }
+                say(&super::table::render(&rows));
             }
         }
         WorkloadChange::Put {
