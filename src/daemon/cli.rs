@@ -8,6 +8,7 @@ use crate::base::clock::{Clock as _, SystemClock};
 use crate::base::constants::{
     DEFAULT_ADMIN_ROLE, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH, DEFAULT_TRUST_STORE_QUORUM,
 };
+use crate::client::cli::pages;
 use crate::daemon;
 use crate::daemon::config::Config;
 use crate::domain::trust::TrustStorePolicy;
@@ -15,9 +16,9 @@ use crate::domain::workload::Workload;
 use crate::service::hygiene::Level;
 use clap::{Parser, Subcommand};
 
-/// latchkeyd: independent break-glass authority daemon.
+/// The latchkey break-glass authority daemon.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "latchkeyd", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,6 +61,15 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+    /// Write the man pages, one per command, into DIR (scripts/package does).
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
+        /// The date on every page (YYYY-MM-DD).
+        #[arg(long)]
+        date: String,
     },
     /// Run the daemon.
     Serve {
@@ -111,6 +121,34 @@ enum Command {
         introspect: bool,
     },
 }
+
+/// FILES and SEE ALSO on latchkeyd(8).
+const MAN_EXTRA: &[pages::ExtraSection] = &[
+    pages::ExtraSection {
+        title: "FILES",
+        roff: r".TP
+.I /etc/latchkey/latchkeyd.toml
+configuration (strict TOML, version = 1; check it with latchkeyd check\-config)
+.TP
+.I /var/lib/latchkey
+trust store, the daemon's keys (0600) and revoked-keys.krl (directory 0700, user latchkey)
+.TP
+.I /run/latchkey/latchkeyd.sock
+local socket (latchkeyd.socket; mode 0660, group latchkey)
+.TP
+.I /lib/systemd/system/latchkeyd.service, latchkeyd.socket
+hardened service and socket activation
+",
+    },
+    pages::ExtraSection {
+        title: "SEE ALSO",
+        roff: r".BR latchkey (1),
+.BR sshd_config (5),
+.BR systemd.exec (5);
+/usr/share/doc/latchkey/install.md, README.md, errors.md, hardware.md, scopes.md
+",
+    },
+];
 
 /// Runs the daemon's command line and says how it went.
 pub fn main() -> ExitCode {
@@ -226,14 +264,19 @@ fn run(command: Command) -> Result<(), String> {
         Command::CheckConfig { config } => check_config(&config),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
-            // Into memory first: clap_complete panics on a failed write (a closed pipe).
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "latchkeyd", &mut script);
-            {
-                use std::io::Write as _;
-                let _closed_pipe = std::io::stdout().write_all(&script);
-            }
+            pages::print_completions(Cli::command(), "latchkeyd", shell);
             Ok(())
+        }
+        Command::Man { dir, date } => {
+            use clap::CommandFactory as _;
+            let man = pages::ManPages {
+                section: "8",
+                date: &date,
+                extra: MAN_EXTRA,
+            };
+            man.write(Cli::command(), &dir)
+                .map(|_| ())
+                .map_err(|e| format!("man pages in {}: {e}", dir.display()))
         }
         Command::AcceptRollback { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;

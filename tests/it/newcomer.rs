@@ -184,6 +184,46 @@ fn both_binaries_print_shell_completions_from_their_clap_trees() {
     assert!(script.starts_with("#compdef latchkeyd") && script.contains("check-config"));
 }
 
+#[test]
+fn both_binaries_write_a_man_page_per_command_from_their_clap_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    for mut bin in [latchkey_cli(), crate::support::latchkeyd()] {
+        let out = bin
+            .arg("man")
+            .arg(dir.path())
+            .args(["--date", "2026-12-07"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let top = page("latchkey.1");
+    assert!(top.contains("\n.TH latchkey 1 2026-12-07 "), "{top}");
+    assert!(
+        top.contains("\n.SH FILES\n") && top.contains("\n.SH SEE ALSO\n"),
+        "{top}"
+    );
+    assert!(
+        top.contains("Exit codes:"),
+        "the exit codes from --help: {top}"
+    );
+    // One page per command, with that command's own options.
+    let approve = page("latchkey-approve.1");
+    assert!(approve.contains("\\-\\-operator"), "{approve}");
+    assert!(page("latchkey-change-approve.1").contains(".TH latchkey-change-approve 1"));
+    let serve = page("latchkeyd-serve.8");
+    assert!(serve.contains("\\-\\-config"), "{serve}");
+    assert!(page("latchkeyd.8").contains("/etc/latchkey/latchkeyd.toml"));
+    // Hidden commands have no page.
+    assert!(!dir.path().join("latchkey-man.1").exists());
+}
+
 #[tokio::test]
 async fn every_refusal_carries_a_standard_error_info_with_its_code() {
     use tonic_types::StatusExt as _;

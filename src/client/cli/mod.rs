@@ -17,6 +17,7 @@ mod grants;
 pub(crate) mod hints;
 mod keys;
 mod operators;
+pub mod pages;
 mod requests;
 mod scopes;
 mod table;
@@ -151,9 +152,9 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> ClientError {
     }
 }
 
-/// latchkey: talk to latchkeyd.
+/// The latchkey break-glass client: ask, approve, revoke, audit, drill.
 #[derive(Parser)]
-#[command(version, about, after_help = exit::HELP)]
+#[command(name = "latchkey", version, about, after_help = exit::HELP)]
 struct Cli {
     /// The daemon's local socket.
     #[arg(long, global = true, env = SOCKET_ENV, default_value = DEFAULT_SOCKET_PATH)]
@@ -277,7 +278,38 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Write the man pages, one per command, into DIR (scripts/package does).
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        dir: std::path::PathBuf,
+        /// The date on every page (YYYY-MM-DD).
+        #[arg(long)]
+        date: String,
+    },
 }
+
+/// FILES and SEE ALSO on latchkey(1).
+const MAN_EXTRA: &[pages::ExtraSection] = &[
+    pages::ExtraSection {
+        title: "FILES",
+        roff: r".TP
+.I /run/latchkey/latchkeyd.sock
+default socket ($LATCHKEY_SOCKET or \-\-socket override); callers must be allowed by the
+daemon (group latchkey on a packaged bastion)
+.TP
+.I /lib/udev/rules.d/70-latchkey.rules
+lets group latchkey open FIDO security keys' hidraw nodes
+",
+    },
+    pages::ExtraSection {
+        title: "SEE ALSO",
+        roff: r".BR latchkeyd (8),
+.BR sshd_config (5);
+/usr/share/doc/latchkey/README.md, install.md, errors.md, scopes.md, hardware.md
+",
+    },
+];
 
 /// Runs the CLI: parses the arguments, does the command, and says how it went.
 pub fn main() -> ExitCode {
@@ -294,14 +326,23 @@ pub fn main() -> ExitCode {
     }
     if let Command::Completions { shell } = &cli.command {
         use clap::CommandFactory as _;
-        // Into memory first: clap_complete panics on a failed write (a closed pipe).
-        let mut script = Vec::new();
-        clap_complete::generate(*shell, &mut Cli::command(), "latchkey", &mut script);
-        {
-            use std::io::Write as _;
-            let _closed_pipe = std::io::stdout().write_all(&script);
-        }
+        pages::print_completions(Cli::command(), "latchkey", *shell);
         return ExitCode::SUCCESS;
+    }
+    if let Command::Man { dir, date } = &cli.command {
+        use clap::CommandFactory as _;
+        let man = pages::ManPages {
+            section: "1",
+            date,
+            extra: MAN_EXTRA,
+        };
+        return match man.write(Cli::command(), dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("latchkey: error: man pages in {}: {e}", dir.display());
+                ExitCode::from(exit::LOCAL)
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -409,7 +450,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             return Ok(success_if(client::drill::drill(channel, out, args).await?));
         }
         Command::Drills => client::drill::list(channel, out).await?,
-        Command::Completions { .. } => {}
+        Command::Completions { .. } | Command::Man { .. } => {}
         Command::SshCa => {
             let view = client::status(channel).await?;
             if view.ssh_user_ca_public_key.is_empty() {
