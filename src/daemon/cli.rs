@@ -217,6 +217,18 @@ fn check_config(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+fn write_man_pages(dir: &std::path::Path, date: &str) -> Result<(), String> {
+    use clap::CommandFactory as _;
+    let man = pages::ManPages {
+        section: "8",
+        date,
+        extra: MAN_EXTRA,
+    };
+    man.write(Cli::command(), dir)
+        .map(|_| ())
+        .map_err(|e| format!("man pages in {}: {e}", dir.display()))
+}
+
 fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Init {
@@ -267,17 +279,7 @@ fn run(command: Command) -> Result<(), String> {
             pages::print_completions(Cli::command(), "latchkeyd", shell);
             Ok(())
         }
-        Command::Man { dir, date } => {
-            use clap::CommandFactory as _;
-            let man = pages::ManPages {
-                section: "8",
-                date: &date,
-                extra: MAN_EXTRA,
-            };
-            man.write(Cli::command(), &dir)
-                .map(|_| ())
-                .map_err(|e| format!("man pages in {}: {e}", dir.display()))
-        }
+        Command::Man { dir, date } => write_man_pages(&dir, &date),
         Command::AcceptRollback { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
             let (before, now) = daemon::accept_rollback(&config).map_err(|e| e.to_string())?;

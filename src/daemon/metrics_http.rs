@@ -1,5 +1,6 @@
 //! The optional Prometheus listener: plain HTTP/1.1 on a loopback address (the config refuses
-//! any other), `GET /metrics` only. Each scrape reads a fresh snapshot off the async runtime.
+//! any other), `GET /metrics` only. Each scrape reads a fresh snapshot off the async runtime,
+//! then the build and process metrics.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,7 +41,10 @@ async fn answer(
     }
     let snapshot = tokio::task::spawn_blocking(move || authority.metrics_snapshot()).await;
     Ok(match snapshot {
-        Ok(Ok(s)) => reply(StatusCode::OK, crate::service::metrics::render(&s)),
+        Ok(Ok(s)) => reply(
+            StatusCode::OK,
+            crate::service::metrics::render(&s) + &super::process_metrics::render(),
+        ),
         Ok(Err(e)) => {
             tracing::error!("metrics: {e}");
             reply(

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod listen;
 pub mod logging;
 pub mod metrics_http;
+mod process_metrics;
 pub mod tls;
 
 use std::future::Future;

@@ -681,3 +681,115 @@ async fn the_metrics_listener_serves_only_metrics() {
     );
     bg.stop().await;
 }
+
+/// Metric names an expression uses (`latchkey_*`, `process_*`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain([' ']) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            if word.starts_with("latchkey_") || word.starts_with("process_") {
+                names.push(word.clone());
+            }
+            word.clear();
+        }
+    }
+    names
+}
+
+fn exprs_in(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::String(s) if k == "expr" || k == "query" => {
+                        found.push(s.clone());
+                    }
+                    _ => exprs_in(v, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| exprs_in(v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_alert_rules_and_dashboard_use_only_metrics_the_daemon_exports() {
+    let python = std::env::var("LATCHKEY_PYTHON").expect(
+        "LATCHKEY_PYTHON is not set: run the suite through scripts/test (scripts/install-deps)",
+    );
+    let bg = drill_world("").await;
+    let scraped = scrape(&bg).await;
+    let exported: std::collections::HashSet<&str> = scraped
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for name in [
+        "latchkey_build_info",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(exported.contains(name), "{name} missing:\n{scraped}");
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    // The rules file as Prometheus reads it: YAML (PyYAML), printed back as JSON.
+    let out = run({
+        let mut c = std::process::Command::new(&python);
+        c.args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(root.join("prometheus/latchkey-alerts.yml"));
+        c
+    })
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let rules: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules = rules["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 5);
+    let mut exprs = Vec::new();
+    for rule in rules {
+        let alert = rule["alert"].as_str().unwrap();
+        assert!(alert.starts_with("Latchkey"), "{rule}");
+        for field in ["critical", "warning", "info"] {
+            if rule["labels"]["severity"] == field {
+                exprs.push(rule["expr"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(
+            rule["annotations"]["summary"].as_str().is_some(),
+            "{alert} has no summary"
+        );
+    }
+    assert_eq!(exprs.len(), rules.len(), "every rule has a known severity");
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("latchkey_revocation_unconfirmed_alarm")),
+        "the alarm the README says to alert on"
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/latchkey-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut panel_exprs = Vec::new();
+    exprs_in(&dashboard["panels"], &mut panel_exprs);
+    exprs_in(&dashboard["templating"], &mut panel_exprs);
+    assert!(panel_exprs.len() >= 10, "{panel_exprs:?}");
+
+    for expr in exprs.iter().chain(&panel_exprs) {
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(name.as_str()),
+                "`{expr}` uses {name}, which latchkeyd does not export:\n{scraped}"
+            );
+        }
+    }
+    bg.stop().await;
+}
