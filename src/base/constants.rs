@@ -82,6 +82,11 @@ pub const DEFAULT_RP_ID: &str = "latchkey.local";
 pub const DEFAULT_ORIGIN: &str = "https://latchkey.local";
 /// How long an enrollment or assertion challenge stays valid.
 pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// Challenges kept at once (pending or used, until swept): beyond it Begin calls are refused.
+/// A bastion's responders open a handful; a flood stops here instead of growing the store.
+pub const MAX_KEPT_CHALLENGES: u64 = 4096;
+/// How often expired challenges are swept.
+pub const CHALLENGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Most approvals any policy may demand.
 pub const MAX_QUORUM: u32 = 32;

@@ -428,7 +428,7 @@ async fn bind_metrics(
 }
 
 /// The daemon's own tasks beside the gRPC servers: the metrics listener, the revocation
-/// scheduler and the checkpoint timer.
+/// scheduler, the checkpoint timer and the challenge sweeper.
 fn spawn_tasks(
     servers: &mut JoinSet<Result<(), tonic::transport::Error>>,
     authority: &Arc<Authority>,
@@ -449,6 +449,7 @@ fn spawn_tasks(
         config.audit.checkpoint_interval,
         stopped(stop),
     ));
+    servers.spawn(challenge_sweeper(authority.clone(), stopped(stop)));
 }
 
 /// Resolves once `stop` says so, or once it is gone.
@@ -686,6 +687,32 @@ async fn checkpoint_timer(
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!("audit checkpoint: {e}"),
                     Err(e) => tracing::error!("audit checkpoint task: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Deletes expired challenges at start and every [`CHALLENGE_SWEEP_INTERVAL`], until `stop`.
+///
+/// [`CHALLENGE_SWEEP_INTERVAL`]: crate::base::constants::CHALLENGE_SWEEP_INTERVAL
+async fn challenge_sweeper(
+    authority: Arc<Authority>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let mut ticks = tokio::time::interval(crate::base::constants::CHALLENGE_SWEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = ticks.tick() => {
+                let authority = authority.clone();
+                match tokio::task::spawn_blocking(move || authority.sweep_challenges()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(removed)) => tracing::debug!(removed, "expired challenges swept"),
+                    Ok(Err(e)) => tracing::error!("challenge sweep: {e}"),
+                    Err(e) => tracing::error!("challenge sweep task: {e}"),
                 }
             }
         }

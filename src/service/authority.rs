@@ -139,6 +139,8 @@ pub struct Authority {
     pub(in crate::service) introspect_uids: Vec<u32>,
     /// How old a scope's last passed drill may be before `doctor` warns.
     drill_max_age: std::time::Duration,
+    /// Challenges kept, and how many may be.
+    challenges: crate::service::ceremony::CeremonyBudget,
 }
 
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
@@ -252,8 +254,13 @@ impl Authority {
             audit = audit.with_anchor(anchor);
         }
         let index = TokenIndex::load(store.as_ref(), clock.now())?;
+        let challenges = crate::service::ceremony::CeremonyBudget::new(
+            store.count(store::Keyspace::Ceremonies)?,
+            crate::base::constants::MAX_KEPT_CHALLENGES,
+        );
         Ok(Self {
             released: tokio::sync::watch::Sender::new(()),
+            challenges,
             drill_max_age,
             introspect_uids,
             piv,
@@ -301,6 +308,17 @@ impl Authority {
     /// Whether software authenticators are trusted.
     pub fn dev_mode(&self) -> bool {
         self.dev_mode
+    }
+
+    /// Deletes expired challenges (see
+    /// [`crate::service::ceremony::Operators::sweep_ceremonies`]); returns how many.
+    pub fn sweep_challenges(&self) -> Result<u64, OperatorError> {
+        self.operators().sweep_ceremonies()
+    }
+
+    /// Challenges kept in the store (pending or used, not yet swept).
+    pub fn challenges_kept(&self) -> u64 {
+        self.challenges.kept()
     }
 
     /// How old a scope's last passed drill may be before `doctor` warns.
@@ -377,6 +395,7 @@ impl Authority {
             clock: self.clock.as_ref(),
             challenge_ttl: self.fido2_policy.challenge_ttl,
             piv: &self.piv,
+            budget: &self.challenges,
         }
     }
 

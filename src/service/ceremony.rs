@@ -2,6 +2,8 @@
 //! a digest of what is being approved. Every refusal has its own code and writes nothing; a
 //! counter regression suspends the key (that is the one write a refusal does).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::Serialize;
 use webauthn_rs::prelude::{SecurityKey, Uuid};
 
@@ -57,6 +59,48 @@ struct Registered {
     attested: bool,
 }
 
+/// How many challenges may be kept at once, and how many are: entries in the ceremonies
+/// keyspace, pending or used, until [`Operators::sweep_ceremonies`] removes them. Opening a
+/// challenge past the limit is refused, so a flood of Begin calls cannot grow the store.
+#[derive(Debug)]
+pub struct CeremonyBudget {
+    kept: AtomicU64,
+    limit: u64,
+}
+
+impl CeremonyBudget {
+    /// A budget of `limit` challenges, `kept` of which are in the store now.
+    pub fn new(kept: u64, limit: u64) -> Self {
+        Self {
+            kept: AtomicU64::new(kept),
+            limit,
+        }
+    }
+
+    /// Challenges in the store (pending or used, not yet swept).
+    pub fn kept(&self) -> u64 {
+        self.kept.load(Ordering::Relaxed)
+    }
+
+    fn take(&self) -> Result<(), OperatorError> {
+        self.kept
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| OperatorError::TooManyChallenges(self.limit))
+    }
+
+    fn give_back(&self) {
+        let _ = self
+            .kept
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+/// Ceremonies read per sweep transaction.
+const SWEEP_BATCH: usize = 256;
+
 /// The operator's domain service.
 #[derive(Debug)]
 pub struct Operators<'a> {
@@ -72,6 +116,8 @@ pub struct Operators<'a> {
     pub challenge_ttl: std::time::Duration,
     /// PIV trust and enrollment policy.
     pub piv: &'a PivSettings,
+    /// How many challenges may be kept.
+    pub budget: &'a CeremonyBudget,
 }
 
 impl Operators<'_> {
@@ -162,14 +208,65 @@ impl Operators<'_> {
         let mut txn = Txn::new();
         txn.require_absent(Keyspace::Ceremonies, id.as_bytes())
             .put(id.as_bytes(), &ceremony)?;
+        self.budget.take()?;
         // Not flushed: a challenge lost in a crash only makes its ceremony fail (begin again),
         // and it becomes durable with the next audited change anyway.
-        self.store.apply(&txn)?;
+        if let Err(e) = self.store.apply(&txn) {
+            self.budget.give_back();
+            return Err(e.into());
+        }
         Ok(Opened {
             ceremony_id: id,
             options_json: options,
             piv_challenge,
         })
+    }
+
+    /// Deletes the challenges whose expiry passed more than a challenge lifetime ago, pending
+    /// or used (a used one's tombstone answers `challenge_reused` until then; afterwards a
+    /// replay is `challenge_unknown`, refused all the same). Not audited: a challenge is not
+    /// trust state. Returns how many went; recounts the budget.
+    pub fn sweep_ceremonies(&self) -> Result<u64, OperatorError> {
+        let now = self.clock.now();
+        let mut removed = 0;
+        let mut start = Vec::new();
+        loop {
+            let batch = self
+                .store
+                .scan_from(Keyspace::Ceremonies, &start, SWEEP_BATCH)?;
+            let mut txn = Txn::new();
+            let mut due = 0;
+            for (key, raw) in &batch {
+                let Ok(ceremony) = store::decode::<Ceremony>(raw) else {
+                    continue;
+                };
+                if now > ceremony.expires_at.plus(self.challenge_ttl) {
+                    txn.require_equals(Keyspace::Ceremonies, key.clone(), raw.clone())
+                        .delete(Keyspace::Ceremonies, key.clone());
+                    due += 1;
+                }
+            }
+            if due > 0 {
+                match self.store.apply(&txn) {
+                    Ok(()) => removed += due,
+                    // A challenge in this batch was answered meanwhile: the next sweep
+                    // takes the batch again.
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match batch.last() {
+                Some((last, _)) if batch.len() == SWEEP_BATCH => {
+                    start = last.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        self.budget
+            .kept
+            .store(self.store.count(Keyspace::Ceremonies)?, Ordering::Relaxed);
+        Ok(removed)
     }
 
     /// Finishes an enrollment. During genesis the key is enrolled, and genesis closes in the

@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub drills: Vec<(String, Option<Timestamp>)>,
     /// Software authenticators are trusted.
     pub dev_mode: bool,
+    /// Challenges kept in the store (pending or used, not yet swept).
+    pub challenges_kept: u64,
 }
 
 impl Authority {
@@ -105,6 +107,7 @@ impl Authority {
             audit_head: self.audit.head_seq(),
             drills,
             dev_mode: self.dev_mode(),
+            challenges_kept: self.challenges_kept(),
         })
     }
 }
@@ -120,6 +123,12 @@ fn label(value: &str) -> String {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A gauge with one unlabelled sample.
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Renders the snapshot in the Prometheus text format.
@@ -150,13 +159,12 @@ pub fn render(s: &Snapshot) -> String {
         "latchkey_votes_total{{decision=\"deny\"}} {}",
         s.denials
     );
-    header(
+    gauge(
         &mut out,
         "latchkey_grants_active",
-        "gauge",
         "Grants issued and not yet revoked.",
+        s.grants_active,
     );
-    let _ = writeln!(out, "latchkey_grants_active {}", s.grants_active);
     header(
         &mut out,
         "latchkey_revocations",
@@ -178,24 +186,18 @@ pub fn render(s: &Snapshot) -> String {
         "latchkey_revocations{{state=\"revoked\"}} {}",
         s.revoked
     );
-    header(
+    gauge(
         &mut out,
         "latchkey_revocation_unconfirmed_alarm",
-        "gauge",
         "1 while any revocation is past its deadline without confirmation.",
+        u8::from(s.unconfirmed > 0),
     );
-    let _ = writeln!(
-        out,
-        "latchkey_revocation_unconfirmed_alarm {}",
-        u8::from(s.unconfirmed > 0)
-    );
-    header(
+    gauge(
         &mut out,
         "latchkey_audit_head_sequence",
-        "gauge",
         "Sequence number of the newest audit record.",
+        s.audit_head,
     );
-    let _ = writeln!(out, "latchkey_audit_head_sequence {}", s.audit_head);
     header(
         &mut out,
         "latchkey_drill_seconds_since_success",
@@ -213,13 +215,18 @@ pub fn render(s: &Snapshot) -> String {
             label(scope)
         );
     }
-    header(
+    gauge(
         &mut out,
         "latchkey_dev_mode",
-        "gauge",
         "1 when software authenticators are trusted (never on a bastion).",
+        u8::from(s.dev_mode),
     );
-    let _ = writeln!(out, "latchkey_dev_mode {}", u8::from(s.dev_mode));
+    gauge(
+        &mut out,
+        "latchkey_challenges_kept",
+        "Key challenges kept (pending or used, until swept); Begin calls are refused at the limit.",
+        s.challenges_kept,
+    );
     out
 }
 
@@ -248,6 +255,7 @@ mod tests {
                 ("odd\"scope".into(), None),
             ],
             dev_mode: false,
+            challenges_kept: 7,
         }
     }
 
@@ -259,6 +267,7 @@ mod tests {
         assert!(text.contains("latchkey_revocations{state=\"unconfirmed\"} 1\n"));
         assert!(text.contains("latchkey_revocation_unconfirmed_alarm 1\n"));
         assert!(text.contains("latchkey_audit_head_sequence 42\n"));
+        assert!(text.contains("latchkey_challenges_kept 7\n"));
         assert!(text.contains("latchkey_drill_seconds_since_success{scope=\"db-root\"} 60\n"));
         assert!(
             text.contains("latchkey_drill_seconds_since_success{scope=\"odd\\\"scope\"} +Inf\n")

@@ -25,6 +25,10 @@ pub enum OperatorError {
     /// Only local callers may enroll during genesis.
     #[error("genesis enrollment is only accepted over the local socket")]
     LocalOnly,
+    /// Too many challenges are open: a flood of Begin calls, or a limit set too low. Try again
+    /// once expired ones are swept (a challenge lifetime or two).
+    #[error("too many open challenges (limit {0}); try again in a few minutes")]
+    TooManyChallenges(u64),
     /// The ceremony id is not one the daemon issued.
     #[error("unknown challenge {0}; start again")]
     ChallengeUnknown(String),
@@ -87,6 +91,7 @@ impl Coded for OperatorError {
             OperatorError::InvalidName { .. } => "operator.invalid_name",
             OperatorError::UnknownOperator(_) => "operator.unknown",
             OperatorError::LocalOnly => "operator.local_only",
+            OperatorError::TooManyChallenges(_) => "assertion.too_many_challenges",
             OperatorError::ChallengeUnknown(_) => "assertion.challenge_unknown",
             OperatorError::ChallengeReused(_) => "assertion.challenge_reused",
             OperatorError::ChallengeExpired(_) => "assertion.challenge_expired",
@@ -120,6 +125,7 @@ impl Coded for OperatorError {
             | OperatorError::WrongDigest
             | OperatorError::AuthenticatorSuspended(..) => ErrorKind::PermissionDenied,
             OperatorError::CredentialTaken(_) => ErrorKind::AlreadyExists,
+            OperatorError::TooManyChallenges(_) => ErrorKind::ResourceExhausted,
             OperatorError::Fido2(e) => e.kind(),
             OperatorError::Piv(e) => e.kind(),
             OperatorError::PivResponse(_) => ErrorKind::PermissionDenied,

@@ -3,6 +3,7 @@
 //! SoftToken, byte-exact WebAuthn). No daemon, no socket, no sleeps: time moves only when a
 //! test moves it.
 
+mod challenges;
 mod changes;
 mod genesis;
 mod requests;
