@@ -89,6 +89,8 @@ struct RawConfig {
     drill: RawDrill,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    notify: super::notify::RawNotify,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +227,8 @@ pub struct Config {
     pub drill_max_age: Duration,
     /// Connection and stream bounds.
     pub limits: LimitsConfig,
+    /// Who is told about requests and grants.
+    pub notify: super::notify::NotifyConfig,
 }
 
 /// Revocation sinks.
@@ -375,8 +379,10 @@ impl Config {
             ));
         }
         let limits = limits_config(&raw.limits).map_err(&invalid)?;
+        let notify = super::notify::notify_config(raw.notify).map_err(&invalid)?;
         Ok(Self {
             limits,
+            notify,
             piv: PivConfig {
                 require_touch: raw.piv.require_touch,
                 require_pin: raw.piv.require_pin,

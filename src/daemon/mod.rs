@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod listen;
 pub mod logging;
 pub mod metrics_http;
+pub mod notify;
 mod process_metrics;
 pub mod tls;
 
@@ -97,6 +98,9 @@ pub enum DaemonError {
     /// A listener stopped with an error.
     #[error("server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A notification sink cannot be used (its secret files). Fix it, or remove the sink.
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
 }
 
 /// What `latchkeyd init` should create.
@@ -564,6 +568,7 @@ pub async fn start_layered(
     }
 
     spawn_tasks(&mut servers, &authority, metrics_listener, config, &stop);
+    notify::spawn(&mut servers, &authority, &config.notify, &stop)?;
 
     log_serving(
         &addresses,

@@ -12,6 +12,7 @@ pub mod expiry;
 pub mod hygiene;
 pub mod metrics;
 pub mod minting;
+pub mod notifications;
 pub mod operators;
 pub mod requests;
 pub mod revocation;

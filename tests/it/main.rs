@@ -17,6 +17,7 @@ mod golden;
 mod hardening;
 mod lifecycle;
 mod newcomer;
+mod notify;
 mod operations;
 mod piv;
 mod python;

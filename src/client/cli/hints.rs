@@ -35,7 +35,9 @@ mod tests {
             super::approve_request("c0ffee"),
             super::wait("c0ffee"),
             super::drill("db-root"),
-            // Printed by the daemon (service::hygiene), with a scope name filled in.
+            // Printed by the daemon in notifications and (with a scope name filled in) by
+            // service::hygiene.
+            crate::service::notifications::approve_line("c0ffee"),
             "latchkey drill --scope db-root --operator YOU".to_owned(),
         ] {
             let words: Vec<&str> = hint.split_whitespace().collect();

@@ -356,8 +356,16 @@ pub(crate) async fn world_with(scope: pb::Scope) -> World {
 
 /// The world with its store wrapped by `layer`.
 pub(crate) async fn world_layered(scope: pb::Scope, layer: Option<daemon::StoreLayer>) -> World {
+    world_on(Bg::start_layered(DaemonDir::init(), "", layer).await, scope).await
+}
+
+/// The world with `extra` appended to the daemon's config.
+pub(crate) async fn world_configured(scope: pb::Scope, extra: &str) -> World {
+    world_on(Bg::start_with(DaemonDir::init(), extra).await, scope).await
+}
+
+async fn world_on(mut bg: Bg, scope: pb::Scope) -> World {
     use pb::propose_change_request::Change as C;
-    let mut bg = Bg::start_layered(DaemonDir::init(), "", layer).await;
     for (name, role) in [
         ("carol", "dba-oncall"),
         ("dave", "dba-oncall"),
