@@ -487,6 +487,22 @@ max_age_days = {drill_days}
 # streams = 1024
 # streams_per_connection = 64
 # handshake_seconds = 10
+
+# Who is told when a request is made, approved, denied, issued, revoked (docs/operations.md).
+# A command gets the event JSON on stdin; a webhook gets it POSTed (its URL file is a secret:
+# mode 0600). Failed attempts are retried with backoff; every attempt is audited.
+# [notify]
+# retry_initial_ms = 2000   # doubles up to 5 minutes
+# max_attempts = 8
+# timeout_secs = 10
+# [[notify.sink]]
+# name = "dba-pager"
+# command = ["/usr/local/bin/page-dba"]
+# scopes = ["db-root"]                      # default: every scope
+# events = ["request_created"]              # default: every event
+# [[notify.sink]]
+# name = "chat"
+# webhook_url_file = "/etc/latchkey/chat-webhook"
 "#,
             drill_days = crate::base::constants::DEFAULT_DRILL_MAX_AGE_DAYS,
             krl = data_dir
