@@ -1,4 +1,5 @@
-//! Who is calling: a local user on the Unix socket, or a workload over mutual TLS.
+//! Who is calling: a local user on the Unix socket, a workload over mutual TLS, or an operator
+//! from their own device over the remote (server-authenticated) TLS port.
 
 use std::fmt;
 
@@ -11,6 +12,20 @@ pub enum Caller {
     Local(LocalPeer),
     /// A workload whose TLS client key is pinned in the trust store.
     Workload(WorkloadId),
+    /// A caller on the remote operator port: no standing credential; each action carries a
+    /// fresh hardware assertion, and reads need a session one opened.
+    Remote(RemotePeer),
+}
+
+/// A connection to the remote operator port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePeer {
+    /// Where it comes from.
+    pub addr: std::net::SocketAddr,
+    /// The daemon's number for this connection (sessions are bound to it).
+    pub connection: u64,
+    /// The operator whose read session is open on this connection, if any.
+    pub session_operator: Option<String>,
 }
 
 /// Peer credentials of a local socket connection.
@@ -38,6 +53,21 @@ impl fmt::Display for Caller {
         match self {
             Caller::Local(p) => write!(f, "local uid={} gid={}", p.uid, p.gid),
             Caller::Workload(w) => write!(f, "workload {}", w.name),
+            Caller::Remote(r) => match &r.session_operator {
+                Some(op) => write!(f, "remote {} (session of operator {op})", r.addr),
+                None => write!(f, "remote {}", r.addr),
+            },
+        }
+    }
+}
+
+impl Caller {
+    /// The transport, as the audit log names it: `local uid=N`, `remote ADDR`, `workload N`.
+    pub fn via(&self) -> String {
+        match self {
+            Caller::Local(p) => format!("local uid={}", p.uid),
+            Caller::Workload(w) => format!("workload {}", w.name),
+            Caller::Remote(r) => format!("remote {}", r.addr),
         }
     }
 }

@@ -85,6 +85,15 @@ pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(120);
 /// Challenges kept at once (pending or used, until swept): beyond it Begin calls are refused.
 /// A bastion's responders open a handful; a flood stops here instead of growing the store.
 pub const MAX_KEPT_CHALLENGES: u64 = 4096;
+/// Begin calls (each opens a challenge) one remote address may make at once, and per minute
+/// after that; and all remote addresses together.
+pub const REMOTE_BEGIN_BURST_PER_SOURCE: u32 = 10;
+/// See [`REMOTE_BEGIN_BURST_PER_SOURCE`].
+pub const REMOTE_BEGIN_PER_MINUTE_PER_SOURCE: u32 = 10;
+/// See [`REMOTE_BEGIN_BURST_PER_SOURCE`].
+pub const REMOTE_BEGIN_BURST_TOTAL: u32 = 200;
+/// See [`REMOTE_BEGIN_BURST_PER_SOURCE`].
+pub const REMOTE_BEGIN_PER_MINUTE_TOTAL: u32 = 600;
 /// How often expired challenges are swept.
 pub const CHALLENGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 

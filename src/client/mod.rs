@@ -131,10 +131,19 @@ impl ClientIdentity {
     }
 }
 
-/// Trusts exactly one server certificate (the daemon's self-signed one); no CA.
+/// What a client pins the daemon by.
+#[derive(Debug)]
+enum ServerPin {
+    /// Its whole certificate.
+    Certificate(CertificateDer<'static>),
+    /// The SHA-256 of its certificate's SubjectPublicKeyInfo (`latchkey status`: "tls spki").
+    Spki([u8; 32]),
+}
+
+/// Trusts exactly one server key (the daemon's self-signed certificate); no CA.
 #[derive(Debug)]
 struct PinnedServer {
-    cert: CertificateDer<'static>,
+    pin: ServerPin,
     signatures: HandshakeSignatures,
 }
 
@@ -147,7 +156,13 @@ impl ServerCertVerifier for PinnedServer {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
+        let pinned = match &self.pin {
+            ServerPin::Certificate(cert) => end_entity.as_ref() == cert.as_ref(),
+            ServerPin::Spki(spki) => {
+                crate::credential::keys::spki_sha256(end_entity).is_ok_and(|s| s == *spki)
+            }
+        };
+        if pinned {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -187,7 +202,7 @@ pub async fn connect_tls(
 ) -> Result<Channel, ClientError> {
     let provider = crate::credential::tls::provider();
     let verifier = Arc::new(PinnedServer {
-        cert: server_cert,
+        pin: ServerPin::Certificate(server_cert),
         signatures: HandshakeSignatures::of(&provider),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -213,6 +228,73 @@ pub async fn connect_tls(
             target: addr.to_string(),
             detail: error_chain(&e),
         })
+}
+
+/// Connects to the daemon's remote operator port at `server` (`HOST:PORT`, a name or an
+/// address) over TLS, trusting only the key whose SPKI SHA-256 is `spki`, with no client
+/// certificate: each action then proves itself with the operator's key.
+pub async fn connect_remote(server: &str, spki: [u8; 32]) -> Result<Channel, ClientError> {
+    let provider = crate::credential::tls::provider();
+    let verifier = Arc::new(PinnedServer {
+        pin: ServerPin::Spki(spki),
+        signatures: HandshakeSignatures::of(&provider),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let target = server.to_owned();
+    endpoint()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(target.as_str()).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from("latchkeyd").map_err(io::Error::other)?;
+                Ok::<_, io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
+            }
+        }))
+        .await
+        .map_err(|e| ClientError::Connect {
+            target: server.to_owned(),
+            detail: error_chain(&e),
+        })
+}
+
+/// Opens a read session for `operator` on `channel` (one remote connection) with a touch of
+/// their key. Reads on that channel are then served for five minutes.
+pub async fn open_session(
+    channel: Channel,
+    operator: &str,
+    authenticator: &mut dyn authenticator::Authenticator,
+    origin: Option<&str>,
+) -> Result<pb::OpenSessionResponse, ClientError> {
+    let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);
+    let begun = client
+        .begin_session(pb::BeginSessionRequest {
+            operator: operator.to_owned(),
+        })
+        .await?
+        .into_inner();
+    // Sign only what a session is: never a digest the daemon chose for something else.
+    if begun.digest != crate::service::sessions::session_digest(operator) {
+        return Err(ClientError::DigestMismatch(
+            "the daemon asked to sign something other than a session".to_owned(),
+        ));
+    }
+    let credential_json =
+        authenticator.respond(origin, &begun.request_options_json, &begun.piv_challenge)?;
+    Ok(client
+        .open_session(pb::OpenSessionRequest {
+            ceremony_id: begun.ceremony_id,
+            credential_json,
+        })
+        .await?
+        .into_inner())
 }
 
 /// An error and its causes, each said once (a cause whose text the chain holds already is
@@ -300,6 +382,12 @@ impl From<pb::StatusResponse> for StatusView {
         let caller = match r.caller.and_then(|c| c.identity) {
             Some(pb::caller::Identity::Local(l)) => format!("local uid={} gid={}", l.uid, l.gid),
             Some(pb::caller::Identity::Workload(w)) => format!("workload {}", w.name),
+            Some(pb::caller::Identity::Remote(r)) if r.session_operator.is_empty() => {
+                format!("remote {}", r.address)
+            }
+            Some(pb::caller::Identity::Remote(r)) => {
+                format!("remote {} (session of {})", r.address, r.session_operator)
+            }
             None => "unknown".to_owned(),
         };
         Self {

@@ -75,6 +75,7 @@ struct RawConfig {
     #[serde(default)]
     unix: RawUnix,
     tls: Option<RawTls>,
+    remote: Option<RawTls>,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
@@ -213,6 +214,8 @@ pub struct Config {
     pub unix: UnixConfig,
     /// The optional mutual-TLS listener.
     pub tls: Option<TlsConfig>,
+    /// The optional remote operator port (TLS without client certificates).
+    pub remote: Option<SocketAddr>,
     /// When audit checkpoints are written.
     pub audit: AuditConfig,
     /// FIDO2 relying party and policy.
@@ -362,6 +365,16 @@ impl Config {
             .map(tls_config)
             .transpose()
             .map_err(&invalid)?;
+        let remote = raw
+            .remote
+            .as_ref()
+            .map(|r| {
+                r.listen
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("remote.listen {:?}: {e}", r.listen))
+            })
+            .transpose()
+            .map_err(&invalid)?;
         let audit = audit_config(&raw.audit).map_err(&invalid)?;
         let fido2 = fido2_config(raw.fido2).map_err(&invalid)?;
         let revocation = revocation_config(raw.revocation, &raw.data_dir).map_err(&invalid)?;
@@ -383,6 +396,7 @@ impl Config {
         Ok(Self {
             limits,
             notify,
+            remote,
             piv: PivConfig {
                 require_touch: raw.piv.require_touch,
                 require_pin: raw.piv.require_pin,
@@ -438,6 +452,12 @@ introspect_uids = []
 # of their certificate's SubjectPublicKeyInfo, pinned in the trust store.
 # [tls]
 # listen = "127.0.0.1:7443"
+
+# The remote operator port: operators' own laptops, TLS with this daemon's certificate (they
+# pin its SPKI, `latchkey status` shows it), no client certificate. Every action carries a
+# fresh key touch; reads need a five-minute session. docs/remote.md.
+# [remote]
+# listen = "0.0.0.0:7444"
 
 [audit]
 # A checkpoint signed by the audit key after this many records, or this many seconds with

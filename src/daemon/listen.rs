@@ -15,6 +15,7 @@ use super::DaemonError;
 use crate::base::constants::{SOCKET_MODE, TLS_HANDSHAKE_TIMEOUT};
 use crate::daemon::config::Config;
 use crate::rpc::identity::{ConnectionSlots, LocalAccess, TlsConn, UnixConn};
+use crate::rpc::remote::RemoteConn;
 
 /// Listeners ready to accept.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Bound {
     pub unix: Option<(UnixListener, Option<PathBuf>)>,
     /// The TLS port.
     pub tls: Option<TcpListener>,
+    /// The remote operator port (always bound by the daemon itself, from `[remote]`).
+    pub remote: Option<TcpListener>,
     /// Whether the sockets came from systemd.
     pub activated: bool,
 }
@@ -45,12 +48,31 @@ impl Bound {
         {
             out.push(format!("tls:{addr}"));
         }
+        if let Some(l) = &self.remote
+            && let Ok(addr) = l.local_addr()
+        {
+            out.push(format!("remote:{addr}"));
+        }
+        out
+    }
+
+    /// [`Bound::addresses`], and the metrics listener's URL if there is one.
+    pub fn addresses_with(&self, metrics: Option<SocketAddr>) -> Vec<String> {
+        let mut out = self.addresses();
+        if let Some(addr) = metrics {
+            out.push(format!("metrics:http://{addr}/metrics"));
+        }
         out
     }
 
     /// The bound TLS address, if any.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound remote operator address, if any.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -110,7 +132,9 @@ pub fn unreachable_allowed_uids(path: &Path, allow_uids: &[u32]) -> Vec<u32> {
 fn bind_listeners(config: &Config) -> Result<Bound, DaemonError> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0 {
-        return activated(&mut fds);
+        let mut bound = activated(&mut fds)?;
+        bound.remote = bind_remote(config)?;
+        return Ok(bound);
     }
     let unix = bind_unix(config)?;
     let tls = match &config.tls {
@@ -126,14 +150,27 @@ fn bind_listeners(config: &Config) -> Result<Bound, DaemonError> {
     Ok(Bound {
         unix: Some(unix),
         tls,
+        remote: bind_remote(config)?,
         activated: false,
     })
+}
+
+fn bind_remote(config: &Config) -> Result<Option<TcpListener>, DaemonError> {
+    let Some(addr) = config.remote else {
+        return Ok(None);
+    };
+    let std = std::net::TcpListener::bind(addr).map_err(|e| DaemonError::Listen {
+        what: format!("remote {addr}"),
+        source: e,
+    })?;
+    Ok(Some(to_tokio_tcp(std, &addr.to_string())?))
 }
 
 fn activated(fds: &mut listenfd::ListenFd) -> Result<Bound, DaemonError> {
     let mut bound = Bound {
         unix: None,
         tls: None,
+        remote: None,
         activated: true,
     };
     for idx in 0..fds.len() {
@@ -283,6 +320,34 @@ pub fn tls_incoming(
     acceptor: TlsAcceptor,
     slots: std::sync::Arc<ConnectionSlots>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
+    accept_tls(listener, acceptor, slots, |tls, remote, slot| {
+        TlsConn::new(tls, remote).map(|c| c.holding(slot))
+    })
+}
+
+/// The stream of completed handshakes on the remote operator port (no client certificate).
+pub fn remote_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    slots: std::sync::Arc<ConnectionSlots>,
+) -> ReceiverStream<io::Result<RemoteConn>> {
+    accept_tls(listener, acceptor, slots, |tls, remote, slot| {
+        RemoteConn::new(tls, remote).map(|c| c.holding(slot))
+    })
+}
+
+type Wrap<C> = fn(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    SocketAddr,
+    crate::rpc::identity::Slot,
+) -> io::Result<C>;
+
+fn accept_tls<C: Send + 'static>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    slots: std::sync::Arc<ConnectionSlots>,
+    wrap: Wrap<C>,
+) -> ReceiverStream<io::Result<C>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -313,7 +378,7 @@ pub fn tls_incoming(
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         // The server may have shut down meanwhile; then the connection just closes.
-                        let conn = TlsConn::new(tls, remote).map(|c| c.holding(slot));
+                        let conn = wrap(tls, remote, slot);
                         let _closed = tx.send(conn).await;
                     }
                     Ok(Err(e)) => tracing::info!(%remote, "TLS handshake failed: {e}"),

@@ -240,6 +240,7 @@ fn offline_audit_log(
 pub struct Running {
     addresses: Vec<String>,
     tls_addr: Option<std::net::SocketAddr>,
+    remote_addr: Option<std::net::SocketAddr>,
     metrics_addr: Option<std::net::SocketAddr>,
     socket_file: Option<PathBuf>,
     authority: Arc<Authority>,
@@ -262,6 +263,11 @@ impl Running {
     /// The TLS listener's bound address (useful with port 0).
     pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
         self.tls_addr
+    }
+
+    /// The bound remote operator address, if `[remote]` is set.
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.remote_addr
     }
 
     /// The metrics listener's bound address (useful with port 0).
@@ -478,6 +484,44 @@ fn log_serving(addresses: &[String], activated: bool, dev_mode: bool, fingerprin
     );
 }
 
+/// The standard health service, with latchkey's system service serving.
+async fn health() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (health, service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::pb::system_service_server::SystemServiceServer<crate::rpc::SystemApi>>()
+        .await;
+    (health, service)
+}
+
+/// Server reflection, v1 and v1alpha, over latchkey's and health's descriptors.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    DaemonError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let failed = |e: tonic_reflection::server::Error| {
+        DaemonError::Activation(format!("reflection: {e}"))
+    };
+    Ok((
+        builder().build_v1().map_err(failed)?,
+        builder().build_v1alpha().map_err(failed)?,
+    ))
+}
+
 /// Opens the store and keys, binds the listeners and starts serving.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, DaemonError> {
     start_layered(config, clock, None).await
@@ -496,26 +540,12 @@ pub async fn start_layered(
     let api = Api::new(authority.clone(), stop.subscribe(), config.limits.streams);
 
     let bound = listen::bind(config)?;
-    let mut addresses = bound.addresses();
     let (metrics_listener, metrics_addr) = bind_metrics(config.metrics).await?;
-    if let Some(addr) = metrics_addr {
-        addresses.push(format!("metrics:http://{addr}/metrics"));
-    }
+    let addresses = bound.addresses_with(metrics_addr);
     let tls_addr = bound.tls_addr();
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<crate::pb::system_service_server::SystemServiceServer<crate::rpc::SystemApi>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| DaemonError::Activation(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| DaemonError::Activation(format!("reflection: {e}")))?;
+    let remote_addr = bound.remote_addr();
+    let (health, health_service) = health().await;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
 
     let mut servers = JoinSet::new();
     let mut socket_file = None;
@@ -557,9 +587,28 @@ pub async fn start_layered(
             .add_service(api.access())
             .add_service(api.trust())
             .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone());
+        let incoming = listen::tls_incoming(
+            listener,
+            acceptor,
+            ConnectionSlots::new(config.limits.connections, config.limits.connections),
+        );
+        servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
+    }
+
+    if let Some(listener) = bound.remote {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::remote_server_config(&keys)?));
+        let router = server_builder(&config.limits)
+            .layer(crate::rpc::remote::RemoteGateLayer::new(authority.clone()))
+            .add_service(api.system())
+            .add_service(api.operator())
+            .add_service(api.access())
+            .add_service(api.trust())
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let incoming = listen::tls_incoming(
+        let incoming = listen::remote_incoming(
             listener,
             acceptor,
             ConnectionSlots::new(config.limits.connections, config.limits.connections),
@@ -579,6 +628,7 @@ pub async fn start_layered(
     Ok(Running {
         addresses,
         tls_addr,
+        remote_addr,
         metrics_addr,
         socket_file,
         authority,

@@ -60,6 +60,17 @@ impl ClientCertVerifier for ProofOfPossession {
 
 use crate::credential::tls::provider;
 
+/// Server config for the remote operator port: the daemon's certificate, no client
+/// certificate asked for (operators prove themselves with their keys, per action).
+pub fn remote_server_config(keys: &DaemonKeys) -> Result<ServerConfig, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![keys.tls_cert.clone()], keys.tls_key.clone_key())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 /// Server config for the daemon's certificate, requiring client certificates.
 pub fn server_config(keys: &DaemonKeys) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();

@@ -65,12 +65,17 @@ impl Coded for DraftError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Requester {
-    /// An operator, with a hardware assertion, from a local user.
+    /// An operator, with a hardware assertion, from a local user or from their own device.
     Operator {
         /// Operator name.
         name: String,
         /// Local user who submitted it: only they may watch it and collect the credential.
+        /// Unused when `remote` is set.
         uid: u32,
+        /// Set when the operator asked over the remote port (the address, for the record):
+        /// then only a read session of this operator may watch it and collect.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
     },
     /// A workload over mutual TLS.
     Workload {
@@ -85,6 +90,30 @@ impl Requester {
         match self {
             Requester::Operator { name, .. } => format!("operator/{name}"),
             Requester::Workload { name } => format!("workload/{name}"),
+        }
+    }
+
+    /// Whether `caller` is who asked: the same workload; for an operator's request, the same
+    /// local user, or (asked remotely) a read session of the same operator.
+    pub fn is(&self, caller: &crate::base::caller::Caller) -> bool {
+        use crate::base::caller::Caller;
+        match (self, caller) {
+            (Requester::Workload { name }, Caller::Workload(w)) => *name == w.name,
+            (
+                Requester::Operator {
+                    uid, remote: None, ..
+                },
+                Caller::Local(peer),
+            ) => *uid == peer.uid,
+            (
+                Requester::Operator {
+                    name,
+                    remote: Some(_),
+                    ..
+                },
+                Caller::Remote(peer),
+            ) => peer.session_operator.as_deref() == Some(name.as_str()),
+            _ => false,
         }
     }
 

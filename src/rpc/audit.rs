@@ -41,7 +41,7 @@ impl AuditApi {
 fn require_local<T>(request: &Request<T>) -> Result<(), Status> {
     match caller_of(request)? {
         Caller::Local(_) => Ok(()),
-        Caller::Workload(_) => Err(status(
+        Caller::Workload(_) | Caller::Remote(_) => Err(status(
             ErrorKind::PermissionDenied,
             "audit.local_only",
             "the audit log is read over the local socket",

@@ -75,6 +75,10 @@ pub(super) fn caller_to_pb(caller: &Caller) -> pb::Caller {
             name: w.name.clone(),
             spki_sha256: w.spki_sha256.clone(),
         }),
+        Caller::Remote(r) => pb::caller::Identity::Remote(pb::RemoteCaller {
+            address: r.addr.to_string(),
+            session_operator: r.session_operator.clone().unwrap_or_default(),
+        }),
     };
     pb::Caller {
         identity: Some(identity),

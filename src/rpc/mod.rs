@@ -8,6 +8,7 @@ pub mod codec;
 mod convert;
 pub mod identity;
 mod operator;
+pub mod remote;
 mod system;
 mod trust;
 mod workload;

@@ -90,6 +90,46 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         }))
     }
 
+    async fn begin_session(
+        &self,
+        request: Request<pb::BeginSessionRequest>,
+    ) -> Result<Response<pb::BeginSessionResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let authority = self.authority.clone();
+        let (opened, digest) = blocking(move || {
+            authority
+                .begin_session(&caller, &req.operator)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::BeginSessionResponse {
+            ceremony_id: opened.ceremony_id,
+            request_options_json: opened.options_json,
+            piv_challenge: opened.piv_challenge.to_vec(),
+            digest: digest.to_vec(),
+        }))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let authority = self.authority.clone();
+        let session = blocking(move || {
+            authority
+                .open_session(&caller, &req.ceremony_id, &req.credential_json)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::OpenSessionResponse {
+            operator: session.operator,
+            expires_at: Some(convert::timestamp_to_pb(session.expires_at)),
+        }))
+    }
+
     async fn finish_assertion(
         &self,
         request: Request<pb::FinishAssertionRequest>,

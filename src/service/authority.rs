@@ -141,6 +141,8 @@ pub struct Authority {
     drill_max_age: std::time::Duration,
     /// Challenges kept, and how many may be.
     challenges: crate::service::ceremony::CeremonyBudget,
+    /// Remote operators' read sessions (owned by `sessions`).
+    pub(in crate::service) sessions: crate::service::sessions::Sessions,
 }
 
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
@@ -261,6 +263,7 @@ impl Authority {
         Ok(Self {
             released: tokio::sync::watch::Sender::new(()),
             challenges,
+            sessions: crate::service::sessions::Sessions::default(),
             drill_max_age,
             introspect_uids,
             piv,

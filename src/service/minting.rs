@@ -80,6 +80,7 @@ impl Authority {
             Caller::Local(peer) => self.introspect_uids.contains(&peer.uid),
             Caller::Workload(w) => store::read::<Workload>(self.store.as_ref(), w.name.as_bytes())?
                 .is_some_and(|w| w.introspect),
+            Caller::Remote(_) => false,
         };
         if !allowed {
             return Err(WorkflowError::IntrospectionNotAllowed);

@@ -16,6 +16,7 @@ pub mod notifications;
 pub mod operators;
 pub mod requests;
 pub mod revocation;
+pub mod sessions;
 pub mod sinks;
 pub mod token_index;
 pub mod trust_store;

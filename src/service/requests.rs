@@ -28,6 +28,25 @@ pub struct RequestView {
     pub denials: u32,
 }
 
+/// The requester an operator's request from `caller` records: the local user, or the remote
+/// address (then the operator's read sessions, from anywhere, may watch and collect).
+fn operator_requester(caller: &Caller, operator: &str) -> Result<Requester, WorkflowError> {
+    match caller {
+        Caller::Local(peer) => Ok(Requester::Operator {
+            name: operator.to_owned(),
+            uid: peer.uid,
+            remote: None,
+        }),
+        Caller::Remote(peer) => Ok(Requester::Operator {
+            name: operator.to_owned(),
+            // (uid_t)-1 is never a user; `remote` decides who may collect.
+            uid: u32::MAX,
+            remote: Some(peer.addr.to_string()),
+        }),
+        Caller::Workload(_) => Err(WorkflowError::LocalOnly),
+    }
+}
+
 impl Authority {
     /// Checks a draft against its scope and requester; returns the scope and granted TTL.
     pub(in crate::service) fn check_draft(
@@ -94,13 +113,7 @@ impl Authority {
         operator: &str,
         draft: &Draft,
     ) -> Result<(Opened, [u8; 32]), WorkflowError> {
-        let Caller::Local(peer) = caller else {
-            return Err(WorkflowError::LocalOnly);
-        };
-        let requester = Requester::Operator {
-            name: operator.to_owned(),
-            uid: peer.uid,
-        };
+        let requester = operator_requester(caller, operator)?;
         let (scope, _) = self.check_draft(draft, &requester)?;
         let digest = draft.digest(operator);
         let opened = self.operators().begin_assertion(
@@ -132,7 +145,7 @@ impl Authority {
         }
         let id = new_id()?;
         let request = new_request(&id, &scope, requester, draft, ttl, now);
-        let (mut txn, event) = creation_event(&request, draft, prepared);
+        let (mut txn, event) = creation_event(&request, draft, prepared, &caller.via());
         txn.require_absent(Keyspace::Requests, id.as_bytes())
             .put(id.as_bytes(), &request)?;
         self.audit.commit(txn, event)?;
@@ -159,16 +172,13 @@ impl Authority {
                 },
                 None,
             )),
-            Caller::Local(peer) => {
+            Caller::Local(_) | Caller::Remote(_) => {
                 let Some((ceremony_id, credential_json)) = assertion else {
                     return Err(WorkflowError::AssertionRequired);
                 };
                 let operators = self.operators();
                 let operator = operators.ceremony_operator(ceremony_id)?;
-                let requester = Requester::Operator {
-                    name: operator.clone(),
-                    uid: peer.uid,
-                };
+                let requester = operator_requester(caller, &operator)?;
                 self.check_draft(draft, &requester)?;
                 let prepared = operators.prepare_assertion(
                     ceremony_id,
@@ -246,12 +256,7 @@ impl Authority {
         caller: &Caller,
         request: &Request,
     ) -> Result<(), WorkflowError> {
-        let mine = match (&request.requester, caller) {
-            (Requester::Workload { name }, Caller::Workload(w)) => *name == w.name,
-            (Requester::Operator { uid, .. }, Caller::Local(peer)) => *uid == peer.uid,
-            _ => false,
-        };
-        if mine {
+        if request.requester.is(caller) {
             Ok(())
         } else {
             Err(WorkflowError::NotRequester(request.id().to_owned()))
@@ -339,9 +344,11 @@ fn creation_event(
     request: &Request,
     draft: &Draft,
     prepared: Option<PreparedAssertion>,
+    via: &str,
 ) -> (Txn, Event) {
     let id = request.id();
     let details = serde_json::json!({
+        "via": via,
         "scope": request.canonical.scope,
         "requester": request.requester.label(),
         "reason": draft.reason,

@@ -9,7 +9,6 @@ use crate::base::caller::Caller;
 use crate::base::clock::Timestamp;
 use crate::domain::grant::revoke_digest;
 use crate::domain::grant::{Grant, GrantState, Revocation, Sink, expiry_key};
-use crate::domain::request::Requester;
 use crate::domain::scope::{RevocationSpec, Scope};
 use crate::service::authority::Authority;
 use crate::service::operators::OperatorError;
@@ -99,11 +98,7 @@ pub fn effective_state(grant: &Grant, now: Timestamp) -> GrantState {
 }
 
 pub(in crate::service) fn holds(caller: &Caller, grant: &Grant) -> bool {
-    match (&grant.requester, caller) {
-        (Requester::Workload { name }, Caller::Workload(w)) => *name == w.name,
-        (Requester::Operator { uid, .. }, Caller::Local(peer)) => *uid == peer.uid,
-        _ => false,
-    }
+    grant.requester.is(caller)
 }
 
 pub(in crate::service) fn check_reason(reason: &str) -> Result<(), WorkflowError> {
@@ -271,7 +266,7 @@ impl Authority {
         operator: &str,
         reason: &str,
     ) -> Result<(crate::domain::operator::Opened, [u8; 32]), WorkflowError> {
-        if !matches!(caller, Caller::Local(_)) {
+        if matches!(caller, Caller::Workload(_)) {
             return Err(OperatorError::LocalOnly.into());
         }
         self.revocable(grant_id)?;
@@ -316,7 +311,7 @@ impl Authority {
         ceremony_id: &str,
         credential_json: &str,
     ) -> Result<Grant, WorkflowError> {
-        if !matches!(caller, Caller::Local(_)) {
+        if matches!(caller, Caller::Workload(_)) {
             return Err(OperatorError::LocalOnly.into());
         }
         check_reason(reason)?;
@@ -332,6 +327,7 @@ impl Authority {
         let mut event = prepared.event;
         if let Some(map) = event.details.as_object_mut() {
             map.insert("reason".into(), reason.into());
+            map.insert("via".into(), caller.via().into());
         }
         let mut txn = prepared.txn;
         let mut events = vec![event];
@@ -367,6 +363,10 @@ impl Authority {
                 name: w.name.clone(),
             },
             Caller::Local(peer) => Actor::Local { uid: peer.uid },
+            // `holds` let it through: the session's operator, who asked.
+            Caller::Remote(peer) => Actor::Operator {
+                name: peer.session_operator.clone().unwrap_or_default(),
+            },
         };
         let label = grant.requester.label();
         let mut txn = Txn::new();

@@ -251,7 +251,7 @@ impl Authority {
         operator: &str,
         decision: Decision,
     ) -> Result<(Opened, [u8; 32]), WorkflowError> {
-        if !matches!(caller, Caller::Local(_)) {
+        if matches!(caller, Caller::Workload(_)) {
             return Err(WorkflowError::WorkloadCannotVote);
         }
         let loaded = self.load_target(target)?;
@@ -275,12 +275,13 @@ impl Authority {
         ceremony_id: &str,
         credential_json: &str,
     ) -> Result<VoteResult, WorkflowError> {
-        if !matches!(caller, Caller::Local(_)) {
+        if matches!(caller, Caller::Workload(_)) {
             return Err(WorkflowError::WorkloadCannotVote);
         }
+        let via = caller.via();
         let mut attempt = 0;
         loop {
-            let result = self.try_vote(target, decision, ceremony_id, credential_json);
+            let result = self.try_vote(target, decision, ceremony_id, credential_json, &via);
             match result {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
                 other => return other,
@@ -294,6 +295,7 @@ impl Authority {
         decision: Decision,
         ceremony_id: &str,
         credential_json: &str,
+        via: &str,
     ) -> Result<VoteResult, WorkflowError> {
         let loaded = self.load_target(target)?;
         let (digest, _) = self.vote_subject(target, &loaded, decision)?;
@@ -305,13 +307,16 @@ impl Authority {
             (VoteTarget::Change(_), Decision::Approve) => "change.approved",
             (VoteTarget::Change(_), Decision::Deny) => "change.denied",
         };
-        let prepared = self.operators().prepare_assertion(
+        let mut prepared = self.operators().prepare_assertion(
             ceremony_id,
             &digest,
             credential_json,
             event_name,
             target.label(),
         )?;
+        if let Some(map) = prepared.event.details.as_object_mut() {
+            map.insert("via".into(), via.into());
+        }
         let vote = Vote {
             operator: prepared.verified.operator.clone(),
             credential_id: prepared.verified.credential_id.clone(),

@@ -87,6 +87,9 @@ pub enum WorkflowError {
     /// Trust-store changes are proposed from the bastion's local socket.
     #[error("trust-store changes can only be proposed over the local socket")]
     LocalOnly,
+    /// Read sessions are for the remote operator port; on the bastion's socket reads need none.
+    #[error("read sessions are opened on the remote operator port; the local socket needs none")]
+    SessionRemoteOnly,
     /// A new key after genesis needs a proofing note: who checked whose identity, how.
     #[error(
         "a proofing note of at least {MIN_PROOFING_NOTE_LEN} characters is required: who checked the operator's identity, how and on which channel"
@@ -176,6 +179,7 @@ impl Coded for WorkflowError {
             WorkflowError::NotRequester(_) => "request.not_requester",
             WorkflowError::IntrospectionNotAllowed => "introspect.not_allowed",
             WorkflowError::LocalOnly => "change.local_only",
+            WorkflowError::SessionRemoteOnly => "session.remote_only",
             WorkflowError::ProofingNoteRequired => "change.proofing_note_required",
             WorkflowError::NoteTooLong => "change.note_too_long",
             WorkflowError::ChangeInvalid(_) => "change.invalid",
@@ -213,6 +217,7 @@ impl Coded for WorkflowError {
             | WorkflowError::NotConsumer(_)
             | WorkflowError::NotHolder(_)
             | WorkflowError::LocalOnly => ErrorKind::PermissionDenied,
+            WorkflowError::SessionRemoteOnly => ErrorKind::FailedPrecondition,
             WorkflowError::Sink(_) => ErrorKind::Unavailable,
             WorkflowError::RevokeReason | WorkflowError::DeliveryKeyRequired(_) => {
                 ErrorKind::InvalidInput
@@ -276,7 +281,7 @@ impl Authority {
     pub(in crate::service) fn local_actor(caller: &Caller) -> Result<Actor, WorkflowError> {
         match caller {
             Caller::Local(peer) => Ok(Actor::Local { uid: peer.uid }),
-            Caller::Workload(_) => Err(WorkflowError::LocalOnly),
+            Caller::Workload(_) | Caller::Remote(_) => Err(WorkflowError::LocalOnly),
         }
     }
 

@@ -21,6 +21,7 @@ mod notify;
 mod operations;
 mod piv;
 mod python;
+mod remote;
 mod revocation;
 mod serving;
 mod support;
