@@ -326,6 +326,10 @@ fn refusal_hint(status: &tonic::Status) -> &'static str {
         "change.proofing_note_required" => {
             " (add --note \"...\" saying who checked the operator's identity and how)"
         }
+        "caller.session_required" => {
+            " (over --server, say who you are with --as NAME or LATCHKEY_OPERATOR: a read \
+             session takes one key touch)"
+        }
         _ => "",
     }
 }

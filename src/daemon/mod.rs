@@ -513,9 +513,8 @@ fn reflection() -> Result<
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let failed = |e: tonic_reflection::server::Error| {
-        DaemonError::Activation(format!("reflection: {e}"))
-    };
+    let failed =
+        |e: tonic_reflection::server::Error| DaemonError::Activation(format!("reflection: {e}"));
     Ok((
         builder().build_v1().map_err(failed)?,
         builder().build_v1alpha().map_err(failed)?,

@@ -793,3 +793,120 @@ async fn the_shipped_alert_rules_and_dashboard_use_only_metrics_the_daemon_expor
     }
     bg.stop().await;
 }
+
+/// `latchkey --server ADDR --server-spki HEX …`, as a responder runs it on their own laptop
+/// (no socket, no client certificate).
+fn remote_cli(bg: &Bg, spki: &str) -> std::process::Command {
+    let mut cmd = latchkey_cli();
+    cmd.env_remove("LATCHKEY_SOCKET")
+        .arg("--socket")
+        .arg("/nonexistent/latchkeyd.sock")
+        .arg("--server")
+        .arg(bg.running().remote_addr().unwrap().to_string())
+        .arg("--server-spki")
+        .arg(spki);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responders_request_approve_and_collect_from_their_own_devices_with_the_cli() {
+    let bg = drill_world("[remote]\nlisten = \"127.0.0.1:0\"\n").await;
+    // The fingerprint the responder copies from `latchkey status` on the bastion.
+    let status = run({
+        let mut c = cli(&bg);
+        c.arg("status");
+        c
+    })
+    .await;
+    let spki = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("tls spki")
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no tls spki: {}", text(&status)));
+
+    // carol asks from her laptop (one touch: the request's own).
+    let (_, public) = crate::support::sshd::user_key(bg.dir.dir.path(), "carol");
+    let asked = run({
+        let mut c = remote_cli(&bg, &spki);
+        c.args([
+            "request",
+            "--scope",
+            "drill-db",
+            "--operator",
+            "carol",
+            "--no-wait",
+        ])
+        .args([
+            "--reason",
+            "primary down; failing over by hand",
+            "--soft-token",
+        ])
+        .arg(token(&bg, "carol"))
+        .arg("--ssh-public-key")
+        .arg(&public);
+        c
+    })
+    .await;
+    assert!(asked.status.success(), "{}", text(&asked));
+    assert_eq!(
+        text(&asked).matches("touch your key").count(),
+        1,
+        "{}",
+        text(&asked)
+    );
+    let id = String::from_utf8_lossy(&asked.stdout).trim().to_owned();
+
+    // Without saying who they are, a remote reader is told how.
+    let anonymous = run({
+        let mut c = remote_cli(&bg, &spki);
+        c.args(["requests", "list"]);
+        c
+    })
+    .await;
+    assert_eq!(anonymous.status.code(), Some(4), "{}", text(&anonymous));
+    assert!(
+        text(&anonymous).contains("--as NAME"),
+        "{}",
+        text(&anonymous)
+    );
+
+    // dave and erin approve from theirs: a read session (to see the card), then the vote.
+    for approver in ["dave", "erin"] {
+        let out = run({
+            let mut c = remote_cli(&bg, &spki);
+            c.args(["approve", &id, "--operator", approver, "--soft-token"])
+                .arg(token(&bg, approver));
+            c
+        })
+        .await;
+        let shown = text(&out);
+        assert!(out.status.success(), "{shown}");
+        assert!(
+            shown.contains("requester operator/carol"),
+            "a card: {shown}"
+        );
+    }
+
+    // carol collects from her laptop (her delivery key stayed there).
+    let collected = run({
+        let mut c = remote_cli(&bg, &spki);
+        c.env("LATCHKEY_SOFT_TOKEN", token(&bg, "carol"))
+            .args(["--as", "carol", "wait", &id, "--ssh-public-key"])
+            .arg(&public);
+        c
+    })
+    .await;
+    let shown = text(&collected);
+    assert!(collected.status.success(), "{shown}");
+    assert!(shown.contains("lkbg_"), "{shown}");
+    let cert = public.with_file_name("carol-cert.pub");
+    assert!(
+        std::fs::read_to_string(&cert)
+            .unwrap()
+            .starts_with("ssh-ed25519-cert-v01@openssh.com ")
+    );
+    bg.stop().await;
+}

@@ -51,7 +51,7 @@ pub use requests::{delivery_key_for, request_text};
 pub struct KeyChoice {
     /// Use a software token kept in this file (`key enroll` creates it). Tests, demos and
     /// drills only: a daemon outside dev mode refuses it.
-    #[arg(long)]
+    #[arg(long, env = "LATCHKEY_SOFT_TOKEN")]
     pub soft_token: Option<PathBuf>,
     /// With several USB keys plugged in, use number N (see `latchkey key devices`).
     #[arg(long)]
@@ -174,8 +174,40 @@ struct Cli {
     /// With --tls: this workload's private key (PEM).
     #[arg(long, global = true)]
     client_key: Option<PathBuf>,
+    /// Connect from your own device to the daemon's remote operator port (HOST:PORT) instead
+    /// of the local socket; every action still takes a touch of your key.
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_SERVER",
+        requires = "server_spki",
+        conflicts_with = "tls"
+    )]
+    server: Option<String>,
+    /// With --server: the daemon's key, pinned (the "tls spki" line of `latchkey status` on
+    /// the bastion, or of the install output).
+    #[arg(long, global = true, env = "LATCHKEY_SERVER_SPKI", value_parser = parse_spki)]
+    server_spki: Option<[u8; 32]>,
+    /// With --server: who you are, for the read session opened first (one key touch; the
+    /// `--operator` of the command when it has one).
+    #[arg(
+        long = "as",
+        global = true,
+        env = "LATCHKEY_OPERATOR",
+        value_name = "OPERATOR"
+    )]
+    as_operator: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A SHA-256 in hex (64 digits; colons allowed).
+fn parse_spki(text: &str) -> Result<[u8; 32], String> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    hex::decode(&digits)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| "want the 64 hex digits of `tls spki` from `latchkey status`".to_owned())
 }
 
 #[derive(Subcommand)]
@@ -364,6 +396,21 @@ pub fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Channel, ClientError> {
+    if let (Some(server), Some(spki)) = (&cli.server, cli.server_spki) {
+        let channel = client::connect_remote(server, spki).await?;
+        if let Some((operator, key)) = session_identity(cli) {
+            let mut authenticator = key.open()?;
+            eprintln!("touch your key to open a read session as {operator}");
+            client::open_session(
+                channel.clone(),
+                &operator,
+                authenticator.as_mut(),
+                key.origin.as_deref(),
+            )
+            .await?;
+        }
+        return Ok(channel);
+    }
     match (
         &cli.tls,
         &cli.server_cert,
@@ -376,6 +423,37 @@ async fn connect(cli: &Cli) -> Result<Channel, ClientError> {
             client::connect_tls(*addr, server_cert, identity).await
         }
         _ => client::connect_unix(&cli.socket).await,
+    }
+}
+
+/// Who opens the read session over `--server`, and with which key: the command's own
+/// `--operator` and key flags where it has them, else `--as` with the key from
+/// `LATCHKEY_SOFT_TOKEN` (dev) or the USB key. None for commands that read nothing.
+fn session_identity(cli: &Cli) -> Option<(String, KeyChoice)> {
+    let from_env = || KeyChoice {
+        soft_token: std::env::var_os("LATCHKEY_SOFT_TOKEN").map(PathBuf::from),
+        device: None,
+        origin: None,
+        piv: false,
+        slot: "9a".to_owned(),
+        soft_piv: None,
+    };
+    match &cli.command {
+        Command::Status | Command::SshCa | Command::Completions { .. } | Command::Man { .. } => {
+            None
+        }
+        Command::Approve(args) | Command::Deny(args) => {
+            Some((args.operator.clone(), args.key.clone()))
+        }
+        // Asking reads nothing; waiting watches the request.
+        Command::Request(args) if args.no_wait => None,
+        Command::Request(args) => args
+            .operator
+            .clone()
+            .or_else(|| cli.as_operator.clone())
+            .map(|op| (op, args.key.clone())),
+        Command::Revoke { operator, key, .. } => Some((operator.clone(), key.clone())),
+        _ => cli.as_operator.clone().map(|op| (op, from_env())),
     }
 }
 

@@ -106,7 +106,7 @@ pub(super) struct VoteArgs {
     /// Id of the request (`approve`, `deny`) or of the change (`change approve`, `change deny`).
     pub id: String,
     /// Your operator name.
-    #[arg(long)]
+    #[arg(long, env = "LATCHKEY_OPERATOR")]
     pub operator: String,
     #[command(flatten)]
     pub key: KeyChoice,
