@@ -405,6 +405,7 @@ fn the_readme_walkthrough_runs_as_printed_from_init_to_drill() {
         ("LATCHKEY_SOCKET", daemon.socket_path().into_os_string()),
         ("HOME", home.path().as_os_str().to_owned()),
         ("XDG_STATE_HOME", home.path().join("state").into_os_string()),
+        ("XDG_CONFIG_HOME", home.path().join(".config").into_os_string()),
     ];
 
     let commands = readme_walkthrough();
@@ -510,6 +511,38 @@ fn the_readme_walkthrough_runs_as_printed_from_init_to_drill() {
         out.status.success(),
         "{}",
         shown("operator show frank", &out)
+    );
+
+    // With ~/.config/latchkey/client.toml saying who you are, approving is `approve ID`.
+    let ask = "latchkey request --scope db-root --operator carol --soft-token .latchkey/carol.tok \
+               --no-wait --reason 'INC-2: replica lagging' --ssh-public-key .latchkey/carol_ed25519.pub";
+    let out = shell(clone, &env, ask);
+    assert!(out.status.success(), "{}", shown(ask, &out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let config_dir = home.path().join(".config/latchkey");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("client.toml"),
+        "version = 1\noperator = \"dave\"\nsoft_token = \".latchkey/dave.tok\"\n",
+    )
+    .unwrap();
+    let approve = format!("latchkey approve {id}");
+    let out = shell(clone, &env, &approve);
+    let text = shown(&approve, &out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 of 2 approvals"), "{text}");
+    // A mistyped key in it is named, with the file.
+    std::fs::write(
+        config_dir.join("client.toml"),
+        "version = 1\noperater = \"dave\"\n",
+    )
+    .unwrap();
+    let out = shell(clone, &env, &approve);
+    let text = shown(&approve, &out);
+    assert_eq!(out.status.code(), Some(6), "{text}");
+    assert!(
+        text.contains("client.toml") && text.contains("operater"),
+        "{text}"
     );
     drop(daemon);
 }

@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod audit;
 mod changes;
+pub mod config;
 pub(crate) mod exit;
 mod grants;
 pub(crate) mod hints;
@@ -345,7 +346,19 @@ lets group latchkey open FIDO security keys' hidraw nodes
 
 /// Runs the CLI: parses the arguments, does the command, and says how it went.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let config = match config::path().map(|p| config::load(&p)).transpose() {
+        Ok(config) => config.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("latchkey: error: {e}");
+            return ExitCode::from(exit::LOCAL);
+        }
+    };
+    let matches = config.apply(Cli::command()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Command::Audit(audit::AuditCommand::Verify {
         file,
         audit_key: Some(key),
