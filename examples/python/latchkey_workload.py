@@ -24,9 +24,11 @@ Requires: pip install "grpcio>=1.85" "grpcio-tools>=1.85".
 """
 
 import argparse
+import atexit
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -40,6 +42,7 @@ def load_stubs(proto_dir):
     from grpc_tools import protoc  # noqa: PLC0415 (only needed at start)
 
     out = tempfile.mkdtemp(prefix="latchkey-stubs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     args = ["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}"]
     args += [os.path.join(proto_dir, "latchkey", "v1", f"{name}.proto") for name in PROTOS]

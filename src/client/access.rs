@@ -217,8 +217,57 @@ pub async fn wait(
     channel: Channel,
     id: &str,
     key: Option<&DeliveryKey>,
-    mut progress: impl FnMut(&pb::RequestInfo),
+    progress: impl FnMut(&pb::RequestInfo),
 ) -> Result<(pb::RequestInfo, Option<Collected>), ClientError> {
+    wait_reauth::<NoKey>(channel, id, key, progress, None).await
+}
+
+/// No key: a wait that never reopens a session (the local socket, mutual TLS).
+enum NoKey {}
+
+impl Authenticator for NoKey {
+    fn register(
+        &mut self,
+        _: &url::Url,
+        _: webauthn_rs_proto::CreationChallengeResponse,
+    ) -> Result<webauthn_rs_proto::RegisterPublicKeyCredential, crate::client::authenticator::KeyError>
+    {
+        match *self {}
+    }
+
+    fn assert(
+        &mut self,
+        _: &url::Url,
+        _: webauthn_rs_proto::RequestChallengeResponse,
+    ) -> Result<webauthn_rs_proto::PublicKeyCredential, crate::client::authenticator::KeyError>
+    {
+        match *self {}
+    }
+}
+
+/// Who opens a read session again on the remote port when it asks for one (a daemon restart
+/// or a reconnect ends sessions): one key touch each time.
+pub struct Reauth<'a, K: Authenticator + ?Sized> {
+    /// The operator.
+    pub operator: &'a str,
+    /// Their key.
+    pub key: &'a mut K,
+    /// WebAuthn origin to claim.
+    pub origin: Option<&'a str>,
+}
+
+/// Sessions opened in a row without the daemon answering in between before `wait` gives up.
+const MAX_REAUTH: u32 = 3;
+
+/// [`wait`], reopening the read session with `reauth` whenever the remote port asks.
+pub async fn wait_reauth<K: Authenticator + ?Sized>(
+    channel: Channel,
+    id: &str,
+    key: Option<&DeliveryKey>,
+    mut progress: impl FnMut(&pb::RequestInfo),
+    mut reauth: Option<Reauth<'_, K>>,
+) -> Result<(pb::RequestInfo, Option<Collected>), ClientError> {
+    let mut reopened = 0;
     let mut last = None;
     let mut lost_since: Option<std::time::Instant> = None;
     let mut backoff = RECONNECT_FIRST;
@@ -236,6 +285,7 @@ pub async fn wait(
             // The daemon answered since the last loss: a later loss starts the clock anew.
             lost_since = None;
             backoff = RECONNECT_FIRST;
+            reopened = 0;
         }
         let lost = match outcome {
             Ok(Some(done)) => return Ok(done),
@@ -253,6 +303,22 @@ pub async fn wait(
                     .ok_or_else(|| ClientError::Protocol("the watch ended without a word".into()));
             }
             Err(ClientError::Refused(status)) if is_connection_loss(&status) => status,
+            Err(ClientError::Refused(status))
+                if refusal_code(&status) == "caller.session_required" && reopened < MAX_REAUTH =>
+            {
+                let Some(who) = reauth.as_mut() else {
+                    return Err(ClientError::Refused(status));
+                };
+                reopened += 1;
+                eprintln!(
+                    "latchkey: the read session ended (a daemon restart or a new connection); \
+                     touch your key to open another as {}",
+                    who.operator
+                );
+                crate::client::open_session(channel.clone(), who.operator, &mut *who.key, who.origin)
+                    .await?;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         // The daemon restarted or the connection broke: watch again (the request and its
@@ -269,6 +335,15 @@ pub async fn wait(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_MAX);
     }
+}
+
+/// The stable code of a refusal.
+fn refusal_code(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get(crate::rpc::ERROR_CODE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 /// First pause before watching again after the connection to the daemon was lost.

@@ -267,10 +267,10 @@ pub async fn connect_remote(server: &str, spki: [u8; 32]) -> Result<Channel, Cli
 
 /// Opens a read session for `operator` on `channel` (one remote connection) with a touch of
 /// their key. Reads on that channel are then served for five minutes.
-pub async fn open_session(
+pub async fn open_session<K: authenticator::Authenticator + ?Sized>(
     channel: Channel,
     operator: &str,
-    authenticator: &mut dyn authenticator::Authenticator,
+    authenticator: &mut K,
     origin: Option<&str>,
 ) -> Result<pb::OpenSessionResponse, ClientError> {
     let mut client = pb::operator_service_client::OperatorServiceClient::new(channel);

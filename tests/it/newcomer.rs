@@ -405,7 +405,10 @@ fn the_readme_walkthrough_runs_as_printed_from_init_to_drill() {
         ("LATCHKEY_SOCKET", daemon.socket_path().into_os_string()),
         ("HOME", home.path().as_os_str().to_owned()),
         ("XDG_STATE_HOME", home.path().join("state").into_os_string()),
-        ("XDG_CONFIG_HOME", home.path().join(".config").into_os_string()),
+        (
+            "XDG_CONFIG_HOME",
+            home.path().join(".config").into_os_string(),
+        ),
     ];
 
     let commands = readme_walkthrough();

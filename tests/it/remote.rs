@@ -334,3 +334,74 @@ async fn a_flood_of_begin_calls_is_refused_past_the_limit_and_opens_a_bounded_nu
     assert_eq!(ceremonies(&w), before + u64::from(burst));
     w.bg.stop().await;
 }
+
+#[tokio::test]
+async fn a_remote_wait_opens_its_session_again_after_a_daemon_restart_and_collects() {
+    // A fixed port, so the waiting client finds the restarted daemon where it was.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut scope = db_root(600);
+    scope.requester_roles = vec!["web-oncall".into()];
+    let mut w =
+        world_configured(scope, &format!("[remote]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    let mut erin = w.bg.keys.get_mut("erin").unwrap().remove(0);
+    let asked = access::request(
+        remote(&w).await,
+        draft(None),
+        Some(("erin", erin.as_mut(), Some(ORIGIN))),
+    )
+    .await
+    .unwrap();
+
+    // erin waits from her laptop: no session yet, so the first watch asks for one.
+    let channel = remote(&w).await;
+    let id = asked.id.clone();
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    let mut seen_tx = Some(seen_tx);
+    let waiter = tokio::spawn(async move {
+        let reauth = access::Reauth {
+            operator: "erin",
+            key: erin.as_mut(),
+            origin: Some(ORIGIN),
+        };
+        access::wait_reauth(
+            channel,
+            &id,
+            Some(&delivery_key()),
+            move |_| {
+                if let Some(tx) = seen_tx.take() {
+                    let _ = tx.send(());
+                }
+            },
+            Some(reauth),
+        )
+        .await
+    });
+    seen.await.unwrap();
+
+    // The daemon restarts (every session ends); two approvals arrive on the bastion.
+    w.bg.restart(|_| {}).await;
+    for approver in ["carol", "dave"] {
+        w.bg.vote(
+            Target::Request(asked.id.clone()),
+            approver,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let (request, credential) = waiter.await.unwrap().unwrap();
+    assert_eq!(request.state(), pb::RequestState::Issued);
+    assert!(credential.unwrap().bearer_token.starts_with("lkbg_"));
+    let opened = all_records(w.bg.local().await)
+        .await
+        .into_iter()
+        .filter(|r| r.event == "session.opened")
+        .count();
+    assert_eq!(opened, 2, "one session before the restart, one after");
+    w.bg.stop().await;
+}

@@ -439,6 +439,12 @@ async fn connect(cli: &Cli) -> Result<Channel, ClientError> {
     }
 }
 
+/// The operator and key of the read session over `--server`.
+pub(super) struct Session {
+    operator: String,
+    key: KeyChoice,
+}
+
 /// Who opens the read session over `--server`, and with which key: the command's own
 /// `--operator` and key flags where it has them, else `--as` with the key from
 /// `LATCHKEY_SOFT_TOKEN` (dev) or the USB key. None for commands that read nothing.
@@ -481,6 +487,13 @@ fn success_if(yes: bool) -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
     let channel = connect(&cli).await?;
+    // Over the remote port, who reopens the read session if a wait outlives it.
+    let session = cli
+        .server
+        .is_some()
+        .then(|| session_identity(&cli))
+        .flatten()
+        .map(|(operator, key)| Session { operator, key });
     let out = Out { json: cli.json };
     match cli.command {
         Command::Status => status(channel, out).await?,
@@ -498,7 +511,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         Command::Key(command) => keys::run(channel, command).await?,
         Command::Operator(command) => operators::run(channel, out, command).await?,
         Command::Workload(command) => workloads::run(channel, out, command).await?,
-        Command::Request(args) => requests::request(channel, out, args).await?,
+        Command::Request(args) => {
+            requests::request(channel, out, args, session.as_ref()).await?;
+        }
         Command::Requests(command) => requests::requests(channel, out, command).await?,
         Command::Approve(args) => {
             let target = Target::Request(args.id.clone());
@@ -515,7 +530,14 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             delivery_key,
         } => {
             let key = requests::delivery_key_for(&id, delivery_key.as_deref())?;
-            requests::deliver(channel, out, &id, ssh_public_key.as_deref(), key.as_ref()).await?;
+            requests::deliver(
+                channel,
+                out,
+                &id,
+                (ssh_public_key.as_deref(), key.as_ref()),
+                session.as_ref(),
+            )
+            .await?;
         }
         Command::Introspect { token } => {
             return Ok(success_if(requests::introspect(channel, out, token).await?));

@@ -303,6 +303,7 @@ pub(super) async fn request(
     channel: Channel,
     out: Out,
     args: RequestArgs,
+    session: Option<&super::Session>,
 ) -> Result<(), ClientError> {
     // A mistyped key file fails before anything is written or asked.
     args.key.check_files()?;
@@ -375,45 +376,62 @@ pub(super) async fn request(
         channel,
         out,
         &created.id,
-        args.ssh_public_key.as_deref(),
-        Some(&delivery_key),
+        (args.ssh_public_key.as_deref(), Some(&delivery_key)),
+        session,
     )
     .await
 }
 
 /// Waits on a request and prints (and writes) the credential, its bearer token opened with
-/// `delivery_key`.
+/// `delivery_key`. Over the remote port, `session` reopens the read session when it ends.
 pub(super) async fn deliver(
     channel: Channel,
     out: Out,
     id: &str,
-    ssh_public_key: Option<&Path>,
-    delivery_key: Option<&DeliveryKey>,
+    (ssh_public_key, delivery_key): (Option<&Path>, Option<&DeliveryKey>),
+    session: Option<&super::Session>,
 ) -> Result<(), ClientError> {
     let mut seen = 0usize;
-    let (request, credential) = access::wait(channel, id, delivery_key, |r| {
-        for (i, v) in r.votes.iter().enumerate().skip(seen) {
-            // The count as of this vote (votes cast before the wait began are replayed).
-            let approvals_then = r.votes[..=i]
-                .iter()
-                .filter(|v| v.decision() != pb::Decision::Deny)
-                .count();
-            eprintln!(
-                "  {} {} ({} of {})",
-                v.operator,
-                if v.decision() == pb::Decision::Deny {
-                    "denied"
-                } else {
-                    "approved"
-                },
-                u32::try_from(approvals_then)
-                    .unwrap_or(u32::MAX)
-                    .min(r.approvals),
-                r.quorum
-            );
-        }
-        seen = r.votes.len();
-    })
+    let mut opened = match session {
+        Some(s) => Some((s.operator.as_str(), s.key.open()?, s.key.origin.as_deref())),
+        None => None,
+    };
+    let reauth = opened
+        .as_mut()
+        .map(|(operator, key, origin)| access::Reauth {
+            operator,
+            key: key.as_mut(),
+            origin: *origin,
+        });
+    let (request, credential) = access::wait_reauth(
+        channel,
+        id,
+        delivery_key,
+        |r| {
+            for (i, v) in r.votes.iter().enumerate().skip(seen) {
+                // The count as of this vote (votes cast before the wait began are replayed).
+                let approvals_then = r.votes[..=i]
+                    .iter()
+                    .filter(|v| v.decision() != pb::Decision::Deny)
+                    .count();
+                eprintln!(
+                    "  {} {} ({} of {})",
+                    v.operator,
+                    if v.decision() == pb::Decision::Deny {
+                        "denied"
+                    } else {
+                        "approved"
+                    },
+                    u32::try_from(approvals_then)
+                        .unwrap_or(u32::MAX)
+                        .min(r.approvals),
+                    r.quorum
+                );
+            }
+            seen = r.votes.len();
+        },
+        reauth,
+    )
     .await?;
     let Some(credential) = credential else {
         return Err(ClientError::RequestEnded {
