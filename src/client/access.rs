@@ -230,8 +230,10 @@ impl Authenticator for NoKey {
         &mut self,
         _: &url::Url,
         _: webauthn_rs_proto::CreationChallengeResponse,
-    ) -> Result<webauthn_rs_proto::RegisterPublicKeyCredential, crate::client::authenticator::KeyError>
-    {
+    ) -> Result<
+        webauthn_rs_proto::RegisterPublicKeyCredential,
+        crate::client::authenticator::KeyError,
+    > {
         match *self {}
     }
 
@@ -315,8 +317,13 @@ pub async fn wait_reauth<K: Authenticator + ?Sized>(
                      touch your key to open another as {}",
                     who.operator
                 );
-                crate::client::open_session(channel.clone(), who.operator, &mut *who.key, who.origin)
-                    .await?;
+                crate::client::open_session(
+                    channel.clone(),
+                    who.operator,
+                    &mut *who.key,
+                    who.origin,
+                )
+                .await?;
                 continue;
             }
             Err(e) => return Err(e),

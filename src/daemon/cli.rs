@@ -268,6 +268,7 @@ fn run(command: Command) -> Result<(), String> {
             println!("  audit key        {}", fp.audit_key);
             println!("  ssh user CA      {}", fp.ssh_user_ca);
             println!("  tls certificate  {}", fp.tls_certificate);
+            println!("  tls spki         {}", fp.tls_spki);
             if let Some(path) = write_config {
                 println!("wrote config {}", path.display());
             }
