@@ -747,7 +747,8 @@ async fn checkpoint_timer(
     }
 }
 
-/// Deletes expired challenges at start and every [`CHALLENGE_SWEEP_INTERVAL`], until `stop`.
+/// Deletes expired challenges and records lapsed requests, at start and every
+/// [`CHALLENGE_SWEEP_INTERVAL`], until `stop`.
 ///
 /// [`CHALLENGE_SWEEP_INTERVAL`]: crate::base::constants::CHALLENGE_SWEEP_INTERVAL
 async fn challenge_sweeper(
@@ -762,10 +763,21 @@ async fn challenge_sweeper(
             () = &mut stop => return Ok(()),
             _ = ticks.tick() => {
                 let authority = authority.clone();
-                match tokio::task::spawn_blocking(move || authority.sweep_challenges()).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(removed)) => tracing::debug!(removed, "expired challenges swept"),
-                    Ok(Err(e)) => tracing::error!("challenge sweep: {e}"),
+                let swept = tokio::task::spawn_blocking(move || {
+                    (authority.sweep_challenges(), authority.expire_lapsed_requests())
+                })
+                .await;
+                match swept {
+                    Ok((challenges, requests)) => {
+                        match challenges {
+                            Ok(0) => {}
+                            Ok(removed) => tracing::debug!(removed, "expired challenges swept"),
+                            Err(e) => tracing::error!("challenge sweep: {e}"),
+                        }
+                        if let Err(e) = requests {
+                            tracing::error!("recording lapsed requests: {e}");
+                        }
+                    }
                     Err(e) => tracing::error!("challenge sweep task: {e}"),
                 }
             }

@@ -58,6 +58,7 @@ pub const EVENTS: &[&str] = &[
     "request_approved",
     "request_denied",
     "request_cancelled",
+    "request_expired",
     "issued",
     "revoked",
     "revocation_unconfirmed",

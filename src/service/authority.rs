@@ -141,6 +141,8 @@ pub struct Authority {
     drill_max_age: std::time::Duration,
     /// Challenges kept, and how many may be.
     challenges: crate::service::ceremony::CeremonyBudget,
+    /// Deadlines of pending requests (owned by `lapses`).
+    pub(in crate::service) lapses: crate::service::lapses::PendingDeadlines,
     /// Remote operators' read sessions (owned by `sessions`).
     pub(in crate::service) sessions: crate::service::sessions::Sessions,
 }
@@ -264,6 +266,7 @@ impl Authority {
             released: tokio::sync::watch::Sender::new(()),
             challenges,
             sessions: crate::service::sessions::Sessions::default(),
+            lapses: crate::service::lapses::PendingDeadlines::default(),
             drill_max_age,
             introspect_uids,
             piv,

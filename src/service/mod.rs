@@ -10,6 +10,7 @@ pub mod codecs;
 pub mod drill;
 pub mod expiry;
 pub mod hygiene;
+pub mod lapses;
 pub mod metrics;
 pub mod minting;
 pub mod notifications;

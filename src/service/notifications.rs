@@ -21,7 +21,7 @@ const CURSOR_PREFIX: &str = "notify_cursor/";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Notification {
     /// `request_created`, `request_approved`, `request_denied`, `request_cancelled`,
-    /// `issued`, `revoked` or `revocation_unconfirmed`.
+    /// `request_expired`, `issued`, `revoked` or `revocation_unconfirmed`.
     pub event: &'static str,
     /// The audit record it comes from.
     pub audit_seq: u64,
@@ -138,6 +138,12 @@ fn text_for(event: &str, actor: &str, c: &Canonical, grant: Option<&str>) -> Str
         "request_approved" => format!("{actor} approved break-glass request {}: {what}", c.id),
         "request_denied" => format!("{actor} denied break-glass request {}: {what}", c.id),
         "request_cancelled" => format!("break-glass request {} was cancelled: {what}", c.id),
+        "request_expired" => format!(
+            "break-glass request {} expired without {} approvals of role {}: {what}",
+            c.id,
+            c.quorum,
+            clean(&c.approver_role)
+        ),
         "issued" => format!(
             "break-glass access issued (grant {}) on request {}: {what}",
             grant.unwrap_or_default(),
@@ -169,6 +175,7 @@ impl Authority {
             "request.approved" => "request_approved",
             "request.denied" => "request_denied",
             "request.cancelled" => "request_cancelled",
+            "request.expired" => "request_expired",
             "grant.issued" => "issued",
             "grant.revoked" => "revoked",
             "grant.revocation_unconfirmed" => "revocation_unconfirmed",

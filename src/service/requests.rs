@@ -149,6 +149,7 @@ impl Authority {
         txn.require_absent(Keyspace::Requests, id.as_bytes())
             .put(id.as_bytes(), &request)?;
         self.audit.commit(txn, event)?;
+        self.note_pending(&request);
         Ok(RequestView {
             state: request.state.clone(),
             request,

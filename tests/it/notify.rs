@@ -199,5 +199,34 @@ webhook_ca_file = "{ca}"
         .unwrap();
     assert_eq!(next["event"], "request_approved", "{next}");
     assert_eq!(next["actor"], "operator/carol");
+
+    // A request nobody approves in time is announced as expired when it lapses.
+    let lapsing = operator_request(&mut w, "carol").await;
+    let created = tokio::time::timeout(Duration::from_secs(60), posts.recv())
+        .await
+        .expect("no webhook call for the second request")
+        .unwrap();
+    assert_eq!(created["event"], "request_created");
+    w.bg.clock.advance(Duration::from_secs(601));
+    let authority = w.bg.running().authority().clone();
+    let lapsed = tokio::task::spawn_blocking(move || authority.expire_lapsed_requests())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lapsed >= 1, "{lapsed}");
+    let expired = loop {
+        let posted = tokio::time::timeout(Duration::from_secs(60), posts.recv())
+            .await
+            .expect("no webhook call for the lapse")
+            .unwrap();
+        if posted["request"]["id"] == lapsing.id.as_str() {
+            break posted;
+        }
+    };
+    assert_eq!(expired["event"], "request_expired", "{expired}");
+    assert!(
+        expired["approve"].is_null(),
+        "nothing to approve any more: {expired}"
+    );
     w.bg.stop().await;
 }

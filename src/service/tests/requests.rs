@@ -82,3 +82,43 @@ fn a_pending_request_expires_when_its_deadline_passes() {
         "request.expired"
     );
 }
+
+#[test]
+fn a_request_that_lapses_is_written_down_as_expired_once_and_a_decided_one_is_not() {
+    let mut w = World::ready();
+    let (lapsing, _) = w.request("carol");
+    let (decided, _) = w.request("carol");
+    let target = VoteTarget::Request(decided.request.id().to_owned());
+    w.vote("alice", &target, Decision::Deny).unwrap();
+    // Nothing is due before the deadline.
+    assert_eq!(w.authority.expire_lapsed_requests().unwrap(), 0);
+
+    w.clock.advance(Duration::from_secs(601));
+    assert_eq!(w.authority.expire_lapsed_requests().unwrap(), 1);
+    let id = lapsing.request.id();
+    let stored: crate::domain::request::Request =
+        crate::store::read(w.store.as_ref(), id.as_bytes())
+            .unwrap()
+            .unwrap();
+    assert!(matches!(stored.state, RequestState::Expired { .. }));
+    let records = w.authority.audit().read(1, 1000).unwrap();
+    let expired: Vec<_> = records
+        .iter()
+        .filter(|r| r.event == "request.expired")
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].subject, format!("request/{id}"));
+    // Once only, and votes on it are refused as before.
+    let before = w.snapshot();
+    assert_eq!(w.authority.expire_lapsed_requests().unwrap(), 0);
+    assert_eq!(
+        w.vote(
+            "alice",
+            &VoteTarget::Request(id.to_owned()),
+            Decision::Approve
+        )
+        .unwrap_err(),
+        "request.expired"
+    );
+    assert_eq!(w.snapshot(), before);
+}
