@@ -82,6 +82,8 @@ pub const DEFAULT_RP_ID: &str = "latchkey.local";
 pub const DEFAULT_ORIGIN: &str = "https://latchkey.local";
 /// How long an enrollment or assertion challenge stays valid.
 pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// The longest challenge lifetime a config may set (a touch takes seconds).
+pub const MAX_CHALLENGE_TTL_SECS: u64 = 600;
 /// Challenges kept at once (pending or used, until swept): beyond it Begin calls are refused.
 /// A bastion's responders open a handful; a flood stops here instead of growing the store.
 pub const MAX_KEPT_CHALLENGES: u64 = 4096;

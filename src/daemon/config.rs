@@ -582,13 +582,17 @@ fn audit_config(raw: &RawAudit) -> Result<AuditConfig, String> {
     })
 }
 
-/// `[fido2]`: defaults filled in, a non-zero challenge lifetime, the AAGUIDs parsed.
+/// `[fido2]`: defaults filled in, a bounded challenge lifetime, the AAGUIDs parsed.
 fn fido2_config(raw: RawFido2) -> Result<Fido2Config, String> {
     let ttl = raw
         .challenge_ttl_seconds
         .unwrap_or(DEFAULT_CHALLENGE_TTL.as_secs());
-    if ttl == 0 {
-        return Err("fido2.challenge_ttl_seconds must be at least 1".to_owned());
+    use crate::base::constants::MAX_CHALLENGE_TTL_SECS;
+    if ttl == 0 || ttl > MAX_CHALLENGE_TTL_SECS {
+        return Err(format!(
+            "fido2.challenge_ttl_seconds must be 1 to {MAX_CHALLENGE_TTL_SECS} (a touch takes \
+             seconds; a long-lived challenge only holds the challenge budget)"
+        ));
     }
     Ok(Fido2Config {
         rp_id: raw.rp_id.unwrap_or_else(|| DEFAULT_RP_ID.to_owned()),

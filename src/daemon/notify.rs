@@ -17,7 +17,8 @@ use crate::service::notifications::{Attempt, Notification};
 const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(2);
 /// The longest wait between attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
-/// Default attempts per notification before it is abandoned (about 20 minutes with backoff).
+/// Default attempts per notification before it is abandoned (about four minutes of backoff
+/// from the default first delay, plus the attempts' own time).
 const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 /// Default time a command or webhook may take.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,11 +161,15 @@ pub(super) fn notify_config(raw: RawNotify) -> Result<NotifyConfig, String> {
     if max_attempts == 0 {
         return Err("notify.max_attempts must be at least 1".to_owned());
     }
+    if raw.timeout_secs == Some(0) {
+        return Err("notify.timeout_secs must be at least 1".to_owned());
+    }
     Ok(NotifyConfig {
         sinks,
         retry_initial: raw
             .retry_initial_ms
-            .map_or(DEFAULT_RETRY_INITIAL, Duration::from_millis),
+            .map_or(DEFAULT_RETRY_INITIAL, Duration::from_millis)
+            .min(MAX_RETRY_DELAY),
         max_attempts,
         timeout: raw
             .timeout_secs
@@ -318,6 +323,16 @@ pub(super) fn spawn(
     Ok(())
 }
 
+/// How one notification ended for the worker.
+enum Delivery {
+    /// Delivered or abandoned, recorded: the cursor is here now.
+    Moved(u64),
+    /// The daemon is stopping.
+    Stopped,
+    /// The attempt's record could not be written: start again from the stored cursor.
+    Unrecorded,
+}
+
 struct Worker {
     authority: Arc<Authority>,
     sink: Sink,
@@ -398,21 +413,39 @@ impl Worker {
                     }
                 };
                 match self.deliver(&notification, persisted, &mut stop).await {
-                    Some(moved) => persisted = moved,
-                    None => return,
+                    Delivery::Moved(moved) => persisted = moved,
+                    Delivery::Stopped => return,
+                    Delivery::Unrecorded => {
+                        // The store refused the record (full disk, another daemon): wait, then
+                        // start again from the cursor as stored.
+                        tokio::select! {
+                            () = &mut stop => return,
+                            () = tokio::time::sleep(self.settings.retry_initial) => {}
+                        }
+                        let authority = self.authority.clone();
+                        let name = self.sink.config.name.clone();
+                        let stored = blocking(move || {
+                            authority.notify_cursor(&name).map_err(|e| e.to_string())
+                        })
+                        .await;
+                        if let Ok(Some(cursor)) = stored {
+                            persisted = cursor;
+                        }
+                        read = persisted;
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// Delivers one notification with retries; returns the new cursor, or None if stopped
-    /// (or the cursor could not be moved: another worker owns it).
+    /// Delivers one notification with retries.
     async fn deliver(
         &self,
         n: &Notification,
         from: u64,
         stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    ) -> Option<u64> {
+    ) -> Delivery {
         let mut delay = self.settings.retry_initial;
         for attempt in 1..=self.settings.max_attempts {
             let result = tokio::time::timeout(self.settings.timeout, self.attempt(n))
@@ -441,19 +474,19 @@ impl Worker {
             })
             .await;
             if let Err(e) = written {
-                tracing::error!(sink = %self.sink.config.name, "notifications stopped: {e}");
-                return None;
+                tracing::error!(sink = %self.sink.config.name, "recording a notification attempt: {e}");
+                return Delivery::Unrecorded;
             }
             if !matches!(outcome, Attempt::Failed(_)) {
-                return Some(n.audit_seq);
+                return Delivery::Moved(n.audit_seq);
             }
             tokio::select! {
-                () = &mut *stop => return None,
+                () = &mut *stop => return Delivery::Stopped,
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
-        None
+        Delivery::Unrecorded
     }
 
     async fn attempt(&self, n: &Notification) -> Result<(), String> {
@@ -513,17 +546,33 @@ async fn run_command(argv: &[String], n: &Notification, body: &[u8]) -> Result<(
     }
 }
 
+/// The most of a webhook's answer read.
+const MAX_ANSWER_BYTES: usize = 16 * 1024;
+
+/// Ends the HTTP connection task when the attempt ends (including by its timeout).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn post(webhook: &Webhook, body: Vec<u8>) -> Result<(), String> {
     use http_body_util::{BodyExt as _, Full};
     use hyper::body::Bytes;
     let url = &webhook.url;
+    // `[2001:db8::1]` for an IPv6 literal, as in the URL and the Host header.
     let host = url.host_str().ok_or("no host")?.to_owned();
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+    let tcp = tokio::net::TcpStream::connect(format!("{host}:{port}"))
         .await
         .map_err(|e| format!("{host}:{port}: {e}"))?;
-    let name = rustls::pki_types::ServerName::try_from(host.clone())
-        .map_err(|e| format!("{host}: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from(bare).map_err(|e| format!("{host}: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(webhook.tls.clone())
         .connect(name, tcp)
         .await
@@ -532,13 +581,19 @@ async fn post(webhook: &Webhook, body: Vec<u8>) -> Result<(), String> {
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP with {host}: {e}"))?;
-    let driver = tokio::spawn(connection);
+    let _driver = AbortOnDrop(tokio::spawn(connection));
     let path = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_owned(),
     };
     let mut request = hyper::Request::post(path)
-        .header(hyper::header::HOST, url.authority())
+        .header(
+            hyper::header::HOST,
+            match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.clone(),
+            },
+        )
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(
             hyper::header::USER_AGENT,
@@ -555,13 +610,12 @@ async fn post(webhook: &Webhook, body: Vec<u8>) -> Result<(), String> {
         .await
         .map_err(|e| format!("POST to {host}: {e}"))?;
     let status = response.status();
-    let answer = response
-        .into_body()
+    // Only the start of an answer is kept (for the audit record of a failure).
+    let answer = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    driver.abort();
     if status.is_success() {
         Ok(())
     } else {

@@ -105,41 +105,78 @@ impl AsyncWrite for RemoteConn {
 pub enum Access {
     /// Anyone: health, status, and steps that carry their own fresh assertion.
     Open,
-    /// Opens a challenge: anyone, within the rate limits.
+    /// Opens a challenge for anyone, within the rate limits (opening a session, asking).
     Begin,
-    /// Reads trust state: a read session is needed.
+    /// Opens a challenge about existing trust state: a read session, and the rate limits.
+    SessionBegin,
+    /// Reads trust state, or gives up the caller's own request or grant: a read session.
     Session,
-    /// Not on this port.
+    /// Not on this port: the bastion's socket or a workload's mutual TLS.
     Refused,
 }
+
+/// Every latchkey method, and how the remote port treats it (a test checks the table covers
+/// every method in `proto/`).
+const METHODS: &[(&str, &str, Access)] = &[
+    ("SystemService", "Status", Access::Open),
+    ("SystemService", "Diagnose", Access::Refused),
+    ("OperatorService", "BeginSession", Access::Begin),
+    ("OperatorService", "OpenSession", Access::Open),
+    ("OperatorService", "ShowOperator", Access::Session),
+    ("OperatorService", "BeginEnrollment", Access::Refused),
+    ("OperatorService", "FinishEnrollment", Access::Refused),
+    ("OperatorService", "BeginAssertion", Access::Refused),
+    ("OperatorService", "FinishAssertion", Access::Refused),
+    ("AccessService", "BeginRequest", Access::Begin),
+    ("AccessService", "CreateRequest", Access::Open),
+    ("AccessService", "BeginVote", Access::SessionBegin),
+    ("AccessService", "CastVote", Access::Open),
+    ("AccessService", "BeginRevoke", Access::SessionBegin),
+    ("AccessService", "Revoke", Access::Open),
+    ("AccessService", "ListRequests", Access::Session),
+    ("AccessService", "ShowRequest", Access::Session),
+    ("AccessService", "WatchRequest", Access::Session),
+    ("AccessService", "CancelRequest", Access::Session),
+    ("AccessService", "ShowGrant", Access::Session),
+    ("AccessService", "ListGrants", Access::Session),
+    ("AccessService", "Relinquish", Access::Session),
+    ("AccessService", "ListDrills", Access::Session),
+    ("AccessService", "Introspect", Access::Refused),
+    ("AccessService", "WatchRevocations", Access::Refused),
+    ("AccessService", "AcknowledgeRevocation", Access::Refused),
+    ("AccessService", "RecordDrill", Access::Refused),
+    ("TrustService", "ListChanges", Access::Session),
+    ("TrustService", "ShowChange", Access::Session),
+    ("TrustService", "ListScopes", Access::Session),
+    ("TrustService", "ShowScope", Access::Session),
+    ("TrustService", "ListWorkloads", Access::Session),
+    ("TrustService", "ListOperators", Access::Session),
+    ("TrustService", "ProposeChange", Access::Refused),
+    ("AuditService", "ReadRecords", Access::Refused),
+    ("AuditService", "FollowRecords", Access::Refused),
+    ("AuditService", "ListCheckpoints", Access::Refused),
+    ("AuditService", "WriteCheckpoint", Access::Refused),
+    ("WorkloadService", "AdmitWorkload", Access::Refused),
+];
 
 /// The remote port's rule for the gRPC method at `path`.
 pub fn access(path: &str) -> Access {
     let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
         return Access::Refused;
     };
-    match (service, method) {
-        ("grpc.health.v1.Health", _)
-        | ("grpc.reflection.v1.ServerReflection", _)
-        | ("grpc.reflection.v1alpha.ServerReflection", _)
-        | ("latchkey.v1.SystemService", "Status")
-        | ("latchkey.v1.OperatorService", "OpenSession")
-        | ("latchkey.v1.AccessService", "CreateRequest" | "CastVote" | "Revoke") => Access::Open,
-        ("latchkey.v1.OperatorService", "BeginSession")
-        | ("latchkey.v1.AccessService", "BeginRequest" | "BeginVote" | "BeginRevoke") => {
-            Access::Begin
-        }
-        (
-            "latchkey.v1.AccessService",
-            "ListRequests" | "ShowRequest" | "WatchRequest" | "ShowGrant" | "ListGrants"
-            | "ListDrills" | "Relinquish",
-        )
-        | (
-            "latchkey.v1.TrustService",
-            "ListChanges" | "ShowChange" | "ListScopes" | "ShowScope" | "ListWorkloads",
-        )
-        | ("latchkey.v1.OperatorService", "ShowOperator") => Access::Session,
-        _ => Access::Refused,
+    match service {
+        "grpc.health.v1.Health"
+        | "grpc.reflection.v1.ServerReflection"
+        | "grpc.reflection.v1alpha.ServerReflection" => Access::Open,
+        _ => service
+            .strip_prefix("latchkey.v1.")
+            .and_then(|service| {
+                METHODS
+                    .iter()
+                    .find(|(s, m, _)| *s == service && *m == method)
+                    .map(|(_, _, access)| *access)
+            })
+            .unwrap_or(Access::Refused),
     }
 }
 
@@ -192,36 +229,52 @@ impl BeginLimits {
         }
     }
 
-    /// Whether a Begin call from `ip` at `now` is within the limits (and counts it).
+    /// Whether a Begin call from `ip` at `now` is within the limits (and counts it). An IPv6
+    /// source is its /64 (one host owns a whole one); the total is checked first, so a flood
+    /// of sources fills no table once it is over.
     pub fn admit(&self, ip: IpAddr, now: Timestamp) -> bool {
+        let source = match ip {
+            IpAddr::V6(v6) => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        {
+            let mut total = self
+                .total
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let total = total.get_or_insert(Bucket {
+                tokens: self.total_burst,
+                at: now,
+            });
+            if !take(total, now, self.total_burst, self.total_per_minute) {
+                return false;
+            }
+        }
         let mut sources = self
             .per_source
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if sources.len() >= MAX_SOURCES {
+        if sources.len() >= MAX_SOURCES && !sources.contains_key(&source) {
             let (burst, rate) = (self.source_burst, self.source_per_minute);
             sources.retain(|_, b| {
                 let mut probe = *b;
                 take(&mut probe, now, burst, rate);
                 probe.tokens + 1.0 < burst
             });
+            if sources.len() >= MAX_SOURCES {
+                // Every remembered source is still limited: a new one waits too.
+                return false;
+            }
         }
-        let source = sources.entry(ip).or_insert(Bucket {
+        let bucket = sources.entry(source).or_insert(Bucket {
             tokens: self.source_burst,
             at: now,
         });
-        if !take(source, now, self.source_burst, self.source_per_minute) {
-            return false;
-        }
-        let mut total = self
-            .total
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total = total.get_or_insert(Bucket {
-            tokens: self.total_burst,
-            at: now,
-        });
-        take(total, now, self.total_burst, self.total_per_minute)
+        take(bucket, now, self.source_burst, self.source_per_minute)
     }
 }
 
@@ -280,10 +333,23 @@ impl<S> RemoteGate<S> {
         };
         let ip = info.remote.ip();
         let session_operator = self.authority.session_operator(info.connection);
-        match access(req.uri().path()) {
-            Access::Open => {}
-            Access::Begin => {
-                if !self.limits.admit(ip, self.authority.now()) {
+        let rule = access(req.uri().path());
+        if matches!(rule, Access::Session | Access::SessionBegin) && session_operator.is_none() {
+            return Err(status(
+                ErrorKind::Unauthenticated,
+                "caller.session_required",
+                "reading over the remote port needs a read session on this connection: open \
+                 one with your key (OpenSession), or read over the bastion's socket",
+            ));
+        }
+        match rule {
+            Access::Open | Access::Session => {}
+            Access::Begin | Access::SessionBegin => {
+                // Half the challenge budget stays for the bastion's own callers.
+                let remote_share = crate::base::constants::MAX_KEPT_CHALLENGES / 2;
+                if self.authority.challenges_kept() >= remote_share
+                    || !self.limits.admit(ip, self.authority.now())
+                {
                     tracing::warn!(remote = %info.remote, "remote Begin call over the rate limit");
                     return Err(status(
                         ErrorKind::ResourceExhausted,
@@ -293,15 +359,6 @@ impl<S> RemoteGate<S> {
                     ));
                 }
             }
-            Access::Session if session_operator.is_none() => {
-                return Err(status(
-                    ErrorKind::Unauthenticated,
-                    "caller.session_required",
-                    "reading over the remote port needs a read session on this connection: open \
-                     one with your key (OpenSession), or read over the bastion's socket",
-                ));
-            }
-            Access::Session => {}
             Access::Refused => {
                 return Err(status(
                     ErrorKind::PermissionDenied,
@@ -358,11 +415,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_method_in_the_proto_has_a_deliberate_rule() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(crate::rpc::FILE_DESCRIPTOR_SET).unwrap();
+        let mut seen = 0;
+        for file in set.file {
+            for service in file.service {
+                let name = service.name.unwrap_or_default();
+                for method in service.method {
+                    let method = method.name.unwrap_or_default();
+                    seen += 1;
+                    assert!(
+                        METHODS.iter().any(|(s, m, _)| *s == name && *m == method),
+                        "{name}/{method} has no rule on the remote port"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            METHODS.len(),
+            "the table names a method the proto lacks"
+        );
+    }
+
+    #[test]
     fn reads_need_a_session_and_bastion_only_calls_are_refused() {
         assert_eq!(access("/latchkey.v1.SystemService/Status"), Access::Open);
         assert_eq!(access("/latchkey.v1.AccessService/CastVote"), Access::Open);
         assert_eq!(
             access("/latchkey.v1.AccessService/BeginVote"),
+            Access::SessionBegin
+        );
+        assert_eq!(
+            access("/latchkey.v1.AccessService/BeginRequest"),
             Access::Begin
         );
         assert_eq!(

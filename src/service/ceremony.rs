@@ -237,10 +237,10 @@ impl Operators<'_> {
             let mut txn = Txn::new();
             let mut due = 0;
             for (key, raw) in &batch {
-                let Ok(ceremony) = store::decode::<Ceremony>(raw) else {
-                    continue;
-                };
-                if now > ceremony.expires_at.plus(self.challenge_ttl) {
+                // An entry that does not decode can never be answered: it goes too.
+                let expired = store::decode::<Ceremony>(raw)
+                    .map_or(true, |c| now > c.expires_at.plus(self.challenge_ttl));
+                if expired {
                     txn.require_equals(Keyspace::Ceremonies, key.clone(), raw.clone())
                         .delete(Keyspace::Ceremonies, key.clone());
                     due += 1;
@@ -263,9 +263,13 @@ impl Operators<'_> {
                 _ => break,
             }
         }
-        self.budget
+        // Begin calls that ran meanwhile counted themselves: take off only what went.
+        let _ = self
+            .budget
             .kept
-            .store(self.store.count(Keyspace::Ceremonies)?, Ordering::Relaxed);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(removed))
+            });
         Ok(removed)
     }
 

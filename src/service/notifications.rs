@@ -189,7 +189,9 @@ impl Authority {
         let request = self.request(&request_id)?;
         let canonical = &request.request.canonical;
         let actor = actor_label(&record.actor);
-        let pending = event == "request_created" || event == "request_approved";
+        // The approve line only while there is something to approve.
+        let pending = matches!(event, "request_created" | "request_approved")
+            && request.state == crate::domain::request::RequestState::Pending;
         Ok(Some(Notification {
             event,
             audit_seq: record.seq,

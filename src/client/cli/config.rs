@@ -37,22 +37,26 @@ pub struct ClientConfig {
     pub soft_token: Option<PathBuf>,
 }
 
-/// Where the config is looked for.
-pub fn path() -> Option<PathBuf> {
+/// Where the config is looked for, and whether it was named (`LATCHKEY_CONFIG`).
+pub fn path() -> Option<(PathBuf, bool)> {
     if let Some(p) = std::env::var_os("LATCHKEY_CONFIG") {
-        return Some(PathBuf::from(p));
+        return Some((PathBuf::from(p), true));
     }
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("latchkey").join("client.toml"))
+    Some((base.join("latchkey").join("client.toml"), false))
 }
 
-/// Reads the config at `path`; a missing file is an empty config.
-pub fn load(path: &Path) -> Result<ClientConfig, String> {
+/// Reads the config at `path`. A missing file is an empty config; so is an unreadable one at
+/// the default place (another user's home after `sudo -u`), but not one that was named.
+pub fn load(path: &Path, named: bool) -> Result<ClientConfig, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ClientConfig::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !named => {
+            return Ok(ClientConfig::default());
+        }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let config: ClientConfig =
@@ -132,11 +136,11 @@ mod tests {
             "version = 1\nserver = \"b:1\"\nsevrer_spki = \"x\"\n",
         )
         .unwrap();
-        assert!(load(&path).unwrap_err().contains("sevrer_spki"));
+        assert!(load(&path, false).unwrap_err().contains("sevrer_spki"));
         std::fs::write(&path, "version = 2\n").unwrap();
-        assert!(load(&path).unwrap_err().contains("version 2"));
+        assert!(load(&path, false).unwrap_err().contains("version 2"));
         assert_eq!(
-            load(&dir.path().join("absent.toml")).unwrap(),
+            load(&dir.path().join("absent.toml"), true).unwrap(),
             ClientConfig::default()
         );
     }

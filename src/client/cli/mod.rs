@@ -347,7 +347,10 @@ lets group latchkey open FIDO security keys' hidraw nodes
 /// Runs the CLI: parses the arguments, does the command, and says how it went.
 pub fn main() -> ExitCode {
     use clap::{CommandFactory as _, FromArgMatches as _};
-    let config = match config::path().map(|p| config::load(&p)).transpose() {
+    let config = match config::path()
+        .map(|(p, named)| config::load(&p, named))
+        .transpose()
+    {
         Ok(config) => config.unwrap_or_default(),
         Err(e) => {
             eprintln!("latchkey: error: {e}");
@@ -355,10 +358,32 @@ pub fn main() -> ExitCode {
         }
     };
     let matches = config.apply(Cli::command()).get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // A server from client.toml gives way to a socket or --tls asked for explicitly.
+    {
+        use clap::parser::ValueSource;
+        let explicit = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        if matches.value_source("server") == Some(ValueSource::DefaultValue)
+            && (explicit("socket") || explicit("tls"))
+        {
+            cli.server = None;
+        }
+    }
+    if cli.server.is_some() && cli.server_spki.is_none() {
+        eprintln!(
+            "latchkey: error: a server needs its pinned key: --server-spki HEX (or server_spki \
+             in client.toml), the `tls spki` line of `latchkey status` on the bastion"
+        );
+        return ExitCode::from(exit::LOCAL);
+    }
     if let Command::Audit(audit::AuditCommand::Verify {
         file,
         audit_key: Some(key),
