@@ -293,7 +293,7 @@ pub fn unix_incoming(
                 }
             };
             let uid = conn.peer_uid();
-            let Some(slot) = slots.take(Some(uid)) else {
+            let Some(slot) = slots.take(Some(crate::rpc::identity::Source::Uid(uid))) else {
                 tracing::warn!(uid, "too many local connections; closing a new one");
                 continue;
             };
@@ -364,7 +364,7 @@ fn accept_tls<C: Send + 'static>(
                     continue;
                 }
             };
-            let Some(slot) = slots.take(None) else {
+            let Some(slot) = slots.take(Some(crate::rpc::identity::Source::Ip(remote.ip()))) else {
                 tracing::warn!(%remote, "too many TLS connections; closing a new one");
                 continue;
             };

@@ -610,7 +610,8 @@ pub async fn start_layered(
         let incoming = listen::remote_incoming(
             listener,
             acceptor,
-            ConnectionSlots::new(config.limits.connections, config.limits.connections),
+            // One address may hold as many remote connections as one local user may.
+            ConnectionSlots::new(config.limits.connections, config.limits.connections_per_uid),
         );
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }

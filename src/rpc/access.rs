@@ -53,6 +53,19 @@ async fn watch_loop(
     let subject = format!("request/{id}");
     let mut last: Option<(pb::RequestState, usize)> = None;
     loop {
+        // A remote watch lives no longer than the read session it started under.
+        if let Caller::Remote(peer) = &caller
+            && authority.session_operator(peer.connection) != peer.session_operator
+        {
+            let _ = tx
+                .send(Err(super::status(
+                    crate::base::error::ErrorKind::Unauthenticated,
+                    "caller.session_required",
+                    "the read session of this watch ended: open another and watch again",
+                )))
+                .await;
+            return;
+        }
         let read = {
             let (authority, caller, id) = (authority.clone(), caller.clone(), id.clone());
             // Store reads (and the wait for durability) run off the async workers.

@@ -80,23 +80,33 @@ pub struct UnixConn {
     _slot: Option<Slot>,
 }
 
-/// Counts open connections, in total and per local user, and refuses past the limits.
+/// Counts open connections, in total and per source (a local user, a remote address), and
+/// refuses past the limits.
 #[derive(Debug)]
 pub struct ConnectionSlots {
     total: usize,
     per_uid: usize,
-    open: std::sync::Mutex<(usize, std::collections::HashMap<u32, usize>)>,
+    open: std::sync::Mutex<(usize, std::collections::HashMap<Source, usize>)>,
+}
+
+/// Whose connection it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A local user.
+    Uid(u32),
+    /// A TCP peer's address.
+    Ip(std::net::IpAddr),
 }
 
 /// One open connection's place; given back when dropped.
 #[derive(Debug)]
 pub struct Slot {
     slots: Arc<ConnectionSlots>,
-    uid: Option<u32>,
+    uid: Option<Source>,
 }
 
 impl ConnectionSlots {
-    /// At most `total` connections, and `per_uid` of one local user.
+    /// At most `total` connections, and `per_uid` of one source.
     pub fn new(total: usize, per_uid: usize) -> Arc<Self> {
         Arc::new(Self {
             total,
@@ -105,8 +115,9 @@ impl ConnectionSlots {
         })
     }
 
-    /// A place for a connection of `uid` (None: a TCP peer), or None past a limit.
-    pub fn take(self: &Arc<Self>, uid: Option<u32>) -> Option<Slot> {
+    /// A place for a connection from `uid` (None: counted in the total only), or None past a
+    /// limit.
+    pub fn take(self: &Arc<Self>, uid: Option<Source>) -> Option<Slot> {
         let mut open = self
             .open
             .lock()

@@ -408,3 +408,48 @@ async fn a_remote_wait_opens_its_session_again_after_a_daemon_restart_and_collec
     assert_eq!(opened, 2, "one session before the restart, one after");
     w.bg.stop().await;
 }
+
+#[tokio::test]
+async fn a_remote_watch_ends_with_the_read_session_it_started_under() {
+    let mut w = remote_world().await;
+    let mut erin = w.bg.keys.get_mut("erin").unwrap().remove(0);
+    let asked = access::request(
+        remote(&w).await,
+        draft(None),
+        Some(("erin", erin.as_mut(), Some(ORIGIN))),
+    )
+    .await
+    .unwrap();
+    w.bg.keys.get_mut("erin").unwrap().insert(0, erin);
+    let channel = remote(&w).await;
+    session(&mut w, &channel, "erin").await;
+    let id = asked.id.clone();
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    let mut seen_tx = Some(seen_tx);
+    let waiter = tokio::spawn(async move {
+        access::wait(channel, &id, Some(&delivery_key()), move |_| {
+            if let Some(tx) = seen_tx.take() {
+                let _ = tx.send(());
+            }
+        })
+        .await
+    });
+    seen.await.unwrap();
+    // Five minutes later the session is over; the next event about the request ends the watch.
+    w.bg.clock.advance(std::time::Duration::from_secs(301));
+    w.bg.vote(
+        Target::Request(asked.id.clone()),
+        "carol",
+        Decision::Approve,
+        0,
+    )
+    .await
+    .unwrap();
+    match waiter.await.unwrap() {
+        Err(latchkey::client::ClientError::Refused(status)) => {
+            assert_eq!(code(&status), "caller.session_required");
+        }
+        other => panic!("the watch outlived its session: {other:?}"),
+    }
+    w.bg.stop().await;
+}
