@@ -195,6 +195,7 @@ pub(crate) async fn put_cycle_scope(local: &Channel, cert: &Path) {
             .propose_change(pb::ProposeChangeRequest {
                 note: "bench".into(),
                 change: Some(change),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -297,6 +297,43 @@ pub async fn open_session<K: authenticator::Authenticator + ?Sized>(
         .into_inner())
 }
 
+/// Proposes a trust-store change signed by `operator`'s key (the remote operator port): the
+/// daemon returns the digest to sign, which must be the one computed here from the proposal.
+pub async fn propose_signed<K: authenticator::Authenticator + ?Sized>(
+    channel: Channel,
+    proposal: pb::ProposeChangeRequest,
+    operator: &str,
+    authenticator: &mut K,
+    origin: Option<&str>,
+) -> Result<pb::ChangeInfo, ClientError> {
+    let mut client = pb::trust_service_client::TrustServiceClient::new(channel);
+    let expected = crate::rpc::proposal_digest_of(operator, &proposal)?;
+    let begun = client
+        .begin_propose_change(pb::BeginProposeChangeRequest {
+            operator: operator.to_owned(),
+            proposal: Some(proposal.clone()),
+        })
+        .await?
+        .into_inner();
+    if expected.is_some_and(|expected| begun.digest != expected) {
+        return Err(ClientError::DigestMismatch(
+            "the challenge is not bound to the proposal sent".to_owned(),
+        ));
+    }
+    let credential_json =
+        authenticator.respond(origin, &begun.request_options_json, &begun.piv_challenge)?;
+    client
+        .propose_change(pb::ProposeChangeRequest {
+            ceremony_id: begun.ceremony_id,
+            credential_json,
+            ..proposal
+        })
+        .await?
+        .into_inner()
+        .change
+        .ok_or_else(|| ClientError::Protocol("no change".into()))
+}
+
 /// An error and its causes, each said once (a cause whose text the chain holds already is
 /// skipped: hyper and io both report `(os error 2)`).
 fn error_chain(e: &dyn std::error::Error) -> String {

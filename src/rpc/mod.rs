@@ -75,6 +75,21 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| status(ErrorKind::Internal, "rpc.task_failed", &e.to_string()))?
 }
 
+/// The digest `operator`'s key signs to propose `proposal` (what BeginProposeChange answers),
+/// computed by a client from what it sends; None for a workload, whose pin the daemon derives
+/// from its certificate (and from the stored workload).
+pub fn proposal_digest_of(
+    operator: &str,
+    proposal: &crate::pb::ProposeChangeRequest,
+) -> Result<Option<[u8; 32]>, Status> {
+    match convert::proposal_from_pb(proposal.change.clone())? {
+        crate::service::changes::Proposal::Change(kind) => Ok(Some(
+            crate::service::changes::proposal_digest(operator, &kind, &proposal.note),
+        )),
+        crate::service::changes::Proposal::PutWorkload { .. } => Ok(None),
+    }
+}
+
 /// The `google.rpc.ErrorInfo` domain of every latchkey error.
 pub const ERROR_DOMAIN: &str = "latchkey";
 

@@ -33,13 +33,44 @@ impl pb::trust_service_server::TrustService for TrustApi {
         let proposal = convert::proposal_from_pb(req.change)?;
         let authority = self.authority.clone();
         let view = blocking(move || {
-            authority
-                .propose_change(&caller, proposal, &req.note)
-                .map_err(|e| to_status(&e))
+            if req.ceremony_id.is_empty() {
+                authority.propose_change(&caller, proposal, &req.note)
+            } else {
+                authority.propose_signed_change(
+                    &caller,
+                    proposal,
+                    &req.note,
+                    (&req.ceremony_id, &req.credential_json),
+                )
+            }
+            .map_err(|e| to_status(&e))
         })
         .await?;
         Ok(Response::new(pb::ProposeChangeResponse {
             change: Some(convert::change_to_pb(&view)),
+        }))
+    }
+
+    async fn begin_propose_change(
+        &self,
+        request: Request<pb::BeginProposeChangeRequest>,
+    ) -> Result<Response<pb::BeginProposeChangeResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        let proposal = req.proposal.unwrap_or_default();
+        let change = convert::proposal_from_pb(proposal.change)?;
+        let authority = self.authority.clone();
+        let (opened, digest) = blocking(move || {
+            authority
+                .begin_propose(&caller, &req.operator, change, &proposal.note)
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
+        Ok(Response::new(pb::BeginProposeChangeResponse {
+            ceremony_id: opened.ceremony_id,
+            request_options_json: opened.options_json,
+            piv_challenge: opened.piv_challenge.to_vec(),
+            digest: digest.to_vec(),
         }))
     }
 

@@ -50,6 +50,24 @@ pub enum Proposal {
     },
 }
 
+/// Domain tag of a signed proposal's digest.
+const PROPOSAL_TAG: &[u8] = b"latchkey.proposal.v1\n";
+
+/// The digest an operator's key signs to propose `kind` with `note`: SHA-256 over the tag,
+/// the operator, the note and the change as canonical JSON (newline-separated).
+pub fn proposal_digest(operator: &str, kind: &ChangeKind, note: &str) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(PROPOSAL_TAG);
+    h.update(operator.as_bytes());
+    h.update(b"\n");
+    h.update(note.as_bytes());
+    h.update(b"\n");
+    // Serialising a change (strings, numbers, lists) cannot fail.
+    h.update(serde_json::to_string(kind).unwrap_or_default().as_bytes());
+    h.finalize().into()
+}
+
 impl Authority {
     pub(in crate::service) fn load_change(
         &self,
@@ -183,7 +201,70 @@ impl Authority {
         let actor = Self::local_actor(caller)?;
         Self::check_note(note)?;
         let kind = self.change_kind(proposal)?;
-        self.record_change(actor, kind, note, Txn::new())
+        self.record_change(actor, kind, note, Txn::new(), None)
+    }
+
+    /// Starts a proposal an operator signs (the remote operator port): a challenge bound to
+    /// [`proposal_digest`]. Returns it with the digest.
+    pub fn begin_propose(
+        &self,
+        caller: &Caller,
+        operator: &str,
+        proposal: Proposal,
+        note: &str,
+    ) -> Result<(crate::domain::operator::Opened, [u8; 32]), WorkflowError> {
+        if matches!(caller, Caller::Workload(_)) {
+            return Err(WorkflowError::LocalOnly);
+        }
+        Self::check_note(note)?;
+        let kind = self.change_kind(proposal)?;
+        let digest = proposal_digest(operator, &kind, note);
+        let opened = self.operators().begin_assertion(
+            operator,
+            &digest,
+            self.fido2_policy.require_user_verification,
+        )?;
+        Ok((opened, digest))
+    }
+
+    /// Records a proposal signed by an operator's key (from [`Authority::begin_propose`]): the
+    /// proposer is the operator whose key signed, the evidence goes in the audit log. Not
+    /// during genesis (bootstrap changes are made on the bastion).
+    pub fn propose_signed_change(
+        &self,
+        caller: &Caller,
+        proposal: Proposal,
+        note: &str,
+        (ceremony_id, credential_json): (&str, &str),
+    ) -> Result<ChangeView, WorkflowError> {
+        if matches!(caller, Caller::Workload(_)) {
+            return Err(WorkflowError::LocalOnly);
+        }
+        Self::check_note(note)?;
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
+        if meta.genesis == Genesis::Open {
+            return Err(WorkflowError::LocalOnly);
+        }
+        let kind = self.change_kind(proposal)?;
+        let operators = self.operators();
+        let operator = operators.ceremony_operator(ceremony_id)?;
+        let mut prepared = operators.prepare_assertion(
+            ceremony_id,
+            &proposal_digest(&operator, &kind, note),
+            credential_json,
+            "change.proposal_signed",
+            String::new(),
+        )?;
+        if let Some(map) = prepared.event.details.as_object_mut() {
+            map.insert("via".into(), caller.via().into());
+        }
+        self.record_change(
+            Actor::Operator { name: operator },
+            kind,
+            note,
+            prepared.txn,
+            Some(prepared.event),
+        )
     }
 
     /// Records a change (and applies it at once during genesis), committing `txn` with it.
@@ -193,6 +274,7 @@ impl Authority {
         kind: ChangeKind,
         note: &str,
         mut txn: Txn,
+        signed: Option<Event>,
     ) -> Result<ChangeView, WorkflowError> {
         let now = self.clock.now();
         let (meta, meta_bytes) = trust_store::read_meta(self.store.as_ref())?;
@@ -213,7 +295,15 @@ impl Authority {
             votes: Vec::new(),
             state: ChangeState::Pending,
         };
-        let mut events = vec![Event {
+        // The proposer's signed assertion (remote proposals), then the proposal.
+        let mut events: Vec<Event> = signed
+            .into_iter()
+            .map(|mut e| {
+                e.subject = format!("change/{id}");
+                e
+            })
+            .collect();
+        events.push(Event {
             event: "change.proposed",
             actor: proposer.clone(),
             subject: format!("change/{id}"),
@@ -224,7 +314,7 @@ impl Authority {
                 "digest": hex::encode(change.digest()),
             }),
             evidence: None,
-        }];
+        });
         if meta.genesis == Genesis::Open {
             // Bootstrap: the local administrator is trusted until genesis closes.
             txn.require_equals(Keyspace::Meta, META_KEY, meta_bytes);
@@ -285,7 +375,7 @@ impl Authority {
                 let mut scratch = Txn::new();
                 let mut extra = Vec::new();
                 self.apply_change(&kind, "dry-run", &mut scratch, &mut extra)?;
-                let view = self.record_change(actor, kind, note, txn)?;
+                let view = self.record_change(actor, kind, note, txn, None)?;
                 Ok((*authenticator, meta.genesis, Some(view)))
             }
         }

@@ -84,8 +84,12 @@ pub enum WorkflowError {
          --introspect` (a trust-store change)"
     )]
     IntrospectionNotAllowed,
-    /// Trust-store changes are proposed from the bastion's local socket.
-    #[error("trust-store changes can only be proposed over the local socket")]
+    /// Trust-store changes are proposed from the bastion's local socket, or (after genesis)
+    /// signed by the proposer's key on the remote port.
+    #[error(
+        "trust-store changes are proposed over the local socket, or after genesis signed by the \
+         proposer's key (BeginProposeChange; `latchkey --server … --as YOU`)"
+    )]
     LocalOnly,
     /// Read sessions are for the remote operator port; on the bastion's socket reads need none.
     #[error("read sessions are opened on the remote operator port; the local socket needs none")]

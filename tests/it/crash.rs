@@ -60,6 +60,7 @@ async fn setup() -> (DaemonDir, Daemon, Vec<(String, Key)>, ClientCert) {
             .propose_change(pb::ProposeChangeRequest {
                 note: "bootstrap".into(),
                 change: Some(change),
+                ..Default::default()
             })
             .await
             .unwrap();

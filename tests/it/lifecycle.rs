@@ -182,6 +182,7 @@ async fn a_store_restored_from_an_older_copy_is_refused_until_the_rollback_is_ac
                 change: Some(pb::propose_change_request::Change::PutScope(
                     crate::support::world::db_root(600),
                 )),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -415,6 +416,7 @@ async fn a_flipped_byte_anywhere_in_the_log_never_serves_an_older_state() {
             .propose_change(pb::ProposeChangeRequest {
                 note: "bootstrap".into(),
                 change: Some(pb::propose_change_request::Change::PutScope(scope)),
+                ..Default::default()
             })
             .await
             .unwrap();

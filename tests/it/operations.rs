@@ -902,6 +902,27 @@ async fn responders_request_approve_and_collect_from_their_own_devices_with_the_
     let shown = text(&collected);
     assert!(collected.status.success(), "{shown}");
     assert!(shown.contains("lkbg_"), "{shown}");
+    // An admin proposes a change from her laptop: her key signs the proposal.
+    let proposed = run({
+        let mut c = remote_cli(&bg, &spki);
+        c.env("LATCHKEY_SOFT_TOKEN", token(&bg, "alice"))
+            .args(["--as", "alice", "scope", "remove", "drill-db"])
+            .args(["--note", "the drill scope is retired"]);
+        c
+    })
+    .await;
+    let shown = text(&proposed);
+    assert!(proposed.status.success(), "{shown}");
+    assert!(
+        shown.contains("touch your key to sign the proposal"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("operator/alice"),
+        "the proposer is the key's operator: {shown}"
+    );
+    assert!(shown.contains("latchkey change approve "), "{shown}");
+
     let cert = public.with_file_name("carol-cert.pub");
     assert!(
         std::fs::read_to_string(&cert)

@@ -161,13 +161,26 @@ async fn a_remote_caller_without_a_session_reads_nothing_and_bastion_calls_are_r
         tonic::Code::PermissionDenied,
         "caller.remote_not_allowed".to_owned(),
     );
+    // An unsigned proposal is refused (a signed one needs a session to begin).
     assert_eq!(
         refusal(
             trust
-                .propose_change(pb::ProposeChangeRequest::default())
+                .propose_change(pb::ProposeChangeRequest {
+                    note: "give erin dba-oncall".into(),
+                    change: Some(pb::propose_change_request::Change::SetOperatorRoles(
+                        pb::SetOperatorRoles {
+                            operator: "erin".into(),
+                            roles: vec!["dba-oncall".into()],
+                        }
+                    )),
+                    ..Default::default()
+                })
                 .await
         ),
-        not_here
+        (
+            tonic::Code::PermissionDenied,
+            "change.local_only".to_owned()
+        )
     );
     assert_eq!(
         refusal(
@@ -451,5 +464,87 @@ async fn a_remote_watch_ends_with_the_read_session_it_started_under() {
         }
         other => panic!("the watch outlived its session: {other:?}"),
     }
+    w.bg.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_proposes_a_change_from_their_laptop_signed_by_their_key() {
+    let mut w = remote_world().await;
+    let proposal = pb::ProposeChangeRequest {
+        note: "erin joins the DBA rotation (ticket OPS-7)".into(),
+        change: Some(pb::propose_change_request::Change::SetOperatorRoles(
+            pb::SetOperatorRoles {
+                operator: "erin".into(),
+                roles: vec!["web-oncall".into(), "dba-oncall".into()],
+            },
+        )),
+        ..Default::default()
+    };
+    let laptop = remote(&w).await;
+    session(&mut w, &laptop, "alice").await;
+
+    // A response signed for one proposal does not carry another.
+    let begun = TrustServiceClient::new(laptop.clone())
+        .begin_propose_change(pb::BeginProposeChangeRequest {
+            operator: "alice".into(),
+            proposal: Some(proposal.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let signed = w.bg.sign(
+        "alice",
+        0,
+        serde_json::from_str(&begun.request_options_json).unwrap(),
+    );
+    let before = w.bg.snapshot();
+    let swapped = TrustServiceClient::new(laptop.clone())
+        .propose_change(pb::ProposeChangeRequest {
+            note: "erin joins the DBA rotation (ticket OPS-8)".into(),
+            ceremony_id: begun.ceremony_id.clone(),
+            credential_json: signed,
+            ..proposal.clone()
+        })
+        .await;
+    assert_eq!(code(&swapped.unwrap_err()), "assertion.wrong_digest");
+    assert_eq!(w.bg.snapshot(), before);
+
+    // Signed through the client, as the CLI does over --server.
+    let key = w.bg.keys.get_mut("alice").unwrap()[0].as_mut();
+    let change = latchkey::client::propose_signed(laptop, proposal, "alice", key, Some(ORIGIN))
+        .await
+        .unwrap();
+    assert_eq!(change.state(), pb::ChangeState::Pending);
+    assert_eq!(change.proposer, "operator/alice");
+    for admin in ["bob", "frank"] {
+        w.bg.vote(
+            Target::Change(change.id.clone()),
+            admin,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let records = all_records(w.bg.local().await).await;
+    let signed = records
+        .iter()
+        .find(|r| {
+            r.event == "change.proposal_signed" && r.subject == format!("change/{}", change.id)
+        })
+        .expect("the proposer's signature is in the audit log");
+    let signed: serde_json::Value = serde_json::from_str(&signed.json).unwrap();
+    assert!(
+        signed["details"]["via"]
+            .as_str()
+            .unwrap()
+            .starts_with("remote ")
+    );
+    assert!(signed["evidence"].is_object(), "{signed}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event == "change.applied" && r.json.contains(&change.id))
+    );
     w.bg.stop().await;
 }

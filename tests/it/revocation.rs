@@ -556,6 +556,7 @@ async fn after_downtime_every_expired_grant_is_revoked_before_the_first_call_is_
             .propose_change(pb::ProposeChangeRequest {
                 note: "first call after the restart".into(),
                 change: Some(pb::propose_change_request::Change::PutScope(db_root(600))),
+                ..Default::default()
             })
             .await
             .unwrap()

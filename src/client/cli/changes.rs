@@ -105,22 +105,38 @@ fn print_change(out: Out, c: &pb::ChangeInfo) {
     }
 }
 
-/// Sends a proposal and prints the change.
+/// Sends a proposal and prints the change. Over `--server` the proposer's key signs it.
 pub(super) async fn propose(
     channel: Channel,
     out: Out,
     note: String,
     change: pb::propose_change_request::Change,
 ) -> Result<(), ClientError> {
-    let c = TrustServiceClient::new(channel)
-        .propose_change(pb::ProposeChangeRequest {
-            note,
-            change: Some(change),
-        })
-        .await?
-        .into_inner()
-        .change
-        .ok_or_else(|| ClientError::Protocol("no change".into()))?;
+    let proposal = pb::ProposeChangeRequest {
+        note,
+        change: Some(change),
+        ..Default::default()
+    };
+    let c = match super::remote_signer() {
+        Some(signer) => {
+            let mut key = signer.key.open()?;
+            eprintln!("touch your key to sign the proposal");
+            crate::client::propose_signed(
+                channel,
+                proposal,
+                &signer.operator,
+                key.as_mut(),
+                signer.key.origin.as_deref(),
+            )
+            .await?
+        }
+        None => TrustServiceClient::new(channel)
+            .propose_change(proposal)
+            .await?
+            .into_inner()
+            .change
+            .ok_or_else(|| ClientError::Protocol("no change".into()))?,
+    };
     print_change(out, &c);
     if !out.json && c.state() == pb::ChangeState::Pending {
         eprintln!(

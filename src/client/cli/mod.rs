@@ -465,9 +465,19 @@ async fn connect(cli: &Cli) -> Result<Channel, ClientError> {
 }
 
 /// The operator and key of the read session over `--server`.
+#[derive(Clone)]
 pub(super) struct Session {
     operator: String,
     key: KeyChoice,
+}
+
+/// Over `--server`: who signs trust-store proposals (set once, as the command starts; the
+/// CLI runs one command per process).
+static REMOTE_SIGNER: std::sync::OnceLock<Session> = std::sync::OnceLock::new();
+
+/// The operator whose key signs proposals over `--server`, if any.
+fn remote_signer() -> Option<&'static Session> {
+    REMOTE_SIGNER.get()
 }
 
 /// Who opens the read session over `--server`, and with which key: the command's own
@@ -519,6 +529,9 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         .then(|| session_identity(&cli))
         .flatten()
         .map(|(operator, key)| Session { operator, key });
+    if let Some(signer) = &session {
+        let _once = REMOTE_SIGNER.set(signer.clone());
+    }
     let out = Out { json: cli.json };
     match cli.command {
         Command::Status => status(channel, out).await?,

@@ -251,6 +251,7 @@ impl Bg {
             .propose_change(pb::ProposeChangeRequest {
                 note: note.into(),
                 change: Some(change),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner().change.unwrap())
