@@ -339,6 +339,8 @@ impl AsyncRead for UnixConn {
 delegate_write!(UnixConn);
 delegate_read!(TlsConn);
 delegate_write!(TlsConn);
+delegate_read!(super::remote::RemoteConn);
+delegate_write!(super::remote::RemoteConn);
 
 impl Connected for UnixConn {
     type ConnectInfo = UnixPeerInfo;

