@@ -18,6 +18,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn answer(
     authority: Arc<Authority>,
+    notify: super::notify::Health,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, body: String| {
@@ -43,7 +44,9 @@ async fn answer(
     Ok(match snapshot {
         Ok(Ok(s)) => reply(
             StatusCode::OK,
-            crate::service::metrics::render(&s) + &super::process_metrics::render(),
+            crate::service::metrics::render(&s)
+                + &notify.render()
+                + &super::process_metrics::render(),
         ),
         Ok(Err(e)) => {
             tracing::error!("metrics: {e}");
@@ -65,7 +68,7 @@ async fn answer(
 /// Serves `/metrics` on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
-    authority: Arc<Authority>,
+    (authority, notify): (Arc<Authority>, super::notify::Health),
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     tokio::pin!(stop);
@@ -81,9 +84,11 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let authority = authority.clone();
+                let (authority, notify) = (authority.clone(), notify.clone());
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |r| answer(authority.clone(), r));
+                    let service = hyper::service::service_fn(move |r| {
+                        answer(authority.clone(), notify.clone(), r)
+                    });
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await

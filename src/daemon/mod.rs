@@ -437,19 +437,22 @@ async fn bind_metrics(
     Ok((metrics_listener, metrics_addr))
 }
 
-/// The daemon's own tasks beside the gRPC servers: the metrics listener, the revocation
-/// scheduler, the checkpoint timer and the challenge sweeper.
+/// The daemon's own tasks beside the gRPC servers: the notification sinks, the metrics
+/// listener, the revocation scheduler, the checkpoint timer and the challenge sweeper. Fails
+/// (before any runs) if a sink's secrets are unusable.
 fn spawn_tasks(
     servers: &mut JoinSet<Result<(), tonic::transport::Error>>,
     authority: &Arc<Authority>,
     metrics_listener: Option<tokio::net::TcpListener>,
     config: &Config,
     stop: &watch::Sender<bool>,
-) {
+) -> Result<(), DaemonError> {
+    let notify_health = notify::Health::default();
+    notify::spawn(servers, authority, (&config.notify, &notify_health), stop)?;
     if let Some(listener) = metrics_listener {
         servers.spawn(metrics_http::serve(
             listener,
-            authority.clone(),
+            (authority.clone(), notify_health.clone()),
             stopped(stop),
         ));
     }
@@ -460,6 +463,7 @@ fn spawn_tasks(
         stopped(stop),
     ));
     servers.spawn(challenge_sweeper(authority.clone(), stopped(stop)));
+    Ok(())
 }
 
 /// Resolves once `stop` says so, or once it is gone.
@@ -616,8 +620,7 @@ pub async fn start_layered(
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
 
-    spawn_tasks(&mut servers, &authority, metrics_listener, config, &stop);
-    notify::spawn(&mut servers, &authority, &config.notify, &stop)?;
+    spawn_tasks(&mut servers, &authority, metrics_listener, config, &stop)?;
 
     log_serving(
         &addresses,

@@ -65,6 +65,82 @@ pub const EVENTS: &[&str] = &[
     "revocation_unconfirmed",
 ];
 
+/// How each sink is doing, for the metrics listener.
+#[derive(Clone, Debug, Default)]
+pub struct Health(Arc<std::sync::Mutex<std::collections::BTreeMap<String, SinkHealth>>>);
+
+/// One sink's counts.
+#[derive(Clone, Copy, Debug, Default)]
+struct SinkHealth {
+    delivered: u64,
+    failed: u64,
+    abandoned: u64,
+    /// The latest attempt failed.
+    failing: bool,
+}
+
+impl Health {
+    fn record(&self, sink: &str, outcome: &Attempt) {
+        let mut all = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let h = all.entry(sink.to_owned()).or_default();
+        match outcome {
+            Attempt::Delivered => h.delivered += 1,
+            Attempt::Failed(_) => h.failed += 1,
+            Attempt::Abandoned(_) => h.abandoned += 1,
+        }
+        h.failing = !matches!(outcome, Attempt::Delivered);
+    }
+
+    fn start(&self, sink: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(sink.to_owned())
+            .or_default();
+    }
+
+    /// The sinks' metrics in the Prometheus text format (headers even with no sink).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let all = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut out = String::from(
+            "# HELP latchkey_notify_attempts_total Notification attempts per sink and outcome.\n\
+             # TYPE latchkey_notify_attempts_total counter\n",
+        );
+        for (sink, h) in &all {
+            for (outcome, n) in [
+                ("delivered", h.delivered),
+                ("failed", h.failed),
+                ("abandoned", h.abandoned),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "latchkey_notify_attempts_total{{sink=\"{sink}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP latchkey_notify_failing 1 while a sink's latest attempt failed: approvers may not be told.\n\
+             # TYPE latchkey_notify_failing gauge\n",
+        );
+        for (sink, h) in &all {
+            let _ = writeln!(
+                out,
+                "latchkey_notify_failing{{sink=\"{sink}\"}} {}",
+                u8::from(h.failing)
+            );
+        }
+        out
+    }
+}
+
 /// Validated notification settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NotifyConfig {
@@ -300,7 +376,7 @@ fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
 pub(super) fn spawn(
     tasks: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
     authority: &Arc<Authority>,
-    config: &NotifyConfig,
+    (config, health): (&NotifyConfig, &Health),
     stop: &tokio::sync::watch::Sender<bool>,
 ) -> Result<(), NotifyError> {
     let sinks = config
@@ -309,10 +385,12 @@ pub(super) fn spawn(
         .map(Sink::open)
         .collect::<Result<Vec<_>, _>>()?;
     for sink in sinks {
+        health.start(&sink.config.name);
         let worker = Worker {
             authority: authority.clone(),
             sink,
             settings: config.clone(),
+            health: health.clone(),
         };
         let stop = super::stopped(stop);
         tasks.spawn(async move {
@@ -337,6 +415,7 @@ struct Worker {
     authority: Arc<Authority>,
     sink: Sink,
     settings: NotifyConfig,
+    health: Health,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -461,6 +540,7 @@ impl Worker {
                 Err(e) if attempt == self.settings.max_attempts => Attempt::Abandoned(e),
                 Err(e) => Attempt::Failed(e),
             };
+            self.health.record(&self.sink.config.name, &outcome);
             if let Attempt::Failed(e) | Attempt::Abandoned(e) = &outcome {
                 tracing::warn!(sink = %self.sink.config.name, event = n.event, attempt, "notification failed: {e}");
             }

@@ -656,13 +656,7 @@ fn the_cli_walks_a_request_from_scope_to_introspection() {
     let again = crate::support::latchkey_cli()
         .env("HOME", other_home.path())
         // The delivery key stays where `request` kept it.
-        .env(
-            "XDG_STATE_HOME",
-            std::env::var_os("XDG_STATE_HOME").map_or_else(
-                || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/state"),
-                std::path::PathBuf::from,
-            ),
-        )
+        .env("XDG_STATE_HOME", crate::support::cli_state_home())
         .arg("--socket")
         .arg(daemon.socket_path())
         .args(["wait", id])

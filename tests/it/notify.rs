@@ -98,7 +98,9 @@ async fn sinks_hear_of_a_new_request_and_a_failing_one_is_retried_and_audited_wh
     );
     private_file(&dir.join("token"), "s3cret\n");
     let extra = format!(
-        r#"[notify]
+        r#"[metrics]
+listen = "127.0.0.1:0"
+[notify]
 retry_initial_ms = 10
 [[notify.sink]]
 name = "pager"
@@ -191,6 +193,26 @@ webhook_ca_file = "{ca}"
     let success = &serde_json::from_str::<serde_json::Value>(&delivered.json).unwrap()["details"];
     assert_eq!(success["attempt"], 2);
     assert_eq!(success["event"], "request_created");
+    // The metrics say so too (what the shipped LatchkeyNotificationsFailing alert reads).
+    let addr = w.bg.running().metrics_addr().unwrap();
+    let scraped = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "30"])
+            .arg(format!("http://{addr}/metrics"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let scraped = String::from_utf8_lossy(&scraped.stdout);
+    assert!(
+        scraped.contains("latchkey_notify_attempts_total{sink=\"flaky\",outcome=\"failed\"} 1\n"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("latchkey_notify_failing{sink=\"flaky\"} 0\n"),
+        "{scraped}"
+    );
 
     // The webhook hears the approval too (no event filter).
     let next = tokio::time::timeout(Duration::from_secs(60), posts.recv())

@@ -723,10 +723,11 @@ async fn the_shipped_alert_rules_and_dashboard_use_only_metrics_the_daemon_expor
     );
     let bg = drill_world("").await;
     let scraped = scrape(&bg).await;
+    // Every metric family the daemon declares (a family may have no sample yet: no sink).
     let exported: std::collections::HashSet<&str> = scraped
         .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
         .collect();
     for name in [
         "latchkey_build_info",

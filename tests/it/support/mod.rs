@@ -24,8 +24,26 @@ pub(crate) fn latchkeyd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_latchkeyd"))
 }
 
+/// The home the CLI runs with in tests (under the target dir, never the real `$HOME`): its
+/// delivery keys, certificates and config stay out of the user's.
+pub(crate) fn cli_home() -> PathBuf {
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-home");
+    std::fs::create_dir_all(&home).unwrap();
+    home
+}
+
+/// Where the CLI keeps state in tests (`XDG_STATE_HOME`).
+pub(crate) fn cli_state_home() -> PathBuf {
+    cli_home().join(".local/state")
+}
+
 pub(crate) fn latchkey_cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_latchkey"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    cmd.env("HOME", cli_home())
+        .env("XDG_STATE_HOME", cli_state_home())
+        .env("XDG_CONFIG_HOME", cli_home().join(".config"))
+        .env_remove("LATCHKEY_CONFIG");
+    cmd
 }
 
 /// A data dir initialised by `latchkeyd init`, with a config file beside it.
