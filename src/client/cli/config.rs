@@ -8,6 +8,8 @@
 //! server = "bastion-1.example.net:7444"   # the remote operator port (omit on the bastion)
 //! server_spki = "3480907e…"               # `tls spki` from `latchkey status` on the bastion
 //! operator = "carol"                      # your operator name
+//! # device = 1                           # with several USB keys plugged in
+//! # piv = true                            # sign with the YubiKey's PIV applet
 //! # socket = "/run/latchkey/latchkeyd.sock"
 //! # soft_token = "/home/carol/carol.tok"  # dev daemons only
 //! ```
@@ -35,6 +37,11 @@ pub struct ClientConfig {
     pub socket: Option<PathBuf>,
     /// A software token file (dev daemons only).
     pub soft_token: Option<PathBuf>,
+    /// Which USB key, with several plugged in (`latchkey key devices`).
+    pub device: Option<usize>,
+    /// Sign with the YubiKey's PIV applet instead of FIDO2.
+    #[serde(default)]
+    pub piv: bool,
 }
 
 /// Where the config is looked for, and whether it was named (`LATCHKEY_CONFIG`).
@@ -100,6 +107,14 @@ impl ClientConfig {
             {
                 c = c.mut_arg("soft_token", |a| a.default_value(text(token)));
             }
+            if let Some(device) = self.device
+                && ids.iter().any(|i| i == "device")
+            {
+                c = c.mut_arg("device", |a| a.default_value(device.to_string()));
+            }
+            if self.piv && ids.iter().any(|i| i == "piv") {
+                c = c.mut_arg("piv", |a| a.default_value("true"));
+            }
             c
         };
         let names: Vec<String> = cmd
@@ -126,6 +141,34 @@ impl ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_selection_becomes_the_default_of_every_command_that_signs() {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let config: ClientConfig =
+            toml::from_str("version = 1\noperator = \"carol\"\ndevice = 2\npiv = true\n").unwrap();
+        let matches = config
+            .apply(super::super::Cli::command())
+            .try_get_matches_from(["latchkey", "approve", "c0ffee"])
+            .unwrap();
+        let cli = super::super::Cli::from_arg_matches(&matches).unwrap();
+        let super::super::Command::Approve(args) = cli.command else {
+            panic!("not approve");
+        };
+        assert_eq!(args.operator, "carol");
+        assert_eq!(args.key.device, Some(2));
+        assert!(args.key.piv);
+        // A flag still wins.
+        let matches = config
+            .apply(super::super::Cli::command())
+            .try_get_matches_from(["latchkey", "approve", "c0ffee", "--operator", "dave"])
+            .unwrap();
+        let cli = super::super::Cli::from_arg_matches(&matches).unwrap();
+        let super::super::Command::Approve(args) = cli.command else {
+            panic!("not approve");
+        };
+        assert_eq!(args.operator, "dave");
+    }
 
     #[test]
     fn an_unknown_key_or_version_is_refused_with_the_file_named() {
