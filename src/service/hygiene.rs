@@ -145,7 +145,58 @@ impl Authority {
         out.extend(accountability_findings(&scopes));
         out.extend(self.drill_findings(&scopes, now, drill_max_age)?);
         out.push(self.revocation_finding()?);
+        out.push(self.notification_finding()?);
         Ok(out)
+    }
+
+    /// Whether a notification sink's latest attempt (in the recent audit log) failed: then
+    /// approvers may not be told of requests.
+    fn notification_finding(&self) -> Result<Finding, WorkflowError> {
+        /// How far back the audit log is read.
+        const RECENT: u64 = 5000;
+        let head = self.audit.head_seq();
+        let mut latest: std::collections::BTreeMap<String, (u64, String)> =
+            std::collections::BTreeMap::new();
+        let mut from = head.saturating_sub(RECENT).max(1);
+        loop {
+            let page = self
+                .audit
+                .read(from, crate::base::constants::MAX_AUDIT_PAGE)?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                break;
+            };
+            for r in page {
+                if let Some(sink) = r.subject.strip_prefix("notify/")
+                    && r.event.starts_with("notify.")
+                    && r.event != "notify.sink_started"
+                {
+                    latest.insert(sink.to_owned(), (r.seq, r.event));
+                }
+            }
+            from = last + 1;
+        }
+        let failing: Vec<String> = latest
+            .iter()
+            .filter(|(_, (_, event))| event != "notify.delivered")
+            .map(|(sink, (seq, event))| format!("{sink} ({event} at record {seq})"))
+            .collect();
+        Ok(if failing.is_empty() {
+            Finding::new(
+                Level::Pass,
+                "notify.failing",
+                "no notification sink's latest attempt failed",
+            )
+        } else {
+            Finding::new(
+                Level::Warn,
+                "notify.failing",
+                format!(
+                    "notification sinks failing: {}; approvers may not be told of requests \
+                     (the error is in that audit record and in the daemon's log)",
+                    failing.join(", ")
+                ),
+            )
+        })
     }
 
     /// Whether dev mode is on: it trusts software authenticators, which only tests and demos

@@ -6,6 +6,7 @@
 mod challenges;
 mod changes;
 mod genesis;
+mod notifications;
 mod requests;
 mod revocation;
 mod votes;
