@@ -57,8 +57,13 @@ impl Authority {
     /// requests from the store.
     pub fn expire_lapsed_requests(&self) -> Result<u64, WorkflowError> {
         if !self.lapses.loaded.swap(true, Ordering::AcqRel) {
-            for (_, raw) in self.store.scan_from(Keyspace::Requests, b"", usize::MAX)? {
-                let request: Request = store::decode(&raw)?;
+            for (key, raw) in self.store.scan_from(Keyspace::Requests, b"", usize::MAX)? {
+                // A record that does not decode is the store's damage to report (doctor,
+                // reads); it must not stop every other request from lapsing.
+                let Ok(request) = store::decode::<Request>(&raw) else {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), "undecodable request skipped");
+                    continue;
+                };
                 if request.state == RequestState::Pending {
                     self.note_pending(&request);
                 }
@@ -69,7 +74,9 @@ impl Authority {
             let Some(raw) = self.store.get(Keyspace::Requests, id.as_bytes())? else {
                 continue;
             };
-            let mut request: Request = store::decode(&raw)?;
+            let Ok(mut request) = store::decode::<Request>(&raw) else {
+                continue;
+            };
             let now = self.clock.now();
             // Decided meanwhile (or not yet due after all): nothing to write.
             if request.state != RequestState::Pending || now < request.canonical.pending_until {
