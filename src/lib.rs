@@ -16,6 +16,7 @@ pub mod rpc;
 pub mod service;
 pub mod store;
 pub mod verify;
+pub mod web;
 
 /// Types generated from `proto/latchkey/v1`. Only [`rpc`] and [`client`] use them.
 #[allow(clippy::all, clippy::pedantic, missing_docs)] // generated code

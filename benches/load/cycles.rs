@@ -428,7 +428,7 @@ pub(crate) fn assertion_verifications(duration: Duration) -> f64 {
     let rp = Arc::new(
         latchkey::verify::fido2::Fido2::new(
             latchkey::base::constants::DEFAULT_RP_ID,
-            latchkey::base::constants::DEFAULT_ORIGIN,
+            &[latchkey::base::constants::DEFAULT_ORIGIN],
             &[],
             &[],
             true,

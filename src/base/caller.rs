@@ -26,6 +26,8 @@ pub struct RemotePeer {
     pub connection: u64,
     /// The operator whose read session is open on this connection, if any.
     pub session_operator: Option<String>,
+    /// Whether it came through the approval page (`[web]`) rather than the gRPC port.
+    pub web: bool,
 }
 
 /// Peer credentials of a local socket connection.
@@ -67,6 +69,7 @@ impl Caller {
         match self {
             Caller::Local(p) => format!("local uid={}", p.uid),
             Caller::Workload(w) => format!("workload {}", w.name),
+            Caller::Remote(r) if r.web => format!("web {}", r.addr),
             Caller::Remote(r) => format!("remote {}", r.addr),
         }
     }
@@ -92,5 +95,11 @@ pub enum Actor {
     Operator {
         /// Operator name.
         name: String,
+    },
+    /// Someone on the approval page who has not proven to be an operator (they may only
+    /// propose a new key for one, which admins then decide on).
+    Web {
+        /// Where the page was used from.
+        addr: String,
     },
 }

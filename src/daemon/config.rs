@@ -76,6 +76,7 @@ struct RawConfig {
     unix: RawUnix,
     tls: Option<RawTls>,
     remote: Option<RawTls>,
+    web: Option<RawWeb>,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
@@ -92,6 +93,68 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     notify: super::notify::RawNotify,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: String,
+    origin: String,
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+}
+
+/// The approval page (`[web]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Where it listens (HTTPS).
+    pub listen: SocketAddr,
+    /// The origin browsers show for it (`https://HOST[:PORT]`), accepted by WebAuthn.
+    pub origin: String,
+    /// Certificate chain and private key (PEM files) to serve it with; None: the daemon's
+    /// own TLS certificate.
+    pub certificate: Option<(PathBuf, PathBuf)>,
+}
+
+/// `[web]`: the origin must be HTTPS, without a path, on the relying-party id or below it.
+fn web_config(raw: &RawWeb, rp_id: &str) -> Result<WebConfig, String> {
+    let listen = raw
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("web.listen {:?}: {e}", raw.listen))?;
+    let url =
+        url::Url::parse(&raw.origin).map_err(|e| format!("web.origin {:?}: {e}", raw.origin))?;
+    let host = url.host_str().unwrap_or_default();
+    if url.scheme() != "https" || !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(format!(
+            "web.origin {:?} must be https://HOST[:PORT], without a path: browsers offer WebAuthn only to secure origins",
+            raw.origin
+        ));
+    }
+    if host != rp_id && !host.ends_with(&format!(".{rp_id}")) {
+        return Err(format!(
+            "web.origin {:?}: its host must be fido2.rp_id ({rp_id}) or a name under it, or browsers refuse every key",
+            raw.origin
+        ));
+    }
+    let certificate = match (&raw.certificate, &raw.private_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) if c.is_absolute() && k.is_absolute() => Some((c.clone(), k.clone())),
+        (Some(_), Some(_)) => {
+            return Err("web.certificate and web.private_key must be absolute paths".to_owned());
+        }
+        _ => {
+            return Err(
+                "web.certificate and web.private_key go together (or neither: the daemon's own certificate)"
+                    .to_owned(),
+            );
+        }
+    };
+    Ok(WebConfig {
+        listen,
+        origin: url.origin().ascii_serialization(),
+        certificate,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +279,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The optional remote operator port (TLS without client certificates).
     pub remote: Option<SocketAddr>,
+    /// The optional approval page.
+    pub web: Option<WebConfig>,
     /// When audit checkpoints are written.
     pub audit: AuditConfig,
     /// FIDO2 relying party and policy.
@@ -376,7 +441,14 @@ impl Config {
             .transpose()
             .map_err(&invalid)?;
         let audit = audit_config(&raw.audit).map_err(&invalid)?;
-        let fido2 = fido2_config(raw.fido2).map_err(&invalid)?;
+        let mut fido2 = fido2_config(raw.fido2).map_err(&invalid)?;
+        let web = raw
+            .web
+            .as_ref()
+            .map(|w| web_config(w, &fido2.rp_id))
+            .transpose()
+            .map_err(&invalid)?;
+        fido2.page_origin = web.as_ref().map(|w| w.origin.clone());
         let revocation = revocation_config(raw.revocation, &raw.data_dir).map_err(&invalid)?;
         let metrics = raw
             .metrics
@@ -397,6 +469,7 @@ impl Config {
             limits,
             notify,
             remote,
+            web,
             piv: PivConfig {
                 require_touch: raw.piv.require_touch,
                 require_pin: raw.piv.require_pin,
@@ -458,6 +531,17 @@ introspect_uids = []
 # fresh key touch; reads need a five-minute session. docs/remote.md.
 # [remote]
 # listen = "0.0.0.0:7444"
+
+# The approval page: approvers without the CLI approve, deny and revoke in a browser with their
+# security key (each action signs its own digest; no cookies, no session). The origin is what
+# the browser shows; its host must be fido2.rp_id or a name under it. Without certificate and
+# private_key the daemon's own certificate serves it (operators pin it); any CA's works too.
+# docs/web.md.
+# [web]
+# listen = "0.0.0.0:8443"
+# origin = "https://{rp_id}:8443"
+# certificate = "/etc/latchkey/web.crt"
+# private_key = "/etc/latchkey/web.key"
 
 [audit]
 # A checkpoint signed by the audit key after this many records, or this many seconds with
@@ -597,6 +681,7 @@ fn fido2_config(raw: RawFido2) -> Result<Fido2Config, String> {
     Ok(Fido2Config {
         rp_id: raw.rp_id.unwrap_or_else(|| DEFAULT_RP_ID.to_owned()),
         origin: raw.origin.unwrap_or_else(|| DEFAULT_ORIGIN.to_owned()),
+        page_origin: None,
         require_user_verification: raw.require_user_verification,
         challenge_ttl: Duration::from_secs(ttl),
         attestation_cas: raw.attestation_cas,

@@ -26,6 +26,8 @@ pub struct Bound {
     pub tls: Option<TcpListener>,
     /// The remote operator port (always bound by the daemon itself, from `[remote]`).
     pub remote: Option<TcpListener>,
+    /// The approval page (always bound by the daemon itself, from `[web]`).
+    pub web: Option<TcpListener>,
     /// Whether the sockets came from systemd.
     pub activated: bool,
 }
@@ -53,6 +55,11 @@ impl Bound {
         {
             out.push(format!("remote:{addr}"));
         }
+        if let Some(l) = &self.web
+            && let Ok(addr) = l.local_addr()
+        {
+            out.push(format!("web:https://{addr}/"));
+        }
         out
     }
 
@@ -73,6 +80,11 @@ impl Bound {
     /// The bound remote operator address, if any.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound approval page address, if any.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -134,6 +146,7 @@ fn bind_listeners(config: &Config) -> Result<Bound, DaemonError> {
     if fds.len() > 0 {
         let mut bound = activated(&mut fds)?;
         bound.remote = bind_remote(config)?;
+        bound.web = bind_web(config)?;
         return Ok(bound);
     }
     let unix = bind_unix(config)?;
@@ -151,8 +164,20 @@ fn bind_listeners(config: &Config) -> Result<Bound, DaemonError> {
         unix: Some(unix),
         tls,
         remote: bind_remote(config)?,
+        web: bind_web(config)?,
         activated: false,
     })
+}
+
+fn bind_web(config: &Config) -> Result<Option<TcpListener>, DaemonError> {
+    let Some(web) = &config.web else {
+        return Ok(None);
+    };
+    let std = std::net::TcpListener::bind(web.listen).map_err(|e| DaemonError::Listen {
+        what: format!("web {}", web.listen),
+        source: e,
+    })?;
+    Ok(Some(to_tokio_tcp(std, &web.listen.to_string())?))
 }
 
 fn bind_remote(config: &Config) -> Result<Option<TcpListener>, DaemonError> {
@@ -171,6 +196,7 @@ fn activated(fds: &mut listenfd::ListenFd) -> Result<Bound, DaemonError> {
         unix: None,
         tls: None,
         remote: None,
+        web: None,
         activated: true,
     };
     for idx in 0..fds.len() {
@@ -333,6 +359,17 @@ pub fn remote_incoming(
 ) -> ReceiverStream<io::Result<RemoteConn>> {
     accept_tls(listener, acceptor, slots, |tls, remote, slot| {
         RemoteConn::new(tls, remote).map(|c| c.holding(slot))
+    })
+}
+
+/// The approval page's connections: TLS done, each holding its slot while it is open.
+pub fn web_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    slots: std::sync::Arc<ConnectionSlots>,
+) -> ReceiverStream<io::Result<crate::web::WebConn>> {
+    accept_tls(listener, acceptor, slots, |tls, remote, slot| {
+        Ok(crate::web::WebConn::new(tls, remote, slot))
     })
 }
 

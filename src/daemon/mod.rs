@@ -78,6 +78,10 @@ pub enum DaemonError {
     /// systemd passed sockets latchkeyd cannot use. Fix the .socket unit.
     #[error("socket activation: {0}")]
     Activation(String),
+    /// The approval page's certificate or key file is unusable. Fix `[web]` (a private key
+    /// file must be 0600, owned by the daemon's user).
+    #[error("approval page: {0}")]
+    Web(String),
     /// TLS could not be set up with the daemon's key. Check the TLS files in the data dir.
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
@@ -241,6 +245,7 @@ pub struct Running {
     addresses: Vec<String>,
     tls_addr: Option<std::net::SocketAddr>,
     remote_addr: Option<std::net::SocketAddr>,
+    web_addr: Option<std::net::SocketAddr>,
     metrics_addr: Option<std::net::SocketAddr>,
     socket_file: Option<PathBuf>,
     authority: Arc<Authority>,
@@ -268,6 +273,11 @@ impl Running {
     /// The bound remote operator address, if `[remote]` is set.
     pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
         self.remote_addr
+    }
+
+    /// The bound approval page address, if `[web]` is set.
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web_addr
     }
 
     /// The metrics listener's bound address (useful with port 0).
@@ -547,6 +557,7 @@ pub async fn start_layered(
     let addresses = bound.addresses_with(metrics_addr);
     let tls_addr = bound.tls_addr();
     let remote_addr = bound.remote_addr();
+    let web_addr = bound.web_addr();
     let (health, health_service) = health().await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
 
@@ -620,6 +631,25 @@ pub async fn start_layered(
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
 
+    if let (Some(listener), Some(web)) = (bound.web, &config.web) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::web_server_config(
+            &keys,
+            web.certificate.as_ref(),
+        )?));
+        let incoming = listen::web_incoming(
+            listener,
+            acceptor,
+            // Browsers open a few connections each; an address holds as many as a local user.
+            ConnectionSlots::new(config.limits.connections, config.limits.connections_per_uid),
+        );
+        servers.spawn(crate::web::serve(
+            incoming,
+            authority.clone(),
+            web.origin.clone(),
+            stopped(&stop),
+        ));
+    }
+
     spawn_tasks(&mut servers, &authority, metrics_listener, config, &stop)?;
 
     log_serving(
@@ -632,6 +662,7 @@ pub async fn start_layered(
         addresses,
         tls_addr,
         remote_addr,
+        web_addr,
         metrics_addr,
         socket_file,
         authority,

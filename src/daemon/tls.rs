@@ -11,6 +11,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureSc
 
 use crate::credential::keys::DaemonKeys;
 use crate::credential::tls::HandshakeSignatures;
+use crate::daemon::DaemonError;
 
 /// Requires a client certificate and checks the handshake signature with its key; trusts no CA.
 #[derive(Debug)]
@@ -68,6 +69,41 @@ pub fn remote_server_config(keys: &DaemonKeys) -> Result<ServerConfig, rustls::E
         .with_no_client_auth()
         .with_single_cert(vec![keys.tls_cert.clone()], keys.tls_key.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Server config of the approval page: HTTP/1.1 over TLS 1.2 or 1.3 (browsers), with the
+/// daemon's certificate or the configured one (any CA's; its key file must be private).
+pub fn web_server_config(
+    keys: &DaemonKeys,
+    certificate: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<ServerConfig, DaemonError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (chain, key) = match certificate {
+        None => (vec![keys.tls_cert.clone()], keys.tls_key.clone_key()),
+        Some((cert_path, key_path)) => {
+            let bad = |what: &std::path::Path, e: String| {
+                DaemonError::Web(format!("{}: {e}", what.display()))
+            };
+            crate::base::fsperm::check_private(key_path)
+                .map_err(|e| bad(key_path, e.to_string()))?;
+            let chain = CertificateDer::pem_file_iter(cert_path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad(cert_path, e.to_string()))?;
+            if chain.is_empty() {
+                return Err(bad(cert_path, "no certificate in the file".to_owned()));
+            }
+            let key =
+                PrivateKeyDer::from_pem_file(key_path).map_err(|e| bad(key_path, e.to_string()))?;
+            (chain, key)
+        }
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| DaemonError::Web(format!("the page's certificate: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -615,6 +615,7 @@ fn actor_label(actor: &Actor) -> String {
         Actor::Local { uid } => format!("local/{uid}"),
         Actor::Workload { name } => format!("workload/{name}"),
         Actor::Operator { name } => format!("operator/{name}"),
+        Actor::Web { addr } => format!("web/{addr}"),
     }
 }
 

@@ -350,6 +350,7 @@ impl<S> RemoteGate<S> {
             addr: info.remote,
             connection: info.connection,
             session_operator,
+            web: false,
         }))
     }
 }

@@ -237,9 +237,12 @@ impl Authority {
                 Fido2Error::Config(format!("attestation CA {}: {e}", path.display()))
             })?);
         }
+        let origins: Vec<&str> = std::iter::once(fido2_policy.origin.as_str())
+            .chain(fido2_policy.page_origin.as_deref())
+            .collect();
         let fido2 = Fido2::new(
             &fido2_policy.rp_id,
-            &fido2_policy.origin,
+            &origins,
             &extra_cas,
             &fido2_policy.allowed_aaguids,
             dev_mode,

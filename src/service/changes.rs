@@ -267,6 +267,74 @@ impl Authority {
         )
     }
 
+    /// Starts registering a key that an existing operator proposes from the approval page (a
+    /// browser, after genesis): WebAuthn creation options for that operator.
+    pub fn begin_key_proposal(
+        &self,
+        caller: &Caller,
+        operator: &str,
+    ) -> Result<crate::domain::operator::Opened, WorkflowError> {
+        let Caller::Remote(_) = caller else {
+            return Err(WorkflowError::SessionRemoteOnly);
+        };
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
+        if meta.genesis == Genesis::Open {
+            return Err(WorkflowError::LocalOnly);
+        }
+        self.operator_record(operator)?;
+        Ok(self.operators().begin_enrollment(true, operator, &[])?)
+    }
+
+    /// Records the key registered on the approval page as a proposed `add_authenticator`
+    /// change, which admins approve as any other. The proposer is recorded as the page's
+    /// caller (`Actor::Web`): nothing proves who they are, so the proofing note says who
+    /// checked it, and the change's card shows the key for comparison.
+    pub fn propose_key(
+        &self,
+        caller: &Caller,
+        ceremony_id: &str,
+        response_json: &str,
+        note: &str,
+    ) -> Result<(Authenticator, ChangeView), WorkflowError> {
+        let Caller::Remote(peer) = caller else {
+            return Err(WorkflowError::SessionRemoteOnly);
+        };
+        Self::check_note(note)?;
+        let (meta, _) = trust_store::read_meta(self.store.as_ref())?;
+        if meta.genesis == Genesis::Open {
+            return Err(WorkflowError::LocalOnly);
+        }
+        if note.trim().chars().count() < MIN_PROOFING_NOTE_LEN {
+            return Err(WorkflowError::ProofingNoteRequired);
+        }
+        let actor = Actor::Web {
+            addr: peer.addr.to_string(),
+        };
+        // Genesis never reopens, so a finished registration here is always a proposal.
+        match self
+            .operators()
+            .finish_enrollment(true, actor.clone(), ceremony_id, response_json)?
+        {
+            Enrollment::Enrolled(_) => Err(WorkflowError::LocalOnly),
+            Enrollment::Proposed {
+                authenticator,
+                new_operator_roles,
+                txn,
+            } => {
+                let kind = ChangeKind::AddAuthenticator {
+                    operator: authenticator.operator.clone(),
+                    new_operator_roles,
+                    authenticator: authenticator.clone(),
+                };
+                let mut scratch = Txn::new();
+                let mut extra = Vec::new();
+                self.apply_change(&kind, "dry-run", &mut scratch, &mut extra)?;
+                let view = self.record_change(actor, kind, note, txn, None)?;
+                Ok((*authenticator, view))
+            }
+        }
+    }
+
     /// Records a change (and applies it at once during genesis), committing `txn` with it.
     pub(in crate::service) fn record_change(
         &self,

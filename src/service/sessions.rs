@@ -84,21 +84,8 @@ impl Authority {
         let Caller::Remote(peer) = caller else {
             return Err(WorkflowError::SessionRemoteOnly);
         };
-        let operators = self.operators();
-        let operator = operators.ceremony_operator(ceremony_id)?;
         let expires_at = self.clock.now().plus(SESSION_TTL);
-        let mut prepared = operators.prepare_assertion(
-            ceremony_id,
-            &session_digest(&operator),
-            credential_json,
-            "session.opened",
-            format!("operator/{operator}"),
-        )?;
-        if let Some(map) = prepared.event.details.as_object_mut() {
-            map.insert("via".into(), caller.via().into());
-            map.insert("expires_at".into(), expires_at.unix_millis().into());
-        }
-        self.audit.commit(prepared.txn, prepared.event)?;
+        let operator = self.verify_reader(caller, ceremony_id, credential_json, expires_at)?;
         let mut open = self
             .sessions
             .open
@@ -125,6 +112,47 @@ impl Authority {
             operator,
             expires_at,
         })
+    }
+
+    /// Verifies a read assertion from the approval page and keeps nothing: the page shows
+    /// what this one touch may read in its answer, and the next read needs another touch (a
+    /// browser holds no session to steal). Audited as `session.opened` ending at once.
+    /// Returns the operator.
+    pub fn prove_reader(
+        &self,
+        caller: &Caller,
+        ceremony_id: &str,
+        credential_json: &str,
+    ) -> Result<String, WorkflowError> {
+        let Caller::Remote(_) = caller else {
+            return Err(WorkflowError::SessionRemoteOnly);
+        };
+        self.verify_reader(caller, ceremony_id, credential_json, self.clock.now())
+    }
+
+    /// Checks a session assertion and records it; returns the operator whose key made it.
+    fn verify_reader(
+        &self,
+        caller: &Caller,
+        ceremony_id: &str,
+        credential_json: &str,
+        expires_at: Timestamp,
+    ) -> Result<String, WorkflowError> {
+        let operators = self.operators();
+        let operator = operators.ceremony_operator(ceremony_id)?;
+        let mut prepared = operators.prepare_assertion(
+            ceremony_id,
+            &session_digest(&operator),
+            credential_json,
+            "session.opened",
+            format!("operator/{operator}"),
+        )?;
+        if let Some(map) = prepared.event.details.as_object_mut() {
+            map.insert("via".into(), caller.via().into());
+            map.insert("expires_at".into(), expires_at.unix_millis().into());
+        }
+        self.audit.commit(prepared.txn, prepared.event)?;
+        Ok(operator)
     }
 
     /// The operator whose session is open on remote connection `connection`, if any.

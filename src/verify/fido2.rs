@@ -234,14 +234,20 @@ impl Fido2 {
     /// authenticators (self-attested by their own CA) are accepted.
     pub fn new(
         rp_id: &str,
-        origin: &str,
+        origins: &[&str],
         extra_ca_pems: &[Vec<u8>],
         allowed_aaguids: &[Uuid],
         dev_mode: bool,
     ) -> Result<Self, Fido2Error> {
-        let origin = Url::parse(origin)
-            .map_err(|e| Fido2Error::Config(format!("origin {origin:?}: {e}")))?;
-        let webauthn = WebauthnBuilder::new(rp_id, &origin)
+        let parsed = origins
+            .iter()
+            .map(|o| Url::parse(o).map_err(|e| Fido2Error::Config(format!("origin {o:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some((origin, more)) = parsed.split_first() else {
+            return Err(Fido2Error::Config("no WebAuthn origin".to_owned()));
+        };
+        let webauthn = WebauthnBuilder::new(rp_id, origin)
+            .map(|b| more.iter().fold(b, |b, o| b.append_allowed_origin(o)))
             .and_then(|b| b.rp_name("latchkey").build())
             .map_err(|e| Fido2Error::Config(format!("relying party {rp_id:?} at {origin}: {e}")))?;
         let attestation = if dev_mode {
@@ -458,6 +464,8 @@ pub struct Fido2Config {
     pub rp_id: String,
     /// WebAuthn origin the clients use.
     pub origin: String,
+    /// The approval page's origin (`[web] origin`), accepted besides `origin`.
+    pub page_origin: Option<String>,
     /// Require PIN/biometric on every assertion.
     pub require_user_verification: bool,
     /// How long challenges stay valid.
@@ -473,6 +481,7 @@ impl Default for Fido2Config {
         Self {
             rp_id: crate::base::constants::DEFAULT_RP_ID.to_owned(),
             origin: crate::base::constants::DEFAULT_ORIGIN.to_owned(),
+            page_origin: None,
             require_user_verification: false,
             challenge_ttl: crate::base::constants::DEFAULT_CHALLENGE_TTL,
             attestation_cas: Vec::new(),
@@ -497,7 +506,7 @@ mod tests {
     fn fuzz_webauthn_json_never_panics_registration_or_assertion() {
         use webauthn_authenticator_rs::WebauthnAuthenticator as _;
         let origin = Url::parse("https://localhost").unwrap();
-        let fido2 = Fido2::new("localhost", "https://localhost", &[], &[], true).unwrap();
+        let fido2 = Fido2::new("localhost", &["https://localhost"], &[], &[], true).unwrap();
         let mut token = webauthn_authenticator_rs::softtoken::SoftToken::new(true)
             .unwrap()
             .0;
@@ -529,7 +538,8 @@ mod tests {
     #[test]
     fn an_attestation_ca_without_key_cert_sign_is_refused_at_start() {
         let without = ca_pem(vec![]);
-        let Err(err) = Fido2::new("localhost", "https://localhost", &[without], &[], false) else {
+        let Err(err) = Fido2::new("localhost", &["https://localhost"], &[without], &[], false)
+        else {
             panic!("a CA without keyUsage was accepted");
         };
         assert!(err.to_string().contains("keyUsage"), "{err}");
@@ -537,6 +547,6 @@ mod tests {
         assert!(check_attestation_ca(&signing_only).is_err());
         let good = ca_pem(vec![rcgen::KeyUsagePurpose::KeyCertSign]);
         assert!(check_attestation_ca(&good).is_ok());
-        assert!(Fido2::new("localhost", "https://localhost", &[good], &[], false).is_ok());
+        assert!(Fido2::new("localhost", &["https://localhost"], &[good], &[], false).is_ok());
     }
 }

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("audit", 5),
     ("service", 6),
     ("rpc", 7),
+    ("web", 7),
     ("daemon", 8),
     ("client", 8),
 ];
@@ -44,7 +45,7 @@ fn forbidden_crates(layer: &str) -> &'static [&'static str] {
         "base" | "verify" | "credential" | "domain" => IO,
         "store" => STORE,
         "audit" | "service" => SERVICE,
-        "rpc" => &["sled", "etcd_client", "ctap_hid_fido2", "yubikey"],
+        "rpc" | "web" => &["sled", "etcd_client", "ctap_hid_fido2", "yubikey"],
         "daemon" => &["ctap_hid_fido2", "yubikey"],
         _ => &[],
     }
