@@ -439,7 +439,7 @@ pub(crate) fn assertion_verifications(duration: Duration) -> f64 {
         .unwrap()
         .0;
     let (options, state) = rp
-        .start_registration(uuid::Uuid::new_v4(), "bench", vec![])
+        .start_registration(uuid::Uuid::new_v4(), "bench", vec![], false)
         .unwrap();
     let registration = token.do_registration(origin.clone(), options).unwrap();
     let key = rp

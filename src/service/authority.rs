@@ -420,8 +420,12 @@ impl Authority {
         operator: &str,
         roles: &[String],
     ) -> Result<Opened, OperatorError> {
-        self.operators()
-            .begin_enrollment(matches!(caller, Caller::Local(_)), operator, roles)
+        self.operators().begin_enrollment(
+            matches!(caller, Caller::Local(_)),
+            operator,
+            roles,
+            false,
+        )
     }
 
     /// Starts an assertion by `operator` over `digest`. Workloads never approve.

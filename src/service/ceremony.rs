@@ -161,6 +161,7 @@ impl Operators<'_> {
         local: bool,
         operator: &str,
         roles: &[String],
+        require_uv: bool,
     ) -> Result<Opened, OperatorError> {
         if !local {
             return Err(OperatorError::LocalOnly);
@@ -177,7 +178,9 @@ impl Operators<'_> {
             .into_iter()
             .filter_map(|a| a.fido2().map(|k| k.cred_id().clone()))
             .collect();
-        let (options, state) = self.fido2.start_registration(user_id, operator, exclude)?;
+        let (options, state) = self
+            .fido2
+            .start_registration(user_id, operator, exclude, require_uv)?;
         let piv_challenge = piv_enroll_challenge(&random32()?, operator);
         let kind = CeremonyKind::Enrollment {
             roles: roles.to_vec(),

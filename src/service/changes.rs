@@ -282,7 +282,10 @@ impl Authority {
             return Err(WorkflowError::LocalOnly);
         }
         self.operator_record(operator)?;
-        Ok(self.operators().begin_enrollment(true, operator, &[])?)
+        // A browser asks for the PIN the key's credProtect policy will want anyway.
+        Ok(self
+            .operators()
+            .begin_enrollment(true, operator, &[], true)?)
     }
 
     /// Records the key registered on the approval page as a proposed `add_authenticator`

@@ -37,6 +37,9 @@ pub struct Notification {
     pub grant_id: Option<String>,
     /// What approvers run (for a pending request).
     pub approve: Option<String>,
+    /// The approval page's link to the request (or, for grant events, the grant), when
+    /// `[web]` is set.
+    pub link: Option<String>,
     /// One message for people (Slack-compatible `text`).
     pub text: String,
 }
@@ -193,11 +196,29 @@ impl Authority {
         // The approve line only while there is something to approve.
         let pending = matches!(event, "request_created" | "request_approved")
             && request.state == crate::domain::request::RequestState::Pending;
+        let link = self
+            .fido2_policy
+            .page_origin
+            .as_ref()
+            .map(|origin| match &grant_id {
+                Some(grant) => format!("{origin}/grants/{grant}"),
+                None => format!("{origin}/requests/{}", canonical.id),
+            });
+        let mut text = text_for(event, &actor, canonical, grant_id.as_deref());
+        if let Some(link) = &link {
+            text.push_str(if pending {
+                " — or in a browser: "
+            } else {
+                " — "
+            });
+            text.push_str(link);
+        }
         Ok(Some(Notification {
             event,
             audit_seq: record.seq,
             time: rfc3339(record.time),
-            text: text_for(event, &actor, canonical, grant_id.as_deref()),
+            text,
+            link,
             actor,
             scope: canonical.scope.clone(),
             request: Some(card(canonical)),

@@ -277,14 +277,19 @@ impl Fido2 {
     }
 
     /// Starts registering a security key for `user_name`, excluding keys already enrolled.
+    /// With `require_uv` the options ask for PIN or biometric at registration too: browsers
+    /// refuse webauthn-rs's `credProtect` (user verification required for every later use)
+    /// next to a merely preferred verification as inconsistent.
     pub fn start_registration(
         &self,
         user_id: Uuid,
         user_name: &str,
         exclude: Vec<webauthn_rs::prelude::CredentialID>,
+        require_uv: bool,
     ) -> Result<(CreationChallengeResponse, SecurityKeyRegistration), Fido2Error> {
         let exclude = (!exclude.is_empty()).then_some(exclude);
-        self.webauthn
+        let (mut options, state) = self
+            .webauthn
             .start_securitykey_registration(
                 user_id,
                 user_name,
@@ -293,7 +298,11 @@ impl Fido2 {
                 self.attestation.clone(),
                 None,
             )
-            .map_err(map_webauthn)
+            .map_err(map_webauthn)?;
+        if require_uv && let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+            selection.user_verification = webauthn_rs_proto::UserVerificationPolicy::Required;
+        }
+        Ok((options, state))
     }
 
     /// Finishes a registration from the client's JSON response.
@@ -511,7 +520,7 @@ mod tests {
             .unwrap()
             .0;
         let (options, registration) = fido2
-            .start_registration(Uuid::new_v4(), "alice", Vec::new())
+            .start_registration(Uuid::new_v4(), "alice", Vec::new(), false)
             .unwrap();
         let registered = token.do_registration(origin.clone(), options).unwrap();
         let registration_json = serde_json::to_string(&registered).unwrap();

@@ -535,7 +535,8 @@ fn with_headers(mut response: Response<Full<Bytes>>, content_type: &str) -> Resp
     set(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(header::X_FRAME_OPTIONS, "DENY");
-    set(header::REFERRER_POLICY, "no-referrer");
+    // Not no-referrer: with it, a form post says `Origin: null` and is refused.
+    set(header::REFERRER_POLICY, "same-origin");
     set(header::CACHE_CONTROL, "no-store");
     set(
         header::HeaderName::from_static("cross-origin-opener-policy"),

@@ -61,7 +61,6 @@ fn layout(title: &str, main: &str) -> String {
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
 <title>{title} · latchkey</title>
 <link rel="stylesheet" href="/static/page.css">
 <script src="/static/page.js" defer></script>

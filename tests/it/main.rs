@@ -10,6 +10,7 @@
 mod architecture;
 mod audit;
 mod breakglass;
+mod browser;
 mod crash;
 mod delivery;
 mod fido2;

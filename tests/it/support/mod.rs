@@ -1,6 +1,7 @@
 //! Test harness: a data dir made by the real `latchkeyd init`, and a real daemon process whose
 //! readiness is learned from its sd_notify READY message (no sleeps).
 
+pub(crate) mod chromium;
 pub(crate) mod grants;
 pub(crate) mod sshd;
 pub(crate) mod world;
