@@ -836,6 +836,44 @@ mod tests {
     }
 
     #[test]
+    fn the_page_origin_must_be_https_on_the_relying_party_and_joins_the_webauthn_origins() {
+        let web = |origin: &str, extra: &str| {
+            parse(&format!(
+                "version = 1\n[fido2]\nrp_id = \"example.net\"\n[web]\nlisten = \"0.0.0.0:8443\"\norigin = \"{origin}\"\n{extra}"
+            ))
+        };
+        let ok = web("https://latchkey.example.net:8443/", "").unwrap();
+        let page = ok.web.unwrap();
+        assert_eq!(page.origin, "https://latchkey.example.net:8443");
+        assert_eq!(page.certificate, None);
+        assert_eq!(
+            ok.fido2.page_origin.as_deref(),
+            Some("https://latchkey.example.net:8443")
+        );
+        assert_eq!(ok.fido2.origin, DEFAULT_ORIGIN, "the CLI's origin stays");
+        for (origin, extra, why) in [
+            ("http://latchkey.example.net", "", "https://HOST"),
+            ("https://latchkey.example.net/approve", "", "without a path"),
+            ("https://example.org", "", "fido2.rp_id"),
+            ("https://notexample.net", "", "fido2.rp_id"),
+            (
+                "https://example.net",
+                "certificate = \"/etc/latchkey/web.crt\"\n",
+                "go together",
+            ),
+            (
+                "https://example.net",
+                "certificate = \"web.crt\"\nprivate_key = \"web.key\"\n",
+                "absolute",
+            ),
+        ] {
+            let err = web(origin, extra).unwrap_err().to_string();
+            assert!(err.contains(why), "{origin} {extra}: {err}");
+        }
+        assert_eq!(parse("version = 1\n").unwrap().fido2.page_origin, None);
+    }
+
+    #[test]
     fn bad_tls_address_is_refused() {
         let err = parse("version = 1\n[tls]\nlisten = \"nowhere\"\n").unwrap_err();
         assert!(err.to_string().contains("tls.listen"), "{err}");

@@ -106,8 +106,28 @@ async fn approvers_register_keys_approve_deny_and_revoke_on_the_page_in_real_chr
         }
     }
 
-    // A workload asks; Carol reads the card on the page (one touch), then approves (another).
+    // A workload asks; the notification links to the page. Carol reads the card on the page
+    // (one touch), then approves (another).
     let first = workload_request(&w, None).await;
+    let created = all_records(w.bg.local().await)
+        .await
+        .into_iter()
+        .rfind(|r| r.event == "request.created")
+        .unwrap();
+    let record: latchkey::audit::AuditRecord = serde_json::from_str(&created.json).unwrap();
+    let told =
+        w.bg.running()
+            .authority()
+            .notification_for(&record)
+            .unwrap()
+            .unwrap();
+    let link = format!("{origin}/requests/{}", first.id);
+    assert_eq!(told.link.as_deref(), Some(link.as_str()));
+    assert!(
+        told.text.ends_with(&format!("or in a browser: {link}")),
+        "{}",
+        told.text
+    );
     let card = browser(|| {
         unlock(
             &mut chromium,
@@ -293,5 +313,350 @@ async fn approvers_register_keys_approve_deny_and_revoke_on_the_page_in_real_chr
         serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
     assert_eq!(report["verified"], true, "{report}");
     browser(|| drop(chromium));
+    w.bg.stop().await;
+}
+
+/// One HTTPS exchange with the page through curl (the daemon's key pinned): status, headers
+/// (lower-case names), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn code(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body).map_or_else(
+            |_| self.body.clone(),
+            |v| v["code"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+}
+
+struct Page {
+    port: u16,
+    pin: String,
+}
+
+impl Page {
+    fn new(w: &World, port: u16) -> Self {
+        use base64::Engine as _;
+        let spki = latchkey::credential::keys::spki_sha256(&server_cert(&w.bg.dir.data)).unwrap();
+        Self {
+            port,
+            pin: format!(
+                "sha256//{}",
+                base64::engine::general_purpose::STANDARD.encode(spki)
+            ),
+        }
+    }
+
+    /// `method path` with `headers` and `body`, as a browser at `latchkey.local` would send.
+    fn send(&self, method: &str, path: &str, headers: &[&str], body: Option<&str>) -> Reply {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "-i", "--max-time", "60", "-X", method])
+            // The daemon's certificate names no host; its key is pinned instead.
+            .args(["-k", "--pinnedpubkey", &self.pin])
+            .arg("--resolve")
+            .arg(format!("latchkey.local:{}:127.0.0.1", self.port));
+        for h in headers {
+            curl.args(["-H", h]);
+        }
+        if let Some(body) = body {
+            curl.args(["--data-binary", "@-"]);
+        }
+        curl.arg(format!("https://latchkey.local:{}{path}", self.port));
+        curl.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = curl.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(body.unwrap_or_default().as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "curl {method} {path}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    fn post_json(&self, path: &str, origin: &str, body: &str) -> Reply {
+        self.send(
+            "POST",
+            path,
+            &[
+                &format!("Origin: {origin}"),
+                "Content-Type: application/json",
+            ],
+            Some(body),
+        )
+    }
+
+    fn post_form(&self, path: &str, origin: &str, fields: &[(&str, &str)]) -> Reply {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        self.send(
+            "POST",
+            path,
+            &[
+                &format!("Origin: {origin}"),
+                "Content-Type: application/x-www-form-urlencoded",
+            ],
+            Some(&body),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_refuses_bad_input_with_stable_codes_and_changes_nothing() {
+    let port = free_port();
+    let origin = format!("https://latchkey.local:{port}");
+    let mut w = world_configured(
+        db_root(600),
+        &format!("[web]\nlisten = \"127.0.0.1:{port}\"\norigin = \"{origin}\"\n"),
+    )
+    .await;
+    let page = Page::new(&w, port);
+    let asked = workload_request(&w, None).await;
+    let before = w.bg.snapshot();
+
+    // Every response: strict CSP, never framed, no cookie.
+    let shell = browser(|| page.send("GET", "/requests", &[], None));
+    assert_eq!(shell.status, 200);
+    assert_eq!(
+        shell.header("content-security-policy"),
+        Some(latchkey::web::CONTENT_SECURITY_POLICY)
+    );
+    assert!(
+        shell
+            .header("content-security-policy")
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert_eq!(shell.header("x-frame-options"), Some("DENY"));
+    assert_eq!(shell.header("cache-control"), Some("no-store"));
+    assert!(shell.header("set-cookie").is_none());
+    assert!(!shell.body.contains("<script>"), "no inline script");
+    let script = browser(|| page.send("GET", "/static/page.js", &[], None));
+    assert!(script.body.contains("toJSON()"));
+    assert!(
+        script
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let root = browser(|| page.send("GET", "/", &[], None));
+    assert_eq!(
+        (root.status, root.header("location")),
+        (303, Some("/requests"))
+    );
+
+    let refusals = browser(|| {
+        let begin = |operator: &str| {
+            serde_json::json!({ "purpose": "read", "operator": operator }).to_string()
+        };
+        vec![
+            (
+                "unknown page",
+                page.send("GET", "/secrets", &[], None),
+                404,
+                "web.not_found",
+            ),
+            (
+                "odd id",
+                page.send("GET", "/requests/a%22b", &[], None),
+                404,
+                "web.not_found",
+            ),
+            (
+                "PUT",
+                page.send("PUT", "/requests", &[], None),
+                400,
+                "web.method_not_allowed",
+            ),
+            (
+                "no Origin",
+                page.send("POST", "/api/begin", &[], Some(&begin("carol"))),
+                403,
+                "web.wrong_origin",
+            ),
+            (
+                "other Origin",
+                page.post_json("/api/begin", "https://evil.test", &begin("carol")),
+                403,
+                "web.wrong_origin",
+            ),
+            (
+                "malformed JSON",
+                page.post_json("/api/begin", &origin, "{\"purpose\":"),
+                400,
+                "web.malformed",
+            ),
+            (
+                "unknown field",
+                page.post_json(
+                    "/api/begin",
+                    &origin,
+                    "{\"purpose\":\"read\",\"operator\":\"carol\",\"admin\":true}",
+                ),
+                400,
+                "web.malformed",
+            ),
+            (
+                "unknown purpose",
+                page.post_json(
+                    "/api/begin",
+                    &origin,
+                    "{\"purpose\":\"mint\",\"operator\":\"carol\"}",
+                ),
+                400,
+                "web.malformed",
+            ),
+            (
+                "too large",
+                page.post_json("/api/begin", &origin, &"x".repeat(70_000)),
+                400,
+                "web.too_large",
+            ),
+            (
+                "unknown operator",
+                page.post_json("/api/begin", &origin, &begin("mallory")),
+                404,
+                "operator.unknown",
+            ),
+            (
+                "made-up ceremony",
+                page.post_form(
+                    &format!("/requests/{}/vote", asked.id),
+                    &origin,
+                    &[
+                        ("decision", "approve"),
+                        ("ceremony_id", "nope"),
+                        ("credential", "{}"),
+                    ],
+                ),
+                404,
+                "assertion.challenge_unknown",
+            ),
+            (
+                "bad decision",
+                page.post_form(
+                    &format!("/requests/{}/vote", asked.id),
+                    &origin,
+                    &[
+                        ("decision", "maybe"),
+                        ("ceremony_id", "x"),
+                        ("credential", "{}"),
+                    ],
+                ),
+                400,
+                "web.malformed",
+            ),
+            (
+                "missing fields",
+                page.post_form("/requests", &origin, &[("ceremony_id", "x")]),
+                400,
+                "web.malformed",
+            ),
+        ]
+    });
+    for (what, reply, status, code) in refusals {
+        assert_eq!(
+            (
+                reply.status,
+                reply.code().contains(code) || reply.body.contains(code)
+            ),
+            (status, true),
+            "{what}: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+
+    // Carol's real key, signing for another page under the same relying party (a key signs
+    // for any origin on its rp_id): the daemon refuses the origin.
+    let begun = browser(|| {
+        page.post_json(
+            "/api/begin",
+            &origin,
+            &serde_json::json!({ "purpose": "approve", "operator": "carol", "target": asked.id })
+                .to_string(),
+        )
+    });
+    assert_eq!(begun.status, 200, "{}", begun.body);
+    let begun: serde_json::Value = serde_json::from_str(&begun.body).unwrap();
+    let key = w.bg.keys.get_mut("carol").unwrap()[0].as_mut();
+    let forged = key
+        .respond(
+            Some("https://evil.latchkey.local"),
+            &begun["options"].to_string(),
+            &[],
+        )
+        .unwrap();
+    let refused = browser(|| {
+        page.post_form(
+            &format!("/requests/{}/vote", asked.id),
+            &origin,
+            &[
+                ("decision", "approve"),
+                ("ceremony_id", begun["ceremony_id"].as_str().unwrap()),
+                ("credential", &forged),
+            ],
+        )
+    });
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("fido2.wrong_origin"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(w.bg.snapshot(), before, "a refused input changed the store");
+
+    // Begin calls are rate limited per address (the daemon's clock stands still here, so
+    // the burst is all there is).
+    let limited = browser(|| {
+        (0..20)
+            .map(|_| {
+                page.post_json(
+                    "/api/begin",
+                    &origin,
+                    "{\"purpose\":\"read\",\"operator\":\"carol\"}",
+                )
+            })
+            .find(|r| r.status != 200)
+    })
+    .expect("the burst runs out");
+    assert_eq!(
+        (limited.status, limited.code()),
+        (429, "web.rate_limited".to_owned())
+    );
     w.bg.stop().await;
 }

@@ -10,6 +10,7 @@ mod notifications;
 mod requests;
 mod revocation;
 mod votes;
+mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;
