@@ -496,6 +496,8 @@ impl Config {
     }
 
     /// A commented config for a data dir and socket, as `init --write-config` writes it.
+    // One template: the commented config, top to bottom, reads best as one piece of text.
+    #[allow(clippy::too_many_lines)]
     pub fn example(data_dir: &Path, socket: &Path, dev_mode: bool) -> String {
         format!(
             r#"# latchkeyd configuration. Unknown keys are errors.

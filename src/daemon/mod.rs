@@ -555,12 +555,10 @@ pub async fn start_layered(
     let bound = listen::bind(config)?;
     let (metrics_listener, metrics_addr) = bind_metrics(config.metrics).await?;
     let addresses = bound.addresses_with(metrics_addr);
-    let tls_addr = bound.tls_addr();
-    let remote_addr = bound.remote_addr();
-    let web_addr = bound.web_addr();
+    let (tls_addr, remote_addr, web_addr) =
+        (bound.tls_addr(), bound.remote_addr(), bound.web_addr());
     let (health, health_service) = health().await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-
     let mut servers = JoinSet::new();
     let mut socket_file = None;
 
@@ -630,25 +628,7 @@ pub async fn start_layered(
         );
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped(&stop)));
     }
-
-    if let (Some(listener), Some(web)) = (bound.web, &config.web) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::web_server_config(
-            &keys,
-            web.certificate.as_ref(),
-        )?));
-        let incoming = listen::web_incoming(
-            listener,
-            acceptor,
-            // Browsers open a few connections each; an address holds as many as a local user.
-            ConnectionSlots::new(config.limits.connections, config.limits.connections_per_uid),
-        );
-        servers.spawn(crate::web::serve(
-            incoming,
-            authority.clone(),
-            web.origin.clone(),
-            stopped(&stop),
-        ));
-    }
+    spawn_web(&mut servers, bound.web, config, (&keys, &authority), &stop)?;
 
     spawn_tasks(&mut servers, &authority, metrics_listener, config, &stop)?;
 
@@ -670,6 +650,36 @@ pub async fn start_layered(
         stop,
         servers,
     })
+}
+
+/// Serves the approval page on `listener` (bound when `[web]` is set) until `stop`.
+fn spawn_web(
+    servers: &mut JoinSet<Result<(), tonic::transport::Error>>,
+    listener: Option<tokio::net::TcpListener>,
+    config: &Config,
+    (keys, authority): (&DaemonKeys, &Arc<Authority>),
+    stop: &watch::Sender<bool>,
+) -> Result<(), DaemonError> {
+    let (Some(listener), Some(web)) = (listener, &config.web) else {
+        return Ok(());
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::web_server_config(
+        keys,
+        web.certificate.as_ref(),
+    )?));
+    let incoming = listen::web_incoming(
+        listener,
+        acceptor,
+        // Browsers open a few connections each; an address holds as many as a local user.
+        ConnectionSlots::new(config.limits.connections, config.limits.connections_per_uid),
+    );
+    servers.spawn(crate::web::serve(
+        incoming,
+        authority.clone(),
+        web.origin.clone(),
+        stopped(stop),
+    ));
+    Ok(())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT (or `until` completes), then shuts down cleanly.

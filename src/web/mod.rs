@@ -301,16 +301,7 @@ impl Page {
         let method = request.method().clone();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         if method == Method::GET || method == Method::HEAD {
-            return match segments.as_slice() {
-                [""] => Ok(redirect("/requests")),
-                ["static", "page.js"] => Ok(asset("text/javascript; charset=utf-8", PAGE_JS)),
-                ["static", "page.css"] => Ok(asset("text/css; charset=utf-8", PAGE_CSS)),
-                ["requests"] => Ok(html(StatusCode::OK, &pages::unlock_list())),
-                ["requests", id] => Ok(html(StatusCode::OK, &pages::unlock_request(id)?)),
-                ["grants", id] => Ok(html(StatusCode::OK, &pages::unlock_grant(id)?)),
-                ["enroll"] => Ok(html(StatusCode::OK, &pages::enroll_form())),
-                _ => Err(WebError::NotFound(path.to_owned())),
-            };
+            return shown(&segments, path);
         }
         if method != Method::POST {
             return Err(WebError::MethodNotAllowed(method.to_string()));
@@ -347,30 +338,40 @@ impl Page {
             return self.begin(caller, begin).await;
         }
         let fields: Fields = form_urlencoded::parse(&body).into_owned().collect();
+        let page = self.posted(&segments, path, caller, fields).await?;
+        Ok(html(StatusCode::OK, &page))
+    }
+
+    /// A signed form's answer: the page it leads to.
+    async fn posted(
+        &self,
+        segments: &[&str],
+        path: &str,
+        caller: Caller,
+        fields: Fields,
+    ) -> Result<String, WebError> {
         let authority = self.authority.clone();
-        match segments.as_slice() {
+        match segments {
             ["requests"] => {
-                let page = blocking(move || {
+                blocking(move || {
                     let operator = prove(&authority, &caller, &fields)?;
                     let pending = authority.requests(Some("pending"))?;
                     pages::request_list(&authority, &operator, &pending)
                 })
-                .await?;
-                Ok(html(StatusCode::OK, &page))
+                .await
             }
             ["requests", id] => {
                 let id = (*id).to_owned();
-                let page = blocking(move || {
+                blocking(move || {
                     let operator = prove(&authority, &caller, &fields)?;
                     let view = authority.request(&id)?;
                     pages::request_page(&authority, &operator, &view)
                 })
-                .await?;
-                Ok(html(StatusCode::OK, &page))
+                .await
             }
             ["requests", id, "vote"] => {
                 let id = (*id).to_owned();
-                let page = blocking(move || {
+                blocking(move || {
                     let decision = match field(&fields, "decision")? {
                         "approve" => Decision::Approve,
                         "deny" => Decision::Deny,
@@ -387,22 +388,20 @@ impl Page {
                     )?;
                     Ok(pages::vote_result(&id, decision, &result))
                 })
-                .await?;
-                Ok(html(StatusCode::OK, &page))
+                .await
             }
             ["grants", id] => {
                 let id = (*id).to_owned();
-                let page = blocking(move || {
+                blocking(move || {
                     let operator = prove(&authority, &caller, &fields)?;
                     let grant = authority.grant(&id)?;
                     Ok(pages::grant_page(&operator, &grant, authority.now()))
                 })
-                .await?;
-                Ok(html(StatusCode::OK, &page))
+                .await
             }
             ["grants", id, "revoke"] => {
                 let id = (*id).to_owned();
-                let page = blocking(move || {
+                blocking(move || {
                     let grant = authority.revoke(
                         &caller,
                         &id,
@@ -413,11 +412,10 @@ impl Page {
                     authority.wake_scheduler();
                     Ok(pages::revoke_result(&grant, authority.now()))
                 })
-                .await?;
-                Ok(html(StatusCode::OK, &page))
+                .await
             }
             ["enroll"] => {
-                let page = blocking(move || {
+                blocking(move || {
                     let (key, change) = authority.propose_key(
                         &caller,
                         field(&fields, "ceremony_id")?,
@@ -426,8 +424,7 @@ impl Page {
                     )?;
                     Ok(pages::proposed_key(&key, &change))
                 })
-                .await?;
-                Ok(html(StatusCode::OK, &page))
+                .await
             }
             _ => Err(WebError::NotFound(path.to_owned())),
         }
@@ -486,6 +483,20 @@ impl Page {
                 "options": without_nulls(options),
             }),
         ))
+    }
+}
+
+/// A page anyone may load: the shells that ask for a key touch, the script and stylesheet.
+fn shown(segments: &[&str], path: &str) -> Result<Response<Full<Bytes>>, WebError> {
+    match segments {
+        [""] => Ok(redirect("/requests")),
+        ["static", "page.js"] => Ok(asset("text/javascript; charset=utf-8", PAGE_JS)),
+        ["static", "page.css"] => Ok(asset("text/css; charset=utf-8", PAGE_CSS)),
+        ["requests"] => Ok(html(StatusCode::OK, &pages::unlock_list())),
+        ["requests", id] => Ok(html(StatusCode::OK, &pages::unlock_request(id)?)),
+        ["grants", id] => Ok(html(StatusCode::OK, &pages::unlock_grant(id)?)),
+        ["enroll"] => Ok(html(StatusCode::OK, &pages::enroll_form())),
+        _ => Err(WebError::NotFound(path.to_owned())),
     }
 }
 

@@ -166,6 +166,77 @@ fn request_card(authority: &Authority, view: &RequestView) -> String {
     if !c.ticket.is_empty() {
         rows.push(("ticket", escape(&c.ticket)));
     }
+    let (ssh_key, mints) = minted(authority, c);
+    if let Some(key) = ssh_key {
+        rows.push(("ssh key", key));
+    }
+    rows.push(("mints", mints));
+    rows.push((
+        "policy",
+        format!(
+            "{} of role {}; {} approved, {} denied; pending until {}",
+            c.quorum,
+            escape(&c.approver_role),
+            view.approvals,
+            view.denials,
+            time(c.pending_until)
+        ),
+    ));
+    rows.extend(r.votes.iter().map(|v| ("vote", vote_line(v))));
+    if let RequestState::Issued { grant_id, .. } = &state {
+        rows.push((
+            "grant",
+            format!(r#"<a href="/grants/{id}">{id}</a>"#, id = escape(grant_id)),
+        ));
+    }
+    rows.push(("digest", hex::encode(r.digest())));
+    let mut out = definitions(&rows);
+    if state == RequestState::Pending {
+        let _ = write!(
+            out,
+            r#"
+<form method="post" action="/requests/{id}/vote" class="signed vote" data-purpose="vote" data-target="{id}">
+{fields}
+<input type="hidden" name="decision" value="">
+<button type="submit" value="approve" class="approve">Approve</button>
+<button type="submit" value="deny" class="deny">Deny</button>
+</form>"#,
+            id = escape(&c.id),
+            fields = signer_fields(),
+        );
+    }
+    out
+}
+
+/// Rows as a definition list.
+fn definitions(rows: &[(&str, String)]) -> String {
+    let mut out = String::from(r#"<dl class="card">"#);
+    for (name, value) in rows {
+        let _ = write!(out, "\n<dt>{name}</dt><dd>{value}</dd>");
+    }
+    out.push_str("\n</dl>");
+    out
+}
+
+fn vote_line(v: &crate::domain::policy::Vote) -> String {
+    let decision = match v.decision {
+        Decision::Approve => "approved",
+        Decision::Deny => "denied",
+    };
+    format!(
+        "{} {decision} at {} (key {})",
+        escape(&v.operator),
+        time(v.at),
+        escape(v.credential_id.get(..12).unwrap_or(&v.credential_id))
+    )
+}
+
+/// The SSH key's line (if any) and what approving mints, escaped.
+fn minted(
+    authority: &Authority,
+    c: &crate::domain::request::Canonical,
+) -> (Option<String>, String) {
+    let mut ssh_line = None;
     let mut mints = Vec::new();
     if !c.ssh_public_key.is_empty() {
         let key = ssh_key::PublicKey::from_openssh(c.ssh_public_key.trim()).map_or_else(
@@ -184,7 +255,7 @@ fn request_card(authority: &Authority, view: &RequestView) -> String {
             .and_then(|s| s.ssh)
             .map(|ssh| ssh.principals.join(", "))
             .unwrap_or_default();
-        rows.push(("ssh key", escape(&key)));
+        ssh_line = Some(escape(&key));
         mints.push(format!(
             "an OpenSSH certificate for that key, principals {}",
             escape(&principals)
@@ -193,67 +264,12 @@ fn request_card(authority: &Authority, view: &RequestView) -> String {
     if !c.delivery_public_key.is_empty() {
         mints.push("a bearer token, sealed to the requester's delivery key".to_owned());
     }
-    rows.push((
-        "mints",
-        if mints.is_empty() {
-            "nothing (the scope names no credential)".to_owned()
-        } else {
-            mints.join("; ")
-        },
-    ));
-    rows.push((
-        "policy",
-        format!(
-            "{} of role {}; {} approved, {} denied; pending until {}",
-            c.quorum,
-            escape(&c.approver_role),
-            view.approvals,
-            view.denials,
-            time(c.pending_until)
-        ),
-    ));
-    for v in &r.votes {
-        let decision = match v.decision {
-            Decision::Approve => "approved",
-            Decision::Deny => "denied",
-        };
-        rows.push((
-            "vote",
-            format!(
-                "{} {decision} at {} (key {})",
-                escape(&v.operator),
-                time(v.at),
-                escape(v.credential_id.get(..12).unwrap_or(&v.credential_id))
-            ),
-        ));
-    }
-    if let RequestState::Issued { grant_id, .. } = &state {
-        rows.push((
-            "grant",
-            format!(r#"<a href="/grants/{id}">{id}</a>"#, id = escape(grant_id)),
-        ));
-    }
-    rows.push(("digest", hex::encode(r.digest())));
-    let mut out = String::from(r#"<dl class="card">"#);
-    for (name, value) in rows {
-        let _ = write!(out, "\n<dt>{name}</dt><dd>{value}</dd>");
-    }
-    out.push_str("\n</dl>");
-    if state == RequestState::Pending {
-        let _ = write!(
-            out,
-            r#"
-<form method="post" action="/requests/{id}/vote" class="signed vote" data-purpose="vote" data-target="{id}">
-{fields}
-<input type="hidden" name="decision" value="">
-<button type="submit" value="approve" class="approve">Approve</button>
-<button type="submit" value="deny" class="deny">Deny</button>
-</form>"#,
-            id = escape(&c.id),
-            fields = signer_fields(),
-        );
-    }
-    out
+    let mints = if mints.is_empty() {
+        "nothing (the scope names no credential)".to_owned()
+    } else {
+        mints.join("; ")
+    };
+    (ssh_line, mints)
 }
 
 /// The pending requests, each with its card and vote buttons.

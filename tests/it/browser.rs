@@ -369,7 +369,7 @@ impl Page {
         for h in headers {
             curl.args(["-H", h]);
         }
-        if let Some(body) = body {
+        if body.is_some() {
             curl.args(["--data-binary", "@-"]);
         }
         curl.arg(format!("https://latchkey.local:{}{path}", self.port));
