@@ -24,6 +24,25 @@ struct Cli {
     command: Command,
 }
 
+/// `latchkeyd store …`.
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copies every record from one backend into the other, which must be empty (sled: no
+    /// store in the data dir; etcd: nothing under the prefix). Stop every latchkeyd first.
+    /// The config names both: sled in `data_dir`, etcd in `[store.etcd]`.
+    Copy {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// `sled` or `etcd`.
+        #[arg(long, value_parser = ["sled", "etcd"])]
+        from: String,
+        /// `sled` or `etcd`.
+        #[arg(long, value_parser = ["sled", "etcd"])]
+        to: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create the trust store and the daemon's keys in DIR (refuses an existing store).
@@ -97,6 +116,11 @@ enum Command {
         /// Config file.
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+    /// The trust store itself: copy it between backends.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Bootstrap only: pin a workload's TLS client certificate while genesis is open.
     /// Run with the daemon stopped. After genesis, admit workloads through a quorum-approved change.
@@ -291,6 +315,24 @@ fn run(command: Command) -> Result<(), String> {
                 ),
                 None => println!("anchored the store's audit head at record {}", now.seq),
             }
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::Copy { config, from, to },
+        } => {
+            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
+            let choice = |s: &str| {
+                if s == "etcd" {
+                    crate::daemon::config::StoreChoice::Etcd
+                } else {
+                    crate::daemon::config::StoreChoice::Sled
+                }
+            };
+            let copied = daemon::copy_store(&config, choice(&from), choice(&to))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "copied {copied} records from {from} to {to}; point [store] backend at {to} before starting latchkeyd"
+            );
             Ok(())
         }
         Command::Serve { config } => {

@@ -78,6 +78,8 @@ struct RawConfig {
     remote: Option<RawTls>,
     web: Option<RawWeb>,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
     fido2: RawFido2,
@@ -93,6 +95,121 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     notify: super::notify::RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<String>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    ca: Option<PathBuf>,
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+}
+
+/// Which store a command means: the configured one, or one backend by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// `[store] backend`.
+    Configured,
+    /// The embedded store in `data_dir`.
+    Sled,
+    /// The `[store.etcd]` cluster.
+    Etcd,
+}
+
+/// Which backend holds the trust store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded store in `data_dir` (the default).
+    Sled,
+    /// An etcd cluster shared by several bastions.
+    Etcd(crate::store::EtcdConfig),
+}
+
+/// `[store]`: sled unless `backend = "etcd"`, which needs `[store.etcd]` endpoints and, for any
+/// member off this host, client TLS files.
+fn store_config(raw: RawStore) -> Result<StoreConfig, String> {
+    match (raw.backend.as_deref().unwrap_or("sled"), raw.etcd) {
+        ("sled", _) => Ok(StoreConfig::Sled),
+        ("etcd", None) => {
+            Err("store.backend = \"etcd\" needs a [store.etcd] table with endpoints".to_owned())
+        }
+        ("etcd", Some(etcd)) => {
+            if etcd.endpoints.is_empty() {
+                return Err("store.etcd.endpoints is empty".to_owned());
+            }
+            let mut remote_plain = Vec::new();
+            for endpoint in &etcd.endpoints {
+                let url = url::Url::parse(endpoint)
+                    .map_err(|e| format!("store.etcd.endpoints {endpoint:?}: {e}"))?;
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                match url.scheme() {
+                    "https" => {}
+                    "http" if loopback => {}
+                    "http" => remote_plain.push(endpoint.clone()),
+                    other => {
+                        return Err(format!(
+                            "store.etcd.endpoints {endpoint:?}: scheme {other} (use https://HOST:2379)"
+                        ));
+                    }
+                }
+            }
+            if !remote_plain.is_empty() {
+                return Err(format!(
+                    "store.etcd.endpoints {remote_plain:?} are plain HTTP off this host: the trust store must travel over TLS (https:// with ca, certificate, private_key)"
+                ));
+            }
+            let tls = match (etcd.ca, etcd.certificate, etcd.private_key) {
+                (None, None, None) => None,
+                (Some(ca), Some(certificate), Some(private_key))
+                    if ca.is_absolute()
+                        && certificate.is_absolute()
+                        && private_key.is_absolute() =>
+                {
+                    Some(crate::store::EtcdTls {
+                        ca,
+                        certificate,
+                        private_key,
+                    })
+                }
+                _ => {
+                    return Err(
+                        "store.etcd.ca, certificate and private_key go together, as absolute paths"
+                            .to_owned(),
+                    );
+                }
+            };
+            if tls.is_none() && etcd.endpoints.iter().any(|e| e.starts_with("https://")) {
+                return Err(
+                    "https etcd endpoints need store.etcd.ca, certificate and private_key"
+                        .to_owned(),
+                );
+            }
+            let prefix = etcd.prefix.unwrap_or_else(|| "latchkey/".to_owned());
+            if prefix.is_empty() || !prefix.ends_with('/') {
+                return Err(format!("store.etcd.prefix {prefix:?} must end with '/'"));
+            }
+            Ok(StoreConfig::Etcd(crate::store::EtcdConfig {
+                endpoints: etcd.endpoints,
+                prefix,
+                tls,
+            }))
+        }
+        (other, _) => Err(format!("store.backend {other:?}: use \"sled\" or \"etcd\"")),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +398,8 @@ pub struct Config {
     pub remote: Option<SocketAddr>,
     /// The optional approval page.
     pub web: Option<WebConfig>,
+    /// Which backend holds the trust store.
+    pub store: StoreConfig,
     /// When audit checkpoints are written.
     pub audit: AuditConfig,
     /// FIDO2 relying party and policy.
@@ -465,11 +584,13 @@ impl Config {
         }
         let limits = limits_config(&raw.limits).map_err(&invalid)?;
         let notify = super::notify::notify_config(raw.notify).map_err(&invalid)?;
+        let store = store_config(raw.store).map_err(&invalid)?;
         Ok(Self {
             limits,
             notify,
             remote,
             web,
+            store,
             piv: PivConfig {
                 require_touch: raw.piv.require_touch,
                 require_pin: raw.piv.require_pin,

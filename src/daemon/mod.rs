@@ -105,6 +105,10 @@ pub enum DaemonError {
     /// A notification sink cannot be used (its secret files). Fix it, or remove the sink.
     #[error(transparent)]
     Notify(#[from] notify::NotifyError),
+    /// `store copy` cannot run as asked (same store, a target that is not empty, no etcd
+    /// table). The message says what to change.
+    #[error("store copy: {0}")]
+    StoreCopy(String),
 }
 
 /// What `latchkeyd init` should create.
@@ -191,8 +195,7 @@ pub fn accept_rollback(
 > {
     fsperm::restrict_umask();
     fsperm::check_private(&config.data_dir)?;
-    let store_path = config.data_dir.join(STORE_DIR);
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    let (store, store_path) = open_store(config, config::StoreChoice::Configured)?;
     crate::store::check_schema(store.as_ref(), &store_path)?;
     let keys = DaemonKeys::load(&config.data_dir)?;
     let anchor = crate::audit::anchor::Anchor::new(
@@ -334,6 +337,69 @@ impl Running {
 /// held or failing flush) that the real disk cannot be made to produce on demand.
 pub type StoreLayer = Arc<dyn Fn(Arc<dyn Store>) -> Arc<dyn Store> + Send + Sync>;
 
+/// Opens a trust store of `config`: the embedded one in `data_dir`, or etcd's (`[store.etcd]`).
+/// Returns it with where it is, for messages.
+pub fn open_store(
+    config: &Config,
+    choice: config::StoreChoice,
+) -> Result<(Arc<dyn Store>, PathBuf), DaemonError> {
+    let backend = match choice {
+        config::StoreChoice::Configured => &config.store,
+        config::StoreChoice::Sled => &config::StoreConfig::Sled,
+        config::StoreChoice::Etcd => match &config.store {
+            etcd @ config::StoreConfig::Etcd(_) => etcd,
+            config::StoreConfig::Sled => {
+                return Err(DaemonError::StoreCopy(
+                    "the config has no [store.etcd] table to reach etcd with".to_owned(),
+                ));
+            }
+        },
+    };
+    Ok(match backend {
+        config::StoreConfig::Sled => {
+            let path = config.data_dir.join(STORE_DIR);
+            (Arc::new(SledStore::open(&path)?), path)
+        }
+        config::StoreConfig::Etcd(etcd) => {
+            let store = crate::store::EtcdStore::connect(etcd)?;
+            let location = format!("etcd {} under {}", etcd.endpoints.join(","), etcd.prefix);
+            (Arc::new(store), PathBuf::from(location))
+        }
+    })
+}
+
+/// `latchkeyd store copy`: every record of one backend into the other, which must be empty
+/// (daemons stopped). Returns how many records were copied.
+pub fn copy_store(
+    config: &Config,
+    from: config::StoreChoice,
+    to: config::StoreChoice,
+) -> Result<u64, DaemonError> {
+    fsperm::restrict_umask();
+    fsperm::check_private(&config.data_dir)?;
+    if from == to {
+        return Err(DaemonError::StoreCopy(
+            "--from and --to name the same store".to_owned(),
+        ));
+    }
+    let (source, source_path) = open_store(config, from)?;
+    crate::store::check_schema(source.as_ref(), &source_path)?;
+    let target = match to {
+        config::StoreChoice::Sled => {
+            let path = config.data_dir.join(STORE_DIR);
+            if path.exists() {
+                return Err(DaemonError::StoreCopy(format!(
+                    "{} exists: move it away first (the copy never overwrites a store)",
+                    path.display()
+                )));
+            }
+            Arc::new(SledStore::create(&path)?) as Arc<dyn Store>
+        }
+        other => open_store(config, other)?.0,
+    };
+    Ok(crate::store::copy_all(source.as_ref(), target.as_ref())?)
+}
+
 /// Checks permissions, loads the keys and opens the store (taking its lock).
 pub fn open_authority(
     config: &Config,
@@ -349,9 +415,8 @@ fn open_layered_authority(
 ) -> Result<(Arc<Authority>, Arc<DaemonKeys>), DaemonError> {
     fsperm::check_private(&config.data_dir)?;
     let keys = Arc::new(DaemonKeys::load(&config.data_dir)?);
-    let store_path = config.data_dir.join(STORE_DIR);
     let opening = std::time::Instant::now();
-    let mut store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path)?);
+    let (mut store, store_path) = open_store(config, config::StoreChoice::Configured)?;
     if let Some(layer) = layer {
         store = layer(store);
     }

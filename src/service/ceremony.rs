@@ -155,13 +155,16 @@ impl Operators<'_> {
     }
 
     /// Starts enrolling a key for `operator` (created with `roles` if new). Returns the
-    /// ceremony id and the WebAuthn creation options (W3C JSON).
+    /// ceremony id and the WebAuthn creation options (W3C JSON). `from_page`: a browser on
+    /// the approval page — verification required (see `Fido2::start_registration`), and only
+    /// the operator's own keys excluded (a stranger must not list every credential id; a key
+    /// of someone else is refused at the finish all the same).
     pub fn begin_enrollment(
         &self,
         local: bool,
         operator: &str,
         roles: &[String],
-        require_uv: bool,
+        from_page: bool,
     ) -> Result<Opened, OperatorError> {
         if !local {
             return Err(OperatorError::LocalOnly);
@@ -176,11 +179,12 @@ impl Operators<'_> {
         };
         let exclude = authenticators(self.store)?
             .into_iter()
+            .filter(|a| !from_page || a.operator == operator)
             .filter_map(|a| a.fido2().map(|k| k.cred_id().clone()))
             .collect();
         let (options, state) = self
             .fido2
-            .start_registration(user_id, operator, exclude, require_uv)?;
+            .start_registration(user_id, operator, exclude, from_page)?;
         let piv_challenge = piv_enroll_challenge(&random32()?, operator);
         let kind = CeremonyKind::Enrollment {
             roles: roles.to_vec(),

@@ -282,7 +282,7 @@ impl Authority {
             return Err(WorkflowError::LocalOnly);
         }
         self.operator_record(operator)?;
-        // A browser asks for the PIN the key's credProtect policy will want anyway.
+        self.no_page_proposal_pending(operator)?;
         Ok(self
             .operators()
             .begin_enrollment(true, operator, &[], true)?)
@@ -313,6 +313,8 @@ impl Authority {
         let actor = Actor::Web {
             addr: peer.addr.to_string(),
         };
+        let operator = self.operators().ceremony_operator(ceremony_id)?;
+        self.no_page_proposal_pending(&operator)?;
         // Genesis never reopens, so a finished registration here is always a proposal.
         match self
             .operators()
@@ -335,6 +337,22 @@ impl Authority {
                 let view = self.record_change(actor, kind, note, txn, None)?;
                 Ok((*authenticator, view))
             }
+        }
+    }
+
+    /// Refuses a second key proposal from the page for `operator` while one is pending: the
+    /// page is open to anyone who reaches it, and admins decide one at a time.
+    fn no_page_proposal_pending(&self, operator: &str) -> Result<(), WorkflowError> {
+        let pending = self.changes(Some("pending"))?.into_iter().find(|c| {
+            matches!(c.change.proposer, Actor::Web { .. })
+                && matches!(&c.change.kind, ChangeKind::AddAuthenticator { operator: o, .. } if o == operator)
+        });
+        match pending {
+            Some(c) => Err(WorkflowError::ChangeInvalid(format!(
+                "a key proposed from the approval page for {operator} is pending already (change {}): admins decide on it first",
+                c.change.id
+            ))),
+            None => Ok(()),
         }
     }
 

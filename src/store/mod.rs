@@ -1,12 +1,14 @@
 //! The trust store behind a trait: typed keyspaces, atomic multi-key transactions with
 //! compare-and-set preconditions, and an ordered scan. sled is the embedded default
-//! ([`SledStore`]); everything above this module is backend-blind.
+//! ([`SledStore`]); etcd ([`EtcdStore`]) keeps one trust store for several bastions;
+//! everything above this module is backend-blind.
 //!
 //! The transaction model is etcd's: a list of comparisons that must all hold, then a list of
 //! writes applied all-or-nothing. A successful [`Store::commit`] is durable when it returns.
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod etcd_store;
 mod memory;
 mod records;
 mod sled_store;
@@ -16,6 +18,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use etcd_store::{ETCD_CALL_TIMEOUT, EtcdConfig, EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
@@ -359,6 +362,55 @@ pub fn scan_prefix(
 
 /// Key of the schema version in [`Keyspace::Meta`] (big-endian u32).
 pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// Records copied per transaction by [`copy_all`].
+const COPY_BATCH: usize = 128;
+
+/// Copies every record of `from` into `to`, which must be empty, in transactions of
+/// [`COPY_BATCH`] (each key required absent), then checks both hold as many records in every
+/// keyspace. Returns how many were copied. Pending challenges are copied too (harmless).
+pub fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<u64, StoreError> {
+    for ks in Keyspace::ALL {
+        if to.count(*ks)? != 0 {
+            return Err(StoreError::Conflict(format!(
+                "the target store is not empty (keyspace {} has records): copy only into an empty store",
+                ks.name()
+            )));
+        }
+    }
+    let mut copied = 0u64;
+    for ks in Keyspace::ALL {
+        let mut start = Vec::new();
+        loop {
+            let page = from.scan_from(*ks, &start, COPY_BATCH)?;
+            let mut txn = Txn::new();
+            for (key, value) in &page {
+                txn.require_absent(*ks, key.clone())
+                    .put_raw(*ks, key.clone(), value.clone());
+            }
+            if !page.is_empty() {
+                to.commit(&txn)?;
+                copied += page.len() as u64;
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == COPY_BATCH => {
+                    start = last.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        let (had, has) = (from.count(*ks)?, to.count(*ks)?);
+        if had != has {
+            return Err(StoreError::Backend(format!(
+                "keyspace {}: {had} records in the source, {has} in the copy (was the source in use?)",
+                ks.name()
+            )));
+        }
+    }
+    to.flush()?;
+    Ok(copied)
+}
 
 /// Reads the schema version, refusing stores this build cannot serve.
 pub fn check_schema(store: &dyn Store, location: &Path) -> Result<u32, StoreError> {

@@ -34,6 +34,10 @@ use crate::service::workflow::WorkflowError;
 const MAX_BODY: usize = 64 * 1024;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send a request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long one connection may stay open at most (a slow client cannot hold a slot forever).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
 
 const PAGE_JS: &str = include_str!("page.js");
 const PAGE_CSS: &str = include_str!("page.css");
@@ -76,6 +80,13 @@ pub enum WebError {
         "too many challenges asked from this address (or from everywhere); wait a minute and try again"
     )]
     RateLimited,
+    /// Refused before the key touch, reason not told (the request is not pending, the grant
+    /// not active, the operator may not vote or voted already, the reason is unusable). Read
+    /// the request's card (one touch) or ask whoever runs latchkeyd (the log has the reason).
+    #[error(
+        "refused before the key touch: the request may be closed or the grant no longer active, you may have voted already or may not vote on it; unlock the card to see its state (the daemon's log has the reason)"
+    )]
+    Refused,
     /// The operator has no FIDO2 key; browsers cannot use PIV keys. Use the CLI.
     #[error(
         "operator {0} has no FIDO2 security key: the page works with FIDO2 keys; use the CLI for a PIV key"
@@ -98,6 +109,7 @@ impl Coded for WebError {
             WebError::Malformed(_) => "web.malformed",
             WebError::TooLarge => "web.too_large",
             WebError::RateLimited => "web.rate_limited",
+            WebError::Refused => "web.refused",
             WebError::NoSecurityKey(_) => "web.no_security_key",
             WebError::Workflow(e) => e.code(),
             WebError::Task(_) => "web.task_failed",
@@ -111,7 +123,7 @@ impl Coded for WebError {
             | WebError::Malformed(_)
             | WebError::TooLarge
             | WebError::NoSecurityKey(_) => ErrorKind::InvalidInput,
-            WebError::WrongOrigin { .. } => ErrorKind::PermissionDenied,
+            WebError::WrongOrigin { .. } | WebError::Refused => ErrorKind::PermissionDenied,
             WebError::RateLimited => ErrorKind::ResourceExhausted,
             WebError::Workflow(e) => e.kind(),
             WebError::Task(_) => ErrorKind::Internal,
@@ -204,13 +216,18 @@ where
                         let page = page.clone();
                         async move { Ok::<_, Infallible>(page.answer(r, remote, number).await) }
                     });
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
-                        .serve_connection(TokioIo::new(conn.tls), service)
-                        .await;
-                    if let Err(e) = served {
-                        tracing::debug!(%remote, "approval page connection: {e}");
+                    let served = tokio::time::timeout(
+                        CONNECTION_LIFETIME,
+                        hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .serve_connection(TokioIo::new(conn.tls), service),
+                    )
+                    .await;
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(%remote, "approval page connection: {e}"),
+                        Err(_) => tracing::info!(%remote, "approval page connection open too long; closed"),
                     }
                 });
             }
@@ -276,17 +293,20 @@ impl Page {
             Ok(response) => response,
             Err(e) => {
                 let status = http_status(e.kind());
-                if status.is_server_error() {
+                // A stranger learns that it failed, not how: the detail is in the log.
+                let message = if status.is_server_error() {
                     tracing::error!(%remote, path, code = e.code(), "approval page: {e}");
+                    "latchkeyd could not do this now; its log says why".to_owned()
                 } else {
                     tracing::info!(%remote, path, code = e.code(), "approval page: {e}");
-                }
+                    e.to_string()
+                };
                 match answer {
                     Answer::Json => json(
                         status,
-                        &serde_json::json!({ "code": e.code(), "message": e.to_string() }),
+                        &serde_json::json!({ "code": e.code(), "message": message }),
                     ),
-                    Answer::Html => html(status, &pages::error(e.code(), &e.to_string())),
+                    Answer::Html => html(status, &pages::error(e.code(), &message)),
                 }
             }
         }
@@ -321,17 +341,20 @@ impl Page {
             });
         }
         let is_json = segments.as_slice() == ["api", "begin"];
-        let body = Limited::new(request.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    WebError::TooLarge
-                } else {
-                    WebError::Malformed(e.to_string())
-                }
-            })?
-            .to_bytes();
+        let body = tokio::time::timeout(
+            BODY_TIMEOUT,
+            Limited::new(request.into_body(), MAX_BODY).collect(),
+        )
+        .await
+        .map_err(|_| WebError::Malformed("the body did not arrive in time".to_owned()))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                WebError::TooLarge
+            } else {
+                WebError::Malformed(e.to_string())
+            }
+        })?
+        .to_bytes();
         if is_json {
             let begin: Begin =
                 serde_json::from_slice(&body).map_err(|e| WebError::Malformed(e.to_string()))?;
@@ -351,6 +374,9 @@ impl Page {
         fields: Fields,
     ) -> Result<String, WebError> {
         let authority = self.authority.clone();
+        if let [_, id, ..] = segments {
+            pages::checked_id(id)?;
+        }
         match segments {
             ["requests"] => {
                 blocking(move || {
@@ -457,12 +483,14 @@ impl Page {
                     };
                     let target = VoteTarget::Request(begin.target.clone());
                     authority
-                        .begin_vote(&caller, &target, operator, decision)?
+                        .begin_vote(&caller, &target, operator, decision)
+                        .map_err(|e| opaque(&begin, &e))?
                         .0
                 }
                 "revoke" => {
                     authority
-                        .begin_revoke(&caller, &begin.target, operator, &begin.reason)?
+                        .begin_revoke(&caller, &begin.target, operator, &begin.reason)
+                        .map_err(|e| opaque(&begin, &e))?
                         .0
                 }
                 "enroll" => authority.begin_key_proposal(&caller, operator)?,
@@ -497,6 +525,27 @@ fn shown(segments: &[&str], path: &str) -> Result<Response<Full<Bytes>>, WebErro
         ["grants", id] => Ok(html(StatusCode::OK, &pages::unlock_grant(id)?)),
         ["enroll"] => Ok(html(StatusCode::OK, &pages::enroll_form())),
         _ => Err(WebError::NotFound(path.to_owned())),
+    }
+}
+
+/// A refusal before the key touch, told without its reason: the remote port asks for a read
+/// session before these, and the page must not tell a stranger with a link whether a request
+/// is pending, a grant active, or an operator may vote. The reason goes to the log.
+fn opaque(begin: &Begin, e: &WorkflowError) -> WebError {
+    match e.kind() {
+        ErrorKind::Unavailable | ErrorKind::Internal | ErrorKind::ResourceExhausted => {
+            WebError::Task(e.to_string())
+        }
+        _ => {
+            tracing::info!(
+                purpose = begin.purpose,
+                operator = begin.operator,
+                target = begin.target,
+                code = e.code(),
+                "approval page: refused before the key touch: {e}"
+            );
+            WebError::Refused
+        }
     }
 }
 

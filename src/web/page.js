@@ -7,16 +7,26 @@
     const line = document.getElementById("status");
     if (line) line.textContent = text;
   };
-  const remembered = localStorage.getItem("latchkey.operator") || "";
+  // The operator name is remembered for convenience only (it grants nothing); a browser that
+  // blocks storage just asks again.
+  const remember = (name) => {
+    try {
+      if (name === undefined) return localStorage.getItem("latchkey.operator") || "";
+      localStorage.setItem("latchkey.operator", name);
+    } catch (e) {
+      return "";
+    }
+    return name;
+  };
+  const remembered = remember();
   for (const input of document.querySelectorAll("input[name=operator]")) {
     if (!input.value) input.value = remembered;
   }
 
-  async function sign(form, submitter) {
+  async function sign(form, purpose) {
     const data = new FormData(form);
-    const purpose = form.dataset.purpose === "vote" ? submitter.value : form.dataset.purpose;
     const operator = String(data.get("operator") || "").trim();
-    localStorage.setItem("latchkey.operator", operator);
+    remember(operator);
     status("Asking latchkeyd for a challenge…");
     const response = await fetch("/api/begin", {
       method: "POST",
@@ -47,20 +57,32 @@
     HTMLFormElement.prototype.submit.call(form);
   }
 
+  const start = (form, purpose) => {
+    const buttons = form.querySelectorAll("button");
+    for (const b of buttons) b.disabled = true;
+    sign(form, purpose).catch((e) => {
+      const why =
+        e.name === "NotAllowedError"
+          ? "the key was not touched in time, or the browser refused it"
+          : `${e.name === "Error" ? "" : e.name + ": "}${e.message}`;
+      status(`Not done: ${why}`);
+      console.error(`latchkey: ${e.name}: ${e.message}`);
+      for (const b of buttons) b.disabled = false;
+    });
+  };
+
   for (const form of document.querySelectorAll("form.signed")) {
+    const vote = form.dataset.purpose === "vote";
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      const buttons = form.querySelectorAll("button");
-      for (const b of buttons) b.disabled = true;
-      sign(form, event.submitter).catch((e) => {
-        const why =
-          e.name === "NotAllowedError"
-            ? "the key was not touched in time, or the browser refused it"
-            : `${e.name === "Error" ? "" : e.name + ": "}${e.message}`;
-        status(`Not done: ${why}`);
-        console.error(`latchkey: ${e.name}: ${e.message}`);
-        for (const b of buttons) b.disabled = false;
-      });
+      // Enter in a vote form decides nothing: Approve and Deny are pressed, never implied.
+      if (vote) status("Press Approve or Deny.");
+      else start(form, form.dataset.purpose);
     });
+    if (vote) {
+      for (const button of form.querySelectorAll("button[value]")) {
+        button.addEventListener("click", () => start(form, button.value));
+      }
+    }
   }
 })();

@@ -41,7 +41,7 @@ fn time(t: Timestamp) -> String {
 }
 
 /// A request or grant id as it may appear in a path: what `names::new_id` makes.
-fn checked_id(id: &str) -> Result<&str, WebError> {
+pub(super) fn checked_id(id: &str) -> Result<&str, WebError> {
     if !id.is_empty()
         && id.len() <= 64
         && id
@@ -50,7 +50,7 @@ fn checked_id(id: &str) -> Result<&str, WebError> {
     {
         Ok(id)
     } else {
-        Err(WebError::NotFound(format!("/{}", escape(id))))
+        Err(WebError::NotFound(format!("/{id}")))
     }
 }
 
@@ -198,8 +198,8 @@ fn request_card(authority: &Authority, view: &RequestView) -> String {
 <form method="post" action="/requests/{id}/vote" class="signed vote" data-purpose="vote" data-target="{id}">
 {fields}
 <input type="hidden" name="decision" value="">
-<button type="submit" value="approve" class="approve">Approve</button>
-<button type="submit" value="deny" class="deny">Deny</button>
+<button type="button" value="approve" class="approve">Approve</button>
+<button type="button" value="deny" class="deny">Deny</button>
 </form>"#,
             id = escape(&c.id),
             fields = signer_fields(),

@@ -112,3 +112,36 @@ fn the_page_proposes_keys_only_for_known_operators_after_genesis_with_a_proofing
     assert_eq!(w.authority.changes(None).unwrap().len(), changes);
     assert_eq!(key_count(&w, "carol"), 1);
 }
+
+#[test]
+fn one_key_proposal_from_the_page_per_operator_waits_at_a_time_and_lists_only_their_keys() {
+    let mut w = World::ready();
+    let opened = w.authority.begin_key_proposal(&page(), "carol").unwrap();
+    // The creation options exclude carol's key only, not everyone's.
+    let options: serde_json::Value = serde_json::from_str(&opened.options_json).unwrap();
+    let excluded = options["publicKey"]["excludeCredentials"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(excluded, 1, "{options}");
+    let response = SoftTokenKey::open_or_create(&w.dir.path().join("spare.softtoken"))
+        .unwrap()
+        .enroll(None, &opened.options_json, &opened.piv_challenge)
+        .unwrap();
+    let (_, change) = w
+        .authority
+        .propose_key(&page(), &opened.ceremony_id, &response, NOTE)
+        .unwrap();
+    let again = w
+        .authority
+        .begin_key_proposal(&page(), "carol")
+        .unwrap_err();
+    assert_eq!(again.code(), "change.invalid");
+    assert!(again.to_string().contains(&change.change.id), "{again}");
+    // Another operator may still propose; once admins decide, carol may again.
+    w.authority.begin_key_proposal(&page(), "alice").unwrap();
+    let target = VoteTarget::Change(change.change.id.clone());
+    for admin in ["alice", "bob"] {
+        w.vote(admin, &target, Decision::Deny).ok();
+    }
+    assert!(w.authority.begin_key_proposal(&page(), "carol").is_ok());
+}
