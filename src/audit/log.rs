@@ -200,7 +200,7 @@ impl AuditLog {
             let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
             self.refuse_if_poisoned()?;
             let now = self.clock.now();
-            written.push(self.append_locked(&mut head, txn, event, now, None)?);
+            written.push(self.append_locked(&mut head, txn, event, now)?);
             if head.seq - head.last_checkpoint >= self.policy.every_records {
                 match self.checkpoint_locked(&mut head) {
                     Ok(cp) => written.push(cp),
@@ -245,32 +245,45 @@ impl AuditLog {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         self.refuse_if_poisoned()?;
         let now = self.clock.now();
-        let mut txn = txn;
-        let mut records = Vec::with_capacity(events.len());
-        let (mut seq, mut prev) = (head.seq, head.hash.clone());
-        for event in events {
-            let mut record = AuditRecord {
-                seq: seq + 1,
-                time: now,
-                prev_hash: prev,
-                event: event.event.to_owned(),
-                actor: event.actor,
-                subject: event.subject,
-                details: event.details,
-                evidence: event.evidence,
-                checkpoint: None,
-                hash: String::new(),
-            };
-            record.hash = record.compute_hash();
-            txn.require_absent(Keyspace::Audit, seq_key(record.seq))
-                .put(seq_key(record.seq), &record)?;
-            seq = record.seq;
-            prev = record.hash.clone();
-            records.push(record);
+        let mut records = loop {
+            let mut attempt = txn.clone();
+            let mut records = Vec::with_capacity(events.len());
+            let (mut seq, mut prev) = (head.seq, head.hash.clone());
+            for event in &events {
+                let mut record = AuditRecord {
+                    seq: seq + 1,
+                    time: now,
+                    prev_hash: prev,
+                    event: event.event.to_owned(),
+                    actor: event.actor.clone(),
+                    subject: event.subject.clone(),
+                    details: event.details.clone(),
+                    evidence: event.evidence.clone(),
+                    checkpoint: None,
+                    hash: String::new(),
+                };
+                record.hash = record.compute_hash();
+                attempt
+                    .require_absent(Keyspace::Audit, seq_key(record.seq))
+                    .put(seq_key(record.seq), &record)?;
+                seq = record.seq;
+                prev = record.hash.clone();
+                records.push(record);
+            }
+            match self.store.apply(&attempt) {
+                Ok(()) => break records,
+                Err(StoreError::Conflict(why)) if !self.adopt_newer_head(&mut head)? => {
+                    return Err(StoreError::Conflict(why).into());
+                }
+                // Another node appended first: build the records again after its.
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(last) = records.last() {
+            head.seq = last.seq;
+            head.hash = last.hash.clone();
         }
-        self.store.apply(&txn)?;
-        head.seq = seq;
-        head.hash = prev;
         let described = records.len();
         if head.seq - head.last_checkpoint >= self.policy.every_records {
             match self.checkpoint_locked(&mut head) {
@@ -331,17 +344,6 @@ impl AuditLog {
 
     fn checkpoint_locked(&self, head: &mut Head) -> Result<AuditRecord, AuditError> {
         use ed25519_dalek::Signer as _;
-        let now = self.clock.now();
-        let head_hash = decode_hash(&head.hash)
-            .ok_or_else(|| AuditError::Damaged(format!("head hash {:?}", head.hash)))?;
-        let signature = self
-            .signer
-            .sign(&checkpoint_message(head.seq, &head_hash, now));
-        let checkpoint = Checkpoint {
-            covers_seq: head.seq,
-            head_hash: head.hash.clone(),
-            signature: B64.encode(signature.to_bytes()),
-        };
         let event = Event {
             event: CHECKPOINT_EVENT,
             actor: Actor::Daemon,
@@ -349,44 +351,121 @@ impl AuditLog {
             details: serde_json::json!({}),
             evidence: None,
         };
-        let mut txn = Txn::new();
-        txn.put_raw(
-            Keyspace::AuditCheckpoints,
-            seq_key(head.seq + 1),
-            Vec::new(),
-        );
-        let record = self.append_locked(head, txn, event, now, Some(checkpoint))?;
-        head.last_checkpoint = record.seq;
-        Ok(record)
+        loop {
+            let now = self.clock.now();
+            let head_hash = decode_hash(&head.hash)
+                .ok_or_else(|| AuditError::Damaged(format!("head hash {:?}", head.hash)))?;
+            let signature = self
+                .signer
+                .sign(&checkpoint_message(head.seq, &head_hash, now));
+            let checkpoint = Checkpoint {
+                covers_seq: head.seq,
+                head_hash: head.hash.clone(),
+                signature: B64.encode(signature.to_bytes()),
+            };
+            let mut txn = Txn::new();
+            txn.put_raw(
+                Keyspace::AuditCheckpoints,
+                seq_key(head.seq + 1),
+                Vec::new(),
+            );
+            // Signed over the head it follows: if another node appended first, sign again.
+            if let Some(record) = self.try_append(head, &txn, &event, now, Some(checkpoint))? {
+                head.last_checkpoint = record.seq;
+                return Ok(record);
+            }
+        }
     }
 
     fn append_locked(
         &self,
         head: &mut Head,
-        mut txn: Txn,
+        txn: Txn,
         event: Event,
         time: Timestamp,
-        checkpoint: Option<Checkpoint>,
     ) -> Result<AuditRecord, AuditError> {
+        loop {
+            if let Some(record) = self.try_append(head, &txn, &event, time, None)? {
+                return Ok(record);
+            }
+        }
+    }
+
+    /// Appends the record of `event` with `txn` after `head`. None: another node appended
+    /// first (a shared backend) and `head` now follows it; build again on it.
+    fn try_append(
+        &self,
+        head: &mut Head,
+        txn: &Txn,
+        event: &Event,
+        time: Timestamp,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Option<AuditRecord>, AuditError> {
         let mut record = AuditRecord {
             seq: head.seq + 1,
             time,
             prev_hash: head.hash.clone(),
             event: event.event.to_owned(),
-            actor: event.actor,
-            subject: event.subject,
-            details: event.details,
-            evidence: event.evidence,
+            actor: event.actor.clone(),
+            subject: event.subject.clone(),
+            details: event.details.clone(),
+            evidence: event.evidence.clone(),
             checkpoint,
             hash: String::new(),
         };
         record.hash = record.compute_hash();
-        txn.require_absent(Keyspace::Audit, seq_key(record.seq))
+        let mut attempt = txn.clone();
+        attempt
+            .require_absent(Keyspace::Audit, seq_key(record.seq))
             .put(seq_key(record.seq), &record)?;
-        self.store.apply(&txn)?;
-        head.seq = record.seq;
-        head.hash = record.hash.clone();
-        Ok(record)
+        match self.store.apply(&attempt) {
+            Ok(()) => {
+                head.seq = record.seq;
+                head.hash = record.hash.clone();
+                Ok(Some(record))
+            }
+            Err(StoreError::Conflict(_)) if self.adopt_newer_head(head)? => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After a conflict: if the store's log is ahead of `head` (another latchkeyd on the same
+    /// backend appended), takes its head, publishes the records this node did not write (they
+    /// are durable: only a shared backend has other writers) and returns true. False: the
+    /// conflict was the caller's own precondition.
+    fn adopt_newer_head(&self, head: &mut Head) -> Result<bool, AuditError> {
+        let stored = read_head(self.store.as_ref())?;
+        if stored.seq <= head.seq {
+            return Ok(false);
+        }
+        let missing = read_range(
+            self.store.as_ref(),
+            head.seq + 1,
+            usize::try_from(stored.seq - head.seq).unwrap_or(usize::MAX),
+        )?;
+        if missing.first().is_some_and(|r| r.prev_hash != head.hash) {
+            return Err(AuditError::Damaged(format!(
+                "record {} does not continue record {}",
+                head.seq + 1,
+                head.seq
+            )));
+        }
+        *head = stored;
+        {
+            // Durable: only a shared backend (which commits durably) has other writers.
+            let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+            *durable = (*durable).max(head.seq);
+        }
+        self.publish(missing);
+        Ok(true)
+    }
+
+    /// Follows records other latchkeyd nodes appended to a shared store: takes the store's
+    /// head if it is ahead and publishes what it missed (live tails, watches). Returns whether
+    /// anything was new. A node on its own store never has anything to catch up.
+    pub fn catch_up(&self) -> Result<bool, AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        self.adopt_newer_head(&mut head)
     }
 
     /// Durable records with `from <= seq`, at most `limit`.

@@ -156,3 +156,7 @@ pub const DEFAULT_DRILL_MAX_AGE_DAYS: u64 = 30;
 pub const MAX_DRILL_DETAIL_LEN: usize = 500;
 /// Most steps one drill may report.
 pub const MAX_DRILL_STEPS: usize = 16;
+
+/// How often a latchkeyd on a shared store (etcd) takes in what the other nodes wrote: audit
+/// records (live tails, watches) and grants (introspection).
+pub const SHARED_STORE_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);

@@ -538,7 +538,36 @@ fn spawn_tasks(
         stopped(stop),
     ));
     servers.spawn(challenge_sweeper(authority.clone(), stopped(stop)));
+    if matches!(config.store, config::StoreConfig::Etcd(_)) {
+        servers.spawn(shared_store_follower(authority.clone(), stopped(stop)));
+    }
     Ok(())
+}
+
+/// On a shared store (etcd): every [`SHARED_STORE_FOLLOW_INTERVAL`], takes in what other
+/// latchkeyd nodes wrote (audit records for tails and watches, grants for introspection).
+///
+/// [`SHARED_STORE_FOLLOW_INTERVAL`]: crate::base::constants::SHARED_STORE_FOLLOW_INTERVAL
+async fn shared_store_follower(
+    authority: Arc<Authority>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let mut ticks = tokio::time::interval(crate::base::constants::SHARED_STORE_FOLLOW_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = ticks.tick() => {
+                let authority = authority.clone();
+                match tokio::task::spawn_blocking(move || authority.follow_shared_store()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("following the shared store: {e}"),
+                    Err(e) => tracing::error!("shared store follower task: {e}"),
+                }
+            }
+        }
+    }
 }
 
 /// Resolves once `stop` says so, or once it is gone.

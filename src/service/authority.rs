@@ -145,6 +145,8 @@ pub struct Authority {
     pub(in crate::service) lapses: crate::service::lapses::PendingDeadlines,
     /// Remote operators' read sessions (owned by `sessions`).
     pub(in crate::service) sessions: crate::service::sessions::Sessions,
+    /// The last audit record `follow_shared_store` looked at.
+    followed: std::sync::atomic::AtomicU64,
 }
 
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
@@ -266,6 +268,7 @@ impl Authority {
             crate::base::constants::MAX_KEPT_CHALLENGES,
         );
         Ok(Self {
+            followed: std::sync::atomic::AtomicU64::new(audit.head_seq()),
             released: tokio::sync::watch::Sender::new(()),
             challenges,
             sessions: crate::service::sessions::Sessions::default(),
@@ -285,6 +288,44 @@ impl Authority {
             schema_version,
             dev_mode,
         })
+    }
+
+    /// Follows what other latchkeyd nodes on a shared store (etcd) did: their audit records
+    /// reach this node's live tails and watches, and every grant a record names is indexed
+    /// again from the store (active: its token introspects here; otherwise it does not).
+    /// Returns how many records were looked at. On a store of its own there is never any.
+    pub fn follow_shared_store(&self) -> Result<u64, crate::service::workflow::WorkflowError> {
+        use std::sync::atomic::Ordering;
+        self.audit.catch_up()?;
+        let head = self.audit.head_seq();
+        let mut from = self.followed.load(Ordering::Relaxed) + 1;
+        let mut seen = 0;
+        while from <= head {
+            let records = self.audit.read(from, 512)?;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                break;
+            };
+            let now = self.clock.now();
+            for record in &records {
+                if let Some(id) = record.subject.strip_prefix("grant/")
+                    && let Some(grant) = store::read::<crate::domain::grant::Grant>(
+                        self.store.as_ref(),
+                        id.as_bytes(),
+                    )?
+                    && let Some(hash) = &grant.bearer_sha256
+                {
+                    if grant.active_at(now) {
+                        self.index.insert(&grant);
+                    } else {
+                        self.index.remove(hash);
+                    }
+                }
+            }
+            seen += records.len() as u64;
+            self.followed.store(last, Ordering::Relaxed);
+            from = last + 1;
+        }
+        Ok(seen)
     }
 
     /// Resolves (with an error, as the sender is gone) once this authority is dropped: its

@@ -14,6 +14,7 @@ mod browser;
 mod crash;
 mod delivery;
 mod fido2;
+mod fleet;
 mod golden;
 mod hardening;
 mod lifecycle;

@@ -2,6 +2,7 @@
 //! readiness is learned from its sd_notify READY message (no sleeps).
 
 pub(crate) mod chromium;
+pub(crate) mod etcd;
 pub(crate) mod grants;
 pub(crate) mod sshd;
 pub(crate) mod world;

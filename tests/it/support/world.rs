@@ -365,6 +365,11 @@ pub(crate) async fn world_configured(scope: pb::Scope, extra: &str) -> World {
     world_on(Bg::start_with(DaemonDir::init(), extra).await, scope).await
 }
 
+/// The world on a daemon already started (e.g. on a shared store).
+pub(crate) async fn world_on_daemon(bg: Bg, scope: pb::Scope) -> World {
+    world_on(bg, scope).await
+}
+
 async fn world_on(mut bg: Bg, scope: pb::Scope) -> World {
     use pb::propose_change_request::Change as C;
     for (name, role) in [

@@ -1,0 +1,165 @@
+//! Several bastions, one trust store: three latchkeyd on a real three-member etcd cluster on
+//! loopback. The store is moved from sled to etcd with `latchkeyd store copy`; the nodes share
+//! the daemon's keys (one audit chain, one SSH CA) and nothing else.
+
+use latchkey::client::access::{self, Target};
+use latchkey::domain::policy::Decision;
+use latchkey::pb;
+use latchkey::pb::access_service_client::AccessServiceClient;
+
+use crate::support::etcd::EtcdCluster;
+use crate::support::world::{Bg, ORIGIN, db_root, delivery_key, draft, world_on_daemon};
+use crate::support::{DaemonDir, latchkey_cli, latchkeyd, server_cert};
+
+/// A second node's directory: its own socket and store dir, the first node's keys.
+fn node_like(first: &DaemonDir) -> DaemonDir {
+    let dir = DaemonDir::init();
+    for entry in std::fs::read_dir(&first.data).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file()
+            && entry.file_name() != latchkey::base::constants::ANCHOR_FILE
+        {
+            std::fs::copy(entry.path(), dir.data.join(entry.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+/// Has `node` take in what the other nodes wrote now (its follower does it every 250 ms;
+/// the test does not wait for that).
+async fn follow(node: &Bg) {
+    let authority = node.running().authority().clone();
+    tokio::task::spawn_blocking(move || authority.follow_shared_store())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_made_on_one_bastion_is_approved_on_two_others_and_its_token_introspects_everywhere()
+ {
+    let etcd = EtcdCluster::start(3);
+    let store = etcd.store_config("latchkey/");
+
+    // Node A: made with `latchkeyd init` on sled, copied into etcd.
+    let a_dir = DaemonDir::init();
+    let config = std::fs::read_to_string(&a_dir.config).unwrap() + &store;
+    std::fs::write(&a_dir.config, config).unwrap();
+    let copied = latchkeyd()
+        .args([
+            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
+        ])
+        .arg(&a_dir.config)
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{copied:?}");
+    assert!(String::from_utf8_lossy(&copied.stdout).contains("copied"));
+    let again = latchkeyd()
+        .args([
+            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
+        ])
+        .arg(&a_dir.config)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a copy into a store that is not empty is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{again:?}"
+    );
+
+    let (b_dir, c_dir) = (node_like(&a_dir), node_like(&a_dir));
+    let a = Bg::start_with(a_dir, &store).await;
+    let mut w = world_on_daemon(a, db_root(600)).await;
+    let b = Bg::start_with(b_dir, &store).await;
+    let c = Bg::start_with(c_dir, &store).await;
+
+    // A workload asks on A and waits there; carol approves on B, dave on C.
+    let asked = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(draft(None)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let channel = w.bg.tls(&w.vault_db).await;
+    let id = asked.id.clone();
+    let waiter =
+        tokio::spawn(
+            async move { access::wait(channel, &id, Some(&delivery_key()), |_| {}).await },
+        );
+    for (node, operator) in [(&b, "carol"), (&c, "dave")] {
+        let key = w.bg.keys.get_mut(operator).unwrap()[0].as_mut();
+        access::vote(
+            node.local().await,
+            &Target::Request(asked.id.clone()),
+            operator,
+            Decision::Approve,
+            key,
+            Some(ORIGIN),
+        )
+        .await
+        .unwrap();
+    }
+    let (info, collected) = waiter.await.unwrap().unwrap();
+    assert_eq!(info.state(), pb::RequestState::Issued);
+    let token = collected.unwrap().bearer_token;
+    assert!(token.starts_with("lkbg_"));
+
+    // Minted on C (the deciding vote), collected on A (its watch followed B's and C's
+    // records); the token introspects on every node once it took the grant in.
+    for node in [&w.bg, &b, &c] {
+        follow(node).await;
+        let answer = AccessServiceClient::new(
+            latchkey::client::connect_tls(
+                node.running().tls_addr().unwrap(),
+                server_cert(&node.dir.data),
+                w.plugin.identity(),
+            )
+            .await
+            .unwrap(),
+        )
+        .introspect(pb::IntrospectRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+        assert!(answer.active, "inactive on {:?}", node.dir.socket);
+    }
+
+    // One audit chain: B's export (records from all three nodes) verifies offline.
+    let file = b.dir.dir.path().join("audit.jsonl");
+    let socket = b.dir.socket.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        let export = latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["audit", "export", "--output"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{export:?}");
+        latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--json", "audit", "verify"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
+    assert_eq!(report["verified"], true, "{report}");
+    for node in [b, c] {
+        node.stop().await;
+    }
+    w.bg.stop().await;
+}
