@@ -194,13 +194,15 @@ impl AuditLog {
     /// Commits `txn` together with the record of `event`, atomically: both or neither. Writes a
     /// checkpoint afterwards when the policy says so (a failed checkpoint is logged, not fatal:
     /// the change and its record are already durable).
+    // Owned, like `apply_events`: the caller hands its change over.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn commit(&self, txn: Txn, event: Event) -> Result<AuditRecord, AuditError> {
         let mut written = Vec::with_capacity(2);
         let seq = {
             let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
             self.refuse_if_poisoned()?;
             let now = self.clock.now();
-            written.push(self.append_locked(&mut head, txn, event, now)?);
+            written.push(self.append_locked(&mut head, &txn, &event, now)?);
             if head.seq - head.last_checkpoint >= self.policy.every_records {
                 match self.checkpoint_locked(&mut head) {
                     Ok(cp) => written.push(cp),
@@ -241,6 +243,9 @@ impl AuditLog {
     /// applied (visible to readers of the store); pass the result to [`AuditLog::settle_all`],
     /// which makes it durable and publishes its records. For a writer with many changes in a
     /// row (the revocation scheduler): one flush for all of them.
+    // Owned: the caller hands its change over. Kept whole (and cloned per attempt) so the
+    // records can be built again after another node's append on a shared store.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn apply_events(&self, txn: Txn, events: Vec<Event>) -> Result<Applied, AuditError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         self.refuse_if_poisoned()?;
@@ -380,12 +385,12 @@ impl AuditLog {
     fn append_locked(
         &self,
         head: &mut Head,
-        txn: Txn,
-        event: Event,
+        txn: &Txn,
+        event: &Event,
         time: Timestamp,
     ) -> Result<AuditRecord, AuditError> {
         loop {
-            if let Some(record) = self.try_append(head, &txn, &event, time, None)? {
+            if let Some(record) = self.try_append(head, txn, event, time, None)? {
                 return Ok(record);
             }
         }

@@ -175,6 +175,24 @@ hardened service and socket activation
 ];
 
 /// Runs the daemon's command line and says how it went.
+fn store_command(command: StoreCommand) -> Result<(), String> {
+    let StoreCommand::Copy { config, from, to } = command;
+    let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
+    let choice = |s: &str| {
+        if s == "etcd" {
+            crate::daemon::config::StoreChoice::Etcd
+        } else {
+            crate::daemon::config::StoreChoice::Sled
+        }
+    };
+    let copied =
+        daemon::copy_store(&config, choice(&from), choice(&to)).map_err(|e| e.to_string())?;
+    println!(
+        "copied {copied} records from {from} to {to}; point [store] backend at {to} before starting latchkeyd"
+    );
+    Ok(())
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Doctor {
@@ -317,24 +335,7 @@ fn run(command: Command) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Store {
-            command: StoreCommand::Copy { config, from, to },
-        } => {
-            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
-            let choice = |s: &str| {
-                if s == "etcd" {
-                    crate::daemon::config::StoreChoice::Etcd
-                } else {
-                    crate::daemon::config::StoreChoice::Sled
-                }
-            };
-            let copied = daemon::copy_store(&config, choice(&from), choice(&to))
-                .map_err(|e| e.to_string())?;
-            println!(
-                "copied {copied} records from {from} to {to}; point [store] backend at {to} before starting latchkeyd"
-            );
-            Ok(())
-        }
+        Command::Store { command } => store_command(command),
         Command::Serve { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
             crate::daemon::logging::init(config.log_format, &config.log_filter);
