@@ -666,6 +666,17 @@ introspect_uids = []
 # certificate = "/etc/latchkey/web.crt"
 # private_key = "/etc/latchkey/web.key"
 
+# The trust store: sled in data_dir (the default), or an etcd cluster several bastions share
+# (move a store there with `latchkeyd store copy --from sled --to etcd`). docs/install.md.
+# [store]
+# backend = "etcd"
+# [store.etcd]
+# endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"]
+# prefix = "latchkey/"
+# ca = "/etc/latchkey/etcd-ca.pem"
+# certificate = "/etc/latchkey/etcd-client.pem"
+# private_key = "/etc/latchkey/etcd-client.key"
+
 [audit]
 # A checkpoint signed by the audit key after this many records, or this many seconds with
 # records not yet covered, whichever comes first.

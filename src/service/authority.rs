@@ -292,14 +292,18 @@ impl Authority {
 
     /// Follows what other latchkeyd nodes on a shared store (etcd) did: their audit records
     /// reach this node's live tails and watches, and every grant a record names is indexed
-    /// again from the store (active: its token introspects here; otherwise it does not).
-    /// Returns how many records were looked at. On a store of its own there is never any.
+    /// again from the store (active: its token introspects here; otherwise it does not); a
+    /// grant whose revocation started puts its certificate's serial in this node's KRL (each
+    /// bastion's sshd reads its own), read back after writing. Returns how many records were
+    /// looked at.
     pub fn follow_shared_store(&self) -> Result<u64, crate::service::workflow::WorkflowError> {
         use std::sync::atomic::Ordering;
         self.audit.catch_up()?;
         let head = self.audit.head_seq();
-        let mut from = self.followed.load(Ordering::Relaxed) + 1;
+        let started = self.followed.load(Ordering::Relaxed);
+        let mut from = started + 1;
         let mut seen = 0;
+        let mut revoked_serials = Vec::new();
         while from <= head {
             let records = self.audit.read(from, 512)?;
             let Some(last) = records.last().map(|r| r.seq) else {
@@ -312,18 +316,39 @@ impl Authority {
                         self.store.as_ref(),
                         id.as_bytes(),
                     )?
-                    && let Some(hash) = &grant.bearer_sha256
                 {
-                    if grant.active_at(now) {
-                        self.index.insert(&grant);
-                    } else {
-                        self.index.remove(hash);
+                    let active = grant.active_at(now);
+                    match &grant.bearer_sha256 {
+                        Some(_) if active => self.index.insert(&grant),
+                        Some(hash) => self.index.remove(hash),
+                        None => {}
+                    }
+                    if let Some(ssh) = grant.ssh.as_ref().filter(|_| grant.revocation.is_some()) {
+                        revoked_serials.push((ssh.serial, grant.expires_at.unix_millis()));
                     }
                 }
             }
             seen += records.len() as u64;
             self.followed.store(last, Ordering::Relaxed);
             from = last + 1;
+        }
+        if !revoked_serials.is_empty() {
+            let now = self.clock.now();
+            let written = self.publish_krl(now, &revoked_serials).and_then(|listed| {
+                match revoked_serials.iter().find(|(serial, valid_before)| {
+                    Timestamp::from_unix_millis(*valid_before) > now && !listed.contains(serial)
+                }) {
+                    Some((missing, _)) => Err(crate::service::workflow::WorkflowError::Sink(
+                        format!("serial {missing} is not in this node's KRL after writing it"),
+                    )),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = written {
+                // Looked at again on the next round.
+                self.followed.store(started, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         Ok(seen)
     }

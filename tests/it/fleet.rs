@@ -8,6 +8,7 @@ use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 
 use crate::support::etcd::EtcdCluster;
+use crate::support::sshd::user_key;
 use crate::support::world::{Bg, ORIGIN, db_root, delivery_key, draft, world_on_daemon};
 use crate::support::{DaemonDir, latchkey_cli, latchkeyd, server_cert};
 
@@ -23,6 +24,18 @@ fn node_like(first: &DaemonDir) -> DaemonDir {
         }
     }
     dir
+}
+
+/// Whether `ssh-keygen -Q` finds `cert` revoked by the KRL at `krl`.
+fn krl_revokes(krl: &std::path::Path, cert: &std::path::Path) -> bool {
+    let query = std::process::Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(krl)
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&query.stdout).contains("REVOKED")
 }
 
 /// Has `node` take in what the other nodes wrote now (its follower does it every 250 ms;
@@ -72,14 +85,24 @@ async fn a_request_made_on_one_bastion_is_approved_on_two_others_and_its_token_i
 
     let (b_dir, c_dir) = (node_like(&a_dir), node_like(&a_dir));
     let a = Bg::start_with(a_dir, &store).await;
-    let mut w = world_on_daemon(a, db_root(600)).await;
+    let mut scope = db_root(600);
+    scope.ssh = Some(pb::SshSpec {
+        principals: vec!["root".into()],
+        permit_port_forwarding: false,
+    });
+    let mut w = world_on_daemon(a, scope).await;
     let b = Bg::start_with(b_dir, &store).await;
     let c = Bg::start_with(c_dir, &store).await;
 
     // A workload asks on A and waits there; carol approves on B, dave on C.
+    let home = w.bg.dir.dir.path().to_owned();
+    let (_, public) = user_key(&home, "responder");
     let asked = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
         .create_request(pb::CreateRequestRequest {
-            draft: Some(draft(None)),
+            draft: Some(pb::RequestDraft {
+                ssh_public_key: std::fs::read_to_string(&public).unwrap(),
+                ..draft(None)
+            }),
             ..Default::default()
         })
         .await
@@ -108,8 +131,11 @@ async fn a_request_made_on_one_bastion_is_approved_on_two_others_and_its_token_i
     }
     let (info, collected) = waiter.await.unwrap().unwrap();
     assert_eq!(info.state(), pb::RequestState::Issued);
-    let token = collected.unwrap().bearer_token;
+    let collected = collected.unwrap();
+    let token = collected.bearer_token.clone();
     assert!(token.starts_with("lkbg_"));
+    let cert = home.join("responder-cert.pub");
+    std::fs::write(&cert, &collected.ssh_certificate).unwrap();
 
     // Minted on C (the deciding vote), collected on A (its watch followed B's and C's
     // records); the token introspects on every node once it took the grant in.
@@ -131,6 +157,40 @@ async fn a_request_made_on_one_bastion_is_approved_on_two_others_and_its_token_i
         .unwrap()
         .into_inner();
         assert!(answer.active, "inactive on {:?}", node.dir.socket);
+    }
+
+    // erin revokes on C; every bastion's own KRL lists the certificate once it followed.
+    let begun = AccessServiceClient::new(c.local().await)
+        .begin_revoke(pb::BeginRevokeRequest {
+            grant_id: collected.grant_id.clone(),
+            operator: "erin".into(),
+            reason: "incident closed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let signed = w.bg.sign(
+        "erin",
+        0,
+        serde_json::from_str(&begun.request_options_json).unwrap(),
+    );
+    AccessServiceClient::new(c.local().await)
+        .revoke(pb::RevokeRequest {
+            grant_id: collected.grant_id.clone(),
+            reason: "incident closed".into(),
+            ceremony_id: begun.ceremony_id,
+            credential_json: signed,
+        })
+        .await
+        .unwrap();
+    for node in [&w.bg, &b, &c] {
+        follow(node).await;
+        let krl = node.running().authority().krl_path().to_owned();
+        assert!(
+            krl_revokes(&krl, &cert),
+            "{} does not list it",
+            krl.display()
+        );
     }
 
     // One audit chain: B's export (records from all three nodes) verifies offline.
