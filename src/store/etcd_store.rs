@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget,
-    Txn as EtcdTxn, TxnOp,
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, KvClient, SortOrder,
+    SortTarget, Txn as EtcdTxn, TxnOp,
 };
 
 use super::{Compare, Entry, Keyspace, Store, StoreError, Txn, Write};
@@ -148,14 +148,34 @@ impl EtcdStore {
         k
     }
 
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    /// Runs `op` against etcd until it answers, a lasting error, or [`ETCD_CALL_TIMEOUT`]:
+    /// a member going away or a leader election (`leader changed`, unavailable) is waited out.
+    /// A write retried this way may have applied the first time; its preconditions make the
+    /// retry a conflict then (every latchkey change compares the state it changes).
+    fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(KvClient) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        let kv = self.client.kv_client();
         wait(&self.handle, async move {
-            tokio::time::timeout(ETCD_CALL_TIMEOUT, fut)
-                .await
-                .map_err(|_| backend("call", "no answer from a quorum in time"))?
+            let deadline = tokio::time::Instant::now() + ETCD_CALL_TIMEOUT;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match tokio::time::timeout_at(deadline, op(kv.clone())).await {
+                    Err(_) => return Err(backend(what, "no answer from a quorum in time")),
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(e))
+                        if transient(&e) && tokio::time::Instant::now() + pause < deadline =>
+                    {
+                        tracing::debug!("etcd {what}: {e}; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Ok(Err(e)) => return Err(backend(what, e)),
+                }
+            }
         })?
     }
 
@@ -170,34 +190,32 @@ impl EtcdStore {
     ) -> Result<Vec<Entry>, StoreError> {
         let strip = self.keyspace_prefix(ks).len();
         let from = self.full_key(ks, start);
-        let mut kv = self.client.kv_client();
-        self.run(async move {
-            let options = GetOptions::new()
-                .with_range(end)
-                .with_limit(limit)
-                .with_sort(SortTarget::Key, order);
-            let answer = kv
-                .get(from, Some(options))
-                .await
-                .map_err(|e| backend("range", e))?;
-            Ok(answer
-                .kvs()
-                .iter()
-                .map(|kv| (kv.key()[strip..].to_vec(), kv.value().to_vec()))
-                .collect())
+        self.run("range", move |mut kv| {
+            let (from, end) = (from.clone(), end.clone());
+            async move {
+                let options = GetOptions::new()
+                    .with_range(end)
+                    .with_limit(limit)
+                    .with_sort(SortTarget::Key, order);
+                let answer = kv.get(from, Some(options)).await?;
+                Ok(answer
+                    .kvs()
+                    .iter()
+                    .map(|kv| (kv.key()[strip..].to_vec(), kv.value().to_vec()))
+                    .collect())
+            }
         })
     }
 
     fn count_range(&self, from: Vec<u8>, end: Vec<u8>) -> Result<u64, StoreError> {
-        let mut kv = self.client.kv_client();
-        self.run(async move {
-            let options = GetOptions::new().with_range(end).with_count_only();
-            let answer = kv
-                .get(from, Some(options))
-                .await
-                .map_err(|e| backend("count", e))?;
-            u64::try_from(answer.count()).map_err(|e| backend("count", e))
-        })
+        let count = self.run("count", move |mut kv| {
+            let (from, end) = (from.clone(), end.clone());
+            async move {
+                let options = GetOptions::new().with_range(end).with_count_only();
+                Ok(kv.get(from, Some(options)).await?.count())
+            }
+        })?;
+        u64::try_from(count).map_err(|e| backend("count", e))
     }
 
     /// The etcd transaction of `txn`: its comparisons, then its writes with later writes of a
@@ -237,6 +255,19 @@ impl EtcdStore {
     }
 }
 
+/// An error that may pass: the member is down or restarting, a leader is being elected.
+fn transient(e: &etcd_client::Error) -> bool {
+    /// gRPC's UNAVAILABLE.
+    const UNAVAILABLE: i32 = 14;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            i32::from(status.code()) == UNAVAILABLE || status.message().contains("leader changed")
+        }
+        _ => false,
+    }
+}
+
 /// Runs `fut` on `handle` and waits for it from this (any) thread.
 fn wait<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
@@ -254,10 +285,12 @@ fn wait<T: Send + 'static>(
 impl Store for EtcdStore {
     fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.full_key(ks, key);
-        let mut kv = self.client.kv_client();
-        self.run(async move {
-            let answer = kv.get(key, None).await.map_err(|e| backend("get", e))?;
-            Ok(answer.kvs().first().map(|kv| kv.value().to_vec()))
+        self.run("get", move |mut kv| {
+            let key = key.clone();
+            async move {
+                let answer = kv.get(key, None).await?;
+                Ok(answer.kvs().first().map(|kv| kv.value().to_vec()))
+            }
         })
     }
 
@@ -303,10 +336,9 @@ impl Store for EtcdStore {
             return Ok(());
         }
         let request = self.etcd_txn(txn);
-        let mut kv = self.client.kv_client();
-        let succeeded = self.run(async move {
-            let answer = kv.txn(request).await.map_err(|e| backend("txn", e))?;
-            Ok(answer.succeeded())
+        let succeeded = self.run("txn", move |mut kv| {
+            let request = request.clone();
+            async move { Ok(kv.txn(request).await?.succeeded()) }
         })?;
         if succeeded {
             Ok(())

@@ -223,3 +223,97 @@ async fn a_request_made_on_one_bastion_is_approved_on_two_others_and_its_token_i
     }
     w.bg.stop().await;
 }
+
+/// A workload's request for `db-root` on `w`'s node: its status on refusal.
+async fn workload_asks(w: &crate::support::world::World) -> Result<pb::RequestInfo, tonic::Status> {
+    AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+        .create_request(pb::CreateRequestRequest {
+            draft: Some(draft(None)),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().request.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_etcd_quorum_changes_are_refused_whole_and_service_resumes_with_it() {
+    let mut etcd = EtcdCluster::start(3);
+    let store = etcd.store_config("latchkey/");
+    let dir = DaemonDir::init();
+    std::fs::write(
+        &dir.config,
+        std::fs::read_to_string(&dir.config).unwrap() + &store,
+    )
+    .unwrap();
+    let copied = latchkeyd()
+        .args([
+            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
+        ])
+        .arg(&dir.config)
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{copied:?}");
+    let mut w = world_on_daemon(Bg::start_with(dir, &store).await, db_root(600)).await;
+
+    // One member down: a majority remains, and a whole cycle goes through.
+    etcd.kill(2);
+    let first = workload_asks(&w).await.unwrap();
+    for operator in ["carol", "dave"] {
+        w.bg.vote(
+            Target::Request(first.id.clone()),
+            operator,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+
+    // Two down: no quorum. A new request is refused with a clear code, and nothing of it
+    // exists once the quorum is back.
+    etcd.kill(1);
+    let refused = workload_asks(&w).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("etcd"), "{refused:?}");
+    etcd.restart(1);
+    let requests = AccessServiceClient::new(w.bg.local().await)
+        .list_requests(pb::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the first request exists: {requests:?}"
+    );
+
+    // Quorum back: service resumes, on the same audit chain.
+    let second = workload_asks(&w).await.unwrap();
+    assert_ne!(second.id, first.id);
+    let socket = w.bg.dir.socket.clone();
+    let file = w.bg.dir.dir.path().join("audit.jsonl");
+    let verified = tokio::task::spawn_blocking(move || {
+        let export = latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["audit", "export", "--output"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{export:?}");
+        latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--json", "audit", "verify"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
+    assert_eq!(report["verified"], true, "{report}");
+    w.bg.stop().await;
+}
