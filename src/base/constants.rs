@@ -160,3 +160,7 @@ pub const MAX_DRILL_STEPS: usize = 16;
 /// How often a latchkeyd on a shared store (etcd) takes in what the other nodes wrote: audit
 /// records (live tails, watches) and grants (introspection).
 pub const SHARED_STORE_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a node on a shared store may go without hearing from it before it refuses to
+/// introspect (another node may have revoked a grant meanwhile).
+pub const SHARED_STORE_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);

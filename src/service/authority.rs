@@ -147,6 +147,9 @@ pub struct Authority {
     pub(in crate::service) sessions: crate::service::sessions::Sessions,
     /// The last audit record `follow_shared_store` looked at.
     followed: std::sync::atomic::AtomicU64,
+    /// When `follow_shared_store` last heard from the shared store (Unix ms); `i64::MIN`
+    /// while the store is this node's own (never followed).
+    pub(in crate::service) followed_at: std::sync::atomic::AtomicI64,
 }
 
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
@@ -269,6 +272,7 @@ impl Authority {
         );
         Ok(Self {
             followed: std::sync::atomic::AtomicU64::new(audit.head_seq()),
+            followed_at: std::sync::atomic::AtomicI64::new(i64::MIN),
             released: tokio::sync::watch::Sender::new(()),
             challenges,
             sessions: crate::service::sessions::Sessions::default(),
@@ -299,6 +303,7 @@ impl Authority {
     pub fn follow_shared_store(&self) -> Result<u64, crate::service::workflow::WorkflowError> {
         use std::sync::atomic::Ordering;
         self.audit.catch_up()?;
+        let heard = self.clock.now().unix_millis();
         let head = self.audit.head_seq();
         let started = self.followed.load(Ordering::Relaxed);
         let mut from = started + 1;
@@ -350,6 +355,7 @@ impl Authority {
                 return Err(e);
             }
         }
+        self.followed_at.store(heard, Ordering::Relaxed);
         Ok(seen)
     }
 

@@ -9,7 +9,7 @@ use crate::domain::request::{Request, RequestState};
 use crate::domain::workload::Workload;
 use crate::service::authority::Authority;
 use crate::service::workflow::*;
-use crate::store::{self, Keyspace, Txn};
+use crate::store::{self, Keyspace, StoreError, Txn};
 
 /// A credential as its requester collects it: read from the durable grant. The bearer token
 /// is only ever sealed to the request's delivery key ([`crate::credential::delivery`]).
@@ -85,7 +85,19 @@ impl Authority {
         if !allowed {
             return Err(WorkflowError::IntrospectionNotAllowed);
         }
-        Ok(self.index.introspect(token, self.clock.now()))
+        let now = self.clock.now();
+        // On a shared store another node may have revoked the grant: an index that has not
+        // heard from the store lately answers "unavailable", never a possibly stale "active".
+        let heard = self.followed_at.load(std::sync::atomic::Ordering::Relaxed);
+        let stale_after = crate::base::constants::SHARED_STORE_STALE_AFTER.as_millis() as i64;
+        if heard != i64::MIN && now.unix_millis().saturating_sub(heard) > stale_after {
+            return Err(StoreError::Backend(format!(
+                "this node has not heard from the shared store for over {} s; introspection is refused rather than possibly stale",
+                stale_after / 1000
+            ))
+            .into());
+        }
+        Ok(self.index.introspect(token, now))
     }
 
     // ----- votes ---------------------------------------------------------------------------

@@ -275,7 +275,31 @@ async fn without_an_etcd_quorum_changes_are_refused_whole_and_service_resumes_wi
     let refused = workload_asks(&w).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("etcd"), "{refused:?}");
+    // Introspection is unavailable too (the caller's pin is read from the store), never a
+    // possibly stale answer.
+    let introspect = |w: &crate::support::world::World| {
+        let (addr, cert, plugin) = (
+            w.bg.running().tls_addr().unwrap(),
+            server_cert(&w.bg.dir.data),
+            w.plugin.identity(),
+        );
+        async move {
+            AccessServiceClient::new(
+                latchkey::client::connect_tls(addr, cert, plugin)
+                    .await
+                    .unwrap(),
+            )
+            .introspect(pb::IntrospectRequest {
+                token: "lkbg_not-a-token".into(),
+            })
+            .await
+        }
+    };
+    let stale = introspect(&w).await.unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Unavailable, "{stale:?}");
     etcd.restart(1);
+    follow(&w.bg).await;
+    assert!(!introspect(&w).await.unwrap().into_inner().active);
     let requests = AccessServiceClient::new(w.bg.local().await)
         .list_requests(pb::ListRequestsRequest::default())
         .await

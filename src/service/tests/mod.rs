@@ -9,6 +9,7 @@ mod genesis;
 mod notifications;
 mod requests;
 mod revocation;
+mod shared;
 mod votes;
 mod web;
 
