@@ -164,3 +164,8 @@ pub const SHARED_STORE_FOLLOW_INTERVAL: std::time::Duration = std::time::Duratio
 /// How long a node on a shared store may go without hearing from it before it refuses to
 /// introspect (another node may have revoked a grant meanwhile).
 pub const SHARED_STORE_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The lease of the node that does the singleton work on a shared store (expiry, revocation
+/// sinks, checkpoints by time): renewed every third of it; another node takes over once it
+/// lapses.
+pub const LEADER_LEASE: std::time::Duration = std::time::Duration::from_secs(6);

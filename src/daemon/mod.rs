@@ -539,9 +539,62 @@ fn spawn_tasks(
     ));
     servers.spawn(challenge_sweeper(authority.clone(), stopped(stop)));
     if matches!(config.store, config::StoreConfig::Etcd(_)) {
+        authority.contest_leadership();
         servers.spawn(shared_store_follower(authority.clone(), stopped(stop)));
+        servers.spawn(leader_campaign(authority.clone(), stopped(stop)));
     }
     Ok(())
+}
+
+/// On a shared store: takes part in electing the node that does the singleton work, a round
+/// every third of [`LEADER_LEASE`], and wakes the scheduler when this node starts leading.
+///
+/// [`LEADER_LEASE`]: crate::base::constants::LEADER_LEASE
+async fn leader_campaign(
+    authority: Arc<Authority>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    use crate::base::constants::LEADER_LEASE;
+    let node = match crate::base::names::random_id::<8>() {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!("no node id for the leader election: {e}; not contesting");
+            return Ok(());
+        }
+    };
+    tracing::info!(node, "contesting the leadership of the singleton work");
+    let mut ticks = tokio::time::interval(LEADER_LEASE / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = ticks.tick() => {
+                let (worker, me) = (authority.clone(), node.clone());
+                let round =
+                    tokio::task::spawn_blocking(move || worker.campaign(&me, LEADER_LEASE)).await;
+                let now_leading = match round {
+                    Ok(Ok(leads)) => leads,
+                    Ok(Err(e)) => {
+                        tracing::warn!("leader election: {e}");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!("leader election task: {e}");
+                        false
+                    }
+                };
+                if now_leading != leading {
+                    tracing::info!(node, leading = now_leading, "leadership changed");
+                    if now_leading {
+                        authority.wake_scheduler();
+                    }
+                }
+                leading = now_leading;
+            }
+        }
+    }
 }
 
 /// On a shared store (etcd): every [`SHARED_STORE_FOLLOW_INTERVAL`], takes in what other
@@ -818,6 +871,10 @@ async fn revocation_scheduler(
     loop {
         let worker = authority.clone();
         let round = tokio::task::spawn_blocking(move || {
+            // On a shared store only the leader does this (its writes are fenced).
+            if !worker.leads() {
+                return Ok((crate::service::sinks::DriveOutcome::default(), None));
+            }
             worker.revoke_expired()?;
             let outcome = worker.drive_revocations()?;
             let next_expiry = worker.next_expiry()?;
@@ -875,6 +932,9 @@ async fn checkpoint_timer(
         tokio::select! {
             () = &mut stop => return Ok(()),
             _ = ticks.tick() => {
+                if !authority.leads() {
+                    continue;
+                }
                 let authority = authority.clone();
                 match tokio::task::spawn_blocking(move || authority.audit().checkpoint()).await {
                     Ok(Ok(_)) => {}

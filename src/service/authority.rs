@@ -150,6 +150,8 @@ pub struct Authority {
     /// When `follow_shared_store` last heard from the shared store (Unix ms); `i64::MIN`
     /// while the store is this node's own (never followed).
     pub(in crate::service) followed_at: std::sync::atomic::AtomicI64,
+    /// This node's part in electing who does the singleton work (owned by `leadership`).
+    pub(in crate::service) leadership: crate::service::leadership::Leadership,
 }
 
 /// PIV trust from the bundled (pinned) roots, the configured intermediates and, in dev mode
@@ -273,6 +275,7 @@ impl Authority {
         Ok(Self {
             followed: std::sync::atomic::AtomicU64::new(audit.head_seq()),
             followed_at: std::sync::atomic::AtomicI64::new(i64::MIN),
+            leadership: crate::service::leadership::Leadership::default(),
             released: tokio::sync::watch::Sender::new(()),
             challenges,
             sessions: crate::service::sessions::Sessions::default(),

@@ -101,6 +101,7 @@ impl Authority {
         let mut conflicts = 0;
         loop {
             let mut txn = Txn::new();
+            self.fence(&mut txn);
             let mut events = Vec::new();
             let mut expired = Vec::new();
             let mut tokens = Vec::new();

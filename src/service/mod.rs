@@ -11,6 +11,7 @@ pub mod drill;
 pub mod expiry;
 pub mod hygiene;
 pub mod lapses;
+pub mod leadership;
 pub mod metrics;
 pub mod minting;
 pub mod notifications;

@@ -167,6 +167,7 @@ impl Authority {
                 }
             };
         let mut prune = Txn::new();
+        self.fence(&mut prune);
         let mut serials = Vec::with_capacity(listed.len());
         for (&serial, &valid_before) in listed.iter() {
             if Timestamp::from_unix_millis(valid_before) <= now {
@@ -442,6 +443,7 @@ impl Authority {
         let complete = grant.state == GrantState::Revoked;
         grant.revocation = Some(revocation);
         let mut txn = Txn::new();
+        self.fence(&mut txn);
         txn.require_equals(Keyspace::Grants, id.as_bytes(), raw)
             .put(id.as_bytes(), &grant)?;
         if complete {
@@ -602,6 +604,7 @@ impl Authority {
             let complete = grant.state == GrantState::Revoked;
             grant.revocation = Some(revocation);
             let mut txn = Txn::new();
+            self.fence(&mut txn);
             txn.require_equals(Keyspace::Grants, grant_id.as_bytes(), raw)
                 .put(grant_id.as_bytes(), &grant)?;
             if complete {

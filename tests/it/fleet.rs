@@ -341,3 +341,133 @@ async fn without_an_etcd_quorum_changes_are_refused_whole_and_service_resumes_wi
     assert_eq!(report["verified"], true, "{report}");
     w.bg.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_goes_down_another_node_takes_over_and_revokes_each_expiry_once() {
+    let etcd = EtcdCluster::start(3);
+    let store = etcd.store_config("latchkey/");
+    let a_dir = DaemonDir::init();
+    std::fs::write(
+        &a_dir.config,
+        std::fs::read_to_string(&a_dir.config).unwrap() + &store,
+    )
+    .unwrap();
+    let copied = latchkeyd()
+        .args([
+            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
+        ])
+        .arg(&a_dir.config)
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{copied:?}");
+    let (b_dir, c_dir) = (node_like(&a_dir), node_like(&a_dir));
+    // A starts first and takes the lease at once; B and C find it held.
+    let mut w = world_on_daemon(Bg::start_with(a_dir, &store).await, db_root(600)).await;
+    let b = Bg::start_with(b_dir, &store).await;
+    let c = Bg::start_with(c_dir, &store).await;
+
+    // Three grants that expire five seconds on.
+    let mut grants = Vec::new();
+    for _ in 0..3 {
+        let asked = AccessServiceClient::new(w.bg.tls(&w.vault_db).await)
+            .create_request(pb::CreateRequestRequest {
+                draft: Some(draft(Some(5))),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .request
+            .unwrap();
+        for operator in ["carol", "dave"] {
+            let voted =
+                w.bg.vote(
+                    Target::Request(asked.id.clone()),
+                    operator,
+                    Decision::Approve,
+                    0,
+                )
+                .await
+                .unwrap();
+            if let Some(grant) = Some(voted.grant_id).filter(|g| !g.is_empty()) {
+                grants.push(grant);
+            }
+        }
+    }
+    assert_eq!(grants.len(), 3);
+
+    // The leader goes down; for B and C its lease and the grants run out.
+    let mut tail = b.running().authority().audit().subscribe();
+    w.bg.halt().await;
+    for node in [&b, &c] {
+        node.clock
+            .advance(latchkey::base::constants::LEADER_LEASE + std::time::Duration::from_secs(1));
+    }
+    let mut revoked = std::collections::BTreeSet::new();
+    let mut elected = None;
+    while elected.is_none() || revoked.len() < grants.len() {
+        let record = match tail.recv().await {
+            Ok(r) => r,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(e) => panic!("B's audit tail: {e}"),
+        };
+        match record.event.as_str() {
+            "leader.elected" => elected = Some(record.details.clone()),
+            "grants.expired" => {
+                for g in record.details["grants"].as_array().unwrap() {
+                    revoked.insert(g["grant"].as_str().unwrap().to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    let elected = elected.unwrap();
+    assert!(!elected["previous"].is_null(), "a takeover: {elected}");
+    assert_ne!(elected["previous"], elected["node"]);
+    assert_eq!(revoked, grants.iter().cloned().collect());
+
+    // From C: every grant expired exactly once, on one chain that verifies.
+    let socket = c.dir.socket.clone();
+    let file = c.dir.dir.path().join("audit.jsonl");
+    let (export, verified) = tokio::task::spawn_blocking(move || {
+        let export = latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["audit", "export", "--output"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{export:?}");
+        let verified = latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--json", "audit", "verify"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (std::fs::read_to_string(&file).unwrap(), verified)
+    })
+    .await
+    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
+    assert_eq!(report["verified"], true, "{report}");
+    for grant in &grants {
+        let times = export
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["event"] == "grants.expired")
+            .flat_map(|r| {
+                r["details"]["grants"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|g| g["grant"] == grant.as_str())
+            .count();
+        assert_eq!(times, 1, "grant {grant} expired {times} times");
+    }
+    for node in [b, c] {
+        node.stop().await;
+    }
+}

@@ -329,6 +329,11 @@ impl Bg {
     }
 
     pub(crate) async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    /// Stops the daemon, keeping its directory and keys (a bastion that went down).
+    pub(crate) async fn halt(&mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await.unwrap();
         }
