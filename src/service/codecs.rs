@@ -37,6 +37,12 @@ pub fn reencode(ks: Keyspace, key: &[u8], value: &[u8]) -> Result<Vec<u8>, Store
     use crate::domain::{change, grant, operator, request, scope, trust, workload};
     match ks {
         Keyspace::Meta if key == SCHEMA_VERSION_KEY => fixed(ks, value, 4),
+        // A notification sink's cursor, a leader's lease end (big-endian u64/i64).
+        Keyspace::Meta if key.starts_with(b"notify_cursor/") || key == b"leader_until" => {
+            fixed(ks, value, 8)
+        }
+        // Who leads the singleton work on a shared store (JSON, see `service::leadership`).
+        Keyspace::Meta if key == b"leader" => utf8(ks, value),
         Keyspace::Meta => record::<trust::TrustStoreMeta>(value),
         Keyspace::Workloads => record::<workload::Workload>(value),
         Keyspace::WorkloadPins | Keyspace::GrantTokens | Keyspace::GrantSerials => utf8(ks, value),
