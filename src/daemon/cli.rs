@@ -122,6 +122,30 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Writes the whole trust store as of one moment to a new private file, after checking its
+    /// audit chain (sled: stop latchkeyd first; etcd: any time). Back up before upgrading.
+    /// The daemon's keys are not in it: back up the data dir too.
+    Backup {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The file to write (must not exist).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Restores a backup into an empty store, refusing one whose audit chain does not verify
+    /// with the data dir's audit key. Stop every latchkeyd first.
+    Restore {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        input: PathBuf,
+        /// `sled` (a new store in the data dir) or `etcd` (an empty prefix).
+        #[arg(long, value_parser = ["sled", "etcd"])]
+        to: String,
+    },
     /// Bootstrap only: pin a workload's TLS client certificate while genesis is open.
     /// Run with the daemon stopped. After genesis, admit workloads through a quorum-approved change.
     AdmitWorkload {
@@ -336,6 +360,33 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Store { command } => store_command(command),
+        Command::Backup { config, output } => {
+            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
+            let done =
+                crate::daemon::backup::backup(&config, &output).map_err(|e| e.to_string())?;
+            println!(
+                "backed up {} entries (audit head {}, chain verified) to {}",
+                done.entries,
+                done.audit_head,
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Restore { config, input, to } => {
+            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
+            let choice = if to == "etcd" {
+                crate::daemon::config::StoreChoice::Etcd
+            } else {
+                crate::daemon::config::StoreChoice::Sled
+            };
+            let done = crate::daemon::backup::restore(&config, &input, choice)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "restored {} entries (audit head {}, chain verified) into {to}",
+                done.entries, done.audit_head
+            );
+            Ok(())
+        }
         Command::Serve { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
             crate::daemon::logging::init(config.log_format, &config.log_filter);

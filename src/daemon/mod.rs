@@ -1,5 +1,6 @@
 //! Wiring: config, keys, store, listeners, background tasks, signals, systemd notification.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod doctor;

@@ -357,7 +357,61 @@ impl Store for EtcdStore {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn snapshot(&self) -> Result<Vec<(Keyspace, Vec<Entry>)>, StoreError> {
+        // Every range read at the revision of the first: one moment, while nodes write on.
+        let first = self.keyspace_prefix(Keyspace::ALL[0]);
+        let revision = self.run("snapshot", move |mut kv| {
+            let first = first.clone();
+            async move {
+                let answer = kv
+                    .get(first, Some(GetOptions::new().with_count_only()))
+                    .await?;
+                Ok(answer.header().map_or(0, |h| h.revision()))
+            }
+        })?;
+        let mut out = Vec::new();
+        for ks in Keyspace::ALL {
+            let strip = self.keyspace_prefix(*ks).len();
+            let end = prefix_end(&self.keyspace_prefix(*ks));
+            let mut entries: Vec<Entry> = Vec::new();
+            let mut from = self.keyspace_prefix(*ks);
+            loop {
+                let (start, stop) = (from.clone(), end.clone());
+                let page: Vec<(Vec<u8>, Vec<u8>)> = self.run("snapshot", move |mut kv| {
+                    let (start, stop) = (start.clone(), stop.clone());
+                    async move {
+                        let options = GetOptions::new()
+                            .with_range(stop)
+                            .with_limit(SNAPSHOT_PAGE)
+                            .with_revision(revision)
+                            .with_sort(SortTarget::Key, SortOrder::Ascend);
+                        let answer = kv.get(start, Some(options)).await?;
+                        Ok(answer
+                            .kvs()
+                            .iter()
+                            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+                            .collect())
+                    }
+                })?;
+                let full = page.len() == usize::try_from(SNAPSHOT_PAGE).unwrap_or(usize::MAX);
+                if let Some((last, _)) = page.last() {
+                    from = last.clone();
+                    from.push(0);
+                }
+                entries.extend(page.into_iter().map(|(k, v)| (k[strip..].to_vec(), v)));
+                if !full {
+                    break;
+                }
+            }
+            out.push((*ks, entries));
+        }
+        Ok(out)
+    }
 }
+
+/// Keys read per range of a snapshot.
+const SNAPSHOT_PAGE: i64 = 1000;
 
 #[cfg(test)]
 pub(crate) mod tests {

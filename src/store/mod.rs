@@ -301,6 +301,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Forces everything written so far to stable storage.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Every entry of every keyspace as of one moment. The default reads keyspace by keyspace
+    /// (consistent while nothing else writes, as with a backend only this process opens); a
+    /// shared backend reads all at one revision.
+    fn snapshot(&self) -> Result<Vec<(Keyspace, Vec<Entry>)>, StoreError> {
+        Keyspace::ALL
+            .iter()
+            .map(|ks| Ok((*ks, self.scan_from(*ks, b"", usize::MAX)?)))
+            .collect()
+    }
 }
 
 /// Encodes a record as its stored bytes.

@@ -471,3 +471,105 @@ async fn when_the_leader_goes_down_another_node_takes_over_and_revokes_each_expi
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_a_node_serves_restores_into_sled_and_a_tampered_one_is_refused() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let etcd = EtcdCluster::start(3);
+    let store = etcd.store_config("latchkey/");
+    let a_dir = DaemonDir::init();
+    std::fs::write(
+        &a_dir.config,
+        std::fs::read_to_string(&a_dir.config).unwrap() + &store,
+    )
+    .unwrap();
+    let copied = latchkeyd()
+        .args([
+            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
+        ])
+        .arg(&a_dir.config)
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{copied:?}");
+    let spare = node_like(&a_dir);
+    let mut w = world_on_daemon(Bg::start_with(a_dir, &store).await, db_root(600)).await;
+    let asked = workload_asks(&w).await.unwrap();
+    for operator in ["carol", "dave"] {
+        w.bg.vote(
+            Target::Request(asked.id.clone()),
+            operator,
+            Decision::Approve,
+            0,
+        )
+        .await
+        .unwrap();
+    }
+
+    // Taken from etcd while A serves.
+    let file = w.bg.dir.dir.path().join("latchkey.backup");
+    let (config, out) = (w.bg.dir.config.clone(), file.clone());
+    let taken = tokio::task::spawn_blocking(move || {
+        latchkeyd()
+            .args(["backup", "--config"])
+            .arg(&config)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(taken.status.success(), "{taken:?}");
+    assert!(String::from_utf8_lossy(&taken.stdout).contains("chain verified"));
+
+    // A backup whose audit record was altered is refused, and restores nothing.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let at = lines
+        .iter()
+        .rposition(|l| l.contains("\"keyspace\":\"audit\""))
+        .unwrap();
+    let mut entry: serde_json::Value = serde_json::from_str(&lines[at]).unwrap();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&b64.decode(entry["value"].as_str().unwrap()).unwrap()).unwrap();
+    record["subject"] = "request/forged".into();
+    entry["value"] = b64.encode(record.to_string()).into();
+    lines[at] = entry.to_string();
+    let tampered = spare.dir.path().join("tampered.backup");
+    std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
+    std::fs::remove_dir_all(spare.data.join("store")).unwrap();
+    let restore = |input: &std::path::Path| {
+        latchkeyd()
+            .args(["restore", "--to", "sled", "--config"])
+            .arg(&spare.config)
+            .arg("--input")
+            .arg(input)
+            .output()
+            .unwrap()
+    };
+    let refused = restore(&tampered);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not verify"),
+        "{refused:?}"
+    );
+    assert!(!spare.data.join("store").exists(), "nothing restored");
+
+    // The untouched one restores into sled; a daemon on it has the issued request.
+    let restored = restore(&file);
+    assert!(restored.status.success(), "{restored:?}");
+    let spare_node = Bg::start_with(spare, "").await;
+    let shown = AccessServiceClient::new(spare_node.local().await)
+        .show_request(pb::ShowRequestRequest {
+            id: asked.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    assert_eq!(shown.state(), pb::RequestState::Issued);
+    spare_node.stop().await;
+    w.bg.stop().await;
+}
