@@ -199,6 +199,37 @@ hardened service and socket activation
 ];
 
 /// Runs the daemon's command line and says how it went.
+fn backup_command(config: &std::path::Path, output: &std::path::Path) -> Result<(), String> {
+    let config = Config::load_for_serving(config).map_err(|e| e.to_string())?;
+    let done = crate::daemon::backup::backup(&config, output).map_err(|e| e.to_string())?;
+    println!(
+        "backed up {} entries (audit head {}, chain verified) to {}",
+        done.entries,
+        done.audit_head,
+        output.display()
+    );
+    Ok(())
+}
+
+fn restore_command(
+    config: &std::path::Path,
+    input: &std::path::Path,
+    to: &str,
+) -> Result<(), String> {
+    let config = Config::load_for_serving(config).map_err(|e| e.to_string())?;
+    let choice = if to == "etcd" {
+        crate::daemon::config::StoreChoice::Etcd
+    } else {
+        crate::daemon::config::StoreChoice::Sled
+    };
+    let done = crate::daemon::backup::restore(&config, input, choice).map_err(|e| e.to_string())?;
+    println!(
+        "restored {} entries (audit head {}, chain verified) into {to}",
+        done.entries, done.audit_head
+    );
+    Ok(())
+}
+
 fn store_command(command: StoreCommand) -> Result<(), String> {
     let StoreCommand::Copy { config, from, to } = command;
     let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
@@ -360,33 +391,8 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Store { command } => store_command(command),
-        Command::Backup { config, output } => {
-            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
-            let done =
-                crate::daemon::backup::backup(&config, &output).map_err(|e| e.to_string())?;
-            println!(
-                "backed up {} entries (audit head {}, chain verified) to {}",
-                done.entries,
-                done.audit_head,
-                output.display()
-            );
-            Ok(())
-        }
-        Command::Restore { config, input, to } => {
-            let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
-            let choice = if to == "etcd" {
-                crate::daemon::config::StoreChoice::Etcd
-            } else {
-                crate::daemon::config::StoreChoice::Sled
-            };
-            let done = crate::daemon::backup::restore(&config, &input, choice)
-                .map_err(|e| e.to_string())?;
-            println!(
-                "restored {} entries (audit head {}, chain verified) into {to}",
-                done.entries, done.audit_head
-            );
-            Ok(())
-        }
+        Command::Backup { config, output } => backup_command(&config, &output),
+        Command::Restore { config, input, to } => restore_command(&config, &input, &to),
         Command::Serve { config } => {
             let config = Config::load_for_serving(&config).map_err(|e| e.to_string())?;
             crate::daemon::logging::init(config.log_format, &config.log_filter);
