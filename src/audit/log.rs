@@ -123,16 +123,18 @@ impl AuditLog {
     /// Makes every record up to `seq` durable: returns at once if a flush already covered it,
     /// else flushes everything applied so far (one flush for all waiting writers).
     fn make_durable(&self, seq: u64) -> Result<(), AuditError> {
+        // Everything up to the head is applied; the flush below covers it all. Read before
+        // taking `durable`: `head` is always taken first (a writer holding it may need
+        // `durable` when it follows another node's appends).
+        let (target, hash) = {
+            let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            (head.seq, head.hash.clone())
+        };
         let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         if *durable >= seq {
             return Ok(());
         }
         self.refuse_if_poisoned()?;
-        // Everything up to the head is applied; the flush below covers it all.
-        let (target, hash) = {
-            let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-            (head.seq, head.hash.clone())
-        };
         if let Err(e) = self.store.flush() {
             self.poisoned
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -148,7 +150,7 @@ impl AuditLog {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::error!("writing the rollback anchor failed; refusing further changes: {e}");
         }
-        *durable = target;
+        *durable = (*durable).max(target);
         Ok(())
     }
 
@@ -156,7 +158,10 @@ impl AuditLog {
     fn publish(&self, records: Vec<AuditRecord>) {
         let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
         for r in records {
-            p.waiting.insert(r.seq, r);
+            // Published already (followed from the store before its writer settled it).
+            if r.seq >= p.next {
+                p.waiting.insert(r.seq, r);
+            }
         }
         loop {
             let next = p.next;
@@ -277,6 +282,13 @@ impl AuditLog {
             }
             match self.store.apply(&attempt) {
                 Ok(()) => break records,
+                // A retried write that had applied the first time finds its own records.
+                Err(StoreError::Conflict(_))
+                    if records.first().map_or(Ok(false), |r| self.stored_is(r))? =>
+                {
+                    self.adopt_newer_head(&mut head)?;
+                    break records;
+                }
                 Err(StoreError::Conflict(why)) if !self.adopt_newer_head(&mut head)? => {
                     return Err(StoreError::Conflict(why).into());
                 }
@@ -285,7 +297,10 @@ impl AuditLog {
                 Err(e) => return Err(e.into()),
             }
         };
-        if let Some(last) = records.last() {
+        // (Unless the head moved past them already, following other nodes after a retry.)
+        if let Some(last) = records.last()
+            && last.seq > head.seq
+        {
             head.seq = last.seq;
             head.hash = last.hash.clone();
         }
@@ -429,9 +444,25 @@ impl AuditLog {
                 head.hash = record.hash.clone();
                 Ok(Some(record))
             }
+            // A retried write that had applied the first time finds its own record.
+            Err(StoreError::Conflict(_)) if self.stored_is(&record)? => {
+                self.adopt_newer_head(head)?;
+                Ok(Some(record))
+            }
             Err(StoreError::Conflict(_)) if self.adopt_newer_head(head)? => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether the store holds exactly `record` at its sequence number (a write whose answer
+    /// was lost, then retried by the backend, did apply).
+    fn stored_is(&self, record: &AuditRecord) -> Result<bool, AuditError> {
+        Ok(self
+            .store
+            .get(Keyspace::Audit, &seq_key(record.seq))?
+            .map(|raw| store::decode::<AuditRecord>(&raw))
+            .transpose()?
+            .is_some_and(|stored| stored.hash == record.hash))
     }
 
     /// After a conflict: if the store's log is ahead of `head` (another latchkeyd on the same
@@ -448,11 +479,22 @@ impl AuditLog {
             head.seq + 1,
             usize::try_from(stored.seq - head.seq).unwrap_or(usize::MAX),
         )?;
-        if missing.first().is_some_and(|r| r.prev_hash != head.hash) {
+        let mut prev = (head.seq, head.hash.clone());
+        for r in &missing {
+            if r.seq != prev.0 + 1 || r.prev_hash != prev.1 || r.compute_hash() != r.hash {
+                return Err(AuditError::Damaged(format!(
+                    "record {} does not continue record {}",
+                    prev.0 + 1,
+                    prev.0
+                )));
+            }
+            prev = (r.seq, r.hash.clone());
+        }
+        if prev.0 != stored.seq {
             return Err(AuditError::Damaged(format!(
-                "record {} does not continue record {}",
+                "records {} to {} could not all be read",
                 head.seq + 1,
-                head.seq
+                stored.seq
             )));
         }
         *head = stored;

@@ -1,9 +1,10 @@
 //! `latchkeyd backup` and `restore`: the whole trust store as of one moment in one file, and
 //! back into an empty store — checked against the audit chain both ways. The file is JSON
-//! lines: a header (`format`, `version`, `schema_version`, `audit_head`, `entries`), then one
-//! line per entry (`keyspace`, `key` and `value` in base64). It holds no key: the daemon's
-//! keys stay in the data dir (back that up too), and restoring needs its audit key to check
-//! the chain.
+//! lines: a header (`format`, `version`, `schema_version`, `audit_head`, `entries`), one line
+//! per entry (`keyspace`, `key` and `value` in base64), and last the audit key's Ed25519
+//! signature over SHA-256 of every line before it: nothing in it (a grant, a key) can be
+//! changed unnoticed. It holds no private key: the daemon's keys stay in the data dir (back
+//! that up too), and restoring needs its audit key to check the signature and the chain.
 
 use std::io::BufRead as _;
 use std::path::Path;
@@ -80,11 +81,29 @@ fn check_chain(
     Ok(report.records)
 }
 
-fn audit_key(config: &Config) -> Result<ed25519_dalek::VerifyingKey, DaemonError> {
+fn signing_key(config: &Config) -> Result<ed25519_dalek::SigningKey, DaemonError> {
     let keys = DaemonKeys::load(&config.data_dir)?;
     crate::audit::signing_key(&keys.audit)
-        .map(|k| k.verifying_key())
         .ok_or_else(|| bad("the audit key in the data dir is not an Ed25519 key"))
+}
+
+fn audit_key(config: &Config) -> Result<ed25519_dalek::VerifyingKey, DaemonError> {
+    signing_key(config).map(|k| k.verifying_key())
+}
+
+/// The last line: the signature over every byte before it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Trailer {
+    signature: String,
+}
+
+fn signed_digest(body: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"latchkey.backup.v1\n");
+    h.update(body);
+    h.finalize().into()
 }
 
 /// Writes the configured store (sled: latchkeyd stopped; etcd: any time, one revision) to
@@ -115,6 +134,13 @@ pub fn backup(config: &Config, output: &Path) -> Result<Summary, DaemonError> {
             }));
         }
     }
+    {
+        use ed25519_dalek::Signer as _;
+        let signature = signing_key(config)?.sign(&signed_digest(&out));
+        out.extend(json_line(&Trailer {
+            signature: B64.encode(signature.to_bytes()),
+        }));
+    }
     if output.exists() {
         return Err(bad(format!(
             "{} exists; not overwriting it",
@@ -133,8 +159,42 @@ pub fn backup(config: &Config, output: &Path) -> Result<Summary, DaemonError> {
 pub fn restore(config: &Config, input: &Path, to: StoreChoice) -> Result<Summary, DaemonError> {
     fsperm::restrict_umask();
     fsperm::check_private(&config.data_dir)?;
+    let (memory, audit_head) = read_verified(config, input)?;
+    let entries = write_restored(config, &memory, to)?;
+    Ok(Summary {
+        entries,
+        audit_head,
+    })
+}
+
+/// The backup in `input`, its signature and audit chain verified, as an in-memory store, with
+/// its audit head.
+fn read_verified(config: &Config, input: &Path) -> Result<(MemoryStore, u64), DaemonError> {
     let file = std::fs::File::open(input).map_err(|e| bad(format!("{}: {e}", input.display())))?;
-    let mut lines = std::io::BufReader::new(file).lines();
+    let mut all: Vec<String> = std::io::BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(bad)?;
+    let trailer: Trailer = all
+        .pop()
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .ok_or_else(|| bad("the backup has no signature line: it is cut short or not a backup"))?;
+    let mut body = Vec::new();
+    for line in &all {
+        body.extend_from_slice(line.as_bytes());
+        body.push(b'\n');
+    }
+    let signature = B64
+        .decode(&trailer.signature)
+        .ok()
+        .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+        .ok_or_else(|| bad("the backup's signature is malformed"))?;
+    audit_key(config)?
+        .verify_strict(&signed_digest(&body), &signature)
+        .map_err(|_| {
+            bad("the backup's signature does not verify with this data dir's audit key: it was changed, or made by another store")
+        })?;
+    let mut lines = all.into_iter().map(Ok::<String, std::io::Error>);
     let first = lines
         .next()
         .ok_or_else(|| bad("the backup is empty"))?
@@ -192,7 +252,22 @@ pub fn restore(config: &Config, input: &Path, to: StoreChoice) -> Result<Summary
     }
     memory.commit(&txn)?;
     crate::store::check_schema(&memory, input)?;
-    let target: Arc<dyn Store> = match to {
+    Ok((memory, audit_head))
+}
+
+/// Copies a verified backup into `to`, which must be empty. Returns the entries written.
+fn write_restored(
+    config: &Config,
+    memory: &MemoryStore,
+    to: StoreChoice,
+) -> Result<u64, DaemonError> {
+    let copy = |target: &dyn Store| {
+        crate::store::copy_all(memory, target).map_err(|e| match e {
+            StoreError::Conflict(why) => bad(why),
+            other => DaemonError::Store(other),
+        })
+    };
+    let entries = match to {
         StoreChoice::Sled => {
             let path = config.data_dir.join(STORE_DIR);
             if path.exists() {
@@ -201,18 +276,30 @@ pub fn restore(config: &Config, input: &Path, to: StoreChoice) -> Result<Summary
                     path.display()
                 )));
             }
-            Arc::new(SledStore::create(&path)?)
+            // Built aside and moved into place whole: a restore cut short leaves no store.
+            let aside = config.data_dir.join(format!("{STORE_DIR}.restoring"));
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside).map_err(bad)?;
+            }
+            let copied = {
+                let target: Arc<dyn Store> = Arc::new(SledStore::create(&aside)?);
+                copy(target.as_ref())
+            };
+            match copied {
+                Ok(n) => {
+                    std::fs::rename(&aside, &path).map_err(bad)?;
+                    n
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&aside);
+                    return Err(e);
+                }
+            }
         }
-        other => open_store(config, other)?.0,
+        // The schema version is written last: a restore cut short is not a store.
+        other => copy(open_store(config, other)?.0.as_ref())?,
     };
-    let entries = crate::store::copy_all(&memory, target.as_ref()).map_err(|e| match e {
-        StoreError::Conflict(why) => bad(why),
-        other => DaemonError::Store(other),
-    })?;
-    Ok(Summary {
-        entries,
-        audit_head,
-    })
+    Ok(entries)
 }
 
 /// One JSON line of a header or an entry.

@@ -523,6 +523,10 @@ fn spawn_tasks(
     config: &Config,
     stop: &watch::Sender<bool>,
 ) -> Result<(), DaemonError> {
+    // Before any singleton task starts: on a shared store nothing runs unled.
+    if matches!(config.store, config::StoreConfig::Etcd(_)) {
+        authority.contest_leadership();
+    }
     let notify_health = notify::Health::default();
     notify::spawn(servers, authority, (&config.notify, &notify_health), stop)?;
     if let Some(listener) = metrics_listener {
@@ -540,7 +544,6 @@ fn spawn_tasks(
     ));
     servers.spawn(challenge_sweeper(authority.clone(), stopped(stop)));
     if matches!(config.store, config::StoreConfig::Etcd(_)) {
-        authority.contest_leadership();
         servers.spawn(shared_store_follower(authority.clone(), stopped(stop)));
         servers.spawn(leader_campaign(authority.clone(), stopped(stop)));
     }

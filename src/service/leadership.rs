@@ -21,6 +21,8 @@ use crate::store::{Keyspace, StoreError, Txn};
 const LEADER_KEY: &[u8] = b"leader";
 /// Key of the lease's end (Unix ms, big-endian) in [`Keyspace::Meta`].
 const LEADER_UNTIL_KEY: &[u8] = b"leader_until";
+/// What a non-leader's fence expects: never a stored leader record (those are JSON).
+const NOT_LEADING: &[u8] = b"\0not leading";
 
 /// Who leads, in which term.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,16 +75,25 @@ impl Authority {
             .is_some_and(|(_, until)| self.clock.now() < *until)
     }
 
-    /// Adds the fence to a singleton write: it applies only while this node's term leads.
+    /// Adds the fence to a singleton write: it applies only while this node's term leads. A
+    /// contesting node that does not lead gets a precondition that never holds.
     pub(in crate::service) fn fence(&self, txn: &mut Txn) {
+        if !self
+            .leadership
+            .contested
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let held = self
             .leadership
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((raw, _)) = held.as_ref() {
-            txn.require_equals(Keyspace::Meta, LEADER_KEY, raw.clone());
-        }
+        let expected = held
+            .as_ref()
+            .map_or_else(|| NOT_LEADING.to_vec(), |(raw, _)| raw.clone());
+        txn.require_equals(Keyspace::Meta, LEADER_KEY, expected);
     }
 
     /// One round of the election for `node`: renews its lease, or takes a free or expired
@@ -90,7 +101,8 @@ impl Authority {
     pub fn campaign(&self, node: &str, lease: Duration) -> Result<bool, WorkflowError> {
         let now = self.clock.now();
         let current = self.store.get(Keyspace::Meta, LEADER_KEY)?;
-        let until = match self.store.get(Keyspace::Meta, LEADER_UNTIL_KEY)? {
+        let until_raw = self.store.get(Keyspace::Meta, LEADER_UNTIL_KEY)?;
+        let until = match &until_raw {
             Some(raw) => i64::from_be_bytes(
                 raw.as_slice()
                     .try_into()
@@ -136,6 +148,11 @@ impl Authority {
                 match &current {
                     Some(old) => txn.require_equals(Keyspace::Meta, LEADER_KEY, old.clone()),
                     None => txn.require_absent(Keyspace::Meta, LEADER_KEY),
+                };
+                // A renewal that lands between the read and this write makes it a conflict.
+                match &until_raw {
+                    Some(old) => txn.require_equals(Keyspace::Meta, LEADER_UNTIL_KEY, old.clone()),
+                    None => txn.require_absent(Keyspace::Meta, LEADER_UNTIL_KEY),
                 };
                 txn.put_raw(Keyspace::Meta, LEADER_KEY, raw.clone());
                 self.audit

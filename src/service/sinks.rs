@@ -187,7 +187,8 @@ impl Authority {
         let bytes = krl::encode(&blob, &serials, version, version / 1000);
         krl::write_atomically(&self.krl.path, &bytes)
             .map_err(|e| WorkflowError::Sink(e.to_string()))?;
-        if !prune.writes().is_empty() {
+        // Pruning is the leader's (on a shared store the others only write their own KRL).
+        if !prune.writes().is_empty() && self.leads() {
             self.store.commit(&prune)?;
             listed.retain(|_, valid_before| Timestamp::from_unix_millis(*valid_before) > now);
         }

@@ -377,7 +377,7 @@ pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 const COPY_BATCH: usize = 128;
 
 /// Copies every record of `from` into `to`, which must be empty, in transactions of
-/// [`COPY_BATCH`] (each key required absent), then checks both hold as many records in every
+/// 128 (each key required absent), then checks both hold as many records in every
 /// keyspace. Returns how many were copied. Pending challenges are copied too (harmless).
 pub fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<u64, StoreError> {
     for ks in Keyspace::ALL {
@@ -388,19 +388,25 @@ pub fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<u64, StoreError> {
             )));
         }
     }
+    // The schema version goes last: a copy cut short is never taken for a store.
     let mut copied = 0u64;
+    let mut schema = None;
     for ks in Keyspace::ALL {
         let mut start = Vec::new();
         loop {
             let page = from.scan_from(*ks, &start, COPY_BATCH)?;
             let mut txn = Txn::new();
             for (key, value) in &page {
+                if *ks == Keyspace::Meta && key.as_slice() == SCHEMA_VERSION_KEY {
+                    schema = Some(value.clone());
+                    continue;
+                }
                 txn.require_absent(*ks, key.clone())
                     .put_raw(*ks, key.clone(), value.clone());
+                copied += 1;
             }
-            if !page.is_empty() {
+            if !txn.writes().is_empty() {
                 to.commit(&txn)?;
-                copied += page.len() as u64;
             }
             match page.last() {
                 Some((last, _)) if page.len() == COPY_BATCH => {
@@ -410,6 +416,15 @@ pub fn copy_all(from: &dyn Store, to: &dyn Store) -> Result<u64, StoreError> {
                 _ => break,
             }
         }
+    }
+    if let Some(version) = schema {
+        let mut txn = Txn::new();
+        txn.require_absent(Keyspace::Meta, SCHEMA_VERSION_KEY)
+            .put_raw(Keyspace::Meta, SCHEMA_VERSION_KEY, version);
+        to.commit(&txn)?;
+        copied += 1;
+    }
+    for ks in Keyspace::ALL {
         let (had, has) = (from.count(*ks)?, to.count(*ks)?);
         if had != has {
             return Err(StoreError::Backend(format!(
