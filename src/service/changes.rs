@@ -326,15 +326,8 @@ impl Authority {
                 new_operator_roles,
                 txn,
             } => {
-                let kind = ChangeKind::AddAuthenticator {
-                    operator: authenticator.operator.clone(),
-                    new_operator_roles,
-                    authenticator: authenticator.clone(),
-                };
-                let mut scratch = Txn::new();
-                let mut extra = Vec::new();
-                self.apply_change(&kind, "dry-run", &mut scratch, &mut extra)?;
-                let view = self.record_change(actor, kind, note, txn, None)?;
+                let view =
+                    self.propose_enrolled(actor, &authenticator, new_operator_roles, txn, note)?;
                 Ok((*authenticator, view))
             }
         }
@@ -354,6 +347,27 @@ impl Authority {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Records a verified new key as a proposed `add_authenticator` change (checked by a dry
+    /// run first), committing the ceremony's `txn` with it.
+    fn propose_enrolled(
+        &self,
+        proposer: Actor,
+        authenticator: &Authenticator,
+        new_operator_roles: Option<Vec<String>>,
+        txn: Txn,
+        note: &str,
+    ) -> Result<ChangeView, WorkflowError> {
+        let kind = ChangeKind::AddAuthenticator {
+            operator: authenticator.operator.clone(),
+            new_operator_roles,
+            authenticator: Box::new(authenticator.clone()),
+        };
+        let mut scratch = Txn::new();
+        let mut extra = Vec::new();
+        self.apply_change(&kind, "dry-run", &mut scratch, &mut extra)?;
+        self.record_change(proposer, kind, note, txn, None)
     }
 
     /// Records a change (and applies it at once during genesis), committing `txn` with it.
@@ -456,15 +470,8 @@ impl Authority {
                 new_operator_roles,
                 txn,
             } => {
-                let kind = ChangeKind::AddAuthenticator {
-                    operator: authenticator.operator.clone(),
-                    new_operator_roles,
-                    authenticator: authenticator.clone(),
-                };
-                let mut scratch = Txn::new();
-                let mut extra = Vec::new();
-                self.apply_change(&kind, "dry-run", &mut scratch, &mut extra)?;
-                let view = self.record_change(actor, kind, note, txn, None)?;
+                let view =
+                    self.propose_enrolled(actor, &authenticator, new_operator_roles, txn, note)?;
                 Ok((*authenticator, meta.genesis, Some(view)))
             }
         }

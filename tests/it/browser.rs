@@ -10,8 +10,8 @@ use latchkey::pb::access_service_client::AccessServiceClient;
 
 use crate::support::chromium::{Chromium, Tab};
 use crate::support::grants::all_records;
+use crate::support::server_cert;
 use crate::support::world::{World, db_root, workload_request, world_configured};
-use crate::support::{latchkey_cli, server_cert};
 
 /// A free loopback port for the page: its origin, port included, goes into the config
 /// before the daemon starts (WebAuthn compares origins exactly).
@@ -288,30 +288,7 @@ async fn approvers_register_keys_approve_deny_and_revoke_on_the_page_in_real_chr
         .filter(|r| r.event == "session.opened" && r.json.contains("\"via\":\"web 127.0.0.1"))
         .count();
     assert_eq!(page_reads, 4);
-    let file = w.bg.dir.dir.path().join("audit.jsonl");
-    let socket = w.bg.dir.socket.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        let export = latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["audit", "export", "--output"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(export.status.success(), "{export:?}");
-        latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--json", "audit", "verify"])
-            .arg(&file)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
-    assert_eq!(report["verified"], true, "{report}");
+    crate::support::export_verifies(&w.bg.dir).await;
     browser(|| drop(chromium));
     w.bg.stop().await;
 }

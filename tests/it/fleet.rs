@@ -8,9 +8,34 @@ use latchkey::pb;
 use latchkey::pb::access_service_client::AccessServiceClient;
 
 use crate::support::etcd::EtcdCluster;
-use crate::support::sshd::user_key;
+use crate::support::sshd::{krl_revokes, user_key};
 use crate::support::world::{Bg, ORIGIN, db_root, delivery_key, draft, world_on_daemon};
-use crate::support::{DaemonDir, latchkey_cli, latchkeyd, server_cert};
+use crate::support::{DaemonDir, latchkeyd, server_cert};
+
+/// A node's directory made with `latchkeyd init` on sled, its config pointed at `store` (the
+/// etcd tables) and its store moved there with `latchkeyd store copy`.
+fn first_node_on(store: &str) -> DaemonDir {
+    let dir = DaemonDir::init();
+    std::fs::write(
+        &dir.config,
+        std::fs::read_to_string(&dir.config).unwrap() + store,
+    )
+    .unwrap();
+    let copied = copy_into_etcd(&dir);
+    assert!(copied.status.success(), "{copied:?}");
+    assert!(String::from_utf8_lossy(&copied.stdout).contains("copied"));
+    dir
+}
+
+fn copy_into_etcd(dir: &DaemonDir) -> std::process::Output {
+    latchkeyd()
+        .args([
+            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
+        ])
+        .arg(&dir.config)
+        .output()
+        .unwrap()
+}
 
 /// A second node's directory: its own socket and store dir, the first node's keys.
 fn node_like(first: &DaemonDir) -> DaemonDir {
@@ -24,18 +49,6 @@ fn node_like(first: &DaemonDir) -> DaemonDir {
         }
     }
     dir
-}
-
-/// Whether `ssh-keygen -Q` finds `cert` revoked by the KRL at `krl`.
-fn krl_revokes(krl: &std::path::Path, cert: &std::path::Path) -> bool {
-    let query = std::process::Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(krl)
-        .arg(cert)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&query.stdout).contains("REVOKED")
 }
 
 /// Has `node` take in what the other nodes wrote now (its follower does it every 250 ms;
@@ -55,25 +68,8 @@ async fn a_request_made_on_one_bastion_is_approved_on_two_others_and_its_token_i
     let store = etcd.store_config("latchkey/");
 
     // Node A: made with `latchkeyd init` on sled, copied into etcd.
-    let a_dir = DaemonDir::init();
-    let config = std::fs::read_to_string(&a_dir.config).unwrap() + &store;
-    std::fs::write(&a_dir.config, config).unwrap();
-    let copied = latchkeyd()
-        .args([
-            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
-        ])
-        .arg(&a_dir.config)
-        .output()
-        .unwrap();
-    assert!(copied.status.success(), "{copied:?}");
-    assert!(String::from_utf8_lossy(&copied.stdout).contains("copied"));
-    let again = latchkeyd()
-        .args([
-            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
-        ])
-        .arg(&a_dir.config)
-        .output()
-        .unwrap();
+    let a_dir = first_node_on(&store);
+    let again = copy_into_etcd(&a_dir);
     assert!(
         !again.status.success(),
         "a copy into a store that is not empty is refused"
@@ -194,30 +190,7 @@ async fn a_request_made_on_one_bastion_is_approved_on_two_others_and_its_token_i
     }
 
     // One audit chain: B's export (records from all three nodes) verifies offline.
-    let file = b.dir.dir.path().join("audit.jsonl");
-    let socket = b.dir.socket.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        let export = latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["audit", "export", "--output"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(export.status.success(), "{export:?}");
-        latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--json", "audit", "verify"])
-            .arg(&file)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
-    assert_eq!(report["verified"], true, "{report}");
+    crate::support::export_verifies(&b.dir).await;
     for node in [b, c] {
         node.stop().await;
     }
@@ -239,20 +212,7 @@ async fn workload_asks(w: &crate::support::world::World) -> Result<pb::RequestIn
 async fn without_an_etcd_quorum_changes_are_refused_whole_and_service_resumes_with_it() {
     let mut etcd = EtcdCluster::start(3);
     let store = etcd.store_config("latchkey/");
-    let dir = DaemonDir::init();
-    std::fs::write(
-        &dir.config,
-        std::fs::read_to_string(&dir.config).unwrap() + &store,
-    )
-    .unwrap();
-    let copied = latchkeyd()
-        .args([
-            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
-        ])
-        .arg(&dir.config)
-        .output()
-        .unwrap();
-    assert!(copied.status.success(), "{copied:?}");
+    let dir = first_node_on(&store);
     let mut w = world_on_daemon(Bg::start_with(dir, &store).await, db_root(600)).await;
 
     // One member down: a majority remains, and a whole cycle goes through.
@@ -315,30 +275,7 @@ async fn without_an_etcd_quorum_changes_are_refused_whole_and_service_resumes_wi
     // Quorum back: service resumes, on the same audit chain.
     let second = workload_asks(&w).await.unwrap();
     assert_ne!(second.id, first.id);
-    let socket = w.bg.dir.socket.clone();
-    let file = w.bg.dir.dir.path().join("audit.jsonl");
-    let verified = tokio::task::spawn_blocking(move || {
-        let export = latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["audit", "export", "--output"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(export.status.success(), "{export:?}");
-        latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--json", "audit", "verify"])
-            .arg(&file)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
-    assert_eq!(report["verified"], true, "{report}");
+    crate::support::export_verifies(&w.bg.dir).await;
     w.bg.stop().await;
 }
 
@@ -346,20 +283,7 @@ async fn without_an_etcd_quorum_changes_are_refused_whole_and_service_resumes_wi
 async fn when_the_leader_goes_down_another_node_takes_over_and_revokes_each_expiry_once() {
     let etcd = EtcdCluster::start(3);
     let store = etcd.store_config("latchkey/");
-    let a_dir = DaemonDir::init();
-    std::fs::write(
-        &a_dir.config,
-        std::fs::read_to_string(&a_dir.config).unwrap() + &store,
-    )
-    .unwrap();
-    let copied = latchkeyd()
-        .args([
-            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
-        ])
-        .arg(&a_dir.config)
-        .output()
-        .unwrap();
-    assert!(copied.status.success(), "{copied:?}");
+    let a_dir = first_node_on(&store);
     let (b_dir, c_dir) = (node_like(&a_dir), node_like(&a_dir));
     // A starts first and takes the lease at once; B and C find it held.
     let mut w = world_on_daemon(Bg::start_with(a_dir, &store).await, db_root(600)).await;
@@ -427,31 +351,7 @@ async fn when_the_leader_goes_down_another_node_takes_over_and_revokes_each_expi
     assert_eq!(revoked, grants.iter().cloned().collect());
 
     // From C: every grant expired exactly once, on one chain that verifies.
-    let socket = c.dir.socket.clone();
-    let file = c.dir.dir.path().join("audit.jsonl");
-    let (export, verified) = tokio::task::spawn_blocking(move || {
-        let export = latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["audit", "export", "--output"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(export.status.success(), "{export:?}");
-        let verified = latchkey_cli()
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--json", "audit", "verify"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        (std::fs::read_to_string(&file).unwrap(), verified)
-    })
-    .await
-    .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
-    assert_eq!(report["verified"], true, "{report}");
+    let export = crate::support::export_verifies(&c.dir).await;
     for grant in &grants {
         let times = export
             .lines()
@@ -478,20 +378,7 @@ async fn a_backup_taken_while_a_node_serves_restores_into_sled_and_a_tampered_on
     let b64 = base64::engine::general_purpose::STANDARD;
     let etcd = EtcdCluster::start(3);
     let store = etcd.store_config("latchkey/");
-    let a_dir = DaemonDir::init();
-    std::fs::write(
-        &a_dir.config,
-        std::fs::read_to_string(&a_dir.config).unwrap() + &store,
-    )
-    .unwrap();
-    let copied = latchkeyd()
-        .args([
-            "store", "copy", "--from", "sled", "--to", "etcd", "--config",
-        ])
-        .arg(&a_dir.config)
-        .output()
-        .unwrap();
-    assert!(copied.status.success(), "{copied:?}");
+    let a_dir = first_node_on(&store);
     let spare = node_like(&a_dir);
     let mut w = world_on_daemon(Bg::start_with(a_dir, &store).await, db_root(600)).await;
     let asked = workload_asks(&w).await.unwrap();

@@ -15,7 +15,7 @@ use latchkey::store::{Keyspace, SledStore, Store, Txn};
 
 use crate::support::DaemonDir;
 use crate::support::grants::*;
-use crate::support::sshd::{LoginOutcome, Sshd, user_key};
+use crate::support::sshd::{LoginOutcome, Sshd, krl_revokes, user_key};
 use crate::support::world::{code, db_root, draft, secs, world_with};
 
 fn ssh_root() -> Option<pb::SshSpec> {
@@ -177,21 +177,6 @@ async fn an_early_revocation_reaches_a_real_sshd_through_the_krl_long_before_exp
 }
 
 /// What `ssh-keygen -Q` says of `cert` against `krl`: whether the KRL revokes it.
-fn krl_revokes(krl: &Path, cert: &Path) -> bool {
-    let query = std::process::Command::new("ssh-keygen")
-        .arg("-Q")
-        .arg("-f")
-        .arg(krl)
-        .arg(cert)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&query.stdout);
-    assert!(
-        said.contains(": ok") || said.contains("REVOKED"),
-        "ssh-keygen -Q: {said}"
-    );
-    said.contains("REVOKED")
-}
 
 #[tokio::test]
 async fn each_early_revocation_stays_in_the_krl_across_restarts_until_its_certificate_expires() {

@@ -329,3 +329,34 @@ pub(crate) async fn tls_channel(daemon: &Daemon, data_dir: &Path, cert: &ClientC
         .await
         .unwrap()
 }
+
+/// Exports the audit log of the daemon on `dir`'s socket with the CLI and checks that
+/// `latchkey audit verify` says it verifies; returns the export.
+pub(crate) async fn export_verifies(dir: &DaemonDir) -> String {
+    let socket = dir.socket.clone();
+    let file = dir.dir.path().join("audit.jsonl");
+    let (export, verified) = tokio::task::spawn_blocking(move || {
+        let export = latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["audit", "export", "--output"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{export:?}");
+        let verified = latchkey_cli()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--json", "audit", "verify"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (std::fs::read_to_string(&file).unwrap(), verified)
+    })
+    .await
+    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {verified:?}"));
+    assert_eq!(report["verified"], true, "{report}");
+    export
+}

@@ -157,3 +157,21 @@ impl Drop for Sshd {
         let _ = self.child.wait();
     }
 }
+
+/// Whether `ssh-keygen -Q` finds `cert` revoked by the KRL at `krl` (and says anything at all
+/// about it).
+pub(crate) fn krl_revokes(krl: &Path, cert: &Path) -> bool {
+    let query = std::process::Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(krl)
+        .arg(cert)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&query.stdout);
+    assert!(
+        said.contains(": ok") || said.contains("REVOKED"),
+        "ssh-keygen -Q: {said}"
+    );
+    said.contains("REVOKED")
+}
