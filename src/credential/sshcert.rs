@@ -60,6 +60,21 @@ pub struct UserCertSpec<'a> {
     pub permit_port_forwarding: bool,
 }
 
+/// How approvers are shown an OpenSSH public key: `ALGORITHM SHA256:…`, or why it is
+/// unreadable (the CLI's card and the approval page print the same line).
+pub fn key_fingerprint(openssh: &str) -> String {
+    PublicKey::from_openssh(openssh.trim()).map_or_else(
+        |e| format!("unreadable ({e})"),
+        |k| {
+            format!(
+                "{} {}",
+                k.algorithm().as_str(),
+                k.fingerprint(ssh_key::HashAlg::Sha256)
+            )
+        },
+    )
+}
+
 /// Parses the requester's OpenSSH public key (`ssh-ed25519 AAAA… comment`).
 pub fn parse_user_public_key(openssh: &str) -> Result<PublicKey, SshCertError> {
     let bad = |why: String| SshCertError::InvalidPublicKey(why);

@@ -550,6 +550,37 @@ fn spawn_tasks(
     Ok(())
 }
 
+/// Runs `round` on the blocking pool at once and then every `interval` (a slow round delays
+/// the next rather than piling up), handing each result to `after`, until `stop`.
+async fn every<T, R, A>(
+    interval: std::time::Duration,
+    stop: impl Future<Output = ()>,
+    round: R,
+    mut after: A,
+) -> Result<(), tonic::transport::Error>
+where
+    T: Send + 'static,
+    R: Fn() -> T + Send + Sync + 'static,
+    A: FnMut(T),
+{
+    let round = Arc::new(round);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = ticks.tick() => {
+                let round = round.clone();
+                match tokio::task::spawn_blocking(move || round()).await {
+                    Ok(out) => after(out),
+                    Err(e) => tracing::error!("background task: {e}"),
+                }
+            }
+        }
+    }
+}
+
 /// On a shared store: takes part in electing the node that does the singleton work, a round
 /// every third of [`LEADER_LEASE`], and wakes the scheduler when this node starts leading.
 ///
@@ -567,38 +598,27 @@ async fn leader_campaign(
         }
     };
     tracing::info!(node, "contesting the leadership of the singleton work");
-    let mut ticks = tokio::time::interval(LEADER_LEASE / 3);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
+    let (worker, me) = (authority.clone(), node.clone());
     let mut leading = false;
-    loop {
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            _ = ticks.tick() => {
-                let (worker, me) = (authority.clone(), node.clone());
-                let round =
-                    tokio::task::spawn_blocking(move || worker.campaign(&me, LEADER_LEASE)).await;
-                let now_leading = match round {
-                    Ok(Ok(leads)) => leads,
-                    Ok(Err(e)) => {
-                        tracing::warn!("leader election: {e}");
-                        false
-                    }
-                    Err(e) => {
-                        tracing::error!("leader election task: {e}");
-                        false
-                    }
-                };
-                if now_leading != leading {
-                    tracing::info!(node, leading = now_leading, "leadership changed");
-                    if now_leading {
-                        authority.wake_scheduler();
-                    }
+    every(
+        LEADER_LEASE / 3,
+        stop,
+        move || worker.campaign(&me, LEADER_LEASE),
+        move |round| {
+            let now_leading = round.unwrap_or_else(|e| {
+                tracing::warn!("leader election: {e}");
+                false
+            });
+            if now_leading != leading {
+                tracing::info!(node, leading = now_leading, "leadership changed");
+                if now_leading {
+                    authority.wake_scheduler();
                 }
-                leading = now_leading;
             }
-        }
-    }
+            leading = now_leading;
+        },
+    )
+    .await
 }
 
 /// On a shared store (etcd): every [`SHARED_STORE_FOLLOW_INTERVAL`], takes in what other
@@ -609,22 +629,17 @@ async fn shared_store_follower(
     authority: Arc<Authority>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let mut ticks = tokio::time::interval(crate::base::constants::SHARED_STORE_FOLLOW_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            _ = ticks.tick() => {
-                let authority = authority.clone();
-                match tokio::task::spawn_blocking(move || authority.follow_shared_store()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!("following the shared store: {e}"),
-                    Err(e) => tracing::error!("shared store follower task: {e}"),
-                }
+    every(
+        crate::base::constants::SHARED_STORE_FOLLOW_INTERVAL,
+        stop,
+        move || authority.follow_shared_store(),
+        |followed| {
+            if let Err(e) = followed {
+                tracing::warn!("following the shared store: {e}");
             }
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// Resolves once `stop` says so, or once it is gone.
@@ -923,31 +938,24 @@ async fn revocation_scheduler(
     }
 }
 
-/// Covers records with a signed checkpoint at least every `interval`, until `stop`.
+/// Covers records with a signed checkpoint at least every `interval` (the leader's, on a
+/// shared store), until `stop`.
 async fn checkpoint_timer(
     authority: Arc<Authority>,
     interval: std::time::Duration,
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            _ = ticks.tick() => {
-                if !authority.leads() {
-                    continue;
-                }
-                let authority = authority.clone();
-                match tokio::task::spawn_blocking(move || authority.audit().checkpoint()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("audit checkpoint: {e}"),
-                    Err(e) => tracing::error!("audit checkpoint task: {e}"),
-                }
+    every(
+        interval,
+        stop,
+        move || authority.leads().then(|| authority.audit().checkpoint()),
+        |written| {
+            if let Some(Err(e)) = written {
+                tracing::error!("audit checkpoint: {e}");
             }
-        }
-    }
+        },
+    )
+    .await
 }
 
 /// Deletes expired challenges and records lapsed requests, at start and every
@@ -958,34 +966,27 @@ async fn challenge_sweeper(
     authority: Arc<Authority>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let mut ticks = tokio::time::interval(crate::base::constants::CHALLENGE_SWEEP_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            _ = ticks.tick() => {
-                let authority = authority.clone();
-                let swept = tokio::task::spawn_blocking(move || {
-                    (authority.sweep_challenges(), authority.expire_lapsed_requests())
-                })
-                .await;
-                match swept {
-                    Ok((challenges, requests)) => {
-                        match challenges {
-                            Ok(0) => {}
-                            Ok(removed) => tracing::debug!(removed, "expired challenges swept"),
-                            Err(e) => tracing::error!("challenge sweep: {e}"),
-                        }
-                        if let Err(e) = requests {
-                            tracing::error!("recording lapsed requests: {e}");
-                        }
-                    }
-                    Err(e) => tracing::error!("challenge sweep task: {e}"),
-                }
+    every(
+        crate::base::constants::CHALLENGE_SWEEP_INTERVAL,
+        stop,
+        move || {
+            (
+                authority.sweep_challenges(),
+                authority.expire_lapsed_requests(),
+            )
+        },
+        |(challenges, requests)| {
+            match challenges {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(removed, "expired challenges swept"),
+                Err(e) => tracing::error!("challenge sweep: {e}"),
             }
-        }
-    }
+            if let Err(e) = requests {
+                tracing::error!("recording lapsed requests: {e}");
+            }
+        },
+    )
+    .await
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

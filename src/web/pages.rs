@@ -239,16 +239,7 @@ fn minted(
     let mut ssh_line = None;
     let mut mints = Vec::new();
     if !c.ssh_public_key.is_empty() {
-        let key = ssh_key::PublicKey::from_openssh(c.ssh_public_key.trim()).map_or_else(
-            |e| format!("unreadable ({e})"),
-            |k| {
-                format!(
-                    "{} {}",
-                    k.algorithm().as_str(),
-                    k.fingerprint(ssh_key::HashAlg::Sha256)
-                )
-            },
-        );
+        let key = crate::credential::sshcert::key_fingerprint(&c.ssh_public_key);
         let principals = authority
             .scope_named(&c.scope)
             .ok()

@@ -175,16 +175,7 @@ pub fn request_text(r: &pb::RequestInfo) -> String {
         let _ = writeln!(s, "ticket    {}", r.ticket);
     }
     if !r.ssh_public_key.is_empty() {
-        let key = ssh_key::PublicKey::from_openssh(r.ssh_public_key.trim()).map_or_else(
-            |e| format!("unreadable ({e})"),
-            |k| {
-                format!(
-                    "{} {}",
-                    k.algorithm().as_str(),
-                    k.fingerprint(ssh_key::HashAlg::Sha256)
-                )
-            },
-        );
+        let key = crate::credential::sshcert::key_fingerprint(&r.ssh_public_key);
         let _ = writeln!(s, "ssh key   {key}");
     }
     let _ = writeln!(
